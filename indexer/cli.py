@@ -1,0 +1,237 @@
+"""The `mmrag` command line (Typer): index, status, delete, search."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mmrag.config import Settings
+from mmrag.errors import MmragError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG: index images and PDFs, search them.")
+console = Console()
+err_console = Console(stderr=True)
+
+ProfileOption = Annotated[
+    Optional[str],
+    typer.Option("--profile", help="Embedder profile: default (real weights) or tiny-random (plumbing checks only)."),
+]
+CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
+
+
+def _settings(profile: str | None) -> Settings:
+    settings = Settings()
+    if profile is not None:
+        settings.embedders.profile = profile  # type: ignore[assignment]
+    return settings
+
+
+def _services(profile: str | None = None):  # noqa: ANN202 - Services, imported lazily to keep --help fast
+    from mmrag.services import build_services
+
+    return build_services(_settings(profile))
+
+
+class _RichProgress:
+    """Draws the job's progress: files done of total, pages per second, time left."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("indexing", total=None, pages=0, rate=0.0)
+        self.pages = 0
+
+    def start(self, total_files: int) -> None:
+        self.progress.update(self.task, total=total_files)
+
+    def advance(self, files: int = 1, pages: int = 0) -> None:
+        self.pages += pages
+        elapsed = self.progress.tasks[0].elapsed or 0.0
+        rate = self.pages / elapsed if elapsed > 0 else 0.0
+        self.progress.update(self.task, advance=files, pages=self.pages, rate=rate)
+
+
+def _meaningless_warning() -> None:
+    err_console.print(
+        "[bold yellow]profile tiny-random: models are random-init; every score below is MEANINGLESS "
+        "(plumbing check only).[/]"
+    )
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to index (walked recursively).")],
+    collection: CollectionOption = "default",
+    profile: ProfileOption = None,
+) -> None:
+    """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
+    from mmrag.pipeline import run_index
+
+    services = _services(profile)
+    try:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[pages]} pages · {task.fields[rate]:.1f} pages/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            report = run_index(services, paths, collection=collection, progress=_RichProgress(bar))
+    finally:
+        services.close()
+    if report.meaningless:
+        _meaningless_warning()
+    if report.resumed:
+        console.print(f"resumed job {report.job_id}")
+    if any(report.recovered.values()):
+        console.print(f"recovered after an interrupted run: {report.recovered}")
+    table = Table(title=f"job {report.job_id} · collection {report.collection!r}")
+    for column in ("indexed", "unchanged", "failed", "pages", "seconds", "pages/s"):
+        table.add_column(column, justify="right")
+    c = report.counts
+    table.add_row(
+        str(c["indexed"]), str(c["unchanged"]), str(c["failed"]), str(report.pages_indexed),
+        f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
+    )
+    console.print(table)
+    console.print(f"retrievers on: {', '.join(report.retrievers_on) or 'none'}")
+    for name, reason in report.retrievers_off.items():
+        console.print(f"retriever off: {name}: {reason}", style="yellow")
+    if report.failures:
+        failures = Table(title="failed files")
+        failures.add_column("path")
+        failures.add_column("reason")
+        for path, reason in report.failures:
+            failures.add_row(path, reason)
+        console.print(failures)
+
+
+@app.command()
+def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
+    """Show a job's state, counts and failures, and the size of each collection."""
+    from sqlalchemy import func, select
+
+    from mmrag.store import repository
+    from mmrag.store.models import Document, Page
+
+    services = _services()
+    try:
+        with services.sessions() as session:
+            row = repository.get_job(session, job) if job is not None else repository.latest_job(session)
+            if row is not None:
+                counts = repository.job_counts(session, row.id)
+                console.print(
+                    f"job {row.id}: {row.state} · started {row.started_at} · finished {row.finished_at or '-'}"
+                )
+                console.print(
+                    "  " + " · ".join(f"{k} {v}" for k, v in counts.items() if k != "pending" or v)
+                )
+                retrievers = row.retrievers or {}
+                console.print(f"  retrievers on: {', '.join(retrievers.get('on', [])) or 'none'}")
+                for name, reason in (retrievers.get("off") or {}).items():
+                    console.print(f"  retriever off: {name}: {reason}", style="yellow")
+                for path, reason in repository.job_failures(session, row.id):
+                    console.print(f"  failed: {path}: {reason}", style="red")
+            else:
+                console.print("no jobs yet")
+            table = Table(title="collections")
+            for column in ("collection", "indexed", "failed", "deleted", "pages"):
+                table.add_column(column, justify="right")
+            for collection in repository.list_collections(session):
+                by_status = dict(
+                    session.execute(
+                        select(Document.status, func.count())
+                        .where(Document.collection_id == collection.id)
+                        .group_by(Document.status)
+                    ).all()
+                )
+                pages = session.scalar(
+                    select(func.count(Page.id))
+                    .join(Document, Document.id == Page.document_id)
+                    .where(Document.collection_id == collection.id)
+                )
+                table.add_row(
+                    collection.name, str(by_status.get("indexed", 0)), str(by_status.get("failed", 0)),
+                    str(by_status.get("deleted", 0)), str(pages),
+                )
+            console.print(table)
+    finally:
+        services.close()
+
+
+@app.command()
+def delete(
+    document: Annotated[Optional[list[int]], typer.Option("--document", "-d", help="Document id.")] = None,
+    path: Annotated[Optional[list[Path]], typer.Option("--path", "-p", help="A path the document was seen at.")] = None,
+    collection: CollectionOption = "default",
+    profile: ProfileOption = None,
+) -> None:
+    """Delete documents (their pages and vectors) by id or by path."""
+    from mmrag.pipeline import delete_documents
+
+    if not document and not path:
+        raise typer.BadParameter("give --document ID or --path PATH")
+    services = _services(profile)
+    try:
+        deleted = delete_documents(
+            services, collection, document_ids=document or [], paths=[str(p) for p in path or []]
+        )
+    finally:
+        services.close()
+    console.print(f"deleted documents: {', '.join(map(str, deleted))}")
+
+
+@app.command()
+def search(
+    query: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Image query (image→image via CLIP).")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
+    collection: CollectionOption = "default",
+    profile: ProfileOption = None,
+) -> None:
+    """Search a collection by text or by image; prints rank, score, path and page."""
+    from mmrag.ingest import load_image
+    from mmrag.retrieval import search as run_search
+
+    if (query is None) == (image is None):
+        raise typer.BadParameter("give a text QUERY or --image FILE (not both)")
+    services = _services(profile)
+    try:
+        settings = services.settings
+        picture = load_image(image, max_pixels=settings.ingest.max_pixels) if image is not None else None
+        results = run_search(services, collection, text=query, image=picture, k=k)
+        meaningless = services.embedders().meaningless
+    finally:
+        services.close()
+    if meaningless:
+        _meaningless_warning()
+    table = Table(title=f"{query!r}" if query is not None else f"image {image}")
+    for column in ("#", "score", "path", "page", "retrievers"):
+        table.add_column(column)
+    for rank, result in enumerate(results, start=1):
+        per = " ".join(f"{name}={value:.3f}" for name, value in sorted(result.scores.items()))
+        table.add_row(str(rank), f"{result.score:.4f}", result.path, str(result.page_number), per)
+    console.print(table)
+    if not results:
+        console.print("no hits")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except MmragError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

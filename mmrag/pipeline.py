@@ -1,0 +1,582 @@
+"""The bulk indexing job: discover → decode/render/OCR in worker processes → embed → write vectors and SQL.
+
+It lives in the library, not in indexer/, because the API's background jobs run the same code and api/ may not
+import indexer/. indexer/ adds the CLI and the progress display.
+
+Crash consistency (kill -9 at any moment, then re-run) rests on one ordering:
+  1. a document and its pages are committed to SQL with status `pending`;
+  2. their vectors are added to every store and the stores are flushed (each flush is atomic);
+  3. one SQL transaction records the embeddings, marks the documents `indexed` and the job items done.
+On start, `recover` deletes `pending` documents with their pages and removes from each store every id SQL does
+not vouch for (orphans of a crash between 2 and 3), and forgets SQL records whose vectors a store lacks so they
+are re-embedded from the stored page image. Vector ids are SQL page ids, never reused (AUTOINCREMENT), so a
+stale vector can never be mistaken for a new page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mmrag.config import IngestSettings
+from mmrag.errors import InputError, NotFoundError
+from mmrag.ingest import describe, discover, load_pages
+from mmrag.services import CollectionStores, Embedders, Services
+from mmrag.store import repository
+from mmrag.store.db import transaction
+from mmrag.store.models import Document, DocumentPath, Job, Page, PageEmbedding, utcnow
+from mmrag.types import DocumentStatus, ItemState, JobState, PageContent
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What the job reports as it goes; the CLI draws it, the API stores it, tests ignore it."""
+
+    def start(self, total_files: int) -> None: ...
+
+    def advance(self, files: int = 1, pages: int = 0) -> None: ...
+
+
+class _NoProgress:
+    def start(self, total_files: int) -> None:
+        pass
+
+    def advance(self, files: int = 1, pages: int = 0) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class JobReport:
+    job_id: int
+    collection: str
+    resumed: bool
+    counts: dict[str, int]
+    failures: list[tuple[str, str]]
+    retrievers_on: list[str]
+    retrievers_off: dict[str, str]
+    meaningless: bool
+    seconds: float
+    pages_indexed: int
+    recovered: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages_indexed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """What a worker hands back: the file's identity and its decoded pages (images already stored on disk)."""
+
+    path: str
+    sha256: str
+    kind: str
+    mime: str
+    pages: list[PageContent]
+    image_paths: list[str]
+
+
+def page_image_path(sha256: str, page_number: int) -> str:
+    """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent."""
+    return f"pages/{sha256[:2]}/{sha256}/{page_number:05d}.jpg"
+
+
+def load_file(path: str, sha256: str, settings: IngestSettings, data_dir: str) -> LoadedFile:
+    """Worker-process entry: sniff, decode or render, extract text, store the page images."""
+    source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
+    pages = load_pages(source, settings)
+    image_paths = []
+    stored_pages = []
+    for page in pages:
+        image = page.image
+        if max(image.size) > settings.page_image_max_side:
+            image = image.copy()
+            image.thumbnail((settings.page_image_max_side, settings.page_image_max_side), Image.Resampling.LANCZOS)
+        relative = page_image_path(sha256, page.page_number)
+        target = Path(data_dir) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        image.save(tmp, format="JPEG", quality=90)
+        os.replace(tmp, target)
+        image_paths.append(relative)
+        stored_pages.append(PageContent(page.page_number, image, page.text, page.text_source))
+    return LoadedFile(path, sha256, source.kind.value, source.mime, stored_pages, image_paths)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- recovery ------------------------------------------------------------------------------------------------
+
+
+def recover(services: Services, collection_id: int, stores: CollectionStores) -> dict[str, int]:
+    """Bring SQL and every store back into agreement after a crash; returns what it had to fix."""
+    fixed = {"incomplete_documents": 0, "orphan_vectors": 0, "lost_vectors": 0}
+    with transaction(services.sessions) as session:
+        for document in repository.incomplete_documents(session, collection_id):
+            repository.drop_pages(session, [document.id])
+            session.delete(document)
+            fixed["incomplete_documents"] += 1
+    with transaction(services.sessions) as session:
+        for name, store in stores.by_retriever().items():
+            vouched = repository.embedded_page_ids(session, collection_id, name)
+            stored = set(int(i) for i in store.ids())
+            orphans = stored - vouched
+            lost = vouched - stored
+            if orphans:
+                store.remove(sorted(orphans))
+                fixed["orphan_vectors"] += len(orphans)
+            if lost:
+                # The next step (repair) re-embeds these pages from their stored images.
+                repository.forget_embeddings(session, lost, name)
+                fixed["lost_vectors"] += len(lost)
+        stores.flush()
+    if any(fixed.values()):
+        log.warning("recovered collection %s: %s", collection_id, fixed)
+    return fixed
+
+
+# --- embedding and writing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _PendingPage:
+    page_id: int
+    image: Image.Image
+    text: str
+
+
+@dataclass
+class _Batch:
+    pages: list[_PendingPage] = field(default_factory=list)
+    document_ids: list[int] = field(default_factory=list)
+    item_ids: list[int] = field(default_factory=list)
+
+
+def embed_and_store(
+    embedders: Embedders, stores: CollectionStores, pages: Sequence[_PendingPage]
+) -> list[PageEmbedding]:
+    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL records to write."""
+    records: list[PageEmbedding] = []
+    if not pages:
+        return records
+    ids = np.array([p.page_id for p in pages], dtype=np.int64)
+    images = [p.image for p in pages]
+    if embedders.clip is not None and stores.clip is not None:
+        vectors = embedders.clip.embed_images(images)
+        stores.clip.add(ids, vectors)
+        records += _records(ids, "clip", embedders.clip, [1] * len(ids))
+    if embedders.colpali is not None and stores.colpali is not None:
+        multi = embedders.colpali.embed_images(images)
+        stores.colpali.add(ids.tolist(), multi)
+        records += _records(ids, "colpali", embedders.colpali, [len(m) for m in multi])
+    if embedders.text is not None and stores.text is not None:
+        with_text = [p for p in pages if p.text.strip()]
+        if with_text:
+            text_ids = np.array([p.page_id for p in with_text], dtype=np.int64)
+            stores.text.add(text_ids, embedders.text.embed_texts([p.text for p in with_text]))
+            records += _records(text_ids, "text", embedders.text, [1] * len(text_ids))
+    return records
+
+
+def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int]) -> list[PageEmbedding]:
+    model = getattr(embedder, "model_id")
+    revision = getattr(embedder, "revision", "")
+    dim = getattr(embedder, "dim")
+    return [
+        PageEmbedding(page_id=int(i), retriever=retriever, model=model, revision=revision, dim=dim, n_vectors=n)
+        for i, n in zip(ids, counts, strict=True)
+    ]
+
+
+def _commit_batch(services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch) -> None:
+    records = embed_and_store(embedders, stores, batch.pages)
+    stores.flush()  # vectors durable before SQL vouches for them
+    with transaction(services.sessions) as session:
+        session.add_all(records)
+        now = utcnow()
+        for document_id in batch.document_ids:
+            document = session.get(Document, document_id)
+            if document is not None:
+                document.status = DocumentStatus.INDEXED
+                document.indexed_at = now
+        repository.set_items(session, batch.item_ids, state=ItemState.INDEXED)
+
+
+def repair(services: Services, collection_id: int, stores: CollectionStores, embedders: Embedders) -> int:
+    """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images."""
+    repaired = 0
+    for name in embedders.on():
+        with services.sessions() as session:
+            missing = repository.pages_missing_embedding(session, collection_id, name)
+            work = [(p.id, p.image_path, p.text) for p in missing]
+        if name == "text":
+            work = [w for w in work if w[2].strip()]
+        if not work:
+            continue
+        log.info("re-embedding %d pages for retriever %s", len(work), name)
+        only = Embedders(off=embedders.off, meaningless=embedders.meaningless, **{name: getattr(embedders, name)})
+        size = services.settings.batch_pages
+        for start in range(0, len(work), size):
+            chunk = work[start : start + size]
+            pages = [_PendingPage(pid, _open_page_image(services.data_dir, path), text) for pid, path, text in chunk]
+            records = embed_and_store(only, stores, pages)
+            stores.flush()
+            with transaction(services.sessions) as session:
+                session.add_all(records)
+            repaired += len(chunk)
+    return repaired
+
+
+def _open_page_image(data_dir: Path, relative: str | None) -> Image.Image:
+    if relative is None:
+        raise NotFoundError("page has no stored image to re-embed from")
+    with Image.open(data_dir / relative) as image:
+        return image.convert("RGB")
+
+
+# --- the job -------------------------------------------------------------------------------------------------
+
+
+def _file_state(path: Path) -> tuple[int, float] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime
+
+
+def _attach_path(
+    session: Session, collection_id: int, document: Document, path: str, size: int, mtime: float
+) -> list[int]:
+    """Record that `path` holds `document`'s bytes. A path that held other bytes (a changed file) moves, and the
+    old document, if no other path holds it, is deleted; returns the page ids whose vectors must go."""
+    existing = repository.find_path(session, collection_id, path)
+    if existing is not None and existing.document_id == document.id:
+        existing.size_bytes, existing.mtime, existing.last_seen = size, mtime, utcnow()
+        return []
+    removed: list[int] = []
+    if existing is not None:
+        old_document_id = existing.document_id
+        session.delete(existing)
+        session.flush()
+        removed = _delete_if_orphaned(session, old_document_id)
+    session.add(
+        DocumentPath(collection_id=collection_id, document_id=document.id, path=path, size_bytes=size, mtime=mtime)
+    )
+    return removed
+
+
+def _delete_if_orphaned(session: Session, document_id: int) -> list[int]:
+    remaining = session.scalar(select(func.count()).where(DocumentPath.document_id == document_id))
+    document = session.get(Document, document_id)
+    if remaining or document is None or document.status == DocumentStatus.DELETED:
+        return []
+    return repository.mark_deleted(session, document)
+
+
+class _Loader:
+    """Runs `load_file` in worker processes with a bounded number in flight, so memory stays bounded."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.limit = max(2, 2 * workers)
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            # spawn, not fork: the parent holds torch's thread pools, which fork would copy in a broken state.
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., LoadedFile], *args: object) -> Future[LoadedFile]:
+        if self._pool is None:
+            future: Future[LoadedFile] = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller through the future, like a pool would
+                future.set_exception(exc)
+            return future
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_index(
+    services: Services,
+    paths: Iterable[Path],
+    *,
+    collection: str = "default",
+    progress: Progress | None = None,
+) -> JobReport:
+    """Index files and folders into a collection; re-running the same command resumes an unfinished job."""
+    progress = progress or _NoProgress()
+    began = time.perf_counter()
+    roots = [str(Path(p).resolve()) for p in paths]
+    for root in roots:
+        if not Path(root).exists():
+            raise NotFoundError(f"path {root!r} does not exist")
+
+    with transaction(services.sessions) as session:
+        collection_row = repository.get_or_create_collection(session, collection)
+        collection_id = collection_row.id
+        job = repository.find_unfinished_job(session, collection_id, roots)
+        resumed = job is not None
+        if job is None:
+            job = repository.create_job(session, collection_id, roots)
+        repository.started(job)
+        job_id = job.id
+    if not resumed:
+        with transaction(services.sessions) as session:
+            repository.add_job_items(session, job_id, (str(p) for p in discover(Path(r) for r in roots)))
+
+    embedders = services.embedders()
+    stores = services.stores(collection_id)
+    with transaction(services.sessions) as session:
+        job = session.get(Job, job_id)
+        job.retrievers = {"on": embedders.on(), "off": embedders.off}
+
+    recovered = recover(services, collection_id, stores)
+    recovered["repaired_pages"] = repair(services, collection_id, stores, embedders)
+
+    with services.sessions() as session:
+        items = [(item.id, item.path) for item in repository.pending_items(session, job_id)]
+    progress.start(len(items))
+
+    pages_indexed = _process_items(services, collection_id, job_id, items, stores, embedders, progress)
+    services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
+
+    with transaction(services.sessions) as session:
+        job = session.get(Job, job_id)
+        repository.finish_job(session, job, JobState.DONE)
+    with services.sessions() as session:
+        counts = repository.job_counts(session, job_id)
+        failures = repository.job_failures(session, job_id)
+    return JobReport(
+        job_id=job_id,
+        collection=collection,
+        resumed=resumed,
+        counts=counts,
+        failures=failures,
+        retrievers_on=embedders.on(),
+        retrievers_off=embedders.off,
+        meaningless=embedders.meaningless,
+        seconds=time.perf_counter() - began,
+        pages_indexed=pages_indexed,
+        recovered=recovered,
+    )
+
+
+def _process_items(
+    services: Services,
+    collection_id: int,
+    job_id: int,
+    items: list[tuple[int, str]],
+    stores: CollectionStores,
+    embedders: Embedders,
+    progress: Progress,
+) -> int:
+    settings = services.settings
+    loader = _Loader(settings.ingest.workers)
+    in_flight: deque[tuple[int, Future[LoadedFile], int]] = deque()  # (item id, future, document id)
+    waiting_on: dict[int, list[int]] = {}  # document id → items that are its duplicates in this job
+    batch = _Batch()
+    pages_indexed = 0
+
+    def finish(item_id: int, state: ItemState, *, document_id: int | None, error: str | None = None,
+               pages: int = 0) -> None:
+        with transaction(services.sessions) as session:
+            repository.set_items(session, [item_id], state=state, document_id=document_id, error=error, pages=pages)
+        progress.advance(1, pages)
+
+    def drain_one() -> None:
+        nonlocal batch, pages_indexed
+        item_id, future, document_id = in_flight.popleft()
+        try:
+            loaded = future.result()
+        except InputError as exc:
+            _fail_document(services, document_id, str(exc))
+            finish(item_id, ItemState.FAILED, document_id=document_id, error=str(exc))
+            for dup in waiting_on.pop(document_id, []):
+                finish(dup, ItemState.FAILED, document_id=document_id, error=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job; the reason is kept
+            log.exception("unexpected error loading item %s", item_id)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            _fail_document(services, document_id, reason)
+            finish(item_id, ItemState.FAILED, document_id=document_id, error=reason)
+            for dup in waiting_on.pop(document_id, []):
+                finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
+            return
+        page_ids = _write_pages(services, document_id, loaded)
+        batch.pages += [_PendingPage(pid, p.image, p.text) for pid, p in zip(page_ids, loaded.pages, strict=True)]
+        batch.document_ids.append(document_id)
+        batch.item_ids += [item_id, *waiting_on.pop(document_id, [])]
+        progress.advance(1, len(page_ids))
+        pages_indexed += len(page_ids)
+        if len(batch.pages) >= settings.batch_pages:
+            _commit_batch(services, stores, embedders, batch)
+            batch = _Batch()
+
+    try:
+        for item_id, path_str in items:
+            while len(in_flight) >= loader.limit:
+                drain_one()
+            path = Path(path_str)
+            state = _file_state(path)
+            if state is None:
+                finish(item_id, ItemState.FAILED, document_id=None, error=f"{path_str}: file vanished or unreadable")
+                continue
+            size, mtime = state
+            decision = _decide(services, collection_id, path_str, size, mtime)
+            if decision.removed_pages:
+                # SQL already forgot these pages; the stores follow now (made durable at the next flush).
+                for store in stores.by_retriever().values():
+                    store.remove(list(decision.removed_pages))
+            if decision.state is not None:
+                if decision.waits_for is not None:
+                    waiting_on.setdefault(decision.waits_for, []).append(item_id)
+                    continue
+                finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
+                continue
+            future = loader.submit(
+                load_file, path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve())
+            )
+            in_flight.append((item_id, future, decision.document_id))
+        while in_flight:
+            drain_one()
+        _commit_batch(services, stores, embedders, batch)
+    finally:
+        loader.close()
+    return pages_indexed
+
+
+@dataclass(frozen=True)
+class _Decision:
+    state: ItemState | None  # None: load it
+    document_id: int | None
+    sha256: str = ""
+    error: str | None = None
+    waits_for: int | None = None  # a document being indexed in this very job
+    removed_pages: tuple[int, ...] = ()  # pages of the document a changed file used to hold
+
+
+def _decide(services: Services, collection_id: int, path: str, size: int, mtime: float) -> _Decision:
+    """Unchanged, duplicate of known bytes, or new: decided from SQL, hashing only when size/mtime changed."""
+    with transaction(services.sessions) as session:
+        known = repository.find_path(session, collection_id, path)
+        if known is not None and known.size_bytes == size and known.mtime == mtime:
+            document = session.get(Document, known.document_id)
+            if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
+                known.last_seen = utcnow()
+                return _Decision(ItemState.UNCHANGED, document.id, error=document.error)
+        try:
+            sha256 = sha256_of(Path(path))
+        except OSError as exc:
+            return _Decision(ItemState.FAILED, None, error=f"{path}: cannot read: {exc.strerror}")
+        document = repository.find_document_by_sha(session, collection_id, sha256)
+        if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
+            removed = _attach_path(session, collection_id, document, path, size, mtime)
+            return _Decision(ItemState.UNCHANGED, document.id, sha256, error=document.error,
+                             removed_pages=tuple(removed))
+        if document is not None and document.status == DocumentStatus.PENDING:
+            removed = _attach_path(session, collection_id, document, path, size, mtime)
+            return _Decision(ItemState.PENDING, document.id, sha256, waits_for=document.id,
+                             removed_pages=tuple(removed))
+        if document is None:
+            document = Document(
+                collection_id=collection_id, sha256=sha256, kind="unknown", mime="", size_bytes=size
+            )
+            session.add(document)
+            session.flush()
+        document.status = DocumentStatus.PENDING  # also revives a deleted document with these bytes
+        document.error = None
+        removed = _attach_path(session, collection_id, document, path, size, mtime)
+        return _Decision(None, document.id, sha256, removed_pages=tuple(removed))
+
+
+def _fail_document(services: Services, document_id: int, reason: str) -> None:
+    with transaction(services.sessions) as session:
+        document = session.get(Document, document_id)
+        if document is not None:
+            document.status = DocumentStatus.FAILED
+            document.error = reason
+
+
+def _write_pages(services: Services, document_id: int, loaded: LoadedFile) -> list[int]:
+    """Commit the document's pages (status stays pending until their vectors are durable)."""
+    with transaction(services.sessions) as session:
+        document = session.get(Document, document_id)
+        document.kind = loaded.kind
+        document.mime = loaded.mime
+        document.page_count = len(loaded.pages)
+        rows = [
+            Page(
+                document_id=document_id,
+                page_number=page.page_number,
+                width=page.image.width,
+                height=page.image.height,
+                image_path=image_path,
+                text=page.text,
+                text_source=page.text_source.value,
+            )
+            for page, image_path in zip(loaded.pages, loaded.image_paths, strict=True)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+# --- deletes -------------------------------------------------------------------------------------------------
+
+
+def delete_documents(
+    services: Services, collection: str, *, document_ids: Iterable[int] = (), paths: Iterable[str] = ()
+) -> list[int]:
+    """Delete documents by id or by a path they were seen at; SQL first, then the vectors (orphans of a crash
+    between the two are removed by the next `recover`). Returns the deleted document ids."""
+    deleted: list[int] = []
+    removed_pages: list[int] = []
+    with transaction(services.sessions) as session:
+        collection_row = repository.get_collection(session, collection)
+        targets: dict[int, Document] = {}
+        for document_id in document_ids:
+            document = repository.get_document(session, document_id)
+            if document.collection_id != collection_row.id:
+                raise NotFoundError(f"document {document_id} is not in collection {collection!r}")
+            targets[document.id] = document
+        for path in paths:
+            resolved = str(Path(path).resolve())
+            found = repository.find_path(session, collection_row.id, resolved)
+            if found is None:
+                raise NotFoundError(f"no document was indexed from path {resolved!r} in collection {collection!r}")
+            targets[found.document_id] = session.get(Document, found.document_id)
+        for document in targets.values():
+            removed_pages += repository.mark_deleted(session, document)
+            deleted.append(document.id)
+        collection_id = collection_row.id
+    if removed_pages:
+        stores = services.stores(collection_id)
+        for store in stores.by_retriever().values():
+            store.remove(removed_pages)
+        stores.flush()
+    return deleted

@@ -1,0 +1,172 @@
+"""build_services(settings): the one composition root shared by the CLI, the API and the tests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mmrag.config import Settings
+from mmrag.errors import ModelUnavailableError
+from mmrag.protocols import ImageEmbedder, LexicalIndex, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
+from mmrag.store.db import build_engine, build_sessionmaker, upgrade
+
+log = logging.getLogger(__name__)
+
+RETRIEVERS = ("clip", "colpali", "text")
+
+
+@dataclass
+class Embedders:
+    """The loaded models; a retriever whose model could not be loaded is None, with its reason in `off`."""
+
+    clip: ImageEmbedder | None = None
+    colpali: MultiVectorEmbedder | None = None
+    text: TextEmbedder | None = None
+    off: dict[str, str] = field(default_factory=dict)
+    # True for the tiny-random profile: plumbing only, every score is meaningless.
+    meaningless: bool = False
+
+    def on(self) -> list[str]:
+        return [name for name in RETRIEVERS if getattr(self, name) is not None]
+
+
+def load_embedders(settings: Settings) -> Embedders:
+    """Load every enabled embedder; one that cannot load is switched off with its reason (never faked)."""
+    from mmrag.embedders import IMAGE_EMBEDDERS, MULTIVECTOR_EMBEDDERS, TEXT_EMBEDDERS
+
+    group = settings.embedders
+    embedders = Embedders(meaningless=group.profile == "tiny-random")
+    table = {
+        "clip": (group.clip.enabled, IMAGE_EMBEDDERS),
+        "colpali": (group.colpali.enabled, MULTIVECTOR_EMBEDDERS),
+        "text": (group.text.enabled, TEXT_EMBEDDERS),
+    }
+    for name, (enabled, registry) in table.items():
+        if not enabled:
+            embedders.off[name] = "disabled in settings"
+            continue
+        try:
+            setattr(embedders, name, registry.create(group.profile, group))
+        except ModelUnavailableError as exc:
+            log.warning("retriever %s is off: %s", name, exc)
+            embedders.off[name] = str(exc)
+    return embedders
+
+
+@dataclass
+class CollectionStores:
+    """The vector stores of one collection, each keyed by SQL page ids."""
+
+    directory: Path
+    clip: VectorIndex | None = None
+    text: VectorIndex | None = None
+    colpali: MultiVectorStore | None = None
+
+    def by_retriever(self) -> dict[str, VectorIndex | MultiVectorStore]:
+        return {name: store for name in RETRIEVERS if (store := getattr(self, name)) is not None}
+
+    def flush(self) -> None:
+        for store in self.by_retriever().values():
+            store.flush()
+
+
+class Services:
+    """Everything a caller needs, built once per process from Settings; models load lazily, once, under a lock."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, *, embedders: Embedders | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = build_sessionmaker(engine)
+        self._embedders = embedders
+        self._stores: dict[int, CollectionStores] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def embedders(self) -> Embedders:
+        with self._lock:
+            if self._embedders is None:
+                self._embedders = load_embedders(self.settings)
+            return self._embedders
+
+    def collection_dir(self, collection_id: int) -> Path:
+        return self.data_dir / "collections" / str(collection_id)
+
+    def stores(self, collection_id: int) -> CollectionStores:
+        """Open (or create) the collection's stores for the loaded models; manifests are checked on open."""
+        from mmrag.index import build_vector_index, open_multivector_store
+
+        embedders = self.embedders()
+        with self._lock:
+            if collection_id in self._stores:
+                return self._stores[collection_id]
+            directory = self.collection_dir(collection_id) / "vectors"
+            directory.mkdir(parents=True, exist_ok=True)
+            stores = CollectionStores(directory=directory)
+            index_settings = self.settings.index
+            if embedders.clip is not None:
+                stores.clip = build_vector_index(
+                    index_settings, directory, name="clip", model=embedders.clip.model_id, dim=embedders.clip.dim
+                )
+            if embedders.text is not None:
+                stores.text = build_vector_index(
+                    index_settings, directory, name="text", model=embedders.text.model_id, dim=embedders.text.dim
+                )
+            if embedders.colpali is not None:
+                stores.colpali = open_multivector_store(
+                    index_settings,
+                    directory / "colpali",
+                    model=embedders.colpali.model_id,
+                    dim=embedders.colpali.dim,
+                    device=resolve_device(self.settings.embedders.device),
+                )
+            self._stores[collection_id] = stores
+            return stores
+
+    def lexical(self, collection_id: int) -> LexicalIndex:
+        """The BM25 index over the collection's page text, rebuilt from SQL when SQL has changed."""
+        from mmrag.index.lexical import Bm25Index, fingerprint_of
+        from mmrag.store import repository
+
+        directory = self.collection_dir(collection_id) / "lexical"
+        with self.sessions() as session:
+            pages = repository.page_texts(session, collection_id)
+        fingerprint = fingerprint_of(page_id for page_id, _ in pages)
+        index = Bm25Index.load(directory) if (directory / "manifest.json").exists() else None
+        if index is None or index.fingerprint != fingerprint:
+            index = Bm25Index()
+            index.rebuild(pages)
+            index.save(directory)
+        return index
+
+    def close(self) -> None:
+        for stores in self._stores.values():
+            stores.flush()
+        self._stores.clear()
+        self.engine.dispose()
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_services(settings: Settings, *, embedders: Embedders | None = None, migrate: bool = True) -> Services:
+    """The composition root. `embedders` lets tests pass tiny models in; `migrate` runs Alembic to head."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = build_engine(settings.database_url(), echo=settings.database.echo)
+    if migrate:
+        upgrade(engine)
+    return Services(settings, engine, embedders=embedders)

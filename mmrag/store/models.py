@@ -1,0 +1,172 @@
+"""The SQL data model (SQLAlchemy 2 ORM): collections, documents and their paths, pages, embeddings, jobs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite reuses the largest rowid after a delete unless AUTOINCREMENT is set; page ids are vector ids,
+# so a reused id could meet a stale vector left by a crash. Never reuse them.
+NO_ID_REUSE = {"sqlite_autoincrement": True}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+    __table_args__ = NO_ID_REUSE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "sha256"),
+        Index("ix_documents_status", "status"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # image | pdf
+    mime: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    page_count: Mapped[int | None] = mapped_column(Integer, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    indexed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    paths: Mapped[list[DocumentPath]] = relationship(back_populates="document", cascade="all, delete-orphan")
+    pages: Mapped[list[Page]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", order_by="Page.page_number"
+    )
+
+
+class DocumentPath(Base):
+    """Where a document's bytes were seen; identical bytes at two paths are one document with two rows here."""
+
+    __tablename__ = "document_paths"
+    __table_args__ = (UniqueConstraint("collection_id", "path"), NO_ID_REUSE)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float] = mapped_column()
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="paths")
+
+
+class Page(Base):
+    """A page of a PDF, or the single page of an image. Its id is the id of its vectors in every index."""
+
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("document_id", "page_number"), NO_ID_REUSE)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    page_number: Mapped[int] = mapped_column(Integer)  # 1-based
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    image_path: Mapped[str | None] = mapped_column(Text, default=None)  # relative to the data dir
+    text: Mapped[str] = mapped_column(Text, default="")
+    text_source: Mapped[str] = mapped_column(String(16), default="none")  # text_layer | ocr | none
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="pages")
+    embeddings: Mapped[list[PageEmbedding]] = relationship(back_populates="page", cascade="all, delete-orphan")
+
+
+class PageEmbedding(Base):
+    """Which embedder (retriever), model and revision put this page's vectors into which store."""
+
+    __tablename__ = "page_embeddings"
+    __table_args__ = (UniqueConstraint("page_id", "retriever"), Index("ix_page_embeddings_retriever", "retriever"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
+    retriever: Mapped[str] = mapped_column(String(32))  # clip | colpali | text
+    model: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(100), default="")
+    dim: Mapped[int] = mapped_column(Integer)
+    n_vectors: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    page: Mapped[Page] = relationship(back_populates="embeddings")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = NO_ID_REUSE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    roots: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"paths": [...]} as given
+    retrievers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"on": [...], "off": {name: reason}}
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    items: Mapped[list[JobItem]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class JobItem(Base):
+    """One file of a job; its state lets a killed job resume where it stopped."""
+
+    __tablename__ = "job_items"
+    __table_args__ = (UniqueConstraint("job_id", "path"), Index("ix_job_items_job_state", "job_id", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    document_id: Mapped[int | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL"), default=None
+    )
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="items")

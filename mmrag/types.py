@@ -1,0 +1,81 @@
+"""Plain frozen dataclasses passed between mmrag's parts (pydantic lives only at the HTTP edge)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from PIL import Image
+
+
+class DocumentKind(StrEnum):
+    IMAGE = "image"
+    PDF = "pdf"
+
+
+class DocumentStatus(StrEnum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class TextSource(StrEnum):
+    TEXT_LAYER = "text_layer"
+    OCR = "ocr"
+    NONE = "none"
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ItemState(StrEnum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file found on disk, sniffed and hashed."""
+
+    path: Path
+    sha256: str
+    size: int
+    mtime: float
+    kind: DocumentKind
+    mime: str
+
+
+@dataclass(frozen=True)
+class PageContent:
+    """One decoded page: the image to embed and its text."""
+
+    page_number: int  # 1-based
+    image: Image.Image
+    text: str
+    text_source: TextSource
+
+
+@dataclass(frozen=True)
+class Hit:
+    page_id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    page_id: int
+    document_id: int
+    page_number: int
+    path: str
+    score: float
+    retriever: str
+    text: str = ""
+    scores: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,61 @@
+"""Shared fixtures: every SQL test runs on migrated SQLite and, when MMRAG_TEST_DATABASE_URL is set, on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from mmrag.config import EmbedderSettings, Settings
+from mmrag.services import Embedders, load_embedders
+from mmrag.store.db import build_engine, upgrade
+
+PG_URL = os.environ.get("MMRAG_TEST_DATABASE_URL", "")
+
+# No test may reach a model hub; a test that tries fails instead of hanging or downloading.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _postgres_schema_url(base_url: str, schema: str) -> str:
+    sep = "&" if "?" in base_url else "?"
+    return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a private PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mmrag.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL run needs MMRAG_TEST_DATABASE_URL (scripts/test sets it; CI requires it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(PG_URL, schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = build_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def tiny_embedders() -> Embedders:
+    """Built once per run: the tiny-random profile's real model code with seeded random weights."""
+    return load_embedders(Settings(embedders=EmbedderSettings(profile="tiny-random")))

@@ -1,0 +1,117 @@
+"""kill -9 a real indexing process at several moments; re-running finishes with every file indexed exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from mmrag.config import DatabaseSettings, EmbedderSettings, Settings
+from mmrag.services import Embedders, build_services
+from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding
+from tests.factories import make_image, make_pdf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _indexed_documents(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(Document).where(Document.status == "indexed")) or 0
+    except Exception:  # noqa: BLE001 - the schema may not exist yet while the child starts
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _start(corpus: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", "index", str(corpus)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so kill -9 takes the worker processes too
+    )
+
+
+def _kill_when(process: subprocess.Popen[bytes], url: str, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"indexer ended before the kill: {process.stderr.read().decode()[-2000:]}")
+        done = _indexed_documents(url)
+        if done >= at_least:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return done
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("indexer made no progress before the timeout")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_indexes_every_file_exactly_once(
+    tmp_path: Path, database_url: str, tiny_embedders: Embedders
+) -> None:
+    corpus = tmp_path / "corpus"
+    files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
+    files += [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
+    expected_pages = 24 + 4 * 3
+    env = {
+        **os.environ,
+        "MMRAG_DATA_DIR": str(tmp_path / "data"),
+        "MMRAG_DATABASE__URL": database_url,
+        "MMRAG_EMBEDDERS__PROFILE": "tiny-random",
+        "MMRAG_INGEST__WORKERS": "1",  # real worker processes and queues
+        "MMRAG_INGEST__OCR": "never",
+        "MMRAG_BATCH_PAGES": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    # Kill after the first commit, mid-way and near the end; each kill lands wherever the process happens to be.
+    for at_least in (1, 9, 20):
+        seen = _kill_when(_start(corpus, env), database_url, at_least)
+        assert seen < len(files), "the kill came too late to test anything"
+
+    final = _start(corpus, env)
+    _, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr.decode()[-3000:]
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database=DatabaseSettings(url=database_url),
+        embedders=EmbedderSettings(profile="tiny-random"),
+    )
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        with services.sessions() as session:
+            paths = session.execute(select(DocumentPath.path, DocumentPath.document_id)).all()
+            assert sorted(p for p, _ in paths) == sorted(str(f.resolve()) for f in files)
+            assert len({d for _, d in paths}) == len(files)
+            statuses = session.scalars(select(Document.status)).all()
+            assert statuses == ["indexed"] * len(files)
+            page_ids = set(session.scalars(select(Page.id)))
+            assert len(page_ids) == expected_pages
+            per_doc = session.execute(select(Page.document_id, func.count()).group_by(Page.document_id)).all()
+            assert sorted(n for _, n in per_doc) == sorted([1] * 24 + [3] * 4)
+            item_states = session.scalars(select(JobItem.state).where(JobItem.job_id == 1)).all()
+            assert sorted(set(item_states)) == ["indexed"] and len(item_states) == len(files)
+            for retriever in ("clip", "colpali", "text"):
+                vouched = session.scalars(select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever))
+                assert set(vouched) == page_ids or retriever == "text"
+        for name, store in services.stores(1).by_retriever().items():
+            ids = [int(i) for i in store.ids()]
+            assert len(ids) == len(set(ids)), f"duplicate vectors in {name}"
+            if name == "text":
+                assert set(ids) <= page_ids
+            else:
+                assert set(ids) == page_ids, name
+    finally:
+        services.close()

