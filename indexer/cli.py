@@ -94,11 +94,11 @@ def index(
     if any(report.recovered.values()):
         console.print(f"recovered after an interrupted run: {report.recovered}")
     table = Table(title=f"job {report.job_id} · collection {report.collection!r}")
-    for column in ("indexed", "unchanged", "failed", "pages", "seconds", "pages/s"):
+    for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "seconds", "pages/s"):
         table.add_column(column, justify="right")
     c = report.counts
     table.add_row(
-        str(c["indexed"]), str(c["unchanged"]), str(c["failed"]), str(report.pages_indexed),
+        str(c["indexed"]), str(c["unchanged"]), str(c["duplicate"]), str(c["failed"]), str(report.pages_indexed),
         f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
     )
     console.print(table)
@@ -110,7 +110,7 @@ def index(
         failures.add_column("path")
         failures.add_column("reason")
         for path, reason in report.failures:
-            failures.add_row(path, reason)
+            failures.add_row(path, reason.removeprefix(f"{path}: "))
         console.print(failures)
 
 
@@ -194,6 +194,10 @@ def search(
     query: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Image query (image→image via CLIP).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
+    retriever: Annotated[
+        Optional[list[str]],
+        typer.Option("--retriever", "-r", help="Only these retrievers: clip, colpali, text, lexical (default all)."),
+    ] = None,
     collection: CollectionOption = "default",
     profile: ProfileOption = None,
 ) -> None:
@@ -207,7 +211,7 @@ def search(
     try:
         settings = services.settings
         picture = load_image(image, max_pixels=settings.ingest.max_pixels) if image is not None else None
-        results = run_search(services, collection, text=query, image=picture, k=k)
+        results = run_search(services, collection, text=query, image=picture, k=k, retrievers=retriever)
         meaningless = services.embedders().meaningless
     finally:
         services.close()
@@ -226,6 +230,7 @@ def search(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG to its own handler
     try:
         app()
     except MmragError as exc:

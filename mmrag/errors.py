@@ -39,9 +39,9 @@ class ModelUnavailableError(MmragError):
     def __init__(self, model: str, reason: str) -> None:
         self.model = model
         super().__init__(
-            f"model {model!r} cannot be loaded: {reason}. Provide it as a Hugging Face id already in the "
-            f"local cache (HF_HOME), a local directory (local-dir:/path), or download it on a machine with "
-            f"network access first (huggingface-cli download {model.removeprefix('hf-hub:')})."
+            f"model {model!r} cannot be loaded: {reason}. mmrag never downloads weights at run time: fetch them "
+            f"on a machine with network access (e.g. `huggingface-cli download ORG/NAME`), then give a local "
+            f"directory (local-dir:/path) or copy the Hugging Face cache and point HF_HOME at it."
         )
 
 

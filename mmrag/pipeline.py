@@ -170,7 +170,8 @@ class _PendingPage:
 class _Batch:
     pages: list[_PendingPage] = field(default_factory=list)
     document_ids: list[int] = field(default_factory=list)
-    item_ids: list[int] = field(default_factory=list)
+    item_pages: dict[int, int] = field(default_factory=dict)  # job item id → pages it brought
+    duplicate_item_ids: list[int] = field(default_factory=list)
 
 
 def embed_and_store(
@@ -220,7 +221,9 @@ def _commit_batch(services: Services, stores: CollectionStores, embedders: Embed
             if document is not None:
                 document.status = DocumentStatus.INDEXED
                 document.indexed_at = now
-        repository.set_items(session, batch.item_ids, state=ItemState.INDEXED)
+        for item_id, pages in batch.item_pages.items():
+            repository.set_items(session, [item_id], state=ItemState.INDEXED, pages=pages)
+        repository.set_items(session, batch.duplicate_item_ids, state=ItemState.DUPLICATE)
 
 
 def repair(services: Services, collection_id: int, stores: CollectionStores, embedders: Embedders) -> int:
@@ -430,8 +433,10 @@ def _process_items(
         page_ids = _write_pages(services, document_id, loaded)
         batch.pages += [_PendingPage(pid, p.image, p.text) for pid, p in zip(page_ids, loaded.pages, strict=True)]
         batch.document_ids.append(document_id)
-        batch.item_ids += [item_id, *waiting_on.pop(document_id, [])]
-        progress.advance(1, len(page_ids))
+        batch.item_pages[item_id] = len(page_ids)
+        duplicates = waiting_on.pop(document_id, [])
+        batch.duplicate_item_ids += duplicates
+        progress.advance(1 + len(duplicates), len(page_ids))
         pages_indexed += len(page_ids)
         if len(batch.pages) >= settings.batch_pages:
             _commit_batch(services, stores, embedders, batch)
@@ -453,7 +458,11 @@ def _process_items(
                 for store in stores.by_retriever().values():
                     store.remove(list(decision.removed_pages))
             if decision.state is not None:
-                if decision.waits_for is not None:
+                if decision.waits_for in batch.document_ids:  # loaded, its vectors not yet committed
+                    batch.duplicate_item_ids.append(item_id)
+                    progress.advance(1, 0)
+                    continue
+                if decision.waits_for is not None:  # still loading in a worker
                     waiting_on.setdefault(decision.waits_for, []).append(item_id)
                     continue
                 finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
@@ -496,7 +505,7 @@ def _decide(services: Services, collection_id: int, path: str, size: int, mtime:
         document = repository.find_document_by_sha(session, collection_id, sha256)
         if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
             removed = _attach_path(session, collection_id, document, path, size, mtime)
-            return _Decision(ItemState.UNCHANGED, document.id, sha256, error=document.error,
+            return _Decision(ItemState.DUPLICATE, document.id, sha256, error=document.error,
                              removed_pages=tuple(removed))
         if document is not None and document.status == DocumentStatus.PENDING:
             removed = _attach_path(session, collection_id, document, path, size, mtime)

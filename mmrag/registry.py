@@ -22,7 +22,7 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def create(self, name: str, *args: object, **kwargs: object) -> T:
+    def create(self, name: str, /, *args: object, **kwargs: object) -> T:
         try:
             factory = self._factories[name]
         except KeyError:

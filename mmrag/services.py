@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
+from mmrag.embedders.device import resolve_device
 from mmrag.errors import ModelUnavailableError
 from mmrag.protocols import ImageEmbedder, LexicalIndex, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
 from mmrag.store.db import build_engine, build_sessionmaker, upgrade
@@ -153,14 +154,6 @@ class Services:
             stores.flush()
         self._stores.clear()
         self.engine.dispose()
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_services(settings: Settings, *, embedders: Embedders | None = None, migrate: bool = True) -> Services:

@@ -38,6 +38,7 @@ class ItemState(StrEnum):
     PENDING = "pending"
     INDEXED = "indexed"
     UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"  # a new path for bytes already indexed: recorded on the existing document
     FAILED = "failed"
 
 
