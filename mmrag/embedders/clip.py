@@ -1,0 +1,162 @@
+"""CLIP image/text embeddings through open-clip-torch: `load_clip(spec)` and the `OpenClipEmbedder` it returns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from mmrag.embedders.device import LOCAL_DIR_PREFIX, encode_in_batches, is_cuda_device, resolve_device
+from mmrag.errors import ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+HF_HUB_PREFIX = "hf-hub:"
+SPEC_FORMS = "'MODEL:PRETRAINED_TAG' (e.g. 'ViT-B-32:laion2b_s34b_b79k'), 'hf-hub:org/repo' or 'local-dir:/path'"
+
+
+class OpenClipEmbedder:
+    """An open_clip model with its preprocess and tokenizer; satisfies the ImageEmbedder protocol."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        *,
+        model_id: str,
+        revision: str,
+        device: str = "auto",
+        batch_size: int = 32,
+        meaningless: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.revision = revision
+        self.batch_size = batch_size
+        # True only for random-init models: vectors exercise the plumbing but carry no meaning.
+        self.meaningless = meaningless
+        # Probed rather than read from a config: open_clip's CLIP, CustomTextCLIP and CoCa keep it in different places.
+        self.dim = int(self._encode_texts([""]).shape[1])
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        return self._encode_all(images, self._encode_images)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        return self._encode_all(list(texts), self._encode_texts)
+
+    def _encode_all(self, items: Sequence[Any], encode_batch: Callable[[Sequence[Any]], np.ndarray]) -> np.ndarray:
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows, self.batch_size = encode_in_batches(items, self.batch_size, encode_batch)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(pixels)
+        return _normalised_numpy(features)
+
+    def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_text(tokens)
+        return _normalised_numpy(features)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        import torch
+
+        # fp16 halves memory and time on GPUs; CPU autocast (bf16) is slow and loses precision, so CPU stays fp32.
+        if is_cuda_device(self.device):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def _normalised_numpy(features: torch.Tensor) -> np.ndarray:
+    import torch.nn.functional as functional
+
+    # Normalise in fp32: under autocast the features are fp16, whose norm loses precision.
+    return functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenClipEmbedder:
+    """Load pretrained CLIP weights named by `spec`; refuses anything that would leave random weights.
+
+    `spec` is 'MODEL:PRETRAINED_TAG' (an open_clip architecture and one of its pretrained tags, or a weights file),
+    'hf-hub:org/repo' or 'local-dir:/path' (a directory holding open_clip_config.json and the weights).
+    """
+    import open_clip
+
+    model_name, pretrained, model_id, revision = _parse_spec(spec)
+    try:
+        # create_model_from_pretrained sets require_pretrained=True: a missing checkpoint raises, never random-inits.
+        model, preprocess = open_clip.create_model_from_pretrained(model_name, pretrained=pretrained, device="cpu")
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError and hub errors for "cannot load"
+        raise ModelUnavailableError(spec, f"open_clip could not load it ({type(error).__name__}: {error})") from error
+    if revision is None:
+        revision = _hub_revision(model_name.removeprefix(HF_HUB_PREFIX))
+    log.info("loaded CLIP %s (revision %s)", model_id, revision)
+    return OpenClipEmbedder(
+        model, preprocess, tokenizer, model_id=model_id, revision=revision, device=device, batch_size=batch_size
+    )
+
+
+def _parse_spec(spec: str) -> tuple[str, str | None, str, str | None]:
+    """(open_clip model name, pretrained tag or file, model_id, revision if known before loading)."""
+    import open_clip
+
+    if spec.startswith(HF_HUB_PREFIX):
+        if not spec.removeprefix(HF_HUB_PREFIX):
+            raise ModelUnavailableError(spec, f"empty hub id; use {SPEC_FORMS}")
+        return spec, None, f"open_clip:{spec}", None
+    if spec.startswith(LOCAL_DIR_PREFIX):
+        directory = Path(spec.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+        if not directory.is_dir():
+            raise ModelUnavailableError(spec, f"directory {str(directory)!r} does not exist")
+        resolved = f"{LOCAL_DIR_PREFIX}{directory.resolve()}"
+        return resolved, None, f"open_clip:{resolved}", "local"
+
+    architecture, _, pretrained = spec.partition(":")
+    if not pretrained:
+        raise ModelUnavailableError(
+            spec, f"no pretrained weights named, and open_clip would build random weights; use {SPEC_FORMS}"
+        )
+    if architecture not in open_clip.list_models():
+        raise ModelUnavailableError(spec, f"{architecture!r} is not an open_clip architecture (see list_models())")
+    known_tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if pretrained in known_tags:
+        # A tag names one fixed set of weights in open_clip's pretrained table, so it is its own revision.
+        return architecture, pretrained, f"open_clip:{architecture}:{pretrained}", pretrained
+    if Path(pretrained).expanduser().is_file():
+        return architecture, str(Path(pretrained).expanduser().resolve()), f"open_clip:{spec}", "local"
+    raise ModelUnavailableError(
+        spec, f"{pretrained!r} is neither a pretrained tag of {architecture} ({', '.join(known_tags)}) nor a file"
+    )
+
+
+def _hub_revision(repo_id: str) -> str:
+    """The commit hash of the cached hub snapshot open_clip just loaded from."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent.name  # .../snapshots/<commit>/open_clip_config.json
+    return "unknown"

@@ -1,0 +1,241 @@
+"""Late-interaction page embeddings through colpali-engine: `load_colpali(model)` and the `ColPaliEmbedder`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from mmrag.embedders.device import (
+    LocatedCheckpoint,
+    encode_in_batches,
+    is_cuda_device,
+    locate_checkpoint,
+    resolve_device,
+)
+from mmrag.errors import ConfigError, MmragError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ColPaliFamily:
+    """colpali-engine's model and processor classes for one checkpoint `model_type`."""
+
+    model_class: str
+    processor_class: str
+
+
+# Keyed by the checkpoint's own config.json `model_type` (for a PEFT adapter, its base model's), never by the name.
+FAMILIES: dict[str, ColPaliFamily] = {
+    "paligemma": ColPaliFamily("ColPali", "ColPaliProcessor"),
+    "qwen2_vl": ColPaliFamily("ColQwen2", "ColQwen2Processor"),
+    "qwen2_5_vl": ColPaliFamily("ColQwen2_5", "ColQwen2_5_Processor"),
+    "idefics3": ColPaliFamily("ColIdefics3", "ColIdefics3Processor"),
+}
+
+# transformers' own ColPaliForRetrieval / ColQwen2ForRetrieval ("-hf" checkpoints) are a different format.
+TRANSFORMERS_NATIVE_TYPES = {"colpali", "colqwen2"}
+
+ADAPTER_CONFIG = "adapter_config.json"
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+class ColPaliEmbedder:
+    """A colpali-engine model and processor; satisfies the MultiVectorEmbedder protocol."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        revision: str,
+        device: str = "auto",
+        batch_size: int = 4,
+        meaningless: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        if not is_cuda_device(self.device) and model.config._attn_implementation != "eager":
+            # On CPU, torch's sdpa kernel returns NaN for fully masked (padding) rows under transformers 5;
+            # eager attention keeps every position finite.
+            model.set_attn_implementation("eager")
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.model_id = model_id
+        self.revision = revision
+        self.batch_size = batch_size
+        # True only for random-init models: vectors exercise the plumbing but carry no meaning.
+        self.meaningless = meaningless
+        self.family = type(model).__name__
+        self.dim = int(model.dim)
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(self.model.config._attn_implementation)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """One (tokens, dim) float32 array per image; padding tokens removed."""
+        return self._encode_all(list(images), self.processor.process_images)
+
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """One (tokens, dim) float32 array per query; padding tokens removed."""
+        # process_queries (not process_texts) adds the query prefix and augmentation tokens the models were trained on.
+        return self._encode_all(list(texts), self.processor.process_queries)
+
+    def _encode_all(self, items: list[Any], process: Any) -> list[np.ndarray]:
+        if not items:
+            return []
+
+        def encode_batch(batch: Sequence[Any]) -> list[np.ndarray]:
+            return self._encode_batch(process(list(batch)))
+
+        outputs, self.batch_size = encode_in_batches(items, self.batch_size, encode_batch)
+        return outputs
+
+    def _encode_batch(self, inputs: Any) -> list[np.ndarray]:
+        import torch
+
+        model_dtype = self.model.dtype
+        tensors = {
+            name: value.to(self.device, dtype=model_dtype) if value.is_floating_point() else value.to(self.device)
+            for name, value in inputs.items()
+        }
+        with torch.inference_mode():
+            embeddings = self.model(**tensors)
+        keep = tensors["attention_mask"].bool()
+        per_item = [item[mask].float().cpu().numpy() for item, mask in zip(embeddings, keep, strict=True)]
+        for vectors in per_item:
+            if not np.isfinite(vectors).all():
+                # Never hand NaN vectors to an index: MaxSim over them poisons every score they touch.
+                raise MmragError(
+                    f"{self.model_id} produced non-finite embeddings on {self.device} "
+                    f"(dtype {model_dtype}, attention {self.attn_implementation})"
+                )
+        return per_item
+
+
+def load_colpali(model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 4) -> ColPaliEmbedder:
+    """Load a ColPali-family checkpoint from a local directory or the local HF cache; never downloads.
+
+    The model and processor classes come from the checkpoint's config.json `model_type` (a PEFT adapter's base model
+    config), so a directory's name never decides the family.
+    """
+    import colpali_engine.models as colpali_models
+
+    device = resolve_device(device)
+    checkpoint = locate_checkpoint(model)
+    family_source, revision = _family_source(model, checkpoint)
+    family = family_for_config(model, _read_json(model, family_source / "config.json"))
+    model_class = getattr(colpali_models, family.model_class)
+    processor_class = getattr(colpali_models, family.processor_class)
+    processor_dir = checkpoint.path if _has_processor(checkpoint.path) else family_source
+    torch_dtype = select_dtype(dtype, device)
+    log.info("loading %s as %s (%s on %s, revision %s)", model, family.model_class, torch_dtype, device, revision)
+    try:
+        loaded, loading_info = model_class.from_pretrained(
+            str(checkpoint.path),
+            dtype=torch_dtype,
+            device_map=device,
+            attn_implementation=attention_for(device),
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        processor = processor_class.from_pretrained(str(processor_dir), local_files_only=True)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, safetensors errors... for this
+        reason = f"{family.model_class} could not load it ({type(error).__name__}: {error})"
+        raise ModelUnavailableError(model, reason) from error
+    # transformers random-initialises weights missing from a checkpoint and only logs it; refuse instead.
+    missing = sorted(loading_info.get("missing_keys", ()))
+    if missing:
+        reason = f"the checkpoint lacks weights for {len(missing)} {family.model_class} parameters"
+        raise ModelUnavailableError(model, f"{reason} ({', '.join(missing[:5])})")
+    model_id = f"colpali:{model}" if not checkpoint.is_local_dir else f"colpali:local-dir:{checkpoint.path}"
+    return ColPaliEmbedder(
+        loaded, processor, model_id=model_id, revision=revision, device=device, batch_size=batch_size
+    )
+
+
+def family_for_config(model: str, config: dict[str, Any]) -> ColPaliFamily:
+    """The family named by a checkpoint config's `model_type`; `architectures` only cross-checks it."""
+    model_type = config.get("model_type")
+    if model_type in TRANSFORMERS_NATIVE_TYPES:
+        raise ModelUnavailableError(
+            model,
+            f"model_type {model_type!r} is transformers' native retrieval format, not colpali-engine's; "
+            f"use the colpali-engine checkpoint (e.g. the id without '-hf')",
+        )
+    family = FAMILIES.get(str(model_type))
+    if family is None:
+        raise ModelUnavailableError(
+            model, f"model_type {model_type!r} is not a supported ColPali family (supported: {', '.join(FAMILIES)})"
+        )
+    architectures = config.get("architectures") or []
+    if architectures and family.model_class not in architectures:
+        # A raw VLM or a single-vector Bi* checkpoint of the same model_type: the missing-weights check refuses it
+        # if the retrieval head is absent, so this only warns.
+        log.warning("%s: config architectures %s, loading as %s", model, architectures, family.model_class)
+    return family
+
+
+def select_dtype(dtype: str, device: str) -> torch.dtype:
+    """The weights' dtype: `auto` is bf16 on CUDA (fp16 where the GPU lacks bf16) and fp32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        if not is_cuda_device(device):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    named = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in named:
+        raise ConfigError(f"unknown dtype {dtype!r}; known: auto, {', '.join(named)}")
+    if not is_cuda_device(device) and dtype != "float32":
+        log.warning("dtype %s on %s is slow and less precise than float32", dtype, device)
+    return named[dtype]
+
+
+def attention_for(device: str) -> str:
+    # CPU: sdpa gives NaN on padded positions with transformers 5 (see ColPaliEmbedder); GPUs use the fused kernel.
+    return "sdpa" if is_cuda_device(device) else "eager"
+
+
+def _family_source(model: str, checkpoint: LocatedCheckpoint) -> tuple[Path, str]:
+    """The directory whose config.json names the family, and the revision to record."""
+    if (checkpoint.path / "config.json").is_file():
+        # Also covers a full model with an embedded adapter: transformers loads that directory's own weights.
+        return checkpoint.path, checkpoint.revision
+    adapter_path = checkpoint.path / ADAPTER_CONFIG
+    if not adapter_path.is_file():
+        raise ModelUnavailableError(model, f"{checkpoint.path} has neither config.json nor {ADAPTER_CONFIG}")
+    base_name = _read_json(model, adapter_path).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelUnavailableError(model, f"{adapter_path} names no base_model_name_or_path")
+    try:
+        base = locate_checkpoint(base_name)
+    except ModelUnavailableError as error:
+        raise ModelUnavailableError(model, f"its base model is unavailable: {error}") from error
+    if not (base.path / "config.json").is_file():
+        raise ModelUnavailableError(model, f"its base model {base_name!r} has no config.json at {base.path}")
+    # The adapter alone does not fix the vectors; the base it is applied to does too.
+    return base.path, f"{checkpoint.revision}+base:{base.revision}"
+
+
+def _has_processor(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in PROCESSOR_FILES)
+
+
+def _read_json(model: str, path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(model, f"cannot read {path} ({error})") from error

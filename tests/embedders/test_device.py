@@ -1,0 +1,105 @@
+"""Device choice, offline checkpoint lookup and the OOM batch backoff."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrag.embedders.device import encode_in_batches, locate_checkpoint, resolve_device
+from mmrag.errors import ConfigError, ModelUnavailableError
+
+
+def test_auto_device_follows_torch() -> None:
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cuda:1"):
+        resolve_device("cuda:1")
+
+
+class OomAbove:
+    """An encoder that runs out of CUDA memory for batches larger than `limit`, like a GPU would."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, batch: Sequence[int]) -> list[int]:
+        self.batch_sizes.append(len(batch))
+        if len(batch) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory for a batch of {len(batch)}")
+        return [item * 10 for item in batch]
+
+
+def test_backoff_halves_until_the_batch_fits_and_keeps_order() -> None:
+    encoder = OomAbove(limit=3)
+    outputs, fitted = encode_in_batches(list(range(11)), 8, encoder)
+    assert outputs == [item * 10 for item in range(11)]
+    assert fitted == 2
+    assert encoder.batch_sizes[:3] == [8, 4, 2]  # halves on each OOM, then stays at the size that fitted
+    assert set(encoder.batch_sizes[2:]) <= {2, 1}
+
+
+def test_backoff_gives_up_at_batch_size_one() -> None:
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        encode_in_batches([1, 2, 3], 4, OomAbove(limit=0))
+
+
+def test_other_errors_are_not_retried() -> None:
+    calls: list[int] = []
+
+    def broken(batch: Sequence[int]) -> list[int]:
+        calls.append(len(batch))
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        encode_in_batches([1, 2, 3, 4], 4, broken)
+    assert calls == [4]
+
+
+def test_no_items_means_no_calls() -> None:
+    encoder = OomAbove(limit=3)
+    assert encode_in_batches([], 8, encoder) == ([], 8)
+    assert encoder.batch_sizes == []
+
+
+def test_local_directory_is_found_without_the_hub(tmp_path: Path) -> None:
+    for spec in (str(tmp_path), f"local-dir:{tmp_path}"):
+        found = locate_checkpoint(spec)
+        assert (found.path, found.revision, found.is_local_dir) == (tmp_path.resolve(), "local", True)
+
+
+@pytest.mark.parametrize("spec", ["/no/such/model-dir", "local-dir:/no/such/model-dir", "./no-such-dir"])
+def test_missing_directory_names_the_model(spec: str) -> None:
+    with pytest.raises(ModelUnavailableError, match="does not exist") as caught:
+        locate_checkpoint(spec)
+    assert caught.value.model == spec
+    assert spec in str(caught.value)
+
+
+def test_hub_id_not_in_cache_names_the_model(hf_cache: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache") as caught:
+        locate_checkpoint("vidore/colqwen2-v1.0")
+    assert "'vidore/colqwen2-v1.0'" in str(caught.value)
+
+
+def test_hub_id_in_cache_resolves_to_its_snapshot(hf_cache: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = hf_cache / "models--mmrag-test--cached" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hf_cache / "models--mmrag-test--cached" / "refs").mkdir()
+    (hf_cache / "models--mmrag-test--cached" / "refs" / "main").write_text(commit)
+    found = locate_checkpoint("mmrag-test/cached")
+    assert (found.path, found.revision, found.is_local_dir) == (snapshot, commit, False)
+
+
+def test_neither_directory_nor_hub_id_is_refused() -> None:
+    with pytest.raises(ModelUnavailableError, match="not a valid Hugging Face id"):
+        locate_checkpoint("a/b/c")
