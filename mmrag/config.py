@@ -16,7 +16,7 @@ class DatabaseSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    # pypdfium2 is the default: measured 2-4x faster than poppler at 150 dpi on this project's PDFs
+    # pypdfium2 is the default: at 150 dpi it measured ~6x faster than poppler at the median page, ~3x at p95
     # (bench/render.py prints the comparison); pdf2image (poppler) stays available.
     renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     dpi: int = Field(150, ge=36, le=600)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from mmrag.config import IngestSettings
 from mmrag.errors import InputError, NotFoundError
-from mmrag.ingest import describe, discover, load_pages
+from mmrag.ingest import check_ocr, describe, discover, load_pages
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -338,6 +338,9 @@ def run_index(
     for root in roots:
         if not Path(root).exists():
             raise NotFoundError(f"path {root!r} does not exist")
+    if services.settings.ingest.ocr != "never":
+        # A missing Tesseract is a setup problem, not a bad file: say so once instead of failing every file.
+        check_ocr(services.settings.ingest.ocr_lang)
 
     with transaction(services.sessions) as session:
         collection_row = repository.get_or_create_collection(session, collection)

@@ -1,0 +1,21 @@
+"""`python -m bench NAME [ARGS]`: runs the benchmark module bench/NAME.py."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+BENCHMARKS = ("render",)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)  # noqa: T201 - CLI usage
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

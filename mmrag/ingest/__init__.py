@@ -1,0 +1,117 @@
+"""Ingestion: from a file on disk to page images and text (discover → sniff → decode/render → text layer/OCR).
+
+The pipeline calls `load_pages` (or `iter_pages`) in worker processes; both are plain top-level functions of
+picklable arguments, and every bad-input failure is an InputError subclass whose message names the file (and page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytesseract
+from PIL import Image
+
+from mmrag.config import IngestSettings
+from mmrag.errors import InputError, UnsupportedTypeError
+from mmrag.ingest.discover import IMAGE_MIMES, PDF_MIME, describe, discover, sniff, sniff_bytes
+from mmrag.ingest.images import load_image
+from mmrag.ingest.pdf import (
+    PDF_RENDERERS,
+    PdfiumRenderer,
+    PdfPageInfo,
+    PdfRenderer,
+    PopplerRenderer,
+    build_renderer,
+    fit_dpi,
+    iter_pdf_pages,
+    open_pdf,
+    page_count,
+    render_page,
+)
+from mmrag.ingest.text import MissingToolError, check_ocr, choose_text, normalize_text, ocr
+from mmrag.types import DocumentKind, PageContent, SourceFile
+
+__all__ = [
+    "IMAGE_MIMES",
+    "MissingToolError",
+    "PDF_MIME",
+    "PDF_RENDERERS",
+    "PdfPageInfo",
+    "PdfRenderer",
+    "PdfiumRenderer",
+    "PopplerRenderer",
+    "build_renderer",
+    "check_ocr",
+    "choose_text",
+    "count_pages",
+    "describe",
+    "discover",
+    "fit_dpi",
+    "iter_pages",
+    "iter_pdf_pages",
+    "load_image",
+    "load_pages",
+    "normalize_text",
+    "ocr",
+    "open_pdf",
+    "page_count",
+    "render_page",
+    "sniff",
+    "sniff_bytes",
+]
+
+
+def load_pages(
+    source: SourceFile, settings: IngestSettings, page_numbers: Iterable[int] | None = None
+) -> list[PageContent]:
+    """Every page of `source` (or only `page_numbers`, 1-based) as RGB image + text.
+
+    Runs in worker processes. For a long PDF, hand workers slices (`page_numbers=range(a, b)`, with `count_pages`
+    for the bounds): a full-length list of 150 dpi pages is about 6 MB a page in memory and through the pipe.
+    """
+    return list(iter_pages(source, settings, page_numbers))
+
+
+def count_pages(source: SourceFile) -> int:
+    """How many pages `load_pages` yields for `source` (1 for an image)."""
+    if source.kind == DocumentKind.IMAGE:
+        return 1
+    if source.kind == DocumentKind.PDF:
+        return page_count(source.path)
+    raise UnsupportedTypeError(f"{source.path}: unsupported document kind {source.kind!r}")
+
+
+def iter_pages(
+    source: SourceFile, settings: IngestSettings, page_numbers: Iterable[int] | None = None
+) -> Iterator[PageContent]:
+    """Like load_pages, one page at a time: a PDF is open once and pages are rendered as they are asked for."""
+    path = Path(source.path)
+    try:
+        if source.kind == DocumentKind.IMAGE:
+            if page_numbers is not None and list(page_numbers) != [1]:
+                raise ValueError(f"{path}: an image has exactly one page")
+            image = load_image(path, max_pixels=settings.max_pixels)
+            yield _page(path, 1, image, None, settings)
+        elif source.kind == DocumentKind.PDF:
+            renderer = build_renderer(settings.renderer)
+            for info in iter_pdf_pages(path, page_numbers):
+                image = render_page(renderer, path, info, dpi=settings.dpi, max_pixels=settings.max_pixels)
+                yield _page(path, info.page_number, image, info.text, settings)
+        else:
+            raise UnsupportedTypeError(f"{path}: unsupported document kind {source.kind!r}")
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        # The file went away or became unreadable since it was described: this file fails, the job goes on.
+        raise InputError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
+
+
+def _page(path: Path, number: int, image: Image.Image, text_layer: str | None, settings: IngestSettings) -> PageContent:
+    try:
+        text, source = choose_text(
+            image, text_layer, mode=settings.ocr, lang=settings.ocr_lang, min_chars=settings.ocr_min_chars
+        )
+    except pytesseract.TesseractError as exc:
+        # Tesseract is installed and the language exists (those raise before this), so it is this image it
+        # could not handle (leptonica refuses some sizes and formats).
+        raise InputError(f"{path}: page {number}: OCR failed: {exc.message}") from exc
+    return PageContent(page_number=number, image=image, text=text, text_source=source)

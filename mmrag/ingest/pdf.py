@@ -1,0 +1,248 @@
+"""PDF pages: the PdfRenderer Protocol and its registry (pypdfium2, pdf2image), text layers, and the guard rails."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import pdf2image
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+from pdf2image import exceptions as poppler_errors
+from PIL import Image
+
+from mmrag.errors import CorruptFileError, EncryptedPdfError, TooLargeError
+from mmrag.ingest.text import MissingToolError, normalize_text
+from mmrag.registry import Registry
+
+log = logging.getLogger(__name__)
+
+POINTS_PER_INCH = 72.0
+# Below this a page is a smudge for both the embedders and OCR; a page that only fits max_pixels below it is
+# refused instead of rendered. Same floor as IngestSettings.dpi.
+MIN_DPI = 36.0
+# pdftoppm on a hostile content stream can run for a very long time; a worker must not hang on one page.
+POPPLER_TIMEOUT_S = 300
+
+
+@runtime_checkable
+class PdfRenderer(Protocol):
+    """Renders one page of a PDF file to an RGB image. Errors are InputErrors that name the file and page."""
+
+    name: str
+
+    def page_count(self, path: Path) -> int: ...
+
+    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+        """Page `page_number` (1-based) at `dpi`, as displayed (crop box, page rotation applied), mode RGB."""
+        ...
+
+
+PDF_RENDERERS: Registry[PdfRenderer] = Registry("PDF renderer")
+
+
+def build_renderer(name: str) -> PdfRenderer:
+    """The renderer registered as `name`; UnknownNameError lists the known names."""
+    return PDF_RENDERERS.create(name)
+
+
+@dataclass(frozen=True)
+class PdfPageInfo:
+    """What the pipeline needs to know about a page before rendering it."""
+
+    page_number: int  # 1-based
+    width_pt: float  # as displayed: crop box, after the page's /Rotate
+    height_pt: float
+    text: str  # the text layer, whitespace-normalised; "" when the page has none
+
+
+@contextmanager
+def open_pdf(path: Path) -> Iterator[pdfium.PdfDocument]:
+    """A pypdfium2 document for `path`, with PDFium's load errors turned into InputErrors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    # Loaded through the raw API rather than PdfDocument(path): pypdfium2 treats "opened, but no pages" as a load
+    # failure and reads FPDF_GetLastError() then, which still holds the error of some earlier, unrelated load
+    # (PDFium only sets it on failure). A stale FPDF_ERR_PASSWORD would call a zero-page PDF encrypted.
+    raw = pdfium_c.FPDF_LoadDocument((str(path.resolve()) + "\x00").encode("utf-8", "surrogateescape"), None)
+    if not raw:
+        raise _load_error(path, pdfium_c.FPDF_GetLastError())
+    doc = pdfium.PdfDocument(raw)
+    try:
+        if len(doc) < 1:
+            raise CorruptFileError(f"{path}: the PDF has no pages")
+        yield doc
+    finally:
+        doc.close()
+
+
+def _load_error(path: Path, code: int) -> Exception:
+    if code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
+        # An owner password alone (printing/copying restrictions) opens without a password and never gets here.
+        return EncryptedPdfError(f"{path}: the PDF needs a password to open")
+    reason = {
+        pdfium_c.FPDF_ERR_FILE: "file not found or could not be read",
+        pdfium_c.FPDF_ERR_FORMAT: "not a PDF or corrupted",
+    }.get(code, f"PDFium error {code}")
+    return CorruptFileError(f"{path}: cannot open PDF ({reason})")
+
+
+def page_count(path: Path) -> int:
+    with open_pdf(path) as doc:
+        return len(doc)
+
+
+def iter_pdf_pages(path: Path, page_numbers: Iterable[int] | None = None) -> Iterator[PdfPageInfo]:
+    """Size and text layer of each page (all, or `page_numbers`, 1-based), reading the file once."""
+    path = Path(path)
+    with open_pdf(path) as doc:
+        count = len(doc)
+        for number in page_numbers if page_numbers is not None else range(1, count + 1):
+            if not 1 <= number <= count:
+                raise ValueError(f"{path}: page {number} is out of range 1..{count}")
+            page = doc[number - 1]
+            try:
+                width, height = page.get_size()
+                textpage = page.get_textpage()
+                try:
+                    text = normalize_text(textpage.get_text_range())
+                finally:
+                    textpage.close()
+            except pdfium.PdfiumError as exc:
+                raise CorruptFileError(f"{path}: page {number}: cannot read page: {exc}") from exc
+            finally:
+                page.close()
+            yield PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
+
+
+def fit_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int, *, where: str = "page") -> float:
+    """`dpi`, or the largest lower dpi at which the page stays within `max_pixels`.
+
+    We downscale rather than refuse: a poster or an engineering drawing is a legitimate page, and a smaller
+    rendering of it is still useful to the embedders (which shrink pages to a few hundred pixels anyway).
+    Only a page that would need less than MIN_DPI is refused, with TooLargeError. `where` names the file and page.
+    """
+    if not (width_pt > 0 and height_pt > 0 and math.isfinite(width_pt) and math.isfinite(height_pt)):
+        raise CorruptFileError(f"{where}: the page has no area ({width_pt}x{height_pt} pt)")
+
+    def pixels(d: float) -> int:
+        return math.ceil(width_pt * d / POINTS_PER_INCH) * math.ceil(height_pt * d / POINTS_PER_INCH)
+
+    if pixels(dpi) <= max_pixels:
+        return dpi
+    fitted = dpi * math.sqrt(max_pixels / pixels(dpi))
+    while fitted >= MIN_DPI and pixels(fitted) > max_pixels:  # ceil() can push the first guess just over
+        fitted *= 0.995
+    if fitted < MIN_DPI:
+        raise TooLargeError(
+            f"{where}: {width_pt:.0f}x{height_pt:.0f} pt page is over the limit of {max_pixels} pixels "
+            f"even at {MIN_DPI:.0f} dpi"
+        )
+    log.info("%s: rendering at %.1f dpi instead of %.0f to stay within %d pixels", where, fitted, dpi, max_pixels)
+    return fitted
+
+
+def render_page(renderer: PdfRenderer, path: Path, page: PdfPageInfo, *, dpi: float, max_pixels: int) -> Image.Image:
+    """Render `page` with `renderer` at `dpi`, lowered if needed to fit `max_pixels` (see fit_dpi)."""
+    where = f"{path}: page {page.page_number}"
+    return renderer.render(path, page.page_number, fit_dpi(page.width_pt, page.height_pt, dpi, max_pixels, where=where))
+
+
+@PDF_RENDERERS.register("pypdfium2")
+class PdfiumRenderer:
+    """PDFium through pypdfium2: in-process, no subprocesses."""
+
+    name = "pypdfium2"
+
+    def page_count(self, path: Path) -> int:
+        return page_count(path)
+
+    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+        path = Path(path)
+        with open_pdf(path) as doc:
+            # Interactive form fields are drawn by the form environment, which must exist before pages load.
+            doc.init_forms()
+            if not 1 <= page_number <= len(doc):
+                raise ValueError(f"{path}: page {page_number} is out of range 1..{len(doc)}")
+            page = doc[page_number - 1]
+            try:
+                # rev_byteorder: PDFium writes RGB instead of its native BGR, sparing PIL a channel swap
+                # (about 20% of the render time of a 150 dpi page here).
+                bitmap = page.render(scale=dpi / POINTS_PER_INCH, may_draw_forms=True, rev_byteorder=True)
+                # PIL shares the bitmap's buffer only for L/RGBA/RGBX; an RGB image is a copy that owns its pixels.
+                image = bitmap.to_pil()
+                return image if image.mode == "RGB" else image.convert("RGB")
+            except pdfium.PdfiumError as exc:
+                raise CorruptFileError(f"{path}: page {page_number}: cannot render: {exc}") from exc
+            finally:
+                page.close()
+
+
+@PDF_RENDERERS.register("pdf2image")
+class PopplerRenderer:
+    """poppler's pdftoppm through pdf2image: one subprocess (plus pdfinfo) per call."""
+
+    name = "pdf2image"
+
+    def __init__(self, timeout_s: int = POPPLER_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+
+    def page_count(self, path: Path) -> int:
+        path = Path(path)
+        with self._poppler_errors(path, None):
+            pages = int(pdf2image.pdfinfo_from_path(str(path), timeout=self.timeout_s)["Pages"])
+        if pages < 1:
+            raise CorruptFileError(f"{path}: the PDF has no pages")
+        return pages
+
+    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+        path = Path(path)
+        if page_number < 1:
+            raise ValueError(f"{path}: page {page_number} is out of range")
+        with self._poppler_errors(path, page_number):
+            images = pdf2image.convert_from_path(
+                str(path),
+                dpi=dpi,
+                first_page=page_number,
+                last_page=page_number,
+                fmt="ppm",  # raw pixels through a pipe: no PNG encode/decode round trip
+                use_cropbox=True,  # what viewers (and PDFium) show; pdftoppm defaults to the media box
+                thread_count=1,
+                timeout=self.timeout_s,
+            )
+        if not images:
+            # pdf2image quietly returns nothing for a page past the end; tell that apart from a failed render.
+            count = self.page_count(path)
+            if page_number > count:
+                raise ValueError(f"{path}: page {page_number} is out of range 1..{count}")
+            raise CorruptFileError(f"{path}: page {page_number}: poppler rendered nothing")
+        image = images[0]
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    @contextmanager
+    def _poppler_errors(self, path: Path, page_number: int | None) -> Iterator[None]:
+        where = f"{path}" if page_number is None else f"{path}: page {page_number}"
+        try:
+            yield
+        except poppler_errors.PopplerNotInstalledError as exc:
+            raise MissingToolError(
+                "the pdf2image renderer needs poppler's pdftoppm and pdfinfo, which were not found. Install them "
+                "(Debian/Ubuntu: apt-get install poppler-utils) or use MMRAG_INGEST__RENDERER=pypdfium2."
+            ) from exc
+        except poppler_errors.PDFPageCountError as exc:
+            if "password" in str(exc).lower():
+                raise EncryptedPdfError(f"{where}: the PDF needs a password to open") from exc
+            raise CorruptFileError(f"{where}: poppler cannot read the PDF: {_last_line(str(exc))}") from exc
+        except poppler_errors.PDFPopplerTimeoutError as exc:
+            raise TooLargeError(f"{where}: poppler took longer than {self.timeout_s} s") from exc
+
+
+def _last_line(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
