@@ -1,0 +1,86 @@
+"""Vector and text indexes keyed by SQL page ids: the backend registry and the factories the composition root calls.
+
+Files under an index directory:
+    <name>.faiss, <name>.manifest.json   FaissIndex (one per single-vector space, e.g. "clip", "text")
+    chroma/                              ChromaIndex collections "mmrag_<name>"
+
+Multi-vector stores and BM25 indexes own a directory each, which the caller names: see
+open_multivector_store and Bm25Index.save.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mmrag.config import IndexSettings
+from mmrag.errors import ConfigError
+from mmrag.index.chroma_index import ChromaIndex
+from mmrag.index.faiss_index import FaissIndex
+from mmrag.index.lexical import Bm25Index, fingerprint_of, tokenize
+from mmrag.index.manifest import Manifest, atomic_write_bytes
+from mmrag.index.multivector import ShardedMultiVectorStore
+from mmrag.protocols import VectorIndex
+from mmrag.registry import Registry
+
+__all__ = [
+    "VECTOR_INDEXES",
+    "Bm25Index",
+    "ChromaIndex",
+    "FaissIndex",
+    "Manifest",
+    "ShardedMultiVectorStore",
+    "atomic_write_bytes",
+    "build_vector_index",
+    "fingerprint_of",
+    "open_multivector_store",
+    "tokenize",
+]
+
+VECTOR_INDEXES: Registry[VectorIndex] = Registry("vector index backend")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a file / collection name
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(f"index name {name!r} must be lowercase letters, digits, '_' or '-' (it names files)")
+    return name
+
+
+@VECTOR_INDEXES.register("faiss")
+def _build_faiss(settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int) -> VectorIndex:
+    return FaissIndex.open(
+        Path(directory) / f"{name}.faiss",
+        model=model,
+        dim=dim,
+        kind=settings.kind,
+        ivf_lists=settings.ivf_lists,
+        hnsw_m=settings.hnsw_m,
+        use_gpu=settings.use_gpu,
+    )
+
+
+@VECTOR_INDEXES.register("chroma")
+def _build_chroma(settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int) -> VectorIndex:
+    # Chroma is always HNSW; settings.kind and use_gpu do not apply, hnsw_m does.
+    return ChromaIndex.open(Path(directory) / "chroma", name=name, model=model, dim=dim, hnsw_m=settings.hnsw_m)
+
+
+def build_vector_index(settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int) -> VectorIndex:
+    """Open (or create) the single-vector index `name` (e.g. "clip", "text") of the configured backend."""
+    return VECTOR_INDEXES.create(settings.backend, settings, directory, name=_check_name(name), model=model, dim=dim)
+
+
+def open_multivector_store(
+    settings: IndexSettings, directory: Path, *, model: str, dim: int, device: str = "cpu", read_only: bool = False
+) -> ShardedMultiVectorStore:
+    """Open (or create) the multi-vector store that owns `directory`. `device` is a torch device or "auto"."""
+    return ShardedMultiVectorStore(
+        Path(directory),
+        dim,
+        model,
+        shard_rows=settings.multivector_shard_rows,
+        device=device,
+        read_only=read_only,
+    )

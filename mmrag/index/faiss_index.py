@@ -1,0 +1,493 @@
+"""FaissIndex: a FAISS single-vector index keyed by SQL page ids, saved as one atomic file holding its manifest.
+
+Kinds
+    flat   IndexIDMap2(IndexFlatIP): exact. The default; fast enough up to a few million vectors on a GPU.
+    ivf    IndexIVFFlat with native ids. It stays exact (the flat layout) until it first holds
+           39 * ivf_lists vectors -- faiss' own minimum of points per centroid for k-means -- and is then trained
+           once, on those vectors, with nlist = ivf_lists (no clamping is needed: training never starts with fewer
+           points). Below that size exact search is as fast as IVF anyway. The trained centroids are kept for good;
+           if the collection drifts far from them, rebuild the index from SQL. Searches probe ivf_nprobe lists.
+           Native ids rather than IndexIDMap2, because IndexIDMap.remove_ids assumes the sub-index renumbers its
+           rows after a removal, which IVF does not.
+    hnsw   IndexIDMap2(IndexHNSWFlat). HNSW graphs cannot delete. Removal (and the replace half of a re-add)
+           tombstones the row: searches skip tombstoned rows through an IDSelectorBitmap, and once tombstones
+           exceed HNSW_REBUILD_FRACTION of the rows the graph is rebuilt from the live vectors, reconstructed
+           from HNSWFlat's own storage. Tombstones are saved in the index file, so a reopen never resurrects them.
+
+GPU
+    With use_gpu and a GPU visible to faiss, flat and ivf searches run on a GPU replica of the index. The CPU index
+    stays the master copy that add/remove change and flush saves (GPU indexes cannot remove ids, and saving then
+    needs no device-to-host copy); the replica follows appends incrementally and is rebuilt after removals. HNSW
+    stays on the CPU (faiss has no GPU HNSW). The cost is host memory equal to the index.
+
+File layout (little-endian), written atomically by flush():
+    b"MMRAGFX1" | u64 manifest_len | u64 index_len | u64 tombstones_len
+    manifest JSON (utf-8) | faiss.write_index bytes | int64 tombstoned row positions (hnsw only)
+Manifest and index share the file, so a crash can never leave them disagreeing. `<stem>.manifest.json` beside it is
+a human-readable copy for operators and is never read back.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import faiss
+import numpy as np
+
+from mmrag.errors import ConfigError, IndexError_
+from mmrag.index.manifest import (
+    Manifest,
+    as_page_ids,
+    atomic_write,
+    atomic_write_bytes,
+    last_occurrences,
+    remove_stale_tmp_files,
+)
+from mmrag.types import Hit
+
+log = logging.getLogger(__name__)
+
+FaissKind = Literal["flat", "ivf", "hnsw"]
+KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
+METRICS: tuple[str, ...] = ("ip",)  # the VectorIndex contract: inner product on L2-normalised vectors
+
+FILE_MAGIC = b"MMRAGFX1"
+_HEADER = struct.Struct("<8sQQQ")
+
+IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
+IVF_MAX_TRAIN_POINTS_PER_LIST = 256  # faiss subsamples to this anyway; sampling ourselves avoids its warning
+HNSW_REBUILD_FRACTION = 0.2
+GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k searches the CPU master
+
+
+def _num_gpus() -> int:
+    # A function (not a constant) so tests can pretend a GPU is present.
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+def _contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    positions = np.searchsorted(sorted_ids, ids)
+    return sorted_ids[np.minimum(positions, len(sorted_ids) - 1)] == ids
+
+
+class FaissIndex:
+    """A VectorIndex over FAISS; open it with `FaissIndex.open`. Safe to share between threads (one lock)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        manifest: Manifest,
+        index: faiss.Index,
+        tombstones: np.ndarray,
+        ivf_lists: int,
+        ivf_nprobe: int,
+        hnsw_m: int,
+        hnsw_ef_construction: int,
+        hnsw_ef_search: int,
+        use_gpu: bool,
+        on_disk: bool,
+    ) -> None:
+        self.path = Path(path)
+        self.model = manifest.model
+        self.dim = manifest.dim
+        self.metric = manifest.metric
+        self.kind = manifest.kind
+        self._ivf_lists = ivf_lists
+        self._ivf_nprobe = ivf_nprobe
+        self._hnsw_m = hnsw_m
+        self._hnsw_ef_construction = hnsw_ef_construction
+        self._hnsw_ef_search = hnsw_ef_search
+        self._lock = threading.RLock()
+        self._index = index
+        # hnsw only: external id of every graph row, and which rows are alive (the rest are tombstones).
+        self._labels = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._alive_bitmap: np.ndarray | None = None
+        if self.kind == "hnsw":
+            self._labels = faiss.vector_to_array(index.id_map).astype(np.int64)
+            self._alive = np.ones(len(self._labels), dtype=bool)
+            self._alive[tombstones] = False
+        self._ids = np.sort(self._stored_ids())
+        self._dirty = not on_disk
+        self._use_gpu = use_gpu and self.kind in ("flat", "ivf") and _num_gpus() > 0
+        self._gpu_resources: object | None = None
+        self._gpu_index: faiss.Index | None = None
+        self._gpu_labels: np.ndarray | None = None  # row -> page id for a GPU replica of an IndexIDMap2's flat index
+        self._configure_search()
+        manifest.check_count(len(self._ids), where=self.path)
+
+    # ----------------------------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        model: str,
+        dim: int,
+        kind: FaissKind = "flat",
+        metric: str = "ip",
+        ivf_lists: int = 1024,
+        ivf_nprobe: int = 32,
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 80,
+        hnsw_ef_search: int = 128,
+        use_gpu: bool = True,
+    ) -> FaissIndex:
+        """Open the index file at `path`, or start an empty one if it does not exist (nothing is written before
+        `flush`). An existing file's manifest must match model, dim, metric and kind, else ManifestMismatchError."""
+        if kind not in KINDS:
+            raise ConfigError(f"unknown faiss index kind {kind!r}; known: {', '.join(KINDS)}")
+        if metric not in METRICS:
+            raise ConfigError(f"unsupported faiss metric {metric!r}; supported: {', '.join(METRICS)}")
+        if dim < 1:
+            raise ConfigError(f"vector dim must be >= 1, got {dim}")
+        if ivf_lists < 1 or ivf_nprobe < 1 or hnsw_m < 2:
+            raise ConfigError(f"bad faiss parameters: ivf_lists={ivf_lists}, ivf_nprobe={ivf_nprobe}, hnsw_m={hnsw_m}")
+        path = Path(path)
+        params: dict[str, Any] = {
+            "ivf_lists": ivf_lists,
+            "ivf_nprobe": ivf_nprobe,
+            "hnsw_m": hnsw_m,
+            "hnsw_ef_construction": hnsw_ef_construction,
+            "hnsw_ef_search": hnsw_ef_search,
+            "use_gpu": use_gpu,
+        }
+        if not path.exists():
+            manifest = Manifest(model=model, dim=dim, metric=metric, count=0, kind=kind)
+            index = _new_index(kind, dim, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
+            log.info("new %s faiss index at %s (model %s, dim %d)", kind, path, model, dim)
+            return cls(path, manifest=manifest, index=index, tombstones=np.zeros(0, np.int64), on_disk=False, **params)
+        manifest, index, tombstones = _read_file(path, model=model, dim=dim, metric=metric, kind=kind)
+        log.info("opened %s faiss index at %s: %d vectors", kind, path, manifest.count)
+        return cls(path, manifest=manifest, index=index, tombstones=tombstones, on_disk=True, **params)
+
+    # ----------------------------------------------------------------------------------------------- VectorIndex
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add or replace: an id already present gets the new vector (the old one is removed first)."""
+        ids = as_page_ids(ids)
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors contain NaN or infinity")
+        keep = last_occurrences(ids)
+        if len(keep) != len(ids):
+            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+        with self._lock:
+            replaced = ids[_contains(self._ids, ids)]
+            if len(replaced):
+                self._remove_present(replaced)
+            self._append(ids, vectors)
+            self._ids = np.union1d(self._ids, ids)  # replaced ids were already there: no duplicates
+            self._dirty = True
+            self._maybe_train_ivf()
+            self._maybe_rebuild_hnsw()
+
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
+        """Remove these page ids; ids not in the index are ignored. Returns how many were removed."""
+        wanted = np.unique(as_page_ids(ids if isinstance(ids, np.ndarray) else list(ids)))
+        with self._lock:
+            present = wanted[_contains(self._ids, wanted)]
+            if len(present) == 0:
+                return 0
+            self._remove_present(present)
+            self._ids = self._ids[~_contains(present, self._ids)]
+            self._dirty = True
+            self._maybe_rebuild_hnsw()
+            return len(present)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k by inner product for each query row, best first; fewer than k hits when the index is smaller."""
+        queries = np.asarray(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        with self._lock:
+            k = min(int(k), len(self._ids))
+            if k <= 0 or len(queries) == 0:
+                return [[] for _ in range(len(queries))]
+            scores, ids = self._search(queries, k)
+        return [
+            [
+                Hit(page_id=int(page_id), score=float(score))
+                for score, page_id in zip(row, row_ids, strict=True)
+                if page_id >= 0
+            ]
+            for row, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            return self._ids.copy()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, page_id: object) -> bool:
+        return bool(_contains(self._ids, np.asarray([page_id], dtype=np.int64))[0])
+
+    def flush(self) -> None:
+        """Write the index and its manifest as one file, atomically. A no-op when nothing changed."""
+        with self._lock:
+            if not self._dirty and self.path.exists():
+                return
+            manifest = self.manifest()
+            tombstones = np.flatnonzero(~self._alive).astype("<i8") if self.kind == "hnsw" else np.zeros(0, "<i8")
+            remove_stale_tmp_files(self.path)  # we are the only writer: any temp file is a dead writer's
+            atomic_write(self.path, lambda file: _write_file(file, manifest, self._index, tombstones))
+            self._dirty = False
+        try:
+            remove_stale_tmp_files(self.path.with_suffix(".manifest.json"))
+            atomic_write_bytes(self.path.with_suffix(".manifest.json"), (manifest.to_json() + "\n").encode())
+        except OSError as exc:  # informational copy only; the index file above is already committed
+            log.warning("%s: could not write its manifest copy: %s", self.path, exc)
+        log.debug("flushed %s: %d vectors", self.path, manifest.count)
+
+    def manifest(self) -> Manifest:
+        return Manifest(model=self.model, dim=self.dim, metric=self.metric, count=len(self._ids), kind=self.kind)
+
+    @property
+    def is_trained_ivf(self) -> bool:
+        """True once an ivf index has switched from its exact start to the trained IVF layout."""
+        return isinstance(self._index, faiss.IndexIVF)
+
+    def __repr__(self) -> str:
+        return f"FaissIndex({str(self.path)!r}, {self.kind}, model={self.model!r}, dim={self.dim}, n={len(self._ids)})"
+
+    # ----------------------------------------------------------------------------------------------- internals
+
+    def _stored_ids(self) -> np.ndarray:
+        if isinstance(self._index, faiss.IndexIVF):
+            return _ivf_ids(self._index)
+        if self.kind == "hnsw":
+            return self._labels[self._alive]
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def _append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._index.add_with_ids(vectors, ids)
+        if self.kind == "hnsw":
+            self._labels = np.concatenate([self._labels, ids])
+            self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+            self._alive_bitmap = None
+        elif self._gpu_index is not None:
+            self._append_to_gpu_replica(ids, vectors)
+
+    def _remove_present(self, present: np.ndarray) -> None:
+        """Remove ids known to be in the index (unique)."""
+        present = np.sort(present)
+        if self.kind == "hnsw":
+            self._alive &= ~_contains(present, self._labels)
+            self._alive_bitmap = None
+            return
+        removed = self._index.remove_ids(present)
+        if removed != len(present):
+            raise IndexError_(f"{self.path}: faiss removed {removed} of {len(present)} ids known to be present")
+        self._drop_gpu_replica()
+
+    def _maybe_train_ivf(self) -> None:
+        if self.kind != "ivf" or self.is_trained_ivf:
+            return
+        nlist = self._ivf_lists
+        if self._index.ntotal < IVF_MIN_POINTS_PER_LIST * nlist:
+            return
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vectors = self._index.index.reconstruct_n(0, self._index.ntotal)
+        training = vectors
+        if len(vectors) > IVF_MAX_TRAIN_POINTS_PER_LIST * nlist:
+            rng = np.random.default_rng(1234)  # deterministic, so a rebuild from SQL trains the same centroids
+            training = vectors[rng.choice(len(vectors), IVF_MAX_TRAIN_POINTS_PER_LIST * nlist, replace=False)]
+        log.info("training IVF on %d vectors, %d lists (%s)", len(training), nlist, self.path)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(np.ascontiguousarray(training))
+        ivf.add_with_ids(vectors, ids)
+        self._index = ivf
+        self._drop_gpu_replica()
+        self._configure_search()
+
+    def _maybe_rebuild_hnsw(self) -> None:
+        if self.kind != "hnsw":
+            return
+        dead = len(self._alive) - int(self._alive.sum())
+        if dead == 0 or dead < HNSW_REBUILD_FRACTION * len(self._alive):
+            return
+        live_rows = np.flatnonzero(self._alive)
+        log.info("rebuilding HNSW graph without %d tombstones (%d live vectors, %s)", dead, len(live_rows), self.path)
+        inner = faiss.downcast_index(self._index.index)
+        vectors = inner.reconstruct_n(0, inner.ntotal)[live_rows] if len(live_rows) else np.zeros((0, self.dim), "f4")
+        ids = self._labels[live_rows]
+        index = _new_index("hnsw", self.dim, hnsw_m=self._hnsw_m, hnsw_ef_construction=self._hnsw_ef_construction)
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors), ids)
+        self._index = index
+        self._labels = ids.copy()
+        self._alive = np.ones(len(ids), dtype=bool)
+        self._alive_bitmap = None
+
+    def _configure_search(self) -> None:
+        if isinstance(self._index, faiss.IndexIVF):
+            self._index.nprobe = min(self._ivf_nprobe, self._index.nlist)
+        elif self.kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = self._hnsw_ef_search
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "hnsw":
+            return self._search_hnsw(queries, k)
+        if self._use_gpu and k <= GPU_MAX_K:
+            replica = self._gpu_replica()
+            if replica is not None:
+                scores, rows = replica.search(queries, k)
+                if self._gpu_labels is None:
+                    return scores, rows
+                ids = np.where(rows >= 0, self._gpu_labels[np.maximum(rows, 0)], -1)
+                return scores, ids
+        return self._index.search(queries, k)
+
+    def _search_hnsw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        inner = faiss.downcast_index(self._index.index)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self._hnsw_ef_search, k)
+        selector = None
+        if not self._alive.all():
+            if self._alive_bitmap is None:
+                self._alive_bitmap = np.packbits(self._alive, bitorder="little")
+            # `selector` and the bitmap must outlive the search call: faiss holds raw pointers to both.
+            selector = faiss.IDSelectorBitmap(len(self._alive), faiss.swig_ptr(self._alive_bitmap))
+            params.sel = selector
+        scores, rows = inner.search(queries, k, params=params)
+        ids = np.where(rows >= 0, self._labels[np.maximum(rows, 0)], -1)
+        del selector
+        return scores, ids
+
+    # GPU replica ---------------------------------------------------------------------------------------------
+
+    def _clone_to_gpu(self, index: faiss.Index) -> faiss.Index:
+        if self._gpu_resources is None:
+            self._gpu_resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+
+    def _gpu_replica(self) -> faiss.Index | None:
+        if self._gpu_index is not None:
+            return self._gpu_index
+        try:
+            if isinstance(self._index, faiss.IndexIVF):
+                self._gpu_index = self._clone_to_gpu(self._index)
+                self._gpu_index.nprobe = self._index.nprobe
+                self._gpu_labels = None  # IVF keeps page ids itself
+            else:
+                # Only the flat storage goes to the GPU; we translate rows to page ids with id_map ourselves
+                # rather than rely on how the GPU cloner treats an IndexIDMap2 wrapper.
+                self._gpu_index = self._clone_to_gpu(self._index.index)
+                self._gpu_labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        except RuntimeError as exc:  # out of GPU memory, unsupported layout: searching on the CPU still works
+            log.warning("cannot move %s to the GPU, searching on the CPU: %s", self.path, exc)
+            self._use_gpu = False
+            self._drop_gpu_replica()
+            return None
+        log.info("GPU replica of %s ready (%d vectors)", self.path, self._gpu_index.ntotal)
+        return self._gpu_index
+
+    def _append_to_gpu_replica(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        assert self._gpu_index is not None
+        if self._gpu_labels is None:
+            self._gpu_index.add_with_ids(vectors, ids)
+        else:
+            self._gpu_index.add(vectors)
+            self._gpu_labels = np.concatenate([self._gpu_labels, ids])
+
+    def _drop_gpu_replica(self) -> None:
+        self._gpu_index = None
+        self._gpu_labels = None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _new_index(kind: str, dim: int, *, hnsw_m: int, hnsw_ef_construction: int) -> faiss.Index:
+    if kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = hnsw_ef_construction
+        return faiss.IndexIDMap2(hnsw)
+    # flat, and ivf before it has enough vectors to train
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _ivf_ids(ivf: faiss.IndexIVF) -> np.ndarray:
+    invlists = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(list_no), invlists.list_size(list_no)).copy()
+        for list_no in range(ivf.nlist)
+        if invlists.list_size(list_no) > 0
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _write_file(file: BinaryIO, manifest: Manifest, index: faiss.Index, tombstones: np.ndarray) -> None:
+    manifest_bytes = manifest.to_json().encode()
+    file.write(_HEADER.pack(FILE_MAGIC, len(manifest_bytes), 0, tombstones.nbytes))
+    file.write(manifest_bytes)
+    start = file.tell()
+    # Streamed through a callback so a large index is not copied into one bytes object first.
+    writer = faiss.PyCallbackIOWriter(file.write)
+    faiss.write_index(index, writer)
+    del writer  # flushes faiss' internal buffer into `file`
+    index_len = file.tell() - start
+    file.write(tombstones.tobytes())
+    file.seek(0)
+    file.write(_HEADER.pack(FILE_MAGIC, len(manifest_bytes), index_len, tombstones.nbytes))
+    file.seek(0, 2)
+
+
+def _read_file(path: Path, *, model: str, dim: int, metric: str, kind: str) -> tuple[Manifest, faiss.Index, np.ndarray]:
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = file.read(_HEADER.size)
+        if len(header) != _HEADER.size:
+            raise IndexError_(f"{path}: truncated header ({size} bytes); rebuild the index from SQL")
+        magic, manifest_len, index_len, tombstones_len = _HEADER.unpack(header)
+        if magic != FILE_MAGIC:
+            raise IndexError_(f"{path}: not an mmrag faiss index (magic {magic!r}, expected {FILE_MAGIC!r})")
+        expected_size = _HEADER.size + manifest_len + index_len + tombstones_len
+        if size != expected_size or index_len == 0:
+            raise IndexError_(f"{path}: file is {size} bytes, its header says {expected_size}; rebuild from SQL")
+        manifest = Manifest.from_json(file.read(manifest_len))
+        # Checked before the (possibly large) index is read: a mismatch needs a rebuild anyway.
+        manifest.check(model, dim, metric, where=path)
+        manifest.check_kind(kind, where=path)
+        remaining = index_len
+
+        def read(n: int) -> bytes:
+            nonlocal remaining
+            chunk = file.read(min(n, remaining))
+            remaining -= len(chunk)
+            return chunk
+
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        except RuntimeError as exc:
+            raise IndexError_(f"{path}: faiss cannot read the index ({exc}); rebuild it from SQL") from exc
+        file.seek(_HEADER.size + manifest_len + index_len)
+        tombstones = np.frombuffer(file.read(tombstones_len), dtype="<i8").astype(np.int64)
+    # read_index returns the concrete class already; do not re-wrap it with downcast_index, whose proxy does not
+    # own the C++ object (dropping the owning proxy would free the index).
+    if index.d != dim:
+        raise IndexError_(f"{path}: manifest says dim {dim}, the stored faiss index has dim {index.d}")
+    if len(tombstones) and (tombstones.min() < 0 or tombstones.max() >= index.ntotal):
+        raise IndexError_(f"{path}: tombstone positions outside 0..{index.ntotal - 1}")
+    return manifest, index, tombstones

@@ -1,0 +1,588 @@
+"""ShardedMultiVectorStore: per-page token embeddings in memory-mapped fp16 shards, searched with exact MaxSim.
+
+On-disk layout (one directory per store)
+    shard-NNNNNN.f16   raw little-endian float16 rows of width `dim`, appended to and never rewritten in place.
+                       A page's tokens are contiguous and never split across shards; a shard is closed once the
+                       next page would take it past `shard_rows` (a single page larger than that gets a shard alone).
+    offsets.bin        THE COMMIT POINT, replaced atomically by flush()/compact():
+                         b"MMRAGMV1" | u64 header_len | header JSON | entry table
+                       header: {"manifest": {...}, "shards": [{"serial": s, "rows": committed rows}, ...],
+                                "next_serial": n, "entries": number of table rows}
+                       table: packed little-endian records (page_id i8, shard serial i4, start_row i8,
+                              n_tokens i4, deleted u1), in (shard, start_row) order.
+    manifest.json      a human-readable copy of the manifest; never read back.
+
+Crash safety: rows are written (pwrite) before the table that references them is committed, and shard files are
+fsynced before offsets.bin is replaced. Rows past a shard's committed end, and shard files the committed table does
+not name, are leftovers of an interrupted run; a writer truncates/deletes them on open, a reader ignores them.
+compact() writes the live rows into new shard files (new serials), commits a table naming only those, then deletes
+the old files, so a crash at any point leaves either the old or the new state committed.
+
+Deletion is a tombstone (the entry's `deleted` flag); re-adding a page tombstones its previous entry. compact()
+drops tombstoned rows. Opening reads only offsets.bin: shards are memory-mapped, so a store larger than RAM opens.
+
+Search is exact MaxSim: score(page) = sum over query tokens of max over page tokens of <q, p>. Rows are read
+in chunks of whole pages (never all pages x all tokens at once), converted to float32 (fp16 matmul is slow on CPU;
+float32 on CUDA too keeps results identical across devices), multiplied with all query tokens at once, and reduced
+per page with torch.segment_reduce(max), which handles variable token counts without padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from mmrag.errors import ConfigError, IndexError_
+from mmrag.index.manifest import (
+    Manifest,
+    as_page_ids,
+    atomic_write,
+    atomic_write_bytes,
+    fsync_dir,
+    last_occurrences,
+    remove_stale_tmp_files,
+)
+from mmrag.types import Hit
+
+log = logging.getLogger(__name__)
+
+METRIC = "maxsim"
+KIND = "multivector"
+OFFSETS_FILE = "offsets.bin"
+MANIFEST_FILE = "manifest.json"
+FILE_MAGIC = b"MMRAGMV1"
+_HEADER = struct.Struct("<8sQ")
+_SHARD_NAME = re.compile(r"^shard-(\d{6,})\.f16$")
+ROW_DTYPE = np.dtype("<f2")
+ENTRY_DTYPE = np.dtype(
+    [("page_id", "<i8"), ("shard", "<i4"), ("start", "<i8"), ("n_tokens", "<i4"), ("deleted", "u1")]
+)  # packed: no padding, so the file layout does not depend on the platform's alignment
+DEFAULT_CHUNK_ROWS = {"cpu": 65_536, "cuda": 1_048_576}
+_COPY_ROWS = 262_144  # rows per write while compacting
+
+
+def shard_file_name(serial: int) -> str:
+    return f"shard-{serial:06d}.f16"
+
+
+@dataclass
+class _Shard:
+    serial: int
+    rows: int  # rows written and referenced by entries (committed or not)
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    while fds:
+        _, fd = fds.popitem()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when torch sees it; an explicit CUDA device that is not there is a config error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown torch device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but torch sees no CUDA device")
+    return resolved
+
+
+class ShardedMultiVectorStore:
+    """A MultiVectorStore over memory-mapped fp16 shards. One writer at a time; `read_only=True` opens for readers
+    (another process may be writing): nothing is truncated or deleted, and add/remove/flush/compact are refused."""
+
+    def __init__(
+        self,
+        directory: Path,
+        dim: int,
+        model_id: str,
+        *,
+        shard_rows: int = 4_000_000,
+        device: str = "cpu",
+        chunk_rows: int | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if dim < 1 or shard_rows < 1:
+            raise ConfigError(f"multi-vector store needs dim >= 1 and shard_rows >= 1, got {dim}, {shard_rows}")
+        self.directory = Path(directory)
+        self.dim = dim
+        self.model_id = model_id
+        self.shard_rows = shard_rows
+        self.device = resolve_device(device)
+        self.chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS.get(self.device.type, DEFAULT_CHUNK_ROWS["cpu"])
+        self.read_only = read_only
+        self._row_bytes = dim * ROW_DTYPE.itemsize
+        self._lock = threading.RLock()
+        self._table = np.zeros(0, dtype=ENTRY_DTYPE)
+        self._shards: list[_Shard] = []
+        self._next_serial = 0
+        self._live: dict[int, int] = {}  # page id -> row of _table
+        self._fds: dict[int, int] = {}  # shard serial -> fd open for writing
+        weakref.finalize(self, _close_all, self._fds)  # a store dropped without close() still releases its fds
+        self._unsynced: set[int] = set()  # shard serials written since the last commit
+        self._maps: dict[int, np.memmap] = {}  # shard serial -> memmap of its first `rows` rows
+        self._plan: list[tuple[int, int, int, np.ndarray, torch.Tensor]] | None = None
+        self._dirty = False
+        if read_only:
+            if not (self.directory / OFFSETS_FILE).exists():
+                raise IndexError_(f"{self.directory}: no multi-vector store to open read-only")
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        if (self.directory / OFFSETS_FILE).exists():
+            self._load()
+        else:
+            self._dirty = True  # the first flush creates offsets.bin even when empty
+            if not read_only:
+                self._remove_unreferenced_shards()
+            log.info("new multi-vector store at %s (model %s, dim %d)", self.directory, model_id, dim)
+
+    # ----------------------------------------------------------------------------------------------- MultiVectorStore
+
+    def add(self, ids: Sequence[int], vectors: Sequence[np.ndarray]) -> None:
+        """Append pages' token embeddings (each (tokens, dim), tokens >= 1), stored as fp16. Re-adding a page
+        tombstones its previous entry. Visible to search at once; durable after flush()."""
+        self._check_writable()
+        page_ids = as_page_ids(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if len(page_ids) != len(vectors):
+            raise ValueError(f"{len(page_ids)} ids for {len(vectors)} token matrices")
+        keep = last_occurrences(page_ids)
+        pages: list[tuple[int, np.ndarray]] = []
+        for position in keep:
+            tokens = np.asarray(vectors[position])
+            if tokens.ndim != 2 or tokens.shape[1] != self.dim or tokens.shape[0] < 1:
+                raise ValueError(
+                    f"page {page_ids[position]}: tokens must have shape (n>=1, {self.dim}), got {tokens.shape}"
+                )
+            with np.errstate(over="ignore"):  # overflow shows up as inf, rejected just below
+                tokens16 = np.ascontiguousarray(tokens, dtype=ROW_DTYPE)
+            if not np.isfinite(tokens16).all():
+                raise ValueError(f"page {page_ids[position]}: token vectors are NaN/inf or overflow float16")
+            pages.append((int(page_ids[position]), tokens16))
+        if not pages:
+            return
+        with self._lock:
+            shards_before = [(shard, shard.rows) for shard in self._shards]
+            try:
+                new_entries = self._write_pages(pages)
+            except BaseException:
+                # Undo the row counts so the table keeps tiling every shard; the bytes written are overwritten by
+                # the next add, or truncated on the next open.
+                for shard, rows in shards_before:
+                    shard.rows = rows
+                del self._shards[len(shards_before) :]
+                self._plan = None
+                raise
+            # Rows are on disk; only now does the table point at them.
+            for page_id, _ in pages:
+                old = self._live.pop(page_id, None)
+                if old is not None:
+                    self._table["deleted"][old] = 1
+            base = len(self._table)
+            self._table = np.concatenate([self._table, new_entries])
+            for offset, (page_id, _) in enumerate(pages):
+                self._live[page_id] = base + offset
+            self._changed()
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Tombstone these pages; unknown ids are ignored. Returns how many were removed."""
+        self._check_writable()
+        removed = 0
+        with self._lock:
+            for page_id in np.unique(as_page_ids(ids if isinstance(ids, np.ndarray) else list(ids))):
+                row = self._live.pop(int(page_id), None)
+                if row is not None:
+                    self._table["deleted"][row] = 1
+                    removed += 1
+            if removed:
+                self._changed()
+        return removed
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        """Top-k pages by exact MaxSim for one query of shape (query_tokens, dim)."""
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: Sequence[np.ndarray], k: int) -> list[list[Hit]]:
+        """Top-k pages for each query; one pass over the shards serves the whole batch."""
+        query_arrays = [np.asarray(query, dtype=np.float32) for query in queries]
+        for query in query_arrays:
+            if query.ndim != 2 or query.shape[1] != self.dim or query.shape[0] < 1:
+                raise ValueError(f"a query must have shape (n>=1, {self.dim}), got {query.shape}")
+        if not query_arrays:
+            return []
+        with self._lock:
+            if k <= 0 or not self._live:
+                return [[] for _ in query_arrays]
+            page_scores = self._score_pages(query_arrays)
+            table = self._table
+        results = []
+        for column in range(len(query_arrays)):
+            scores = page_scores[:, column]
+            candidates = np.flatnonzero(np.isfinite(scores))  # tombstoned entries stay -inf
+            if len(candidates) > k:
+                candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+            page_ids = table["page_id"][candidates]
+            order = np.lexsort((page_ids, -scores[candidates]))  # best first; ties by page id, for stable output
+            results.append([Hit(page_id=int(page_ids[i]), score=float(scores[candidates[i]])) for i in order])
+        return results
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            return np.sort(np.fromiter(self._live.keys(), dtype=np.int64, count=len(self._live)))
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, page_id: object) -> bool:
+        return page_id in self._live
+
+    def tokens(self, page_id: int) -> np.ndarray:
+        """The stored (fp16) token matrix of one live page, e.g. to rebuild another index from it."""
+        with self._lock:
+            row = self._live[page_id]
+            entry = self._table[row]
+            return np.array(self._map(int(entry["shard"]))[entry["start"] : entry["start"] + entry["n_tokens"]])
+
+    def flush(self) -> None:
+        """Commit: fsync new rows, then atomically replace offsets.bin. A no-op when nothing changed."""
+        self._check_writable()
+        with self._lock:
+            if not self._dirty:
+                return
+            for serial in sorted(self._unsynced):
+                if serial in self._fds:
+                    os.fsync(self._fds[serial])
+            self._commit(self._table, self._shards)
+            self._unsynced.clear()
+
+    def compact(self) -> None:
+        """Rewrite the shards without tombstoned rows, then commit (so compact() also flushes)."""
+        self._check_writable()
+        with self._lock:
+            dead = int(self._table["deleted"].sum())
+            if dead == 0:
+                self.flush()
+                return
+            live_rows = np.flatnonzero(self._table["deleted"] == 0)
+            old_serials = [shard.serial for shard in self._shards]
+            old_bytes = sum(shard.rows for shard in self._shards) * self._row_bytes
+            new_shards: list[_Shard] = []
+            new_table = np.zeros(len(live_rows), dtype=ENTRY_DTYPE)
+            try:
+                self._copy_live_rows(live_rows, new_shards, new_table)
+                for shard in new_shards:
+                    os.fsync(self._fds[shard.serial])
+                self._commit(new_table, new_shards)
+            except BaseException:
+                # Nothing is committed: the old state stands. The new files are left for the next writer's open
+                # to delete as unreferenced; deleting them here is never needed for correctness.
+                for shard in new_shards:
+                    self._forget_shard(shard.serial)
+                raise
+            # Committed: the old shard files are unreferenced from here on.
+            self._table = new_table
+            self._shards = new_shards
+            self._live = {int(page_id): row for row, page_id in enumerate(new_table["page_id"])}
+            self._unsynced.clear()
+            for serial in old_serials:
+                self._forget_shard(serial)
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / shard_file_name(serial)).unlink()
+            fsync_dir(self.directory)
+            self._plan = None
+            new_bytes = sum(shard.rows for shard in new_shards) * self._row_bytes
+            log.info(
+                "compacted %s: dropped %d tombstoned pages, %d -> %d bytes", self.directory, dead, old_bytes, new_bytes
+            )
+
+    def _copy_live_rows(self, live_rows: np.ndarray, new_shards: list[_Shard], new_table: np.ndarray) -> None:
+        """Copy the rows of `live_rows` entries into fresh shards, filling `new_shards` and `new_table`."""
+        buffer: list[np.ndarray] = []
+        buffered = 0
+
+        def spill() -> None:
+            nonlocal buffer, buffered
+            if buffer:
+                self._write_rows(new_shards[-1], new_shards[-1].rows, buffer)
+                buffer, buffered = [], 0
+
+        for position, row in enumerate(live_rows):
+            entry = self._table[row]
+            n_tokens, start = int(entry["n_tokens"]), int(entry["start"])
+            used = new_shards[-1].rows + buffered if new_shards else None
+            if used is None or (used > 0 and used + n_tokens > self.shard_rows):
+                spill()
+                new_shards.append(_Shard(serial=self._next_serial, rows=0))
+                self._next_serial += 1
+            new_table[position] = (entry["page_id"], new_shards[-1].serial, new_shards[-1].rows + buffered, n_tokens, 0)
+            buffer.append(np.asarray(self._map(int(entry["shard"]))[start : start + n_tokens]))
+            buffered += n_tokens
+            if buffered >= _COPY_ROWS:
+                spill()
+        spill()
+
+    def manifest(self) -> Manifest:
+        return Manifest(model=self.model_id, dim=self.dim, metric=METRIC, count=len(self._live), kind=KIND)
+
+    def stats(self) -> dict[str, int]:
+        """Sizes for status output: live/tombstoned pages, shards, token rows on disk."""
+        with self._lock:
+            return {
+                "pages": len(self._live),
+                "tombstoned_pages": int(self._table["deleted"].sum()),
+                "shards": len(self._shards),
+                "rows": int(sum(shard.rows for shard in self._shards)),
+            }
+
+    def close(self) -> None:
+        """Release file handles and maps (does not flush)."""
+        with self._lock:
+            _close_all(self._fds)
+            self._maps.clear()
+
+    def __enter__(self) -> ShardedMultiVectorStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.directory)!r}, model={self.model_id!r}, dim={self.dim}, n={len(self)})"
+
+    # ----------------------------------------------------------------------------------------------- search internals
+
+    def _score_pages(self, queries: list[np.ndarray]) -> np.ndarray:
+        """(entries, queries) MaxSim scores; -inf for tombstoned entries and chunks holding none alive."""
+        query_lengths = torch.tensor([len(query) for query in queries])
+        query_tokens = torch.from_numpy(np.ascontiguousarray(np.concatenate(queries))).to(self.device)
+        # Summing each query's columns is a matmul with a 0/1 (query tokens x queries) matrix.
+        owner = torch.repeat_interleave(torch.arange(len(queries)), query_lengths)
+        column_sum = torch.nn.functional.one_hot(owner, len(queries)).to(self.device, torch.float32)
+        page_scores = np.full((len(self._table), len(queries)), -np.inf, dtype=np.float32)
+        alive = self._table["deleted"] == 0
+        with torch.inference_mode():
+            for serial, row_start, row_stop, entries, lengths in self._chunk_plan():
+                if not alive[entries].any():
+                    continue  # only tombstones here: skip the read entirely
+                rows = torch.from_numpy(np.array(self._map(serial)[row_start:row_stop]))
+                rows = rows.to(self.device, non_blocking=True).to(torch.float32)
+                similarity = rows @ query_tokens.T  # (rows, all query tokens)
+                maxima = torch.segment_reduce(similarity, "max", lengths=lengths.to(self.device), axis=0)
+                page_scores[entries] = (maxima @ column_sum).cpu().numpy()
+        page_scores[~alive] = -np.inf
+        return page_scores
+
+    def _chunk_plan(self) -> list[tuple[int, int, int, np.ndarray, torch.Tensor]]:
+        """(shard serial, first row, end row, entry indices, token counts) per chunk of whole pages.
+
+        Entries are grouped by the chunk_rows-sized window their first row falls in, so a chunk exceeds chunk_rows
+        by at most one page. Cached until the table changes."""
+        if self._plan is not None:
+            return self._plan
+        table = self._table
+        order = np.lexsort((table["start"], table["shard"]))
+        shards, starts, counts = table["shard"][order], table["start"][order], table["n_tokens"][order]
+        window = starts // self.chunk_rows
+        breaks = np.flatnonzero((np.diff(shards) != 0) | (np.diff(window) != 0)) + 1
+        plan = []
+        for group in np.split(np.arange(len(order)), breaks):
+            if len(group) == 0:
+                continue
+            first, last = group[0], group[-1]
+            row_start, row_stop = int(starts[first]), int(starts[last] + counts[last])
+            lengths = torch.from_numpy(counts[group].astype(np.int64))
+            plan.append((int(shards[first]), row_start, row_stop, order[group], lengths))
+        self._plan = plan
+        return plan
+
+    def _map(self, serial: int) -> np.memmap:
+        shard = next(shard for shard in self._shards if shard.serial == serial)
+        existing = self._maps.get(serial)
+        if existing is None or existing.shape[0] != shard.rows:
+            # Re-mapped when the shard has grown; mapping is cheap and reads nothing.
+            existing = np.memmap(
+                self.directory / shard_file_name(serial), dtype=ROW_DTYPE, mode="r", shape=(shard.rows, self.dim)
+            )
+            self._maps[serial] = existing
+        return existing
+
+    # ----------------------------------------------------------------------------------------------- write internals
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise IndexError_(f"{self.directory}: multi-vector store was opened read-only")
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self._plan = None
+
+    def _shard_for(self, n_tokens: int, *, pending_rows: int) -> _Shard:
+        """The active shard if the page fits (or the shard is empty), else a new one."""
+        if self._shards:
+            active = self._shards[-1]
+            used = active.rows + pending_rows
+            if used == 0 or used + n_tokens <= self.shard_rows:
+                return active
+        shard = _Shard(serial=self._next_serial, rows=0)
+        self._next_serial += 1
+        self._shards.append(shard)
+        self._plan = None
+        return shard
+
+    def _write_pages(self, pages: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        """Write the pages' rows into the active shard (rolling over as needed); returns their table entries."""
+        entries = np.zeros(len(pages), dtype=ENTRY_DTYPE)
+        pending: list[np.ndarray] = []  # consecutive pages bound for one shard, written with one pwrite
+        pending_rows = 0
+        pending_shard: _Shard | None = None
+        for position, (page_id, tokens) in enumerate(pages):
+            shard = self._shard_for(len(tokens), pending_rows=pending_rows)
+            if shard is not pending_shard:
+                if pending_shard is not None and pending:
+                    self._write_rows(pending_shard, pending_shard.rows, pending)
+                pending, pending_rows, pending_shard = [], 0, shard
+            entries[position] = (page_id, shard.serial, shard.rows + pending_rows, len(tokens), 0)
+            pending.append(tokens)
+            pending_rows += len(tokens)
+            if pending_rows >= _COPY_ROWS:
+                self._write_rows(shard, shard.rows, pending)
+                pending, pending_rows = [], 0
+        if pending_shard is not None and pending:
+            self._write_rows(pending_shard, pending_shard.rows, pending)
+        return entries
+
+    def _write_rows(self, shard: _Shard, start: int, blocks: list[np.ndarray]) -> None:
+        """pwrite rows at their exact offset (not append), so bytes left by a failed write are simply overwritten."""
+        data = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        fd = self._fds.get(shard.serial)
+        if fd is None:
+            fd = os.open(self.directory / shard_file_name(shard.serial), os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[shard.serial] = fd
+        payload = memoryview(np.ascontiguousarray(data, dtype=ROW_DTYPE)).cast("B")
+        offset, written = start * self._row_bytes, 0
+        while written < len(payload):
+            written += os.pwrite(fd, payload[written:], offset + written)
+        shard.rows = start + len(data)
+        self._unsynced.add(shard.serial)
+
+    def _commit(self, table: np.ndarray, shards: list[_Shard]) -> None:
+        manifest = Manifest(
+            model=self.model_id, dim=self.dim, metric=METRIC, count=int((table["deleted"] == 0).sum()), kind=KIND
+        )
+        header = {
+            "manifest": manifest.to_dict(),
+            "shards": [{"serial": shard.serial, "rows": shard.rows} for shard in shards],
+            "next_serial": self._next_serial,
+            "entries": len(table),
+        }
+        header_bytes = json.dumps(header, sort_keys=True).encode()
+        table_bytes = np.ascontiguousarray(table, dtype=ENTRY_DTYPE).tobytes()
+        path = self.directory / OFFSETS_FILE
+        remove_stale_tmp_files(path)
+
+        def write(file: BinaryIO) -> None:
+            file.write(_HEADER.pack(FILE_MAGIC, len(header_bytes)))
+            file.write(header_bytes)
+            file.write(table_bytes)
+
+        atomic_write(path, write)
+        self._dirty = False
+        try:
+            atomic_write_bytes(self.directory / MANIFEST_FILE, (manifest.to_json() + "\n").encode())
+        except OSError as exc:  # informational copy only; the commit above already happened
+            log.warning("%s: could not write %s: %s", self.directory, MANIFEST_FILE, exc)
+
+    def _forget_shard(self, serial: int) -> None:
+        self._maps.pop(serial, None)
+        fd = self._fds.pop(serial, None)
+        if fd is not None:
+            os.close(fd)
+
+    # ----------------------------------------------------------------------------------------------- opening
+
+    def _load(self) -> None:
+        path = self.directory / OFFSETS_FILE
+        data = path.read_bytes()
+        if len(data) < _HEADER.size:
+            raise IndexError_(f"{path}: truncated ({len(data)} bytes)")
+        magic, header_len = _HEADER.unpack_from(data)
+        if magic != FILE_MAGIC:
+            raise IndexError_(f"{path}: not an mmrag multi-vector offsets file (magic {magic!r})")
+        try:
+            header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
+        except json.JSONDecodeError as exc:
+            raise IndexError_(f"{path}: header is not valid JSON: {exc}") from exc
+        manifest = Manifest.from_dict(header.get("manifest"))
+        manifest.check(self.model_id, self.dim, METRIC, where=self.directory)
+        manifest.check_kind(KIND, where=self.directory)
+        table_bytes = data[_HEADER.size + header_len :]
+        n_entries = int(header["entries"])
+        if len(table_bytes) != n_entries * ENTRY_DTYPE.itemsize:
+            raise IndexError_(f"{path}: entry table is {len(table_bytes)} bytes, expected {n_entries} entries")
+        table = np.frombuffer(table_bytes, dtype=ENTRY_DTYPE).copy()
+        shards = [_Shard(serial=int(shard["serial"]), rows=int(shard["rows"])) for shard in header["shards"]]
+        self._validate(table, shards)
+        live = {int(table["page_id"][row]): int(row) for row in np.flatnonzero(table["deleted"] == 0)}
+        if len(live) != int((table["deleted"] == 0).sum()):
+            raise IndexError_(f"{path}: a page id appears in more than one live entry")
+        manifest.check_count(len(live), where=self.directory)
+        self._table, self._shards, self._live = table, shards, live
+        self._next_serial = max(int(header["next_serial"]), max((shard.serial + 1 for shard in shards), default=0))
+        if not self.read_only:
+            self._discard_uncommitted_rows()
+            self._remove_unreferenced_shards()
+        log.info("opened multi-vector store %s: %d pages in %d shards", self.directory, len(live), len(shards))
+
+    def _validate(self, table: np.ndarray, shards: list[_Shard]) -> None:
+        """Each shard's committed rows must be exactly tiled by its entries, in order; the file must hold them."""
+        rows_by_serial = {shard.serial: shard.rows for shard in shards}
+        for serial, rows in rows_by_serial.items():
+            mine = table[table["shard"] == serial]
+            starts, counts = mine["start"], mine["n_tokens"]
+            expected_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(mine) else starts
+            if (counts < 1).any() or not np.array_equal(starts, expected_starts) or int(counts.sum()) != rows:
+                raise IndexError_(f"{self.directory}: entries of shard {serial} do not tile its {rows} rows")
+            shard_path = self.directory / shard_file_name(serial)
+            size = shard_path.stat().st_size if shard_path.exists() else 0
+            if size < rows * self._row_bytes:
+                raise IndexError_(
+                    f"{shard_path}: holds {size // self._row_bytes} rows but {rows} are committed; "
+                    f"the store is damaged, rebuild it from SQL"
+                )
+        unknown = set(np.unique(table["shard"]).tolist()) - set(rows_by_serial)
+        if unknown:
+            raise IndexError_(f"{self.directory}: entries point at unknown shards {sorted(unknown)}")
+
+    def _discard_uncommitted_rows(self) -> None:
+        for shard in self._shards:
+            shard_path = self.directory / shard_file_name(shard.serial)
+            committed_bytes = shard.rows * self._row_bytes
+            if shard_path.exists() and shard_path.stat().st_size > committed_bytes:
+                garbage = shard_path.stat().st_size - committed_bytes
+                log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", shard_path, garbage)
+                os.truncate(shard_path, committed_bytes)
+
+    def _remove_unreferenced_shards(self) -> None:
+        referenced = {shard.serial for shard in self._shards}
+        for candidate in self.directory.iterdir():
+            match = _SHARD_NAME.match(candidate.name)
+            if match and int(match.group(1)) not in referenced:
+                log.warning("%s: removing shard file no commit references (interrupted add or compaction)", candidate)
+                candidate.unlink()
+                self._next_serial = max(self._next_serial, int(match.group(1)) + 1)

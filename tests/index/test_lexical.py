@@ -1,0 +1,143 @@
+"""Bm25Index and its tokenizer: numbers, dates and amounts survive; ranking; save/load; staleness fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmrag.errors import IndexError_, ManifestMismatchError
+from mmrag.index import lexical
+from mmrag.index.lexical import Bm25Index, fingerprint_of, tokenize
+from mmrag.protocols import LexicalIndex
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Total: 12.50", ["total", "12.50"]),
+        ("paid 1,234.56 EUR", ["paid", "1,234.56", "eur"]),
+        ("on 2018-03-04.", ["on", "2018-03-04", "2018", "03", "04"]),
+        ("03/04/2018", ["03/04/2018", "03", "04", "2018"]),
+        ("at 10:30", ["at", "10:30", "10", "30"]),
+        ("RM9.00", ["rm9.00", "rm", "9.00"]),
+        ("$12.50", ["12.50"]),
+        ("Invoice No. 4711", ["invoice", "no", "4711"]),
+        ("Café STRASSE Straße", ["café", "strasse", "strasse"]),
+        ("ＴＯＴＡＬ １２.５０", ["total", "12.50"]),  # full-width forms, common in OCR output
+        ("e-mail, well-known", ["e", "mail", "well", "known"]),
+        ("", []),
+    ],
+)
+def test_tokenize(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+def test_an_amount_is_not_split_into_parts() -> None:
+    tokens = tokenize("Total RM9.00 and 12.50")
+    assert "9.00" in tokens and "12.50" in tokens
+    assert not {"9", "00", "12", "50"} & set(tokens)
+
+
+PAGES = [
+    (10, "Invoice 2018-03-04 from ACME Sdn Bhd. Total RM9.00 paid in cash."),
+    (11, "Receipt: two coffees and a croissant, total 12.50 EUR, 03/04/2018."),
+    (12, "Meeting notes about the quarterly roadmap and hiring plans."),
+    (13, "Hotel invoice: 3 nights, total 1,234.56 EUR, check-out 2019-07-01."),
+    (14, ""),
+    (15, "Parking ticket, 4.00 EUR, valid until 18:00."),
+]
+
+
+@pytest.fixture
+def index() -> Bm25Index:
+    index = Bm25Index()
+    index.rebuild(PAGES)
+    return index
+
+
+def test_implements_the_protocol(index: Bm25Index) -> None:
+    assert isinstance(index, LexicalIndex)
+    assert len(index) == len(PAGES)
+
+
+@pytest.mark.parametrize(
+    ("query", "best"),
+    [
+        ("RM9.00", 10),
+        ("9.00", 10),
+        ("total 12.50", 11),
+        ("1,234.56", 13),
+        ("hotel nights", 13),
+        ("roadmap hiring", 12),
+        ("2018-03-04", 10),
+        ("03/04/2018", 11),
+        ("parking 18:00", 15),
+    ],
+)
+def test_the_right_page_ranks_first(index: Bm25Index, query: str, best: int) -> None:
+    hits = index.search(query, 3)
+    assert hits[0].page_id == best
+    assert all(hit.score > 0 for hit in hits)
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+
+def test_only_matching_pages_are_returned(index: Bm25Index) -> None:
+    assert index.search("zeppelin", 5) == []
+    assert index.search("", 5) == []
+    assert index.search("...", 5) == []
+    assert {hit.page_id for hit in index.search("invoice", 10)} == {10, 13}
+    assert index.search("invoice", 0) == []
+
+
+def test_rebuild_replaces_everything() -> None:
+    index = Bm25Index()
+    index.rebuild(PAGES)
+    index.rebuild([(99, "only this page about invoices"), (99, "only this page about receipts")])
+    assert len(index) == 1
+    assert index.search("invoice", 5) == []  # the old pages are gone
+    assert [hit.page_id for hit in index.search("receipts", 5)] == [99]  # a repeated id keeps its last text
+    empty = Bm25Index()
+    empty.rebuild([])
+    assert len(empty) == 0 and empty.search("anything", 3) == []
+
+
+def test_save_and_load(index: Bm25Index, tmp_path: Path) -> None:
+    assert not Bm25Index.saved_in(tmp_path)
+    index.save(tmp_path)
+    index.save(tmp_path)  # a second save switches generations and removes the first
+    assert Bm25Index.saved_in(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["CURRENT", "bm25-000002", "manifest.json"]
+    loaded = Bm25Index.load(tmp_path)
+    assert len(loaded) == len(index)
+    assert loaded.fingerprint == index.fingerprint
+    for query in ("RM9.00", "total", "hotel invoice 2019-07-01"):
+        assert loaded.search(query, 5) == index.search(query, 5)
+
+
+def test_an_interrupted_save_leaves_the_previous_generation(index: Bm25Index, tmp_path: Path) -> None:
+    index.save(tmp_path)
+    (tmp_path / "bm25-000007").mkdir()  # a save that died before switching CURRENT
+    (tmp_path / "bm25-000007" / "params.index.json").write_text("{")
+    assert Bm25Index.load(tmp_path).search("RM9.00", 1)[0].page_id == 10
+    index.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["CURRENT", "bm25-000008", "manifest.json"]
+
+
+def test_load_checks_the_manifest(index: Bm25Index, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(IndexError_, match="no saved BM25 index"):
+        Bm25Index.load(tmp_path)
+    index.save(tmp_path)
+    monkeypatch.setattr(lexical, "MODEL", "bm25s+mmrag-tokenize-2")  # the tokenizer changed since the save
+    with pytest.raises(ManifestMismatchError, match=r"mmrag-tokenize-1.*mmrag-tokenize-2"):
+        Bm25Index.load(tmp_path)
+
+
+def test_fingerprint_tells_when_the_index_is_stale(index: Bm25Index) -> None:
+    ids = [page_id for page_id, _ in PAGES]
+    assert index.fingerprint == fingerprint_of(ids) == fingerprint_of(reversed(ids))
+    assert index.is_current(ids)
+    assert not index.is_current(ids[:-1])
+    assert not index.is_current([*ids, 16])
+    assert fingerprint_of([1, 2]) != fingerprint_of([1, 3])
+    assert fingerprint_of([]) == fingerprint_of(())
