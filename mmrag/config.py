@@ -63,10 +63,14 @@ class EmbedderSettings(BaseModel):
 class IndexSettings(BaseModel):
     backend: Literal["faiss", "chroma"] = "faiss"
     kind: Literal["flat", "ivf", "hnsw"] = "flat"
-    ivf_lists: int = Field(1024, ge=1)
+    ivf_lists: int = Field(1024, ge=1)  # IVF trains once it holds 39 vectors per list; exact until then
+    ivf_nprobe: int = Field(32, ge=1)
     hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=1)
     use_gpu: bool = True  # move FAISS indexes to the GPU when faiss sees one
     multivector_shard_rows: int = Field(4_000_000, ge=1024)  # token rows per memory-mapped shard
+    # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned).
+    compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
 
 
 class Settings(BaseSettings):

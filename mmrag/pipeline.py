@@ -369,6 +369,7 @@ def run_index(
     progress.start(len(items))
 
     pages_indexed = _process_items(services, collection_id, job_id, items, stores, embedders, progress)
+    stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
 
     with transaction(services.sessions) as session:
@@ -591,4 +592,5 @@ def delete_documents(
         for store in stores.by_retriever().values():
             store.remove(removed_pages)
         stores.flush()
+        stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     return deleted

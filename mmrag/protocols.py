@@ -92,6 +92,10 @@ class MultiVectorStore(Protocol):
 
     def compact(self) -> None: ...
 
+    def stats(self) -> dict[str, int]:
+        """At least `pages` (live) and `tombstoned_pages`."""
+        ...
+
 
 @runtime_checkable
 class LexicalIndex(Protocol):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
 from mmrag.embedders.device import resolve_device
-from mmrag.errors import ModelUnavailableError
+from mmrag.errors import IndexError_, ModelUnavailableError
 from mmrag.protocols import ImageEmbedder, LexicalIndex, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
 from mmrag.store.db import build_engine, build_sessionmaker, upgrade
 
@@ -74,6 +74,17 @@ class CollectionStores:
     def flush(self) -> None:
         for store in self.by_retriever().values():
             store.flush()
+
+    def compact_if_worthwhile(self, tombstone_ratio: float) -> bool:
+        """Rewrite the multi-vector shards when deleted pages take more than `tombstone_ratio` of them."""
+        if self.colpali is None:
+            return False
+        stats = self.colpali.stats()
+        total = stats["pages"] + stats["tombstoned_pages"]
+        if total == 0 or stats["tombstoned_pages"] / total <= tombstone_ratio:
+            return False
+        self.colpali.compact()
+        return True
 
 
 class Services:
@@ -142,7 +153,12 @@ class Services:
         with self.sessions() as session:
             pages = repository.page_texts(session, collection_id)
         fingerprint = fingerprint_of(page_id for page_id, _ in pages)
-        index = Bm25Index.load(directory) if (directory / "manifest.json").exists() else None
+        index = None
+        if Bm25Index.saved_in(directory):
+            try:
+                index = Bm25Index.load(directory)
+            except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
+                log.warning("rebuilding the BM25 index of collection %s: %s", collection_id, exc)
         if index is None or index.fingerprint != fingerprint:
             index = Bm25Index()
             index.rebuild(pages)

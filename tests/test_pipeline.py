@@ -156,3 +156,16 @@ def test_unloadable_model_turns_its_retriever_off(tmp_path: Path, database_url: 
     assert "no-such-clip" in report.retrievers_off["clip"]
     assert "no-such-colpali" in report.retrievers_off["colpali"]
     assert report.counts["indexed"] == 2
+
+
+def test_deleting_most_pages_compacts_the_multivector_store(tmp_path: Path, services: Services) -> None:
+    corpus = tmp_path / "corpus"
+    files = make_corpus(corpus, images=4, pdfs=0)
+    run_index(services, [corpus])
+    store = services.stores(1).colpali
+    rows_before = store.stats()["rows"]
+    delete_documents(services, "default", paths=[str(files[f"img{i}"]) for i in range(3)])
+    stats = store.stats()
+    assert stats["pages"] == 1 and stats["tombstoned_pages"] == 0  # 3 of 4 deleted: over the 20% threshold
+    assert stats["rows"] < rows_before
+    assert_stores_agree_with_sql(services)

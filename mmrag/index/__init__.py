@@ -56,7 +56,9 @@ def _build_faiss(settings: IndexSettings, directory: Path, *, name: str, model: 
         dim=dim,
         kind=settings.kind,
         ivf_lists=settings.ivf_lists,
+        ivf_nprobe=settings.ivf_nprobe,
         hnsw_m=settings.hnsw_m,
+        hnsw_ef_search=settings.hnsw_ef_search,
         use_gpu=settings.use_gpu,
     )
 
