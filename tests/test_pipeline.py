@@ -169,3 +169,25 @@ def test_deleting_most_pages_compacts_the_multivector_store(tmp_path: Path, serv
     assert stats["pages"] == 1 and stats["tombstoned_pages"] == 0  # 3 of 4 deleted: over the 20% threshold
     assert stats["rows"] < rows_before
     assert_stores_agree_with_sql(services)
+
+
+def test_chroma_backend_runs_the_same_job(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    from mmrag.config import IndexSettings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'chroma.db'}", index=IndexSettings(backend="chroma"))
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        files = make_corpus(corpus, images=3, pdfs=1)
+        report = run_index(services, [corpus])
+        assert report.counts["indexed"] == 4
+        assert type(services.stores(1).clip).__name__ == "ChromaIndex"
+        assert_stores_agree_with_sql(services)
+        from mmrag.ingest import load_image
+
+        hits = search(services, "default", image=load_image(files["img1"], max_pixels=10**7), k=1)
+        assert hits[0].path == str(files["img1"].resolve())
+        delete_documents(services, "default", paths=[str(files["img1"])])
+        assert_stores_agree_with_sql(services)
+    finally:
+        services.close()
