@@ -34,12 +34,12 @@ from sqlalchemy.orm import Session
 
 from mmrag.config import IngestSettings
 from mmrag.errors import InputError, NotFoundError
-from mmrag.ingest import check_ocr, describe, discover, load_pages
+from mmrag.ingest import check_ocr, describe, discover, iter_pages
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
 from mmrag.store.models import Document, DocumentPath, Job, Page, PageEmbedding, utcnow
-from mmrag.types import DocumentStatus, ItemState, JobState, PageContent
+from mmrag.types import DocumentStatus, ItemState, JobState
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,26 @@ class JobReport:
 
 
 @dataclass(frozen=True)
+class StoredPage:
+    """A decoded page as a worker hands it back: its image is already on disk, so only the path crosses processes."""
+
+    page_number: int
+    width: int  # as rendered or decoded
+    height: int
+    text: str
+    text_source: str
+    image_path: str  # relative to the data dir
+
+
+@dataclass(frozen=True)
 class LoadedFile:
-    """What a worker hands back: the file's identity and its decoded pages (images already stored on disk)."""
+    """What a worker hands back: the file's identity and its pages."""
 
     path: str
     sha256: str
     kind: str
     mime: str
-    pages: list[PageContent]
-    image_paths: list[str]
+    pages: list[StoredPage]
 
 
 def page_image_path(sha256: str, page_number: int) -> str:
@@ -97,13 +108,17 @@ def page_image_path(sha256: str, page_number: int) -> str:
 
 
 def load_file(path: str, sha256: str, settings: IngestSettings, data_dir: str) -> LoadedFile:
-    """Worker-process entry: sniff, decode or render, extract text, store the page images."""
+    """Worker-process entry: sniff, decode or render, extract text, store the page images.
+
+    Pages are rendered one at a time and written to disk; only paths and text travel back, so a 500-page PDF
+    costs one page of memory here and a few kilobytes in the queue. The embedders read the stored JPEG, which
+    also makes every vector a function of the stored image, the same one `repair` re-embeds from.
+    """
     source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
-    pages = load_pages(source, settings)
-    image_paths = []
-    stored_pages = []
-    for page in pages:
+    stored = []
+    for page in iter_pages(source, settings):
         image = page.image
+        width, height = image.size
         if max(image.size) > settings.page_image_max_side:
             image = image.copy()
             image.thumbnail((settings.page_image_max_side, settings.page_image_max_side), Image.Resampling.LANCZOS)
@@ -113,9 +128,8 @@ def load_file(path: str, sha256: str, settings: IngestSettings, data_dir: str) -
         tmp = target.with_suffix(".tmp")
         image.save(tmp, format="JPEG", quality=90)
         os.replace(tmp, target)
-        image_paths.append(relative)
-        stored_pages.append(PageContent(page.page_number, image, page.text, page.text_source))
-    return LoadedFile(path, sha256, source.kind.value, source.mime, stored_pages, image_paths)
+        stored.append(StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative))
+    return LoadedFile(path, sha256, source.kind.value, source.mime, stored)
 
 
 def sha256_of(path: Path) -> str:
@@ -159,10 +173,10 @@ def recover(services: Services, collection_id: int, stores: CollectionStores) ->
 # --- embedding and writing -----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PendingPage:
     page_id: int
-    image: Image.Image
+    image_path: str | None  # relative to the data dir
     text: str
 
 
@@ -175,14 +189,14 @@ class _Batch:
 
 
 def embed_and_store(
-    embedders: Embedders, stores: CollectionStores, pages: Sequence[_PendingPage]
+    embedders: Embedders, stores: CollectionStores, pages: Sequence[_PendingPage], data_dir: Path
 ) -> list[PageEmbedding]:
     """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL records to write."""
     records: list[PageEmbedding] = []
     if not pages:
         return records
     ids = np.array([p.page_id for p in pages], dtype=np.int64)
-    images = [p.image for p in pages]
+    images = [_open_page_image(data_dir, p.image_path) for p in pages]
     if embedders.clip is not None and stores.clip is not None:
         vectors = embedders.clip.embed_images(images)
         stores.clip.add(ids, vectors)
@@ -211,7 +225,7 @@ def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int
 
 
 def _commit_batch(services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch) -> None:
-    records = embed_and_store(embedders, stores, batch.pages)
+    records = embed_and_store(embedders, stores, batch.pages, services.data_dir)
     stores.flush()  # vectors durable before SQL vouches for them
     with transaction(services.sessions) as session:
         session.add_all(records)
@@ -242,8 +256,8 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
         size = services.settings.batch_pages
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
-            pages = [_PendingPage(pid, _open_page_image(services.data_dir, path), text) for pid, path, text in chunk]
-            records = embed_and_store(only, stores, pages)
+            pages = [_PendingPage(pid, path, text) for pid, path, text in chunk]
+            records = embed_and_store(only, stores, pages, services.data_dir)
             stores.flush()
             with transaction(services.sessions) as session:
                 session.add_all(records)
@@ -435,7 +449,9 @@ def _process_items(
                 finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
             return
         page_ids = _write_pages(services, document_id, loaded)
-        batch.pages += [_PendingPage(pid, p.image, p.text) for pid, p in zip(page_ids, loaded.pages, strict=True)]
+        batch.pages += [
+            _PendingPage(pid, page.image_path, page.text) for pid, page in zip(page_ids, loaded.pages, strict=True)
+        ]
         batch.document_ids.append(document_id)
         batch.item_pages[item_id] = len(page_ids)
         duplicates = waiting_on.pop(document_id, [])
@@ -546,13 +562,13 @@ def _write_pages(services: Services, document_id: int, loaded: LoadedFile) -> li
             Page(
                 document_id=document_id,
                 page_number=page.page_number,
-                width=page.image.width,
-                height=page.image.height,
-                image_path=image_path,
+                width=page.width,
+                height=page.height,
+                image_path=page.image_path,
                 text=page.text,
-                text_source=page.text_source.value,
+                text_source=page.text_source,
             )
-            for page, image_path in zip(loaded.pages, loaded.image_paths, strict=True)
+            for page in loaded.pages
         ]
         session.add_all(rows)
         session.flush()
