@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,8 +108,9 @@ def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenC
     model_name, pretrained, model_id, revision = _parse_spec(spec)
     try:
         # create_model_from_pretrained sets require_pretrained=True: a missing checkpoint raises, never random-inits.
-        model, preprocess = open_clip.create_model_from_pretrained(model_name, pretrained=pretrained, device="cpu")
-        tokenizer = open_clip.get_tokenizer(model_name)
+        with _hub_cache_only():
+            model, preprocess = open_clip.create_model_from_pretrained(model_name, pretrained=pretrained, device="cpu")
+            tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError and hub errors for "cannot load"
         raise ModelUnavailableError(spec, f"open_clip could not load it ({type(error).__name__}: {error})") from error
     if revision is None:
@@ -117,6 +119,20 @@ def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenC
     return OpenClipEmbedder(
         model, preprocess, tokenizer, model_id=model_id, revision=revision, device=device, batch_size=batch_size
     )
+
+
+@contextmanager
+def _hub_cache_only() -> Iterator[None]:
+    """Make huggingface_hub answer from the local cache only while open_clip loads (it has no such option),
+    so a tag missing from the cache fails at once instead of downloading weights at run time."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def _parse_spec(spec: str) -> tuple[str, str | None, str, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import shutil
 from pathlib import Path
 
@@ -100,3 +101,25 @@ def test_tiny_config_keeps_the_real_tokenizer_vocabulary(saved_clip: Path) -> No
     assert TINY_CLIP_CONFIG["text_cfg"]["vocab_size"] == 49408
     saved = json.loads((saved_clip / "open_clip_config.json").read_text())
     assert saved["model_cfg"] == TINY_CLIP_CONFIG
+
+
+def test_a_pretrained_tag_missing_from_the_cache_fails_without_going_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    # even with offline mode off, loading answers from the (empty) cache only
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    connections: list[object] = []
+    real_connect = socket.socket.connect
+
+    def record_connect(sock: socket.socket, address: object) -> None:
+        connections.append(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", record_connect)
+    with pytest.raises(ModelUnavailableError, match="ViT-B-32:laion2b_s34b_b79k"):
+        load_clip("ViT-B-32:laion2b_s34b_b79k")
+    assert connections == []
+    assert constants.HF_HUB_OFFLINE is False
