@@ -112,13 +112,13 @@ def test_a_pretrained_tag_missing_from_the_cache_fails_without_going_online(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     connections: list[object] = []
-    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
 
-    def record_connect(sock: socket.socket, address: object) -> None:
-        connections.append(address)
-        return real_connect(sock, address)
+    def record_lookup(host: object, *args: object, **kwargs: object) -> object:
+        connections.append(host)  # every connection to a named host starts with this lookup
+        return real_getaddrinfo(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket.socket, "connect", record_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", record_lookup)
     with pytest.raises(ModelUnavailableError, match="ViT-B-32:laion2b_s34b_b79k"):
         load_clip("ViT-B-32:laion2b_s34b_b79k")
     assert connections == []
