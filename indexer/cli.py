@@ -107,7 +107,7 @@ def index(
         console.print(f"retriever off: {name}: {reason}", style="yellow")
     if report.failures:
         failures = Table(title="failed files")
-        failures.add_column("path")
+        failures.add_column("path", overflow="fold")
         failures.add_column("reason")
         for path, reason in report.failures:
             failures.add_row(path, reason.removeprefix(f"{path}: "))
@@ -230,7 +230,9 @@ def search(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG to its own handler
+    for handler in logging.getLogger().handlers:
+        # bm25s sets its own logger to DEBUG at import; filter at the handler so that cannot reach the terminal
+        handler.setLevel(logging.WARNING)
     try:
         app()
     except MmragError as exc:

@@ -54,7 +54,7 @@ def load_embedders(settings: Settings) -> Embedders:
         try:
             setattr(embedders, name, registry.create(group.profile, group))
         except ModelUnavailableError as exc:
-            log.warning("retriever %s is off: %s", name, exc)
+            log.info("retriever %s is off: %s", name, exc)  # callers report it (the CLI prints a table)
             embedders.off[name] = str(exc)
     return embedders
 
