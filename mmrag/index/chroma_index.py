@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmrag.errors import BackendUnavailableError, ConfigError, IndexError_
-from mmrag.index.manifest import Manifest, as_page_ids, last_occurrences
+from mmrag.index.manifest import Manifest, as_page_ids, checked_batch
 from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
@@ -136,19 +136,9 @@ class ChromaIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace (upsert). Vectors are required: there is no way to make chroma embed text for us."""
-        ids = as_page_ids(ids)
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        ids, vectors = checked_batch(ids, vectors, self.dim)  # also deduplicates: chroma rejects repeated ids
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinity")
-        keep = last_occurrences(ids)  # chroma rejects duplicate ids within one call
-        ids, vectors = ids[keep], vectors[keep]
         with self._lock:
             for start in range(0, len(ids), self._max_batch):
                 stop = start + self._max_batch

@@ -45,7 +45,7 @@ from mmrag.index.manifest import (
     as_page_ids,
     atomic_write,
     atomic_write_bytes,
-    last_occurrences,
+    checked_batch,
     remove_stale_tmp_files,
 )
 from mmrag.types import Hit
@@ -175,20 +175,9 @@ class FaissIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace: an id already present gets the new vector (the old one is removed first)."""
-        ids = as_page_ids(ids)
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        ids, vectors = checked_batch(ids, vectors, self.dim)
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinity")
-        keep = last_occurrences(ids)
-        if len(keep) != len(ids):
-            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
         with self._lock:
             replaced = ids[_contains(self._ids, ids)]
             if len(replaced):

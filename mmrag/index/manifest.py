@@ -111,6 +111,23 @@ def as_page_ids(ids: object) -> np.ndarray:
     return array
 
 
+def checked_batch(ids: object, vectors: object, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one add(): int64 ids and finite (n, dim) float32 vectors, one row per id (a later vector wins)."""
+    ids = as_page_ids(ids)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (n, {dim}), got {vectors.shape}")
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinity")
+    keep = last_occurrences(ids)
+    if len(keep) != len(ids):
+        ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+    return ids, vectors
+
+
 def last_occurrences(ids: np.ndarray) -> np.ndarray:
     """Positions of the last occurrence of each id, in input order: within one add, a later vector wins."""
     _, first_in_reversed = np.unique(ids[::-1], return_index=True)
