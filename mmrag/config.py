@@ -73,6 +73,16 @@ class IndexSettings(BaseModel):
     compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
 
 
+class RetrievalSettings(BaseModel):
+    # Weighted reciprocal-rank fusion: rank-based, so it needs no score calibration across retrievers whose
+    # scores live on unrelated scales (cosine, MaxSim sums, BM25); weights let a weak retriever count for less.
+    rrf_k: int = Field(60, ge=1)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"clip": 1.0, "colpali": 1.0, "text": 1.0, "lexical": 1.0}
+    )
+    depth: int = Field(50, ge=1)  # each retriever's ranking depth before fusion (grows when filters bite)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -81,6 +91,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     embedders: EmbedderSettings = EmbedderSettings()
     index: IndexSettings = IndexSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     batch_pages: int = Field(32, ge=1)  # pages per commit (one checkpoint of vectors + SQL)
 
     def database_url(self) -> str:

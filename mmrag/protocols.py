@@ -1,14 +1,14 @@
-"""The Protocols of mmrag's pluggable parts: embedders, vector indexes, the multi-vector store, text indexes."""
+"""The Protocols of mmrag's pluggable parts: embedders, vector indexes, the multi-vector store, text indexes, answerers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
-from mmrag.types import Hit
+from mmrag.types import Answer, Hit, RetrievedPage
 
 
 @runtime_checkable
@@ -106,3 +106,16 @@ class LexicalIndex(Protocol):
     def search(self, query: str, k: int) -> list[Hit]: ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    """Answers a question from retrieved pages, citing them; says so when they do not answer it."""
+
+    name: str
+
+    def answer(self, question: str, pages: Sequence[RetrievedPage]) -> Answer: ...
+
+    def stream(self, question: str, pages: Sequence[RetrievedPage]) -> Iterator[str | Answer]:
+        """Text chunks as they are generated, then the final Answer (with checked citations) last."""
+        ...

@@ -1,4 +1,4 @@
-"""search(): run a query through every loaded retriever of a collection and fuse the rankings."""
+"""search(): run a query through every loaded retriever of the collections, fuse the rankings, filter, page."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from mmrag.config import RetrievalSettings
 from mmrag.errors import ConfigError
 from mmrag.services import Services
 from mmrag.store import repository
-from mmrag.types import Hit, SearchResult
+from mmrag.types import Hit, RetrievedPage, SearchFilters, SearchResult
 
 log = logging.getLogger(__name__)
 
-RRF_K = 60  # the constant of Cormack et al. (2009); damps the head of each ranking
+RETRIEVER_NAMES = ("clip", "colpali", "text", "lexical")
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,19 @@ def retrieve(
     """Each loaded retriever's own ranking, `depth` deep. Text goes to every retriever; an image to CLIP."""
     if (text is None) == (image is None):
         raise ConfigError("give exactly one of a text query or an image query")
-    wanted = set(retrievers) if retrievers else {"clip", "colpali", "text", "lexical"}
+    unknown = set(retrievers or ()) - set(RETRIEVER_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown retrievers {sorted(unknown)}; known: {', '.join(RETRIEVER_NAMES)}")
+    wanted = set(retrievers) if retrievers else set(RETRIEVER_NAMES)
     embedders = services.embedders()
     stores = services.stores(collection_id)
-    results: list[RetrieverHits] = []
     if image is not None:
         if embedders.clip is None or stores.clip is None:
             raise ConfigError(f"image search needs the CLIP retriever, which is off: {embedders.off.get('clip')}")
         vectors = embedders.clip.embed_images([image])
         return [RetrieverHits("clip", stores.clip.search(vectors, depth)[0])]
     assert text is not None
+    results: list[RetrieverHits] = []
     if "clip" in wanted and embedders.clip is not None and stores.clip is not None:
         results.append(RetrieverHits("clip", stores.clip.search(embedders.clip.embed_texts([text]), depth)[0]))
     if "colpali" in wanted and embedders.colpali is not None and stores.colpali is not None:
@@ -58,13 +62,21 @@ def retrieve(
     return results
 
 
-def fuse(rankings: Sequence[RetrieverHits]) -> list[tuple[int, float, dict[str, float]]]:
-    """Reciprocal-rank fusion: (page id, fused score, per-retriever raw scores), best first."""
+def fuse(
+    rankings: Sequence[RetrieverHits], settings: RetrievalSettings | None = None
+) -> list[tuple[int, float, dict[str, float]]]:
+    """Weighted reciprocal-rank fusion: (page id, fused score, per-retriever raw scores), best first.
+
+    Ranks, not raw scores, are fused because cosine, MaxSim sums and BM25 live on unrelated scales; the
+    weights (settings.retrieval.weights) let a weak retriever count for less instead of dragging good ones down.
+    """
+    settings = settings or RetrievalSettings()
     fused: dict[int, float] = {}
     raw: dict[int, dict[str, float]] = {}
     for ranking in rankings:
+        weight = settings.weights.get(ranking.retriever, 1.0)
         for rank, hit in enumerate(ranking.hits, start=1):
-            fused[hit.page_id] = fused.get(hit.page_id, 0.0) + 1.0 / (RRF_K + rank)
+            fused[hit.page_id] = fused.get(hit.page_id, 0.0) + weight / (settings.rrf_k + rank)
             raw.setdefault(hit.page_id, {})[ranking.retriever] = hit.score
     order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))
     return [(page_id, fused[page_id], raw[page_id]) for page_id in order]
@@ -72,39 +84,75 @@ def fuse(rankings: Sequence[RetrieverHits]) -> list[tuple[int, float, dict[str, 
 
 def search(
     services: Services,
-    collection: str,
+    collections: str | Sequence[str],
     *,
     text: str | None = None,
     image: Image.Image | None = None,
     k: int = 10,
+    offset: int = 0,
     retrievers: Sequence[str] | None = None,
+    filters: SearchFilters | None = None,
 ) -> list[SearchResult]:
-    """Top-k pages of a collection for a text or image query, with fused and per-retriever scores."""
+    """Hits offset..offset+k of one or more collections for a text or image query.
+
+    Each hit carries the fused score and each retriever's own score. Several collections are fused each on
+    its own and merged by fused score, which is rank-based, so they interleave rank by rank. Filters are applied against SQL after
+    fusion; when they remove too much, the retrievers are asked again, deeper, until enough hits pass or the
+    collection is exhausted, so a narrow filter still gets its full page of results.
+    """
+    names = [collections] if isinstance(collections, str) else list(collections)
+    filters = filters or SearchFilters()
+    settings = services.settings.retrieval
     with services.sessions() as session:
-        collection_id = repository.get_collection(session, collection).id
-    rankings = retrieve(services, collection_id, text=text, image=image, depth=max(k * 5, 50), retrievers=retrievers)
-    fused = fuse(rankings)
-    retriever_name = "+".join(r.retriever for r in rankings)
-    with services.sessions() as session:
-        # SQL is the truth: a vector whose page was deleted (and not yet swept from a store) is dropped here.
-        rows = repository.describe_pages(session, [page_id for page_id, _, _ in fused[: k * 2]])
-    results = []
-    for page_id, score, scores in fused:
-        row = rows.get(page_id)
-        if row is None:
-            continue
-        results.append(
-            SearchResult(
-                page_id=page_id,
-                document_id=row.document_id,
-                page_number=row.page_number,
-                path=row.path,
-                score=score,
-                retriever=retriever_name,
-                text=row.text,
-                scores=scores,
-            )
-        )
-        if len(results) == k:
+        collection_ids = [repository.get_collection(session, name).id for name in names]
+    wanted = offset + k
+    depth = max(settings.depth, 5 * wanted)
+    while True:
+        fused: list[tuple[int, float, dict[str, float]]] = []
+        rankings_used: list[str] = []
+        exhausted = True
+        for collection_id in collection_ids:
+            rankings = retrieve(services, collection_id, text=text, image=image, depth=depth, retrievers=retrievers)
+            exhausted &= all(len(r.hits) < depth for r in rankings)
+            rankings_used += [r.retriever for r in rankings if r.retriever not in rankings_used]
+            fused += fuse(rankings, settings)
+        fused.sort(key=lambda item: (-item[1], item[0]))
+        with services.sessions() as session:
+            # SQL is the truth: pages deleted (and not yet swept from a store) or filtered out are dropped here.
+            rows = repository.describe_pages(session, [page_id for page_id, _, _ in fused], filters=filters)
+        passing = [item for item in fused if item[0] in rows]
+        if len(passing) >= wanted or exhausted:
             break
-    return results
+        depth *= 4
+    retriever_name = "+".join(rankings_used)
+    return [
+        SearchResult(
+            page_id=page_id,
+            document_id=rows[page_id].document_id,
+            page_number=rows[page_id].page_number,
+            path=rows[page_id].path,
+            score=score,
+            retriever=retriever_name,
+            text=rows[page_id].text,
+            scores=scores,
+        )
+        for page_id, score, scores in passing[offset:wanted]
+    ]
+
+
+def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list[RetrievedPage]:
+    """Search results as answerer input: text plus the absolute path of each stored page image."""
+    with services.sessions() as session:
+        image_paths = repository.page_image_paths(session, [r.page_id for r in results])
+    return [
+        RetrievedPage(
+            page_id=r.page_id,
+            document_id=r.document_id,
+            page_number=r.page_number,
+            path=r.path,
+            score=r.score,
+            text=r.text,
+            image_path=(services.data_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
+        )
+        for r in results
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -80,3 +82,43 @@ class SearchResult:
     retriever: str
     text: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrievedPage:
+    """A page handed to an answerer: its text for quoting and its stored image for a VLM."""
+
+    page_id: int
+    document_id: int
+    page_number: int
+    path: str
+    score: float
+    text: str
+    image_path: Path | None  # absolute path of the stored page image
+
+
+@dataclass(frozen=True)
+class Citation:
+    document_id: int
+    page_id: int
+    page_number: int
+    path: str
+    score: float
+    quote: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: list[Citation]
+    supported: bool  # False: the retrieved pages do not answer the question
+    answerer: str  # e.g. "extractive", "openai:qwen2.5-vl", "transformers:HuggingFaceTB/SmolVLM-Instruct"
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    kind: str | None = None  # image | pdf
+    path_prefix: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata key = value, all must match
+    indexed_after: datetime | None = None
+    indexed_before: datetime | None = None

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.store.models import Collection, Document, DocumentPath, Job, JobItem, Page, PageEmbedding, utcnow
-from mmrag.types import DocumentStatus, ItemState, JobState
+from mmrag.types import DocumentStatus, ItemState, JobState, SearchFilters
 
 
 def get_or_create_collection(session: Session, name: str) -> Collection:
@@ -145,22 +145,58 @@ class PageRow:
     text: str
 
 
-def describe_pages(session: Session, page_ids: Sequence[int]) -> dict[int, PageRow]:
-    """Page id → where it came from (first recorded path), for printing hits."""
-    if not page_ids:
-        return {}
+def describe_pages(
+    session: Session, page_ids: Sequence[int], *, filters: SearchFilters | None = None
+) -> dict[int, PageRow]:
+    """Page id → where it came from (first recorded path), for indexed pages that pass the filters."""
+    result: dict[int, PageRow] = {}
+    ids = list(page_ids)
     first_path = (
         select(DocumentPath.document_id, func.min(DocumentPath.path).label("path"))
         .group_by(DocumentPath.document_id)
         .subquery()
     )
-    rows = session.execute(
-        select(Page.id, Page.document_id, Page.page_number, first_path.c.path, Page.text)
-        .join(first_path, first_path.c.document_id == Page.document_id)
-        .join(Document, Document.id == Page.document_id)
-        .where(Page.id.in_(list(page_ids)), Document.status == DocumentStatus.INDEXED)
-    )
-    return {r[0]: PageRow(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+    for start in range(0, len(ids), 1000):  # bounded IN lists
+        query = (
+            select(Page.id, Page.document_id, Page.page_number, first_path.c.path, Page.text)
+            .join(first_path, first_path.c.document_id == Page.document_id)
+            .join(Document, Document.id == Page.document_id)
+            .where(Page.id.in_(ids[start : start + 1000]), Document.status == DocumentStatus.INDEXED)
+        )
+        if filters is not None:
+            query = _filtered(query, filters)
+        for r in session.execute(query):
+            result[r[0]] = PageRow(r[0], r[1], r[2], r[3], r[4])
+    return result
+
+
+def _filtered(query: Select, filters: SearchFilters) -> Select:
+    if filters.kind:
+        query = query.where(Document.kind == filters.kind)
+    if filters.path_prefix:
+        # Any recorded path of the document may match, not only the one shown; % and _ match themselves.
+        matching = select(DocumentPath.document_id).where(
+            DocumentPath.path.startswith(filters.path_prefix, autoescape=True)
+        )
+        query = query.where(Document.id.in_(matching))
+    for key, value in filters.metadata.items():
+        query = query.where(Document.user_metadata[key].as_string() == value)
+    if filters.indexed_after:
+        query = query.where(Document.indexed_at >= filters.indexed_after)
+    if filters.indexed_before:
+        query = query.where(Document.indexed_at < filters.indexed_before)
+    return query
+
+
+def set_user_metadata(session: Session, document_id: int, metadata: dict[str, Any]) -> None:
+    get_document(session, document_id).user_metadata = dict(metadata)
+
+
+def page_image_paths(session: Session, page_ids: Sequence[int]) -> dict[int, str | None]:
+    ids = list(page_ids)
+    if not ids:
+        return {}
+    return dict(session.execute(select(Page.id, Page.image_path).where(Page.id.in_(ids))).all())
 
 
 # --- jobs --------------------------------------------------------------------------------------------------

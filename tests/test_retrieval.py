@@ -1,0 +1,95 @@
+"""search(): filters (kind, path prefix, metadata, indexed time), pagination, weighted fusion, several collections."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
+from mmrag.pipeline import run_index
+from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
+from mmrag.services import Embedders, Services, build_services
+from mmrag.store import repository
+from mmrag.store.db import transaction
+from mmrag.types import Hit, SearchFilters
+from tests.factories import make_image, make_pdf
+
+
+@pytest.fixture
+def services(tmp_path: Path, database_url: str, tiny_embedders: Embedders) -> Services:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database=DatabaseSettings(url=database_url),
+        embedders=EmbedderSettings(profile="tiny-random"),
+        ingest=IngestSettings(workers=0, ocr="never"),
+        retrieval=RetrievalSettings(depth=2),  # shallow, so filters must make search dig deeper
+    )
+    services = build_services(settings, embedders=tiny_embedders)
+    corpus = tmp_path / "corpus"
+    # Eight one-page PDFs that all match "quarterly report", with a growing number of repeats so BM25 ranks them.
+    for i in range(8):
+        folder = "finance" if i % 2 else "legal"
+        make_pdf(corpus / folder / f"r{i}.pdf", [" ".join(["quarterly report"] * (i + 1)) + f" filler {i}"])
+    make_image(corpus / "photos" / "p0.png", 0)
+    run_index(services, [corpus])
+    with transaction(services.sessions) as session:
+        for path in (corpus / "finance" / "r1.pdf", corpus / "legal" / "r6.pdf"):
+            found = repository.find_path(session, 1, str(path.resolve()))
+            repository.set_user_metadata(session, found.document_id, {"team": "audit", "year": "2024"})
+    yield services
+    services.close()
+
+
+def lexical(services: Services, **kwargs: object) -> list[str]:
+    hits = search(services, "default", text="quarterly report", retrievers=["lexical"], **kwargs)
+    return [Path(hit.path).name for hit in hits]
+
+
+def test_ranking_and_pagination(services: Services) -> None:
+    everything = lexical(services, k=8)
+    assert everything == [f"r{i}.pdf" for i in range(7, -1, -1)]  # more repeats, higher BM25
+    pages = [lexical(services, k=3, offset=offset) for offset in (0, 3, 6)]
+    assert sum(pages, []) == everything  # pages tile the ranking: no gaps, no overlaps
+    assert lexical(services, k=3, offset=8) == []
+
+
+def test_filters_dig_deeper_than_the_first_ranking(services: Services) -> None:
+    # depth=2 and k=1 fetch 5 hits first; r0 is last of 8, so finding it needs a deeper second round.
+    assert lexical(services, k=1, filters=SearchFilters(path_prefix=str(Path(services.data_dir).parent / "corpus" / "legal" / "r0"))) == ["r0.pdf"]
+    assert lexical(services, k=8, filters=SearchFilters(path_prefix=str(Path(services.data_dir).parent / "corpus" / "finance"))) == [
+        "r7.pdf", "r5.pdf", "r3.pdf", "r1.pdf"
+    ]
+    assert lexical(services, k=8, filters=SearchFilters(metadata={"team": "audit"})) == ["r6.pdf", "r1.pdf"]
+    assert lexical(services, k=8, filters=SearchFilters(metadata={"team": "audit", "year": "2023"})) == []
+    assert lexical(services, k=8, filters=SearchFilters(kind="image")) == []
+    hits = search(services, "default", text="quarterly report", k=20, filters=SearchFilters(kind="image"))
+    assert [Path(h.path).name for h in hits] == ["p0.png"]  # only the image, found by the CLIP text tower
+    now = datetime.now(UTC)
+    assert len(lexical(services, k=8, filters=SearchFilters(indexed_after=now - timedelta(hours=1)))) == 8
+    assert lexical(services, k=8, filters=SearchFilters(indexed_before=now - timedelta(hours=1))) == []
+
+
+def test_weighted_fusion_keeps_per_retriever_scores() -> None:
+    strong = RetrieverHits("lexical", [Hit(1, 9.0), Hit(2, 5.0)])
+    weak = RetrieverHits("text", [Hit(2, 0.9), Hit(1, 0.8)])
+    even = fuse([strong, weak], RetrievalSettings(weights={"lexical": 1.0, "text": 1.0}))
+    assert even[0][1] == pytest.approx(even[1][1])  # symmetric ranks, equal weights: a tie
+    weighted = fuse([strong, weak], RetrievalSettings(weights={"lexical": 1.0, "text": 0.25}))
+    assert [page for page, _, _ in weighted] == [1, 2]
+    assert weighted[0][2] == {"lexical": 9.0, "text": 0.8}
+
+
+def test_several_collections_and_answerer_input(services: Services, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    make_pdf(other / "memo.pdf", ["quarterly report " * 20])
+    run_index(services, [other], collection="second")
+    both = search(services, ["default", "second"], text="quarterly report", retrievers=["lexical"], k=3)
+    # fused scores are rank-based, so collections interleave by rank: each one's best comes first
+    assert {Path(h.path).name for h in both[:2]} == {"memo.pdf", "r7.pdf"}
+    only_default = search(services, "default", text="quarterly report", retrievers=["lexical"], k=20)
+    assert "memo.pdf" not in {Path(h.path).name for h in only_default}
+    pages = retrieved_pages(services, both)
+    assert all(page.image_path is not None and page.image_path.is_file() for page in pages)
+    assert all("quarterly report" in page.text for page in pages)
