@@ -242,6 +242,29 @@ class ShardedMultiVectorStore:
             results.append([Hit(page_id=int(page_ids[i]), score=float(scores[candidates[i]])) for i in order])
         return results
 
+    def score_subset(self, query: np.ndarray, page_ids: Sequence[int]) -> list[Hit]:
+        """Exact MaxSim of one query against only these pages (the rerank step of a candidate search), best first.
+
+        Reads just their rows from the memory-mapped shards, so the cost follows the candidates, not the store."""
+        query = np.asarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.dim:
+            raise ValueError(f"a query must have shape (n, {self.dim}), got {query.shape}")
+        with self._lock:
+            rows = [self._live[int(p)] for p in dict.fromkeys(int(p) for p in page_ids) if int(p) in self._live]
+            entries = self._table[rows]
+            blocks = [
+                np.asarray(self._map(int(e["shard"]))[e["start"] : e["start"] + e["n_tokens"]]) for e in entries
+            ]
+        if not blocks:
+            return []
+        with torch.inference_mode():
+            tokens = torch.from_numpy(np.concatenate(blocks)).to(self.device).to(torch.float32)
+            similarity = tokens @ torch.from_numpy(query).to(self.device).T
+            lengths = torch.from_numpy(entries["n_tokens"].astype(np.int64)).to(self.device)
+            scores = torch.segment_reduce(similarity, "max", lengths=lengths, axis=0).sum(dim=1).cpu().numpy()
+        order = np.lexsort((entries["page_id"], -scores))
+        return [Hit(page_id=int(entries["page_id"][i]), score=float(scores[i])) for i in order]
+
     def ids(self) -> np.ndarray:
         with self._lock:
             return np.sort(np.fromiter(self._live.keys(), dtype=np.int64, count=len(self._live)))

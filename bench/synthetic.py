@@ -1,0 +1,76 @@
+"""Synthetic late-interaction page embeddings with the structure real ones have, for search benchmarks and tests.
+
+Real ColPali page tokens are not isotropic noise: many patches are near-copies of a few "background" directions
+(margins, blank cells), the rest cluster around what the page is about, and the space is anisotropic (a
+shared mean direction and a decaying spectrum). A query's tokens sit near its page's topics plus some generic
+tokens. Exhaustive and approximate search both behave very differently on noise than on such data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    dim: int
+    topics: np.ndarray  # (n_topics, dim)
+    background: np.ndarray  # (n_background, dim)
+    page_topics: np.ndarray  # (n_pages, topics_per_page) indices into topics
+    tokens_per_page: int
+    seed: int
+
+    @property
+    def n_pages(self) -> int:
+        return len(self.page_topics)
+
+    def page(self, index: int) -> np.ndarray:
+        """Tokens of page `index` (deterministic per page), float32 (tokens, dim), unit norm."""
+        rng = np.random.default_rng((self.seed, index))
+        n_background = int(self.tokens_per_page * 0.3)
+        n_topical = self.tokens_per_page - n_background
+        centres = self.topics[rng.choice(self.page_topics[index], n_topical)]
+        # noise of norm ~0.5 around a topic, ~0.3 around a background direction
+        topical = centres + rng.normal(0, 0.5 / np.sqrt(self.dim), (n_topical, self.dim))
+        back = self.background[rng.integers(0, len(self.background), n_background)]
+        back = back + rng.normal(0, 0.3 / np.sqrt(self.dim), (n_background, self.dim))
+        return _unit(np.concatenate([topical, back])).astype(np.float32)
+
+    def pages(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        for index in range(start, self.n_pages if stop is None else stop):
+            yield index, self.page(index)
+
+    def query(self, target: int, tokens: int = 20, seed: int = 0) -> np.ndarray:
+        """A query about page `target`: most tokens near its topics, some generic (background) ones."""
+        rng = np.random.default_rng((self.seed, target, seed, 7))
+        n_generic = max(1, tokens // 5)
+        centres = self.topics[rng.choice(self.page_topics[target], tokens - n_generic)]
+        topical = centres + rng.normal(0, 0.6 / np.sqrt(self.dim), centres.shape)
+        generic = self.background[rng.integers(0, len(self.background), n_generic)] + rng.normal(
+            0, 0.3 / np.sqrt(self.dim), (n_generic, self.dim)
+        )
+        return _unit(np.concatenate([topical, generic])).astype(np.float32)
+
+
+def make_corpus(
+    n_pages: int, *, tokens_per_page: int = 1030, dim: int = 128, topics_per_page: int = 6, seed: int = 0
+) -> Corpus:
+    rng = np.random.default_rng(seed)
+    spectrum = 1.0 / np.sqrt(np.arange(1, dim + 1))  # anisotropic: a few directions carry most variance
+    mean = _unit(rng.normal(size=dim))
+    n_topics = max(64, n_pages // 3)
+    topics = _unit(0.35 * mean + rng.normal(size=(n_topics, dim)) * spectrum)
+    background = _unit(0.6 * mean + rng.normal(size=(16, dim)) * spectrum)
+    popularity = 1.0 / np.arange(1, n_topics + 1) ** 0.8  # Zipf: some subjects are on many pages
+    popularity /= popularity.sum()
+    page_topics = np.stack(
+        [rng.choice(n_topics, topics_per_page, replace=False, p=popularity) for _ in range(n_pages)]
+    )
+    return Corpus(dim, topics.astype(np.float32), background.astype(np.float32), page_topics, tokens_per_page, seed)

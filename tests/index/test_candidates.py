@@ -1,0 +1,72 @@
+"""The scalable multi-vector path and compressed tokens, held to exact MaxSim on structured synthetic pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.synthetic import make_corpus
+from mmrag.index.candidates import PooledCandidateIndex, page_centroids
+from mmrag.index.compression import binarize, maxsim, pool_tokens, quantize_int8
+from mmrag.index.multivector import ShardedMultiVectorStore
+
+
+@pytest.fixture(scope="module")
+def corpus_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    corpus = make_corpus(400, tokens_per_page=64, dim=32)
+    store = ShardedMultiVectorStore(Path(tmp_path_factory.mktemp("mv")), 32, "synthetic")
+    store.add([i + 1 for i in range(corpus.n_pages)], [tokens for _, tokens in corpus.pages()])
+    store.flush()
+    return corpus, store
+
+
+def test_score_subset_equals_exact_search_scores(corpus_store) -> None:  # noqa: ANN001
+    corpus, store = corpus_store
+    query = corpus.query(17)
+    exact = store.search(query, 400)
+    chosen = [hit.page_id for hit in exact[5:40:3]]
+    subset = store.score_subset(query, chosen + [99_999])  # an unknown id is ignored
+    by_id = {hit.page_id: hit.score for hit in exact}
+    assert [hit.page_id for hit in subset] == sorted(chosen, key=lambda p: -by_id[p])
+    assert all(hit.score == pytest.approx(by_id[hit.page_id], abs=1e-4) for hit in subset)
+
+
+def test_candidate_search_recalls_exact_top10_and_keeps_exact_scores(corpus_store) -> None:  # noqa: ANN001
+    corpus, store = corpus_store
+    for hnsw_m in (None, 16):
+        index = PooledCandidateIndex.build(store, vectors_per_page=8, hnsw_m=hnsw_m)
+        assert len(index) == 400
+        recalls = []
+        for q in range(20):
+            query = corpus.query((q * 31) % 400, seed=q)
+            exact = store.search(query, 10)
+            approx = index.search(query, store, 10, candidates=80, per_token=128)
+            recalls.append(len({h.page_id for h in exact} & {h.page_id for h in approx}) / 10)
+            exact_scores = {h.page_id: h.score for h in store.search(query, 400)}
+            assert all(h.score == pytest.approx(exact_scores[h.page_id], abs=1e-4) for h in approx)
+        assert np.mean(recalls) >= 0.95, (hnsw_m, np.mean(recalls))
+
+
+def test_page_centroids_are_unit_and_capped_by_tokens() -> None:
+    rng = np.random.default_rng(0)
+    pages = [rng.normal(size=(n, 16)).astype(np.float32) for n in (3, 40, 40)]
+    centroids = page_centroids(pages, 8)
+    assert [len(c) for c in centroids] == [3, 8, 8]
+    assert all(np.allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5) for c in centroids)
+
+
+def test_compressed_tokens_stay_close_to_exact_maxsim() -> None:
+    corpus = make_corpus(30, tokens_per_page=48, dim=32, seed=4)
+    pages = [tokens for _, tokens in corpus.pages()]
+    query = corpus.query(3)
+    exact = np.array([maxsim(query, page) for page in pages])
+    int8 = np.array([maxsim(query, quantize_int8(page).decode()) for page in pages])
+    assert np.abs(int8 - exact).max() < 0.05 * np.abs(exact).max()
+    pooled = pool_tokens(pages, 2)
+    assert all(len(p) <= len(page) // 2 + 1 for p, page in zip(pooled, pages, strict=True))
+    pooled_scores = np.array([maxsim(query, page) for page in pooled])
+    assert int(np.argmax(pooled_scores)) == int(np.argmax(exact))  # the known item stays on top
+    assert binarize(pages[0]).shape == (48, 4)
+    assert quantize_int8(pages[0]).nbytes() == 48 * 32 + 48 * 4
