@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ("render", "search")
+BENCHMARKS = ("index", "render", "search")
 
 
 def main(argv: list[str]) -> int:
