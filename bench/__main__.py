@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ("index", "render", "search")
+BENCHMARKS = ("index", "peer", "render", "search")
 
 
 def main(argv: list[str]) -> int:

@@ -45,16 +45,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_corpus(root: Path, images: int, pdf_pages: int) -> None:
+def make_corpus(root: Path, images: int, pdf_pages: int, *, flat: bool = False) -> None:
+    """JPEG photos in photos/ (or beside the PDF when `flat`: byaldi does not walk sub-folders) and one PDF."""
     from fpdf import FPDF
 
     rng = np.random.default_rng(0)
-    (root / "photos").mkdir(parents=True)
+    photos = root if flat else root / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
     for i in range(images):
         image = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
         draw = ImageDraw.Draw(image)
         draw.rectangle([40 + i % 200, 40, 300, 300], fill=(i % 255, 80, 160))
-        image.save(root / "photos" / f"{i:05d}.jpg", quality=85)
+        image.save(photos / f"{i:05d}.jpg", quality=85)
     pdf = FPDF(format="A4")
     pdf.set_font("helvetica", size=11)
     for page in range(pdf_pages):
