@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,6 +83,48 @@ class RetrievalSettings(BaseModel):
     depth: int = Field(50, ge=1)  # each retriever's ranking depth before fusion (grows when filters bite)
 
 
+class AnswererSettings(BaseModel):
+    # extractive quotes page lines (no model); transformers runs a VLM in-process; openai calls a chat-completions
+    # server (vLLM, Ollama, llama.cpp). A model that cannot be loaded falls back to extractive, and the API says so.
+    kind: Literal["extractive", "transformers", "openai"] = "extractive"
+    # transformers: HF id in the local cache or a local directory; None picks Qwen/Qwen2.5-VL-3B-Instruct on a GPU and
+    # HuggingFaceTB/SmolVLM-256M-Instruct on CPU. openai: the name the server serves; None sends the GPU default id.
+    model: str | None = None
+    base_url: str = "http://localhost:8000/v1"  # openai: up to /v1; /chat/completions is appended
+    api_key: SecretStr | None = None  # openai: sent as a Bearer token; SecretStr keeps it out of logs and reprs
+    timeout_s: float = Field(120.0, gt=0)  # openai: longest wait for the next bytes (a non-streamed answer: all of it)
+    max_retries: int = Field(2, ge=0)  # openai: retries after connect errors, 429 and 5xx, with exponential backoff
+    max_new_tokens: int = Field(512, ge=1)
+    # Each page image is downscaled to this longest side and to about this many vision tokens, counted as Qwen2-VL
+    # counts them (one token per 28x28 pixels); the k retrieved pages cost about k times the budget.
+    max_image_side: int = Field(1024, ge=28)
+    image_token_budget: int = Field(1024, ge=4)
+    # Characters of each page's text layer/OCR put into the prompt beside its image; 0 sends images only.
+    page_text_chars: int = Field(1500, ge=0)
+    device: str = "auto"  # transformers: auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # transformers: auto is bf16 on GPU, fp32 on CPU
+
+
+class ApiSettings(BaseModel):
+    """The query service (`mmrag serve`): where it listens, who may use it, and how much a request may carry."""
+
+    host: str = "127.0.0.1"
+    # Not 8000: that is vLLM's default port, and the answerer's default base_url points there.
+    port: int = Field(8080, ge=1, le=65535)
+    # API key → the collections it may read and write ("*": every collection). Empty: no keys, everything open.
+    # From the environment as JSON: MMRAG_API__KEYS='{"key-for-a": ["a"], "admin-key": ["*"]}'
+    keys: dict[str, list[str]] = Field(default_factory=dict, repr=False)  # kept out of logs and reprs
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole request body, multipart included
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)  # one uploaded file (or query image)
+    max_upload_pixels: int = Field(40_000_000, ge=1)  # an uploaded or query image's width x height
+    max_upload_files: int = Field(32, ge=1)  # files in one POST /v1/documents
+    # Named server-side folders POST /v1/jobs may index; a client names a root and a path relative to it, e.g.
+    # MMRAG_API__JOB_ROOTS='{"corpus": "/corpus"}'. Empty: server-side jobs are off.
+    job_roots: dict[str, Path] = Field(default_factory=dict)
+    cors_origins: list[str] = Field(default_factory=list)
+    thumbnail_side: int = Field(256, ge=16, le=2048)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -91,6 +133,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     embedders: EmbedderSettings = EmbedderSettings()
     index: IndexSettings = IndexSettings()
+    answerer: AnswererSettings = AnswererSettings()
+    api: ApiSettings = ApiSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     batch_pages: int = Field(32, ge=1)  # pages per commit (one checkpoint of vectors + SQL)
 

@@ -1,0 +1,134 @@
+"""Answerers by kind, the one factory that builds them, and the errors their backends raise.
+
+    ANSWERERS.create(kind, settings)          → Answerer; kinds: extractive, transformers, openai
+    build_answerer(settings)                  → the configured Answerer, or ModelUnavailableError
+    build_answerer_or_extractive(settings)    → (Answerer, None), or (ExtractiveAnswerer, why the model is off)
+
+Implementations: extractive (quotes page lines, no model), vlm (transformers image-text-to-text in-process),
+openai_compat (HTTP chat completions); prompt holds the shared prompt and the citation checker. Factories import
+their modules when called, so importing this package stays light (no torch, no transformers).
+
+Errors raised while answering, under mmrag.errors.MmragError:
+
+    AnswererError                 an answer backend failed; the message names the server URL or the model
+     ├── AnswererUnreachableError   no connection to the server (after retries)
+     ├── AnswererTimeoutError       the server or the stream went silent for longer than timeout_s
+     ├── AnswererRejectedError      the server refused the request (4xx other than 429): not retried
+     └── AnswererServerError        5xx/429 after retries, an error event mid-stream, or a reply that is not a
+                                    chat completion
+A model that cannot be loaded raises mmrag.errors.ModelUnavailableError instead, at build time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from mmrag.config import AnswererSettings
+from mmrag.errors import MmragError, ModelUnavailableError
+from mmrag.protocols import Answerer
+from mmrag.registry import Registry
+
+if TYPE_CHECKING:
+    from mmrag.answer.extractive import ExtractiveAnswerer
+    from mmrag.answer.openai_compat import OpenAICompatAnswerer
+    from mmrag.answer.vlm import TransformersVlmAnswerer
+
+__all__ = [
+    "ANSWERERS",
+    "AnswererError",
+    "AnswererRejectedError",
+    "AnswererServerError",
+    "AnswererTimeoutError",
+    "AnswererUnreachableError",
+    "build_answerer",
+    "build_answerer_or_extractive",
+]
+
+log = logging.getLogger(__name__)
+
+ANSWERERS: Registry[Answerer] = Registry("answerer kind")
+
+
+class AnswererError(MmragError):
+    def __init__(self, where: str, reason: str, status_code: int | None = None) -> None:
+        self.where = where  # the server URL or the model id
+        self.status_code = status_code  # the HTTP status that ended it, when there was one
+        super().__init__(f"answerer {where}: {reason}")
+
+
+class AnswererUnreachableError(AnswererError):
+    pass
+
+
+class AnswererTimeoutError(AnswererError):
+    pass
+
+
+class AnswererRejectedError(AnswererError):
+    pass
+
+
+class AnswererServerError(AnswererError):
+    pass
+
+
+def build_answerer(settings: AnswererSettings) -> Answerer:
+    """The answerer `settings.kind` names; a model that cannot be loaded raises ModelUnavailableError."""
+    return ANSWERERS.create(settings.kind, settings)
+
+
+def build_answerer_or_extractive(settings: AnswererSettings) -> tuple[Answerer, str | None]:
+    """The configured answerer and None, or the extractive answerer and why the configured one is off.
+
+    Only an unavailable model falls back; a wrong setting (ConfigError) still fails loudly.
+    """
+    try:
+        return build_answerer(settings), None
+    except ModelUnavailableError as exc:
+        from mmrag.answer.extractive import ExtractiveAnswerer
+
+        reason = f"{settings.kind} answerer is off, answering extractively: {exc}"
+        log.warning("%s", reason)
+        return ExtractiveAnswerer(), reason
+
+
+@ANSWERERS.register("extractive")
+def _extractive(settings: AnswererSettings) -> ExtractiveAnswerer:
+    from mmrag.answer.extractive import ExtractiveAnswerer
+
+    return ExtractiveAnswerer()
+
+
+@ANSWERERS.register("transformers")
+def _transformers(settings: AnswererSettings) -> TransformersVlmAnswerer:
+    from mmrag.answer.vlm import load_vlm
+
+    return load_vlm(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_new_tokens=settings.max_new_tokens,
+        max_image_side=settings.max_image_side,
+        image_token_budget=settings.image_token_budget,
+        page_text_chars=settings.page_text_chars,
+    )
+
+
+@ANSWERERS.register("openai")
+def _openai(settings: AnswererSettings) -> OpenAICompatAnswerer:
+    from mmrag.answer.openai_compat import OpenAICompatAnswerer
+    from mmrag.answer.vlm import DEFAULT_GPU_MODEL
+
+    return OpenAICompatAnswerer(
+        base_url=settings.base_url,
+        # `vllm serve Qwen/Qwen2.5-VL-3B-Instruct` serves it under that id; Ollama and llama.cpp need model set.
+        model=settings.model or DEFAULT_GPU_MODEL,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        timeout_s=settings.timeout_s,
+        max_retries=settings.max_retries,
+        max_new_tokens=settings.max_new_tokens,
+        max_image_side=settings.max_image_side,
+        image_token_budget=settings.image_token_budget,
+        page_text_chars=settings.page_text_chars,
+    )

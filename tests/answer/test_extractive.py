@@ -1,0 +1,109 @@
+"""ExtractiveAnswerer on real page text (a rendered receipt, invoice and hotel bill): right quote, right page, or
+an honest "not answered"."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmrag.answer.extractive import ExtractiveAnswerer
+from mmrag.answer.prompt import NOT_ANSWERED
+from mmrag.protocols import Answerer
+from mmrag.types import Answer, RetrievedPage
+
+RECEIPT, INVOICE, HOTEL = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def extractive() -> ExtractiveAnswerer:
+    return ExtractiveAnswerer()
+
+
+def test_satisfies_the_protocol(extractive: ExtractiveAnswerer) -> None:
+    assert isinstance(extractive, Answerer)
+    assert extractive.name == "extractive"
+
+
+@pytest.mark.parametrize(
+    ("question", "page", "quote"),
+    [
+        ("What is the invoice number?", INVOICE, "Invoice number: INV-2024-0117"),
+        ("When is the payment due for the ACME invoice?", INVOICE, "Payment due by 2024-02-16"),
+        ("How much was the city tax at the hotel?", HOTEL, "City tax 15.00 EUR"),
+        ("How much VAT was charged on the invoice?", INVOICE, "VAT 20% 240.00"),
+        ("Which card paid at Starbucks?", RECEIPT, "Paid VISA ****1234"),
+        ("What did the blueberry muffin cost?", RECEIPT, "Blueberry Muffin 3.25"),
+        ("Which invoice is dated 2024-01-17?", INVOICE, "Invoice date: 2024-01-17"),  # a date matches whole
+        ("Where was the 9.02 total paid?", RECEIPT, "Total 9.02"),  # so does an amount
+    ],
+)
+def test_answerable_questions_quote_the_right_line_of_the_right_page(
+    extractive: ExtractiveAnswerer, pages: list[RetrievedPage], question: str, page: int, quote: str
+) -> None:
+    answer = extractive.answer(question, pages)
+    assert answer.supported, question
+    assert answer.answerer == "extractive"
+    cited = answer.citations[0]
+    assert (cited.page_id, cited.document_id, cited.page_number, cited.path, cited.score) == (
+        pages[page].page_id, pages[page].document_id, pages[page].page_number, pages[page].path, pages[page].score,
+    )  # fmt: skip
+    assert cited.quote == quote
+    assert f"{quote} [1]" in answer.text.splitlines()
+
+
+def test_terms_spread_over_a_page_answer_it_and_every_quoted_line_is_cited(
+    extractive: ExtractiveAnswerer, pages: list[RetrievedPage]
+) -> None:
+    answer = extractive.answer("What was the total at Starbucks?", pages)
+    assert answer.supported
+    # "Starbucks" is in the header and "Total" at the bottom: the page answers though no one line holds both.
+    assert answer.text == "STARBUCKS COFFEE [1]\nTotal 9.02 [1]"
+    assert [c.page_id for c in answer.citations] == [pages[RECEIPT].page_id]
+
+
+def test_a_question_several_pages_answer_cites_each(extractive: ExtractiveAnswerer, pages: list[RetrievedPage]) -> None:
+    answer = extractive.answer("What is the total?", pages)
+    assert answer.text == "Total 9.02 [1]\nTotal charged 282.00 EUR [2]"
+    assert [(c.page_id, c.quote) for c in answer.citations] == [
+        (pages[RECEIPT].page_id, "Total 9.02"),
+        (pages[HOTEL].page_id, "Total charged 282.00 EUR"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is the tip amount?",  # shares only "amount" with the invoice's "Amount due"
+        "Who is the CEO of ACME?",  # shares only the company name
+        "What is the WiFi password?",
+        "What is the phone number of the store?",
+        "What is it?",  # no content terms at all
+    ],
+)
+def test_unanswerable_questions_are_not_supported(
+    extractive: ExtractiveAnswerer, pages: list[RetrievedPage], question: str
+) -> None:
+    assert extractive.answer(question, pages) == Answer(
+        text=NOT_ANSWERED, citations=[], supported=False, answerer="extractive"
+    )
+
+
+def test_a_label_line_is_quoted_with_its_value_on_the_next_line(extractive: ExtractiveAnswerer) -> None:
+    two_columns = RetrievedPage(1, 1, 1, "bill.pdf", 0.9, "City Power & Light\nAmount due\n$ 131.45\nMeter 42-A", None)
+    answer = extractive.answer("What is the amount due?", [two_columns])
+    assert answer.citations[0].quote == "Amount due $ 131.45"
+
+
+def test_no_pages_or_no_text_is_not_supported(extractive: ExtractiveAnswerer, pages: list[RetrievedPage]) -> None:
+    scanned_without_ocr = RetrievedPage(1, 1, 1, "scan.png", 0.9, "", None)
+    assert not extractive.answer("What is the invoice number?", []).supported
+    assert not extractive.answer("What is the invoice number?", [scanned_without_ocr]).supported
+    assert extractive.answer("What is the invoice number?", [scanned_without_ocr, pages[INVOICE]]).citations[
+        0
+    ].page_id == (pages[INVOICE].page_id)
+
+
+def test_stream_yields_the_text_then_the_answer(extractive: ExtractiveAnswerer, pages: list[RetrievedPage]) -> None:
+    for question in ("What is the invoice number?", "What is the WiFi password?"):
+        *chunks, final = list(extractive.stream(question, pages))
+        assert final == extractive.answer(question, pages)
+        assert "".join(chunks) == final.text  # type: ignore[union-attr]
