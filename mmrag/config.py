@@ -71,6 +71,10 @@ class IndexSettings(BaseModel):
     multivector_shard_rows: int = Field(4_000_000, ge=1024)  # token rows per memory-mapped shard
     # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned).
     compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
+    # exact: MaxSim over every stored token. candidates: FAISS over 8 centroids per page picks this many
+    # candidates, exact MaxSim reranks them (python -m bench search measures recall@10 against exact).
+    multivector_search: Literal["exact", "candidates"] = "exact"
+    multivector_candidates: int = Field(512, ge=1)
 
 
 class RetrievalSettings(BaseModel):

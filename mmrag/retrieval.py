@@ -54,7 +54,14 @@ def retrieve(
         results.append(RetrieverHits("clip", stores.clip.search(embedders.clip.embed_texts([text]), depth)[0]))
     if "colpali" in wanted and embedders.colpali is not None and stores.colpali is not None:
         query = embedders.colpali.embed_queries([text])[0]
-        results.append(RetrieverHits("colpali", stores.colpali.search(query, depth)))
+        index_settings = services.settings.index
+        candidates = services.candidate_index(collection_id) if index_settings.multivector_search == "candidates" else None
+        if candidates is not None:
+            count = max(index_settings.multivector_candidates, depth)
+            hits = candidates.search(query, stores.colpali, depth, candidates=count, per_token=256)
+        else:
+            hits = stores.colpali.search(query, depth)
+        results.append(RetrieverHits("colpali", hits))
     if "text" in wanted and embedders.text is not None and stores.text is not None:
         results.append(RetrieverHits("text", stores.text.search(embedders.text.embed_texts([text]), depth)[0]))
     if "lexical" in wanted:

@@ -6,7 +6,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +17,9 @@ from mmrag.embedders.device import resolve_device
 from mmrag.errors import IndexError_, ModelUnavailableError
 from mmrag.protocols import ImageEmbedder, LexicalIndex, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
 from mmrag.store.db import build_engine, build_sessionmaker, upgrade
+
+if TYPE_CHECKING:
+    from mmrag.index.candidates import PooledCandidateIndex
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,7 @@ class Services:
         self.sessions: sessionmaker[Session] = build_sessionmaker(engine)
         self._embedders = embedders
         self._stores: dict[int, CollectionStores] = {}
+        self._candidates: dict[int, tuple[int, np.ndarray, PooledCandidateIndex]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -143,6 +149,22 @@ class Services:
                 )
             self._stores[collection_id] = stores
             return stores
+
+    def candidate_index(self, collection_id: int) -> PooledCandidateIndex | None:
+        """The scalable multi-vector path's centroid index (derived data, rebuilt when the store's pages change)."""
+        from mmrag.index.candidates import PooledCandidateIndex
+
+        store = self.stores(collection_id).colpali
+        if store is None:
+            return None
+        with self._lock:
+            cached = self._candidates.get(collection_id)
+            ids = store.ids()
+            if cached is None or cached[0] != len(ids) or not np.array_equal(cached[1], ids):
+                log.info("building the candidate index of collection %s (%d pages)", collection_id, len(ids))
+                cached = (len(ids), ids, PooledCandidateIndex.build(store))
+                self._candidates[collection_id] = cached
+            return cached[2]
 
     def lexical(self, collection_id: int) -> LexicalIndex:
         """The BM25 index over the collection's page text, rebuilt from SQL when SQL has changed."""

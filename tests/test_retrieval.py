@@ -93,3 +93,17 @@ def test_several_collections_and_answerer_input(services: Services, tmp_path: Pa
     pages = retrieved_pages(services, both)
     assert all(page.image_path is not None and page.image_path.is_file() for page in pages)
     assert all("quarterly report" in page.text for page in pages)
+
+
+def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_collection(
+    services: Services,
+) -> None:
+    exact = search(services, "default", text="quarterly report", retrievers=["colpali"], k=5)
+    services.settings.index.multivector_search = "candidates"
+    try:
+        scalable = search(services, "default", text="quarterly report", retrievers=["colpali"], k=5)
+        assert services.candidate_index(1) is not None and len(services.candidate_index(1)) == 9
+    finally:
+        services.settings.index.multivector_search = "exact"
+    assert [h.page_id for h in scalable] == [h.page_id for h in exact]
+    assert [h.scores["colpali"] for h in scalable] == pytest.approx([h.scores["colpali"] for h in exact], abs=1e-4)
