@@ -1,4 +1,4 @@
-"""The `mmrag` command line (Typer): index, status, delete, search."""
+"""The `mmrag` command line (Typer): index, status, delete, search, serve, ask."""
 
 from __future__ import annotations
 
@@ -226,6 +226,76 @@ def search(
     console.print(table)
     if not results:
         console.print("no hits")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Interface (default MMRAG_API__HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default MMRAG_API__PORT, 8080).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the query service (HTTP API): models load at start; /docs has the interactive API reference."""
+    import uvicorn
+
+    settings = Settings()
+    # By import string with factory=True, so uvicorn builds the app (indexer/ never imports api/). One process on
+    # purpose: the app runs index jobs one at a time, which a second worker process would not know about.
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[int, typer.Option("-k", help="Pages retrieved and shown to the answerer.")] = 5,
+    collection: Annotated[
+        Optional[list[str]], typer.Option("--collection", "-c", help="Collection (repeatable; default: default).")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the answer as it is written.")] = True,
+    profile: ProfileOption = None,
+) -> None:
+    """Answer a question from the indexed pages, citing them (the answerer comes from MMRAG_ANSWERER__*)."""
+    from mmrag import qa
+    from mmrag.answer import build_answerer_or_extractive
+
+    services = _services(profile)
+    try:
+        answerer, off = build_answerer_or_extractive(services.settings.answerer)
+        if off:
+            err_console.print(f"[yellow]{off}[/]")
+        collections = collection or ["default"]
+        if stream:
+            pages: list = []
+            for event in qa.ask_stream(services, answerer, question, collections, k=k):
+                if isinstance(event, qa.Retrieved):
+                    pages = event.pages
+                elif isinstance(event, qa.Token):
+                    console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
+                else:
+                    answer = event.answer  # Answered comes last, always
+            console.print()
+        else:
+            answer, pages = qa.ask(services, answerer, question, collections, k=k)
+            console.print(answer.text, markup=False, highlight=False)
+        meaningless = services.embedders().meaningless
+    finally:
+        services.close()
+    if meaningless:
+        _meaningless_warning()
+    if not answer.supported:
+        console.print(f"not supported by the {len(pages)} pages retrieved ({answer.answerer})", style="yellow")
+        raise typer.Exit(1)
+    table = Table(title=f"citations · answerer {answer.answerer}")
+    for column in ("#", "path", "page", "score", "quote"):
+        table.add_column(column, overflow="fold")
+    for number, citation in enumerate(answer.citations, start=1):
+        table.add_row(str(number), citation.path, str(citation.page_number), f"{citation.score:.4f}", citation.quote)
+    console.print(table)
 
 
 def main() -> None:

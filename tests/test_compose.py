@@ -1,12 +1,17 @@
-"""docker-compose.yml, checked without a Docker engine: structure, references, and that its MMRAG_* settings parse."""
+"""docker-compose.yml, checked without a Docker engine: structure, references, that its MMRAG_* settings parse, and
+that the API, the indexer job and the vLLM server fit together."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from api.schemas import AskRequest
 from indexer.cli import app
 from mmrag.config import Settings
 
@@ -55,3 +60,74 @@ def test_indexer_command_is_a_cli_command(compose: dict) -> None:
             assert service["command"][0] in commands, name
     gpu = compose["services"]["indexer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+
+
+# --- the query service and the vLLM answer server ------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: str, environment: dict[str, str]) -> str:
+    """Compose's ${NAME} and ${NAME:-default}, as `docker compose config` would resolve them."""
+
+    def resolve(match: re.Match[str]) -> str:
+        name, default = match.group("name"), match.group("default")
+        if environment.get(name):
+            return environment[name]
+        assert default is not None, f"${{{name}}} has no default and is not set"
+        return default
+
+    return _VARIABLE.sub(resolve, value)
+
+
+def api_settings(compose: dict, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> Settings:
+    for key, value in (compose["services"]["api"].get("environment") or {}).items():
+        if key.startswith("MMRAG_"):
+            monkeypatch.setenv(key, interpolate(str(value), environment))
+    return Settings()
+
+
+def test_api_serves_with_keys_on_and_asks_the_vllm_server(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose["services"]
+    api, vllm = services["api"], services["vllm"]
+    command = api["command"]
+    assert command[0] == "serve"
+    port = command[command.index("--port") + 1]
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # reachable from outside its container
+    assert any(str(mapping).endswith(f":{port}") for mapping in api["ports"])
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "vllm" in api["depends_on"]
+
+    settings = api_settings(compose, monkeypatch, {})
+    assert settings.api.keys == {"change-me": ["*"]}  # keys on, even with nothing set
+    assert api_settings(compose, monkeypatch, {"MMRAG_API_KEY": "s3cret"}).api.keys == {"s3cret": ["*"]}
+
+    # Every job root is a folder mounted into the container.
+    mounts = {mount.split(":")[1] for mount in api["volumes"]}
+    assert settings.api.job_roots and all(str(root) in mounts for root in settings.api.job_roots.values())
+    assert str(settings.data_dir) in mounts
+
+    # The answerer asks the vLLM service, on vLLM's port, for the model vLLM serves.
+    assert settings.answerer.kind == "openai"
+    url = urlsplit(settings.answerer.base_url)
+    assert (url.hostname, url.port, url.path) == ("vllm", 8000, "/v1")
+    assert settings.answerer.model == vllm["command"][0]
+    assert vllm["image"].startswith("vllm/vllm-openai:") and not vllm["image"].endswith(":latest")
+    # vLLM takes as many page images in one prompt as an ask may retrieve.
+    largest_k = AskRequest.model_fields["k"].metadata[-1].le
+    images = json.loads(vllm["command"][vllm["command"].index("--limit-mm-per-prompt") + 1])["image"]
+    assert images >= largest_k
+    gpu = vllm["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert vllm["environment"]["HF_HUB_OFFLINE"] == "1"  # weights from ./models, never downloaded
+    for name in ("api", "vllm", "postgres"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    health = " ".join(api["healthcheck"]["test"])
+    assert f":{port}/ready" in health
+
+
+def test_indexer_stays_a_one_off_job(compose: dict) -> None:
+    services = compose["services"]
+    assert services["indexer"]["profiles"] == ["jobs"]  # not started by `docker compose up`
+    assert "profiles" not in services["api"] and "profiles" not in services["vllm"]
+    assert services["indexer"]["volumes"][0] == services["api"]["volumes"][0]  # one data volume, shared

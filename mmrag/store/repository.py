@@ -285,3 +285,130 @@ def finish_job(session: Session, job: Job, state: JobState, error: str | None = 
 def started(job: Job, when: datetime | None = None) -> None:
     job.state = JobState.RUNNING
     job.started_at = job.started_at or when or utcnow()
+
+
+# --- the query service: listing, scoping and sizes -------------------------------------------------------------
+
+
+def collection_names(session: Session, collection_ids: Iterable[int] | None = None) -> dict[int, str]:
+    """Collection id → name, for `collection_ids` or every collection."""
+    query = select(Collection.id, Collection.name)
+    if collection_ids is not None:
+        query = query.where(Collection.id.in_(list(collection_ids)))
+    return dict(session.execute(query).all())
+
+
+def list_documents(
+    session: Session,
+    collection_ids: Sequence[int],
+    *,
+    statuses: Sequence[str],
+    filters: SearchFilters | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Document], int]:
+    """One page of the collections' documents in id order, and how many match in all."""
+    query = select(Document).where(Document.collection_id.in_(list(collection_ids)), Document.status.in_(statuses))
+    if filters is not None:
+        query = _filtered(query, filters)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Document.id).limit(limit).offset(offset)).all()
+    return rows, total
+
+
+def paths_of_documents(session: Session, document_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Document id → every path its bytes were seen at, sorted."""
+    result: dict[int, list[str]] = {document_id: [] for document_id in document_ids}
+    ids = list(document_ids)
+    for start in range(0, len(ids), 1000):
+        rows = session.execute(
+            select(DocumentPath.document_id, DocumentPath.path)
+            .where(DocumentPath.document_id.in_(ids[start : start + 1000]))
+            .order_by(DocumentPath.path)
+        )
+        for document_id, path in rows:
+            result[document_id].append(path)
+    return result
+
+
+def pages_of_document(session: Session, document_id: int) -> Sequence[Page]:
+    return session.scalars(select(Page).where(Page.document_id == document_id).order_by(Page.page_number)).all()
+
+
+def page_with_document(session: Session, page_id: int) -> tuple[Page, Document] | None:
+    row = session.execute(
+        select(Page, Document).join(Document, Document.id == Page.document_id).where(Page.id == page_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def documents_collections(session: Session, document_ids: Iterable[int]) -> dict[int, int]:
+    """Document id → its collection id."""
+    ids = list(document_ids)
+    if not ids:
+        return {}
+    return dict(session.execute(select(Document.id, Document.collection_id).where(Document.id.in_(ids))).all())
+
+
+def job_items(
+    session: Session, job_id: int, *, limit: int, offset: int
+) -> tuple[list[tuple[JobItem, int | None]], int]:
+    """One page of a job's items, each with the document its path holds now (the pipeline records a document id
+    on failed and duplicate items only, so the path is the link for indexed ones)."""
+    job = get_job(session, job_id)
+    total = session.scalar(select(func.count()).where(JobItem.job_id == job_id)) or 0
+    rows = session.execute(
+        select(JobItem, DocumentPath.document_id)
+        .outerjoin(
+            DocumentPath,
+            (DocumentPath.path == JobItem.path) & (DocumentPath.collection_id == job.collection_id),
+        )
+        .where(JobItem.job_id == job_id)
+        .order_by(JobItem.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [(item, item.document_id or document_id) for item, document_id in rows], total
+
+
+def documents_of_items(session: Session, job_id: int) -> dict[str, int]:
+    """Path → document id, for the job's items whose path holds a document now."""
+    job = get_job(session, job_id)
+    rows = session.execute(
+        select(JobItem.path, DocumentPath.document_id)
+        .join(DocumentPath, (DocumentPath.path == JobItem.path) & (DocumentPath.collection_id == job.collection_id))
+        .where(JobItem.job_id == job_id)
+    )
+    return {path: document_id for path, document_id in rows}
+
+
+def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[str, str], int]]:
+    """(collection, status) → documents, collection → pages, (collection, retriever) → pages with vectors."""
+    documents = {
+        (name, status): n
+        for name, status, n in session.execute(
+            select(Collection.name, Document.status, func.count())
+            .join(Document, Document.collection_id == Collection.id)
+            .group_by(Collection.name, Document.status)
+        )
+    }
+    pages = {
+        name: n
+        for name, n in session.execute(
+            select(Collection.name, func.count(Page.id))
+            .join(Document, Document.collection_id == Collection.id)
+            .join(Page, Page.document_id == Document.id)
+            .group_by(Collection.name)
+        )
+    }
+    vectors = {
+        (name, retriever): n
+        for name, retriever, n in session.execute(
+            select(Collection.name, PageEmbedding.retriever, func.count())
+            .join(Document, Document.collection_id == Collection.id)
+            .join(Page, Page.document_id == Document.id)
+            .join(PageEmbedding, PageEmbedding.page_id == Page.id)
+            .group_by(Collection.name, PageEmbedding.retriever)
+        )
+    }
+    return documents, pages, vectors

@@ -1,0 +1,419 @@
+"""The HTTP edge's pydantic models (requests and responses) and the mapping from mmrag's plain types onto them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+from mmrag.documents import DocumentInfo, PageHit, PageInfo
+from mmrag.jobs import JobStatus
+from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
+
+
+def _clean(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded for any database: refuse both here,
+    # as a 422 naming the field, instead of failing deep in a query.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # SQLite drops the zone; we wrote UTC
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+NonBlank = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_clean)]
+CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean)]
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Retriever = Literal["clip", "colpali", "text", "lexical"]
+Kind = Literal["image", "pdf"]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Question = Annotated[NonBlank, AfterValidator(_not_blank)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors --------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="stable snake_case error kind, e.g. not_found, too_large, invalid")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# --- search --------------------------------------------------------------------------------------------------
+
+
+Metadata = Annotated[dict[MetadataKey, Annotated[Text, StringConstraints(max_length=1000)]], Field(max_length=20)]
+METADATA = TypeAdapter(Metadata)
+
+
+class Filters(Strict):
+    kind: Kind | None = None
+    path_prefix: Annotated[Text, StringConstraints(max_length=4096)] | None = Field(
+        None, description="only documents seen at a path starting with this"
+    )
+    metadata: Metadata = Field(default_factory=dict, description="user metadata fields that must all be equal")
+    indexed_after: UtcDatetime | None = Field(None, description="ISO 8601; a time without a zone is UTC")
+    indexed_before: UtcDatetime | None = None
+
+    def to_library(self) -> SearchFilters:
+        return SearchFilters(
+            kind=self.kind,
+            path_prefix=self.path_prefix,
+            metadata=dict(self.metadata),
+            indexed_after=self.indexed_after,
+            indexed_before=self.indexed_before,
+        )
+
+
+class SearchRequest(Strict):
+    query: Question
+    collections: list[CollectionName] | None = Field(
+        None, max_length=20, description="default: every collection the caller may read"
+    )
+    k: int = Field(10, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=1000)
+    retrievers: list[Retriever] | None = Field(None, max_length=4, description="default: every loaded retriever")
+    filters: Filters = Field(default_factory=Filters)
+
+
+class SearchHit(BaseModel):
+    page_id: int
+    document_id: int
+    collection: str
+    page_number: int
+    path: str
+    score: float = Field(description="fused score (weighted reciprocal-rank fusion)")
+    scores: dict[str, float] = Field(description="each retriever's own score for this page")
+    snippet: str
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+    k: int
+    offset: int
+    meaningless: bool = Field(description="true under the tiny-random profile: scores carry no meaning")
+
+
+# --- ask -----------------------------------------------------------------------------------------------------
+
+
+class AskRequest(Strict):
+    question: Question
+    collections: list[CollectionName] | None = Field(None, max_length=20)
+    k: int = Field(5, ge=1, le=20, description="pages retrieved and shown to the answerer")
+    retrievers: list[Retriever] | None = Field(None, max_length=4)
+    filters: Filters = Field(default_factory=Filters)
+    stream: bool = Field(False, description="answer as Server-Sent Events: retrieved, token..., answer")
+
+
+class CitationOut(BaseModel):
+    document_id: int
+    page_id: int
+    page_number: int
+    path: str
+    score: float
+    quote: str = Field(description="text of the cited page that supports the answer; empty when none does")
+    image_url: str
+
+
+class RetrievedPageOut(BaseModel):
+    page_id: int
+    document_id: int
+    page_number: int
+    path: str
+    score: float
+    image_url: str
+    thumbnail_url: str
+
+
+class AskResponse(BaseModel):
+    answer: str
+    supported: bool = Field(description="false: the indexed pages do not answer the question")
+    answerer: str
+    citations: list[CitationOut]
+    pages: list[RetrievedPageOut] = Field(description="the pages retrieved for the question, best first")
+    meaningless: bool
+
+
+# --- documents, pages, jobs ----------------------------------------------------------------------------------
+
+
+class DocumentOut(BaseModel):
+    id: int
+    collection: str
+    sha256: str
+    kind: str
+    mime: str
+    size_bytes: int
+    page_count: int | None
+    status: str
+    error: str | None
+    paths: list[str]
+    metadata: dict[str, Any]
+    created_at: UtcDatetime
+    indexed_at: UtcDatetime | None
+
+
+class PageOut(BaseModel):
+    id: int
+    page_number: int
+    width: int
+    height: int
+    text_source: str
+    image_url: str | None
+    thumbnail_url: str | None
+
+
+class DocumentDetail(DocumentOut):
+    pages: list[PageOut]
+
+
+class DocumentList(BaseModel):
+    items: list[DocumentOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class Deleted(BaseModel):
+    document_id: int
+    status: Literal["deleted"] = "deleted"
+
+
+class UploadedFile(BaseModel):
+    name: str
+    sha256: str
+    size_bytes: int
+    kind: str
+    mime: str
+
+
+class UploadAccepted(BaseModel):
+    job_id: int
+    collection: str
+    files: list[UploadedFile]
+    status_url: str = Field(description="poll this until state is done or failed")
+
+
+class JobRequest(Strict):
+    root: Annotated[Text, StringConstraints(min_length=1, max_length=100)] = Field(
+        description="name of a server-side folder in MMRAG_API__JOB_ROOTS"
+    )
+    path: Annotated[Text, StringConstraints(max_length=4096)] = Field(
+        "", description="file or folder relative to the root; empty: the whole root"
+    )
+    collection: CollectionName = "default"
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+    collection: str
+    status_url: str
+
+
+class JobFailure(BaseModel):
+    path: str
+    reason: str
+
+
+class JobItemOut(BaseModel):
+    path: str
+    state: str
+    document_id: int | None
+    pages: int
+    error: str | None
+
+
+class JobOut(BaseModel):
+    id: int
+    collection: str
+    state: str = Field(description="pending | running | done | failed")
+    counts: dict[str, int]
+    failures: list[JobFailure]
+    retrievers_on: list[str]
+    retrievers_off: dict[str, str]
+    error: str | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    items: list[JobItemOut]
+    items_total: int
+
+
+# --- health --------------------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: bool
+    database_error: str | None = None
+    retrievers_on: list[str]
+    retrievers_off: dict[str, str]
+    answerer: str | None
+    answerer_off: str | None = Field(None, description="why the configured answerer is not the one in use")
+    meaningless: bool
+
+
+# --- mapping from mmrag's types ------------------------------------------------------------------------------
+
+
+class Urls:
+    """Builds the URLs responses carry, under the app's root path (set when it is mounted behind a prefix)."""
+
+    def __init__(self, root_path: str = "") -> None:
+        self.root = root_path.rstrip("/")
+
+    def page_image(self, page_id: int) -> str:
+        return f"{self.root}/v1/pages/{page_id}/image"
+
+    def thumbnail(self, page_id: int) -> str:
+        return f"{self.root}/v1/pages/{page_id}/image?size=thumbnail"
+
+    def job(self, job_id: int) -> str:
+        return f"{self.root}/v1/jobs/{job_id}"
+
+
+def search_hit(hit: PageHit, urls: Urls) -> SearchHit:
+    r = hit.result
+    return SearchHit(
+        page_id=r.page_id,
+        document_id=r.document_id,
+        collection=hit.collection,
+        page_number=r.page_number,
+        path=r.path,
+        score=r.score,
+        scores=r.scores,
+        snippet=hit.snippet,
+        image_url=urls.page_image(r.page_id),
+        thumbnail_url=urls.thumbnail(r.page_id),
+    )
+
+
+def citation(c: Citation, urls: Urls) -> CitationOut:
+    return CitationOut(
+        document_id=c.document_id,
+        page_id=c.page_id,
+        page_number=c.page_number,
+        path=c.path,
+        score=c.score,
+        quote=c.quote,
+        image_url=urls.page_image(c.page_id),
+    )
+
+
+def retrieved_page(page: RetrievedPage, urls: Urls) -> RetrievedPageOut:
+    return RetrievedPageOut(
+        page_id=page.page_id,
+        document_id=page.document_id,
+        page_number=page.page_number,
+        path=page.path,
+        score=page.score,
+        image_url=urls.page_image(page.page_id),
+        thumbnail_url=urls.thumbnail(page.page_id),
+    )
+
+
+def ask_response(answer: Answer, pages: list[RetrievedPage], urls: Urls, *, meaningless: bool) -> AskResponse:
+    return AskResponse(
+        answer=answer.text,
+        supported=answer.supported,
+        answerer=answer.answerer,
+        citations=[citation(c, urls) for c in answer.citations],
+        pages=[retrieved_page(p, urls) for p in pages],
+        meaningless=meaningless,
+    )
+
+
+def document(info: DocumentInfo) -> DocumentOut:
+    return DocumentOut(**_fields(info))
+
+
+def document_detail(info: DocumentInfo, pages: list[PageInfo], urls: Urls) -> DocumentDetail:
+    return DocumentDetail(
+        **_fields(info),
+        pages=[
+            PageOut(
+                id=p.id,
+                page_number=p.page_number,
+                width=p.width,
+                height=p.height,
+                text_source=p.text_source,
+                image_url=urls.page_image(p.id) if p.has_image else None,
+                thumbnail_url=urls.thumbnail(p.id) if p.has_image else None,
+            )
+            for p in pages
+        ],
+    )
+
+
+def _fields(info: DocumentInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in DocumentOut.model_fields}
+
+
+def job(status: JobStatus) -> JobOut:
+    return JobOut(
+        id=status.id,
+        collection=status.collection,
+        state=status.state,
+        counts=status.counts,
+        failures=[JobFailure(path=path, reason=reason) for path, reason in status.failures],
+        retrievers_on=status.retrievers_on,
+        retrievers_off=status.retrievers_off,
+        error=status.error,
+        created_at=status.created_at,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        items=[JobItemOut(**vars(item)) for item in status.items],
+        items_total=status.items_total,
+    )
+
+
+# --- OpenAPI: error responses ----------------------------------------------------------------------------------
+
+_ERROR_DESCRIPTIONS = {
+    400: "bad request (e.g. an unknown retriever or job root)",
+    401: "an API key is required, or the one given is not valid",
+    403: "the API key may not use that collection",
+    404: "no such document, page, job or collection (or not the caller's)",
+    413: "request, upload or image too large",
+    415: "unsupported media type or file type",
+    422: "invalid request or unusable file",
+    503: "a model or part the request needs is not loaded",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an operation can answer, all with the ErrorBody schema.
+
+    Listing 422 here also stops FastAPI from documenting its own validation body, which we never send.
+    """
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}

@@ -1,0 +1,204 @@
+"""Background index jobs for a long-running process (the API): created at once so their id is a handle to poll,
+then run one at a time on a worker thread through pipeline.run_index.
+
+One at a time, because run_index starts by recovering its collection from a crash, which drops documents another
+job still has pending. A job is a row in SQL before it runs, with its files as items, so one that a restart
+interrupted resumes when the same paths are submitted again (run_index picks up the unfinished job).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Container, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from mmrag.errors import NotFoundError
+from mmrag.ingest import discover
+from mmrag.pipeline import JobReport, run_index
+from mmrag.services import Services
+from mmrag.store import repository
+from mmrag.store.db import transaction
+from mmrag.store.models import Job, JobItem
+from mmrag.types import ItemState, JobState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobItemInfo:
+    path: str
+    state: str
+    document_id: int | None
+    pages: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: int
+    collection: str
+    state: str
+    counts: dict[str, int]
+    failures: list[tuple[str, str]]
+    retrievers_on: list[str]
+    retrievers_off: dict[str, str]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items: list[JobItemInfo]
+    items_total: int
+
+
+def create_job(services: Services, paths: Sequence[Path], collection: str) -> int:
+    """The job that will index `paths` into `collection`: an unfinished one over the same paths, or a new one."""
+    roots = [str(Path(p).resolve()) for p in paths]  # as run_index writes them, so it finds this job
+    with transaction(services.sessions) as session:
+        collection_id = repository.get_or_create_collection(session, collection).id
+        job = repository.find_unfinished_job(session, collection_id, roots)
+        if job is None:
+            job = repository.create_job(session, collection_id, roots)
+        return job.id
+
+
+def run_job(
+    services: Services,
+    job_id: int,
+    *,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    confine_to: Path | None = None,
+) -> JobReport:
+    """Run a job made by create_job; `metadata` (path → fields) is merged into the documents those paths became.
+
+    With `confine_to`, a file whose real path is outside that folder (reached through a symlink in the tree, which
+    discover follows) fails with a reason instead of being read. Any error fails the job with its message, so a
+    client polling the job sees why.
+    """
+    try:
+        with services.sessions() as session:
+            job = repository.get_job(session, job_id)
+            roots = list(job.roots.get("paths", []))
+            collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
+        found = [str(p) for p in discover(Path(r) for r in roots)]
+        outside = [p for p in found if confine_to is not None and not Path(p).resolve().is_relative_to(confine_to)]
+        with transaction(services.sessions) as session:
+            # run_index adds items only to a job it creates; this one it resumes, so its items are added here
+            # (idempotent: paths already there are skipped).
+            repository.add_job_items(session, job_id, found)
+            if outside:
+                items = session.scalars(
+                    select(JobItem.id).where(JobItem.job_id == job_id, JobItem.path.in_(outside))
+                ).all()
+                repository.set_items(
+                    session, items, state=ItemState.FAILED, error="a symbolic link leads outside the job root"
+                )
+        report = run_index(services, [Path(r) for r in roots], collection=collection)
+        if metadata:
+            _apply_metadata(services, job_id, metadata)
+        return report
+    except Exception as exc:
+        log.exception("index job %s failed", job_id)
+        with transaction(services.sessions) as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                repository.finish_job(session, job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _apply_metadata(services: Services, job_id: int, metadata: Mapping[str, Mapping[str, Any]]) -> None:
+    from mmrag.documents import set_metadata
+
+    with services.sessions() as session:
+        documents = repository.documents_of_items(session, job_id)
+    for path, fields in metadata.items():
+        if path in documents and fields:
+            set_metadata(services, [documents[path]], dict(fields))
+
+
+def job_status(
+    services: Services,
+    job_id: int,
+    collections: Container[str] | None,
+    *,
+    items_limit: int = 100,
+    items_offset: int = 0,
+) -> JobStatus:
+    """A job's state, counts, failures and one page of its items; a job of a collection not in `collections` is
+    reported as not found."""
+    with services.sessions() as session:
+        job = session.get(Job, job_id)
+        collection = None
+        if job is not None:
+            collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
+        if job is None or (collections is not None and collection not in collections):
+            raise NotFoundError(f"job {job_id} does not exist")
+        items, total = repository.job_items(session, job_id, limit=items_limit, offset=items_offset)
+        retrievers = job.retrievers or {}
+        return JobStatus(
+            id=job.id,
+            collection=collection,
+            state=job.state,
+            counts=repository.job_counts(session, job_id),
+            failures=repository.job_failures(session, job_id),
+            retrievers_on=list(retrievers.get("on", [])),
+            retrievers_off=dict(retrievers.get("off") or {}),
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error) for i, document_id in items],
+            items_total=total,
+        )
+
+
+class JobRunner:
+    """Runs jobs one at a time on a worker thread; `submit` returns the job id at once."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmrag-job")
+        self._lock = threading.RLock()  # a future that is already done runs its callback inside submit
+        self._queued: dict[int, Future[JobReport]] = {}
+
+    def submit(
+        self,
+        paths: Sequence[Path],
+        collection: str,
+        *,
+        metadata: Mapping[str, Mapping[str, Any]] | None = None,
+        confine_to: Path | None = None,
+    ) -> int:
+        job_id = create_job(self.services, paths, collection)
+        with self._lock:
+            if job_id not in self._queued:  # the same paths submitted again while queued: one run does both
+                future = self._executor.submit(
+                    run_job, self.services, job_id, metadata=metadata, confine_to=confine_to
+                )
+                self._queued[job_id] = future
+                future.add_done_callback(lambda _, job_id=job_id: self._forget(job_id))
+        return job_id
+
+    def _forget(self, job_id: int) -> None:
+        with self._lock:
+            self._queued.pop(job_id, None)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every job submitted so far has run (for tests and an orderly shutdown)."""
+        with self._lock:
+            futures = list(self._queued.values())
+        for future in futures:
+            try:
+                future.result(timeout=timeout)
+            except Exception:  # noqa: BLE001 - run_job logged it and recorded it on the job
+                pass
+
+    def close(self) -> None:
+        """Finish the running job, drop the queued ones (they stay pending in SQL and resume when resubmitted)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,148 @@
+"""Fixtures for the query service: settings, a small real corpus, services on tiny models, a live uvicorn server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import create_engine, text
+
+from mmrag.answer.extractive import ExtractiveAnswerer
+from mmrag.config import ApiSettings, DatabaseSettings, EmbedderSettings, IngestSettings, Settings
+from mmrag.services import Embedders, Services, build_services
+from tests.conftest import PG_URL, _postgres_schema_url
+from tests.factories import make_image, make_pdf
+
+INVOICE_PAGES = [
+    "Invoice INV-2024-0117\nIssued by Acme Tools GmbH\nTotal due: 1,250.00 EUR\nPayment within 30 days",
+    "Delivery address: 12 Harbour Street, Bristol\nContact: Jane Doe",
+]
+MENU_PAGES = ["Lunch menu\nTomato soup 4.50\nGrilled salmon 14.90"]
+REPORT_PAGES = ["Quarterly report\nRevenue grew by 12 percent in the third quarter"]
+
+
+def make_settings(data_dir: Path, database_url: str, **api: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database=DatabaseSettings(url=database_url),
+        embedders=EmbedderSettings(profile="tiny-random"),
+        ingest=IngestSettings(workers=0, ocr="never"),
+        batch_pages=8,
+        api=ApiSettings(**api),
+    )
+
+
+def make_corpus(root: Path) -> dict[str, Path]:
+    """Two PDFs with a text layer and two images to upload; a third PDF in a server-side job root."""
+    return {
+        "invoice": make_pdf(root / "upload" / "invoice.pdf", INVOICE_PAGES),
+        "menu": make_pdf(root / "upload" / "menu.pdf", MENU_PAGES),
+        "red": make_image(root / "upload" / "red.png", 0),
+        "blue": make_image(root / "upload" / "blue.png", 2),
+        "report": make_pdf(root / "jobroot" / "reports" / "q3.pdf", REPORT_PAGES),
+    }
+
+
+@contextmanager
+def database(kind: str, directory: Path) -> Iterator[str]:
+    """Like the database_url fixture, for fixtures of a wider scope: a SQLite file, or a private PostgreSQL schema."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'mmrag.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL run needs MMRAG_TEST_DATABASE_URL")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(PG_URL, schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> dict[str, Path]:
+    return make_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def services(tmp_path: Path, database_url: str, tiny_embedders: Embedders) -> Iterator[Services]:
+    services = build_services(
+        make_settings(tmp_path / "data", database_url, job_roots={"corpus": tmp_path / "corpus" / "jobroot"}),
+        embedders=tiny_embedders,
+    )
+    yield services
+    services.close()
+
+
+@pytest.fixture(scope="session")
+def answerer() -> ExtractiveAnswerer:
+    return ExtractiveAnswerer()
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """The app under uvicorn on 127.0.0.1 at a free port, in a thread; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def wait_for_job(client: httpx.Client | Any, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    """Poll GET /v1/jobs/{id} until the job is done or failed, as a client would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if job["state"] in ("done", "failed"):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
+        time.sleep(0.1)
+
+
+def upload(client: httpx.Client | Any, paths: list[Path], **form: str) -> dict[str, Any]:
+    files = [("files", (path.name, path.read_bytes())) for path in paths]
+    response = client.post("/v1/documents", files=files, data=form)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """Server-Sent Events → [(event, parsed JSON data)]."""
+    import json
+
+    events = []
+    for frame in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines() if ": " in line)
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
