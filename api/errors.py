@@ -34,6 +34,7 @@ from mmrag.answer import (
 )
 from mmrag.errors import (
     BackendUnavailableError,
+    CollectionBusyError,
     ConfigError,
     CorruptFileError,
     EmptyFileError,
@@ -107,6 +108,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     AnswererError: 502,
     BackendUnavailableError: 503,
     IndexError_: 500,  # the index disagrees with SQL: the server's fault
+    CollectionBusyError: 409,  # another process is writing the collection: retry later
     MmragError: 500,
 }
 

@@ -13,7 +13,8 @@
      │    └── TooLargeError          decompression bomb, page over the pixel limit
      ├── IndexError_                 a vector index is inconsistent with its manifest or SQL
      │    └── ManifestMismatchError
-     └── NotFoundError               a document, page or job id that does not exist
+     ├── NotFoundError               a document, page or job id that does not exist
+     └── CollectionBusyError         another process is writing the collection (one writer at a time)
 
 The API maps these classes to HTTP statuses in one table.
 """
@@ -85,4 +86,8 @@ class ManifestMismatchError(IndexError_):
 
 
 class NotFoundError(MmragError):
+    pass
+
+
+class CollectionBusyError(MmragError):
     pass

@@ -15,13 +15,15 @@ stale vector can never be mistaken for a new page.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mmrag.config import IngestSettings
-from mmrag.errors import InputError, NotFoundError
+from mmrag.errors import CollectionBusyError, InputError, NotFoundError
 from mmrag.ingest import check_ocr, describe, discover, iter_pages
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
@@ -184,7 +186,7 @@ class _PendingPage:
 class _Batch:
     pages: list[_PendingPage] = field(default_factory=list)
     document_ids: list[int] = field(default_factory=list)
-    item_pages: dict[int, int] = field(default_factory=dict)  # job item id → pages it brought
+    item_pages: dict[int, tuple[int, int]] = field(default_factory=dict)  # job item id → (document id, pages)
     duplicate_item_ids: list[int] = field(default_factory=list)
 
 
@@ -235,8 +237,8 @@ def _commit_batch(services: Services, stores: CollectionStores, embedders: Embed
             if document is not None:
                 document.status = DocumentStatus.INDEXED
                 document.indexed_at = now
-        for item_id, pages in batch.item_pages.items():
-            repository.set_items(session, [item_id], state=ItemState.INDEXED, pages=pages)
+        for item_id, (document_id, pages) in batch.item_pages.items():
+            repository.set_items(session, [item_id], state=ItemState.INDEXED, document_id=document_id, pages=pages)
         repository.set_items(session, batch.duplicate_item_ids, state=ItemState.DUPLICATE)
 
 
@@ -357,8 +359,39 @@ def run_index(
         check_ocr(services.settings.ingest.ocr_lang)
 
     with transaction(services.sessions) as session:
-        collection_row = repository.get_or_create_collection(session, collection)
-        collection_id = collection_row.id
+        collection_id = repository.get_or_create_collection(session, collection).id
+    with collection_writer(services, collection_id, collection):
+        return _run_locked(services, roots, collection, collection_id, progress, began)
+
+
+@contextmanager
+def collection_writer(services: Services, collection_id: int, name: str) -> Iterator[None]:
+    """One writer per collection at a time, across processes on this host.
+
+    A job's first step (recover) drops every pending document of its collection, and each process holds the
+    collection's vector stores in memory: two writers at once would destroy each other's work. The lock is
+    an flock on a file in the collection's directory, released by the kernel even after kill -9.
+    """
+    directory = services.collection_dir(collection_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "writer.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionBusyError(
+                f"collection {name!r} is being written by another process (indexing or deleting); "
+                "wait for it to finish, or index into another collection"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(
+    services: Services, roots: list[str], collection: str, collection_id: int, progress: Progress, began: float
+) -> JobReport:
+    with transaction(services.sessions) as session:
         job = repository.find_unfinished_job(session, collection_id, roots)
         resumed = job is not None
         if job is None:
@@ -453,7 +486,7 @@ def _process_items(
             _PendingPage(pid, page.image_path, page.text) for pid, page in zip(page_ids, loaded.pages, strict=True)
         ]
         batch.document_ids.append(document_id)
-        batch.item_pages[item_id] = len(page_ids)
+        batch.item_pages[item_id] = (document_id, len(page_ids))
         duplicates = waiting_on.pop(document_id, [])
         batch.duplicate_item_ids += duplicates
         progress.advance(1 + len(duplicates), len(page_ids))
@@ -583,30 +616,32 @@ def delete_documents(
 ) -> list[int]:
     """Delete documents by id or by a path they were seen at; SQL first, then the vectors (orphans of a crash
     between the two are removed by the next `recover`). Returns the deleted document ids."""
-    deleted: list[int] = []
-    removed_pages: list[int] = []
-    with transaction(services.sessions) as session:
-        collection_row = repository.get_collection(session, collection)
-        targets: dict[int, Document] = {}
+    targets: set[int] = set()
+    with services.sessions() as session:
+        collection_id = repository.get_collection(session, collection).id
         for document_id in document_ids:
-            document = repository.get_document(session, document_id)
-            if document.collection_id != collection_row.id:
+            if repository.get_document(session, document_id).collection_id != collection_id:
                 raise NotFoundError(f"document {document_id} is not in collection {collection!r}")
-            targets[document.id] = document
+            targets.add(document_id)
         for path in paths:
             resolved = str(Path(path).resolve())
-            found = repository.find_path(session, collection_row.id, resolved)
+            found = repository.find_path(session, collection_id, resolved)
             if found is None:
                 raise NotFoundError(f"no document was indexed from path {resolved!r} in collection {collection!r}")
-            targets[found.document_id] = session.get(Document, found.document_id)
-        for document in targets.values():
-            removed_pages += repository.mark_deleted(session, document)
-            deleted.append(document.id)
-        collection_id = collection_row.id
+            targets.add(found.document_id)
+    with collection_writer(services, collection_id, collection):
+        return _delete_locked(services, collection_id, sorted(targets))
+
+
+def _delete_locked(services: Services, collection_id: int, document_ids: list[int]) -> list[int]:
+    removed_pages: list[int] = []
+    with transaction(services.sessions) as session:
+        for document_id in document_ids:
+            removed_pages += repository.mark_deleted(session, repository.get_document(session, document_id))
     if removed_pages:
         stores = services.stores(collection_id)
         for store in stores.by_retriever().values():
             store.remove(removed_pages)
         stores.flush()
         stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
-    return deleted
+    return document_ids

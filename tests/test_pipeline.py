@@ -191,3 +191,21 @@ def test_chroma_backend_runs_the_same_job(tmp_path: Path, tiny_embedders: Embedd
         assert_stores_agree_with_sql(services)
     finally:
         services.close()
+
+
+def test_one_writer_per_collection(tmp_path: Path, services: Services) -> None:
+    from mmrag.errors import CollectionBusyError
+    from mmrag.pipeline import collection_writer
+    from mmrag.store.models import JobItem
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, images=1, pdfs=1)
+    run_index(services, [corpus])
+    with services.sessions() as session:  # every indexed item names the document it became
+        assert all(item.document_id for item in session.scalars(select(JobItem)))
+    with collection_writer(services, 1, "default"):  # e.g. another process indexing the same collection
+        with pytest.raises(CollectionBusyError, match="default"):
+            run_index(services, [corpus])
+        with pytest.raises(CollectionBusyError):
+            delete_documents(services, "default", document_ids=[1])
+    assert run_index(services, [corpus]).counts["unchanged"] == 2  # free again
