@@ -55,7 +55,7 @@ def test_cli_ask_answers_with_citations_or_says_it_cannot(cli_env: Path) -> None
 
 
 def readme_recipe() -> str:
-    section = (ROOT / "api" / "README-section.md").read_text()
+    section = (ROOT / "README.md").read_text()
     recipe = section.split("### Try it with curl", 1)[1]
     return re.search(r"```bash\n(.*?)```", recipe, re.DOTALL).group(1)
 
