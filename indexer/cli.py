@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mmrag.config import Settings
+from indexer.eval_command import eval_command
 from mmrag.errors import MmragError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG: index images and PDFs, search them.")
@@ -296,6 +297,11 @@ def ask(
     for number, citation in enumerate(answer.citations, start=1):
         table.add_row(str(number), citation.path, str(citation.page_number), f"{citation.score:.4f}", citation.quote)
     console.print(table)
+
+
+app.command("eval", help="Measure retrieval and answers on a question set, or on one generated from your pages.")(
+    eval_command
+)
 
 
 def main() -> None:

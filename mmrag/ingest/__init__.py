@@ -108,7 +108,12 @@ def iter_pages(
 def _page(path: Path, number: int, image: Image.Image, text_layer: str | None, settings: IngestSettings) -> PageContent:
     try:
         text, source = choose_text(
-            image, text_layer, mode=settings.ocr, lang=settings.ocr_lang, min_chars=settings.ocr_min_chars
+            image,
+            text_layer,
+            mode=settings.ocr,
+            lang=settings.ocr_lang,
+            min_chars=settings.ocr_min_chars,
+            line_height=settings.ocr_line_height,
         )
     except pytesseract.TesseractError as exc:
         # Tesseract is installed and the language exists (those raise before this), so it is this image it
