@@ -8,6 +8,12 @@ How a line is chosen
     they hold; the best MAX_LINES lines scoring at least RELATIVE_LINE_CUTOFF of the best are quoted, each with its
     page's citation.
 
+Which line is the evidence: when the question asks for a kind of value (an amount: "how much", "total",
+"price"...; a date: "when", "date"), the line that holds a value of that kind the question does not already hold,
+and shares most question weight, is quoted first and becomes its page's citation quote, even if a header line
+matches rarer terms. This is the answer-type step of classic question answering (e.g. TREC QA systems):
+the question's wording says what shape the answer has, and the evidence must have that shape.
+
 Why coverage is per page, not per line: a receipt puts "STARBUCKS" in the header and "Total 9.02" at the bottom,
 so "what was the total at Starbucks?" is answered by the page even though no one line holds both terms. Why 0.5:
 on receipts and invoices it accepts questions whose distinctive terms the page holds and refuses those that share
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
+import re
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -38,6 +45,16 @@ from mmrag.types import Answer, RetrievedPage
 log = logging.getLogger(__name__)
 
 MIN_COVERAGE = 0.5
+
+# Question wording → the kind of value that answers it.
+AMOUNT_CUES = frozenset("amount amounts cost costs price prices total totals sum fee fees balance due".split())
+DATE_CUES = frozenset("date day".split())
+# Words documents use to label the field that holds each kind of value.
+FIELD_LABELS = {
+    "amount": frozenset("total amount due paid payable balance grand net sum".split()),
+    "date": frozenset("date dated issued".split()),
+}
+AMOUNT_PATTERN = re.compile(r"\d[\d,]*[.,]\d{2}(?!\d)")  # 9.00, 1,234.56, 12,50
 MAX_LINES = 3
 RELATIVE_LINE_CUTOFF = 0.5
 
@@ -109,7 +126,61 @@ class ExtractiveAnswerer:
         scored.sort(key=lambda s: (-s.score, not _holds_new_value(s.line, question_tokens), s.line.page_index,
                                    s.line.line_index))  # fmt: skip
         chosen = [s for s in scored[: self.max_lines] if s.score >= self.relative_line_cutoff * scored[0].score]
+        kind = expected_value(question)
+        evidence = self._typed_evidence(kind, question, lines, answering_pages, weight, next_line, label_tokens)
+        if evidence is not None:
+            chosen = [evidence, *[s for s in chosen if s.line != evidence.line]][: self.max_lines]
         return self._compose(chosen, pages)
+
+    def _typed_evidence(
+        self,
+        kind: str | None,
+        question: str,
+        lines: list[_Line],
+        answering_pages: set[int],
+        weight: dict[str, float],
+        next_line: dict[tuple[int, int], _Line],
+        label_tokens: set[str],
+    ) -> _ScoredLine | None:
+        """On the best answering page that has one, the line holding a value of the asked-for kind.
+
+        Lines are ranked by the question weight they share plus, for each field label they carry ("total",
+        "amount due", "date"), half the weight of the question's strongest term: a question may name the value
+        only by a verb ("how much did I pay") while documents label it, yet a line holding what the question
+        does name ("how much VAT") still outranks a mere label. Ties go to the largest amount (a total is
+        at least any part it sums), then to the later line."""
+        if kind is None:
+            return None
+        bonus = 0.5 * max(weight.values())
+        labels = FIELD_LABELS[kind]
+        previous = {(b.page_index, b.line_index): a for a, b in pairwise(lines) if a.page_index == b.page_index}
+
+        def label_before(line: _Line) -> _Line | None:
+            """A label-only line ("Amount due") right above a value line ("$ 131.45"): two-column layouts."""
+            before = previous.get((line.page_index, line.line_index))
+            if before is not None and before.tokens & labels and not any(c.isdigit() for c in before.text):
+                return before
+            return None
+
+        def rank(line: _Line) -> tuple[float, float, int]:
+            label = label_before(line)
+            tokens = line.tokens | (label.tokens if label is not None else frozenset())
+            shared = sum(w for term, w in weight.items() if term in tokens)
+            # Among equals, an amount question prefers the largest amount: a total is at least any part it sums
+            # (subtotal, tax, discount); a date question prefers the later line.
+            size = _largest_amount(line.text) if kind == "amount" else 0.0
+            return shared + (bonus if tokens & labels else 0.0), size, line.line_index
+
+        for page_index in sorted(answering_pages):
+            typed = [line for line in lines if line.page_index == page_index and _holds_value(line.text, kind, question)]
+            if typed:
+                best = max(typed, key=rank)
+                label = label_before(best)
+                if label is not None:
+                    return _ScoredLine(best, rank(best)[0], trim_quote(f"{label.text} {best.text}"))
+                following = next_line.get((best.page_index, best.line_index))
+                return _ScoredLine(best, rank(best)[0], _quote(best, following, label_tokens))
+        return None
 
     def stream(self, question: str, pages: Sequence[RetrievedPage]) -> Iterator[str | Answer]:
         answer = self.answer(question, pages)
@@ -123,8 +194,8 @@ class ExtractiveAnswerer:
         citations = []
         for number, page_index in enumerate(page_order, start=1):
             page_lines = [s for s in chosen if s.line.page_index == page_index]
-            best = max(page_lines, key=lambda s: s.score)  # chosen is sorted, so max keeps the first of equals
-            citations.append(citation_for(pages[page_index], best.quote))
+            # chosen is in evidence order: the page's first chosen line is its best evidence
+            citations.append(citation_for(pages[page_index], page_lines[0].quote))
             text_lines.extend(f"{s.quote} [{number}]" for s in sorted(page_lines, key=lambda s: s.line.line_index))
         return Answer(text="\n".join(text_lines), citations=citations, supported=True, answerer=self.name)
 
@@ -140,3 +211,43 @@ def _quote(line: _Line, following: _Line | None, label_tokens: set[str]) -> str:
 
 def _holds_new_value(line: _Line, question_tokens: set[str]) -> bool:
     return any(any(char.isdigit() for char in token) for token in line.tokens - question_tokens)
+
+
+def expected_value(question: str) -> str | None:
+    """"amount" or "date" when the question's wording asks for one, else None.
+
+    The wh-word decides first ("when" wants a date, "how much" an amount), then the focus noun of "what is the X",
+    then any cue word; "dated" only qualifies ("receipt dated 10-03-2018: what was the total?" wants an amount).
+    """
+    text = question.lower()
+    words = re.findall(r"[a-z]+", text)
+    if "when" in words:
+        return "date"
+    if re.search(r"\bhow (much|many)\b", text):
+        return "amount"
+    if words and words[0] in ("where", "who", "whom", "whose", "why"):
+        return None  # a place, a person, a reason: not a value
+    focus = re.search(r"\b(?:what|which)(?:'s| is| was| are| were)? (?:the |a |an )?(\w+)", text)
+    if focus and words[0] == "which":
+        words = [focus.group(1)]  # "which card paid ..." asks for a card, whatever else the question says
+    for word in ([focus.group(1)] if focus else []) + words:
+        if word in AMOUNT_CUES:
+            return "amount"
+        if word in DATE_CUES:
+            return "date"
+    return None
+
+
+def _holds_value(text: str, kind: str, question: str) -> bool:
+    """Whether `text` holds a value of `kind` that the question itself does not contain."""
+    if kind == "amount":
+        return any(value not in question for value in AMOUNT_PATTERN.findall(text))
+    from mmrag.index.lexical import date_keys
+
+    return bool(set(date_keys(text)) - set(date_keys(question)))
+
+
+
+def _largest_amount(text: str) -> float:
+    values = [float(v.replace(",", "")) if "." in v else float(v.replace(",", ".")) for v in AMOUNT_PATTERN.findall(text)]
+    return max(values, default=0.0)

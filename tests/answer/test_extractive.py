@@ -107,3 +107,20 @@ def test_stream_yields_the_text_then_the_answer(extractive: ExtractiveAnswerer, 
         *chunks, final = list(extractive.stream(question, pages))
         assert final == extractive.answer(question, pages)
         assert "".join(chunks) == final.text  # type: ignore[union-attr]
+
+
+def test_the_asked_for_kind_of_value_picks_the_evidence_line(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(
+        1, 1, 1, "r.jpg", 0.9,
+        "CORNER CAFE SDN BHD\nDate: 12/03/2018\nLatte 2 x 4.50 9.00\nTotal 5.57 0.33\n"
+        "Total Sales Incl GST 9.00\nCash 10.00\nChange 1.00",
+        None,
+    )
+    # No question word is on the value line; the field label ("total") and the amount make it the evidence,
+    # and of two total lines the larger amount (the grand total, not the tax summary) wins.
+    paid = extractive.answer("How much did I pay at Corner Cafe on 12/03/2018?", [receipt])
+    assert paid.supported and paid.citations[0].quote == "Total Sales Incl GST 9.00"
+    total = extractive.answer("Corner Cafe receipt dated 12/03/2018: what was the total?", [receipt])
+    assert total.citations[0].quote == "Total Sales Incl GST 9.00"
+    when = extractive.answer("When did I buy a latte at Corner Cafe?", [receipt])
+    assert when.citations[0].quote == "Date: 12/03/2018"
