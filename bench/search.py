@@ -102,7 +102,7 @@ def bench_multivector(args: argparse.Namespace, work: Path, device: str) -> list
             lat, recall = [], []
             for query, top in zip(queries, exact_top, strict=True):
                 began = time.perf_counter()
-                hits = candidate_index.search(query, store, 10, candidates=candidates, per_token=256)
+                hits = candidate_index.search(query, store, 10, candidates=candidates)
                 lat.append(time.perf_counter() - began)
                 recall.append(len({h.page_id for h in hits} & set(top)) / 10)
             row["scalable"].append(

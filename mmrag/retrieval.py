@@ -58,7 +58,7 @@ def retrieve(
         candidates = services.candidate_index(collection_id) if index_settings.multivector_search == "candidates" else None
         if candidates is not None:
             count = max(index_settings.multivector_candidates, depth)
-            hits = candidates.search(query, stores.colpali, depth, candidates=count, per_token=256)
+            hits = candidates.search(query, stores.colpali, depth, candidates=count)
         else:
             hits = stores.colpali.search(query, depth)
         results.append(RetrieverHits("colpali", hits))

@@ -94,7 +94,7 @@ class PooledCandidateIndex:
             index.add(chunk, [store.tokens(page_id) for page_id in chunk])
         return index
 
-    def candidates(self, query: np.ndarray, count: int, *, per_token: int = 64) -> np.ndarray:
+    def candidates(self, query: np.ndarray, count: int, *, per_token: int = 1024) -> np.ndarray:
         """Page ids of the `count` best pages by the centroid approximation of MaxSim."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         with self._lock:
@@ -116,7 +116,7 @@ class PooledCandidateIndex:
         return unique_pages
 
     def search(
-        self, query: np.ndarray, store: ShardedMultiVectorStore, k: int, *, candidates: int = 256, per_token: int = 64
+        self, query: np.ndarray, store: ShardedMultiVectorStore, k: int, *, candidates: int = 256, per_token: int = 1024
     ) -> list[Hit]:
         """Top-k pages with exact MaxSim scores, found among the approximate top `candidates`."""
         chosen = self.candidates(query, max(candidates, k), per_token=per_token)
