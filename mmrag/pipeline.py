@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from mmrag.config import IngestSettings
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
+from mmrag.index.compression import pool_tokens
 from mmrag.ingest import check_ocr, describe, discover, iter_pages
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
@@ -191,7 +192,12 @@ class _Batch:
 
 
 def embed_and_store(
-    embedders: Embedders, stores: CollectionStores, pages: Sequence[_PendingPage], data_dir: Path
+    embedders: Embedders,
+    stores: CollectionStores,
+    pages: Sequence[_PendingPage],
+    data_dir: Path,
+    *,
+    pool_factor: int = 1,
 ) -> list[PageEmbedding]:
     """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL records to write."""
     records: list[PageEmbedding] = []
@@ -205,6 +211,8 @@ def embed_and_store(
         records += _records(ids, "clip", embedders.clip, [1] * len(ids))
     if embedders.colpali is not None and stores.colpali is not None:
         multi = embedders.colpali.embed_images(images)
+        if pool_factor > 1:
+            multi = pool_tokens(multi, pool_factor)
         stores.colpali.add(ids.tolist(), multi)
         records += _records(ids, "colpali", embedders.colpali, [len(m) for m in multi])
     if embedders.text is not None and stores.text is not None:
@@ -227,7 +235,9 @@ def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int
 
 
 def _commit_batch(services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch) -> None:
-    records = embed_and_store(embedders, stores, batch.pages, services.data_dir)
+    records = embed_and_store(
+        embedders, stores, batch.pages, services.data_dir, pool_factor=services.settings.index.multivector_pool_factor
+    )
     stores.flush()  # vectors durable before SQL vouches for them
     with transaction(services.sessions) as session:
         session.add_all(records)
@@ -259,7 +269,9 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
             pages = [_PendingPage(pid, path, text) for pid, path, text in chunk]
-            records = embed_and_store(only, stores, pages, services.data_dir)
+            records = embed_and_store(
+                only, stores, pages, services.data_dir, pool_factor=services.settings.index.multivector_pool_factor
+            )
             stores.flush()
             with transaction(services.sessions) as session:
                 session.add_all(records)

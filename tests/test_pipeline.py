@@ -209,3 +209,28 @@ def test_one_writer_per_collection(tmp_path: Path, services: Services) -> None:
         with pytest.raises(CollectionBusyError):
             delete_documents(services, "default", document_ids=[1])
     assert run_index(services, [corpus]).counts["unchanged"] == 2  # free again
+
+
+def test_pooled_page_tokens_take_less_space_and_still_search(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    from mmrag.config import IndexSettings
+    from mmrag.ingest import load_image
+
+    rows = {}
+    for factor in (1, 2):
+        settings = make_settings(
+            tmp_path / f"f{factor}",
+            f"sqlite:///{tmp_path / f'f{factor}.db'}",
+            index=IndexSettings(multivector_pool_factor=factor),
+        )
+        services = build_services(settings, embedders=tiny_embedders)
+        try:
+            files = make_corpus(tmp_path / "corpus", images=3, pdfs=0)
+            run_index(services, [tmp_path / "corpus"])
+            store = services.stores(1).colpali
+            rows[factor] = store.stats()["rows"]
+            page_id = int(store.ids()[0])
+            query = tiny_embedders.colpali.embed_images([load_image(files["img0"], max_pixels=10**7)])[0]
+            assert store.search(query, 3)[0].page_id == page_id  # a page still finds itself first
+        finally:
+            services.close()
+    assert rows[2] <= rows[1] // 2 + 3
