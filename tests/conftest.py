@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,11 +28,11 @@ def _postgres_schema_url(base_url: str, schema: str) -> str:
     return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a private PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mmrag.db'}"
+@contextmanager
+def database(kind: str, directory: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file in `directory`, or a private PostgreSQL schema dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'mmrag.db'}"
         return
     if not PG_URL:
         pytest.skip("PostgreSQL run needs MMRAG_TEST_DATABASE_URL (scripts/test sets it; CI requires it)")
@@ -45,6 +46,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every SQL test runs on both databases."""
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

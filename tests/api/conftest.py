@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +14,10 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import create_engine, text
 
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import ApiSettings, DatabaseSettings, EmbedderSettings, IngestSettings, Settings
 from mmrag.services import Embedders, Services, build_services
-from tests.conftest import PG_URL, _postgres_schema_url
 from tests.factories import make_image, make_pdf
 
 INVOICE_PAGES = [
@@ -51,26 +48,6 @@ def make_corpus(root: Path) -> dict[str, Path]:
         "blue": make_image(root / "upload" / "blue.png", 2),
         "report": make_pdf(root / "jobroot" / "reports" / "q3.pdf", REPORT_PAGES),
     }
-
-
-@contextmanager
-def database(kind: str, directory: Path) -> Iterator[str]:
-    """Like the database_url fixture, for fixtures of a wider scope: a SQLite file, or a private PostgreSQL schema."""
-    if kind == "sqlite":
-        yield f"sqlite:///{directory / 'mmrag.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("PostgreSQL run needs MMRAG_TEST_DATABASE_URL")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _postgres_schema_url(PG_URL, schema)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.pipeline import run_index
 from mmrag.services import Embedders, build_services
-from tests.api.conftest import database, make_settings
+from tests.api.conftest import make_settings
+from tests.conftest import database
 from tests.factories import make_pdf
 
 KEYS = {"key-a": ["a"], "key-b": ["b"], "key-admin": ["*"]}
