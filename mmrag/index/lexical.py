@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # Bump when tokenize() changes, ANALYZER_VERSION when analyze(), char_ngrams() or the saved layout change: an index
 # saved with another version then fails its manifest check on load (and Services.lexical rebuilds it from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-1"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-1"
 MODEL = f"bm25s+{TOKENIZER_VERSION}+{ANALYZER_VERSION}"
 METRIC = "bm25"
 KIND = "bm25"
@@ -175,12 +175,31 @@ def date_keys(text: str) -> list[str]:
     return keys
 
 
+_LOOKALIKES = str.maketrans({"o": "0", "O": "0", "D": "0", "l": "1", "I": "1", "i": "1", "S": "5", "s": "5",
+                              "B": "8", "Z": "2", "z": "2"})
+_NUMERIC_LOOKING = re.compile(r"(?<![\w])(?=[\w.,/:-]*\d[\w.,/:-]*\d)[0-9oODlIiSsBZz]+(?:[.,/:-][0-9oODlIiSsBZz]+)+(?![\w])")
+
+
+def repair_ocr_digits(text: str) -> str:
+    """Numbers and dates with OCR's letter-for-digit slips read as digits ("O7/03/2O18" → "07/03/2018").
+
+    Only inside runs that already hold two digits and separators (dates, amounts, codes), so words are untouched.
+    """
+    return _NUMERIC_LOOKING.sub(lambda match: match.group(0).translate(_LOOKALIKES), text)
+
+
 def analyze(text: str) -> list[str]:
     """The word terms BM25 indexes and searches: tokenize()'s tokens plus one key per reading of each date.
 
-    Both sides of a match go through this same function, so a date written two ways still meets.
+    Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
+    dates with OCR letter-for-digit slips also yield their repaired reading's terms.
     """
-    return tokenize(text) + date_keys(text)
+    terms = tokenize(text) + date_keys(text)
+    repaired = repair_ocr_digits(text)
+    if repaired != text:
+        seen = set(terms)
+        terms += [term for term in tokenize(repaired) + date_keys(repaired) if term not in seen]
+    return terms
 
 
 def query_terms(text: str) -> list[str]:

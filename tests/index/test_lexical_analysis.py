@@ -88,3 +88,14 @@ def test_the_n_gram_model_is_saved_and_loaded(tmp_path: Path) -> None:
     assert loaded.ngram == index.ngram
     for query in ("AFON", "speed mart 141.50", "6 March 2018"):
         assert loaded.search(query, 4) == index.search(query, 4)
+
+
+def test_ocr_letter_for_digit_slips_are_read_as_digits_in_numbers_only() -> None:
+    from mmrag.index.lexical import analyze, date_keys, repair_ocr_digits, tokenize
+
+    assert repair_ocr_digits("Date: 2O/O3/2018 TOTAL 1O.5O") == "Date: 20/03/2018 TOTAL 10.50"
+    assert repair_ocr_digits("Island 12 bolts, Boss SDN BHD") == "Island 12 bolts, Boss SDN BHD"  # words untouched
+    terms = analyze("Date: 2O/O3/2018")
+    assert "date:2018-03-20" in terms and "20/03/2018" in terms  # the repaired reading joins the original terms
+    clean = "Total 12.50 on 20/03/2018"
+    assert analyze(clean) == tokenize(clean) + date_keys(clean)  # nothing to repair: no extra terms
