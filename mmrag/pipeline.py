@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -279,10 +280,25 @@ class _Loader:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.limit = max(2, 2 * workers)
-        self._pool: ProcessPoolExecutor | None = None
-        if workers > 0:
-            # spawn, not fork: the parent holds torch's thread pools, which fork would copy in a broken state.
-            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
+        self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
+
+    @staticmethod
+    def _new_pool(workers: int) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent holds torch's thread pools, which fork would copy in a broken state.
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def replace_broken_pool(self, generation: int) -> None:
+        """A worker died (a crash inside a native decoder, the OOM killer) and broke its pool: start another."""
+        if self._pool is not None and generation == self.generation:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool(self.workers)
+            self.generation += 1
+
+    def run_alone(self, fn: Callable[..., LoadedFile], *args: object) -> LoadedFile:
+        """Run one file in a process of its own, so that if it kills its worker again, nothing else is lost."""
+        with self._new_pool(1) as pool:
+            return pool.submit(fn, *args).result()
 
     def submit(self, fn: Callable[..., LoadedFile], *args: object) -> Future[LoadedFile]:
         if self._pool is None:
@@ -410,7 +426,8 @@ def _process_items(
 ) -> int:
     settings = services.settings
     loader = _Loader(settings.ingest.workers)
-    in_flight: deque[tuple[int, Future[LoadedFile], int]] = deque()  # (item id, future, document id)
+    # (item id, future, document id, load_file arguments, pool generation)
+    in_flight: deque[tuple[int, Future[LoadedFile], int, tuple[object, ...], int]] = deque()
     waiting_on: dict[int, list[int]] = {}  # document id → items that are its duplicates in this job
     batch = _Batch()
     pages_indexed = 0
@@ -422,24 +439,31 @@ def _process_items(
         progress.advance(1, pages)
 
     def drain_one() -> None:
-        nonlocal batch, pages_indexed
-        item_id, future, document_id = in_flight.popleft()
+        item_id, future, document_id, args, generation = in_flight.popleft()
         try:
-            loaded = future.result()
+            try:
+                loaded = future.result()
+            except BrokenProcessPool:
+                # Every file the dead pool held lands here; each is retried alone, so only the culprit fails.
+                loader.replace_broken_pool(generation)
+                loaded = loader.run_alone(load_file, *args)
+        except BrokenProcessPool:
+            reason = f"{args[0]}: the worker process died decoding this file (a crash in a decoder, or out of memory)"
         except InputError as exc:
-            _fail_document(services, document_id, str(exc))
-            finish(item_id, ItemState.FAILED, document_id=document_id, error=str(exc))
-            for dup in waiting_on.pop(document_id, []):
-                finish(dup, ItemState.FAILED, document_id=document_id, error=str(exc))
-            return
+            reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job; the reason is kept
             log.exception("unexpected error loading item %s", item_id)
             reason = f"internal error: {type(exc).__name__}: {exc}"
-            _fail_document(services, document_id, reason)
-            finish(item_id, ItemState.FAILED, document_id=document_id, error=reason)
-            for dup in waiting_on.pop(document_id, []):
-                finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
+        else:
+            accept(item_id, document_id, loaded)
             return
+        _fail_document(services, document_id, reason)
+        finish(item_id, ItemState.FAILED, document_id=document_id, error=reason)
+        for dup in waiting_on.pop(document_id, []):
+            finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
+
+    def accept(item_id: int, document_id: int, loaded: LoadedFile) -> None:
+        nonlocal batch, pages_indexed
         page_ids = _write_pages(services, document_id, loaded)
         batch.pages += [
             _PendingPage(pid, page.image_path, page.text) for pid, page in zip(page_ids, loaded.pages, strict=True)
@@ -479,10 +503,8 @@ def _process_items(
                     continue
                 finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
                 continue
-            future = loader.submit(
-                load_file, path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve())
-            )
-            in_flight.append((item_id, future, decision.document_id))
+            args = (path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve()))
+            in_flight.append((item_id, loader.submit(load_file, *args), decision.document_id, args, loader.generation))
         while in_flight:
             drain_one()
         _commit_batch(services, stores, embedders, batch)

@@ -234,3 +234,25 @@ def test_pooled_page_tokens_take_less_space_and_still_search(tmp_path: Path, tin
         finally:
             services.close()
     assert rows[2] <= rows[1] // 2 + 3
+
+
+def test_a_file_that_kills_its_worker_fails_alone(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmrag.pipeline
+    from tests.crashing_loader import load_or_crash
+
+    monkeypatch.setattr(mmrag.pipeline, "load_file", load_or_crash)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'crash.db'}")
+    settings.ingest.workers = 2  # real worker processes: the dead one breaks its pool
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        make_corpus(corpus, images=5, pdfs=0)
+        make_image(corpus / "images" / "crash-me.png", 77)
+        report = run_index(services, [corpus])
+    finally:
+        services.close()
+    assert report.counts["indexed"] == 5 and report.counts["failed"] == 1
+    [(path, reason)] = report.failures
+    assert path.endswith("crash-me.png") and "worker process died" in reason
