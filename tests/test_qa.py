@@ -14,7 +14,7 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Set
 from mmrag.pipeline import run_index
 from mmrag.services import Embedders, Services, build_services
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
-from tests.api.conftest import database
+from tests.conftest import database
 from tests.factories import make_image, make_pdf
 
 
