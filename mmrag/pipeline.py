@@ -1,7 +1,7 @@
 """The bulk indexing job: discover → decode/render/OCR in worker processes → embed → write vectors and SQL.
 
-It lives in the library, not in indexer/, because the API's background jobs run the same code and api/ may not
-import indexer/. indexer/ adds the CLI and the progress display.
+It lives in the library, not in indexer/, because the API's background jobs run the same code and api/ must
+not depend on indexer/; the CLI there adds only the progress display.
 
 Crash consistency (kill -9 at any moment, then re-run) rests on one ordering:
   1. a document and its pages are committed to SQL with status `pending`;
