@@ -118,10 +118,7 @@ def index(
 @app.command()
 def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
     """Show a job's state, counts and failures, and the size of each collection."""
-    from sqlalchemy import func, select
-
     from mmrag.store import repository
-    from mmrag.store.models import Document, Page
 
     services = _services()
     try:
@@ -146,22 +143,12 @@ def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: t
             table = Table(title="collections")
             for column in ("collection", "indexed", "failed", "deleted", "pages"):
                 table.add_column(column, justify="right")
+            documents, pages, _ = repository.collection_sizes(session)
             for collection in repository.list_collections(session):
-                by_status = dict(
-                    session.execute(
-                        select(Document.status, func.count())
-                        .where(Document.collection_id == collection.id)
-                        .group_by(Document.status)
-                    ).all()
-                )
-                pages = session.scalar(
-                    select(func.count(Page.id))
-                    .join(Document, Document.id == Page.document_id)
-                    .where(Document.collection_id == collection.id)
-                )
+                name = collection.name
                 table.add_row(
-                    collection.name, str(by_status.get("indexed", 0)), str(by_status.get("failed", 0)),
-                    str(by_status.get("deleted", 0)), str(pages),
+                    name, *(str(documents.get((name, status), 0)) for status in ("indexed", "failed", "deleted")),
+                    str(pages.get(name, 0)),
                 )
             console.print(table)
     finally:
