@@ -491,8 +491,7 @@ def _process_items(
             decision = _decide(services, collection_id, path_str, size, mtime)
             if decision.removed_pages:
                 # SQL already forgot these pages; the stores follow now (made durable at the next flush).
-                for store in stores.by_retriever().values():
-                    store.remove(list(decision.removed_pages))
+                stores.remove(list(decision.removed_pages))
             if decision.state is not None:
                 if decision.waits_for in batch.document_ids:  # loaded, its vectors not yet committed
                     batch.duplicate_item_ids.append(item_id)
@@ -621,8 +620,7 @@ def _delete_locked(services: Services, collection_id: int, document_ids: list[in
             removed_pages += repository.mark_deleted(session, repository.get_document(session, document_id))
     if removed_pages:
         stores = services.stores(collection_id)
-        for store in stores.by_retriever().values():
-            store.remove(removed_pages)
+        stores.remove(removed_pages)
         stores.flush()
         stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     return document_ids

@@ -80,6 +80,11 @@ class CollectionStores:
         for store in self.by_retriever().values():
             store.flush()
 
+    def remove(self, page_ids: list[int]) -> None:
+        """Drop these pages' vectors from every store (durable at the next flush)."""
+        for store in self.by_retriever().values():
+            store.remove(page_ids)
+
     def compact_if_worthwhile(self, tombstone_ratio: float) -> bool:
         """Rewrite the multi-vector shards when deleted pages take more than `tombstone_ratio` of them."""
         if self.colpali is None:
