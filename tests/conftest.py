@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import torch
 from sqlalchemy import Engine, create_engine, text
 
 from mmrag.config import EmbedderSettings, Settings
@@ -21,6 +22,11 @@ PG_URL = os.environ.get("MMRAG_TEST_DATABASE_URL", "")
 # No test may reach a model hub; a test that tries fails instead of hanging or downloading.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# Without a GPU, Triton kernels run only in Triton's CPU interpreter, which must be chosen before anything imports
+# triton (colpali-engine does). Only an explicit kernel="triton" uses it; "auto" picks Triton on CUDA alone.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _postgres_schema_url(base_url: str, schema: str) -> str:

@@ -25,6 +25,11 @@ Search is exact MaxSim: score(page) = sum over query tokens of max over page tok
 in chunks of whole pages (never all pages x all tokens at once), converted to float32 (fp16 matmul is slow on CPU;
 float32 on CUDA too keeps results identical across devices), multiplied with all query tokens at once, and reduced
 per page with torch.segment_reduce(max), which handles variable token counts without padding.
+
+On CUDA with Triton (kernel "auto" or "triton"), search instead runs the fused kernel of mmrag/index/maxsim.py over
+a device-resident copy of the shards' rows, built on the first search after a change and dropped on the next
+change; the top-k is taken on the device too. A store whose rows do not fit in the device's free memory streams
+from the memory-mapped shards as above.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import numpy as np
 import torch
 
 from mmrag.errors import ConfigError, IndexError_
+from mmrag.index.maxsim import maxsim_triton, pack_queries, triton_available
 from mmrag.index.manifest import (
     Manifest,
     as_page_ids,
@@ -84,6 +90,18 @@ class _Shard:
     rows: int  # rows written and referenced by entries (committed or not)
 
 
+@dataclass(frozen=True)
+class _Resident:
+    """Every shard's rows on the device, for the fused kernel: live page i is rows[starts[i] : starts[i] + lengths[i]]
+    and table row entries[i]; position[table row] is its packed index (-1 when tombstoned)."""
+
+    rows: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+    entries: np.ndarray
+    position: np.ndarray
+
+
 def _close_all(fds: dict[int, int]) -> None:
     while fds:
         _, fd = fds.popitem()
@@ -118,6 +136,7 @@ class ShardedMultiVectorStore:
         device: str = "cpu",
         chunk_rows: int | None = None,
         read_only: bool = False,
+        kernel: str = "auto",
     ) -> None:
         if dim < 1 or shard_rows < 1:
             raise ConfigError(f"multi-vector store needs dim >= 1 and shard_rows >= 1, got {dim}, {shard_rows}")
@@ -128,6 +147,15 @@ class ShardedMultiVectorStore:
         self.device = resolve_device(device)
         self.chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS.get(self.device.type, DEFAULT_CHUNK_ROWS["cpu"])
         self.read_only = read_only
+        if kernel not in ("auto", "triton", "torch"):
+            raise ConfigError(f"multi-vector kernel must be auto, triton or torch, got {kernel!r}")
+        if kernel == "triton" and not triton_available(self.device):
+            raise ConfigError(f"the Triton MaxSim kernel cannot run on {self.device} (needs CUDA and triton)")
+        # The fused kernel serves from a device-resident copy of the rows (see _resident_rows).
+        auto_triton = kernel == "auto" and self.device.type == "cuda" and triton_available(self.device)
+        self.kernel = "triton" if kernel == "triton" or auto_triton else "torch"
+        self._resident: _Resident | None = None
+        self._resident_refused = False
         self._row_bytes = dim * ROW_DTYPE.itemsize
         self._lock = threading.RLock()
         self._table = np.zeros(0, dtype=ENTRY_DTYPE)
@@ -188,6 +216,7 @@ class ShardedMultiVectorStore:
                     shard.rows = rows
                 del self._shards[len(shards_before) :]
                 self._plan = None
+                self._resident, self._resident_refused = None, False
                 raise
             # Rows are on disk; only now does the table point at them.
             for page_id, _ in pages:
@@ -229,6 +258,9 @@ class ShardedMultiVectorStore:
         with self._lock:
             if k <= 0 or not self._live:
                 return [[] for _ in query_arrays]
+            resident = self._resident_rows()
+            if resident is not None:
+                return self._search_resident(resident, query_arrays, k)
             page_scores = self._score_pages(query_arrays)
             table = self._table
         results = []
@@ -252,18 +284,27 @@ class ShardedMultiVectorStore:
         with self._lock:
             rows = [self._live[int(p)] for p in dict.fromkeys(int(p) for p in page_ids) if int(p) in self._live]
             entries = self._table[rows]
-            blocks = [
-                np.asarray(self._map(int(e["shard"]))[e["start"] : e["start"] + e["n_tokens"]]) for e in entries
-            ]
-        if not blocks:
-            return []
+            if not rows:
+                return []
+            resident = self._resident_rows()
+            if resident is not None:
+                packed = torch.from_numpy(resident.position[rows]).to(self.device)
+                scores = maxsim_triton(
+                    resident.rows, resident.starts[packed], resident.lengths[packed], pack_queries([query], self.device)
+                )[:, 0].cpu().numpy()
+            else:
+                scores = self._score_rows(query, entries)
+        order = np.lexsort((entries["page_id"], -scores))
+        return [Hit(page_id=int(entries["page_id"][i]), score=float(scores[i])) for i in order]
+
+    def _score_rows(self, query: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        """MaxSim of one query against these table entries, reading only their rows (caller holds the lock)."""
+        blocks = [np.asarray(self._map(int(e["shard"]))[e["start"] : e["start"] + e["n_tokens"]]) for e in entries]
         with torch.inference_mode():
             tokens = torch.from_numpy(np.concatenate(blocks)).to(self.device).to(torch.float32)
             similarity = tokens @ torch.from_numpy(query).to(self.device).T
             lengths = torch.from_numpy(entries["n_tokens"].astype(np.int64)).to(self.device)
-            scores = torch.segment_reduce(similarity, "max", lengths=lengths, axis=0).sum(dim=1).cpu().numpy()
-        order = np.lexsort((entries["page_id"], -scores))
-        return [Hit(page_id=int(entries["page_id"][i]), score=float(scores[i])) for i in order]
+            return torch.segment_reduce(similarity, "max", lengths=lengths, axis=0).sum(dim=1).cpu().numpy()
 
     def ids(self) -> np.ndarray:
         with self._lock:
@@ -329,6 +370,7 @@ class ShardedMultiVectorStore:
                     (self.directory / shard_file_name(serial)).unlink()
             fsync_dir(self.directory)
             self._plan = None
+            self._resident, self._resident_refused = None, False
             new_bytes = sum(shard.rows for shard in new_shards) * self._row_bytes
             log.info(
                 "compacted %s: dropped %d tombstoned pages, %d -> %d bytes", self.directory, dead, old_bytes, new_bytes
@@ -378,6 +420,7 @@ class ShardedMultiVectorStore:
         with self._lock:
             _close_all(self._fds)
             self._maps.clear()
+            self._resident = None  # frees the device copy
 
     def __enter__(self) -> ShardedMultiVectorStore:
         return self
@@ -410,6 +453,66 @@ class ShardedMultiVectorStore:
                 page_scores[entries] = (maxima @ column_sum).cpu().numpy()
         page_scores[~alive] = -np.inf
         return page_scores
+
+    def _search_resident(self, resident: _Resident, queries: list[np.ndarray], k: int) -> list[list[Hit]]:
+        """search_batch through the fused kernel over the device-resident rows; top-k on the device too."""
+        with torch.inference_mode():
+            scores = maxsim_triton(resident.rows, resident.starts, resident.lengths, pack_queries(queries, self.device))
+            best = torch.topk(scores, min(k, scores.shape[0]), dim=0)
+            values, packed = best.values.cpu().numpy(), best.indices.cpu().numpy()
+        results = []
+        for column in range(len(queries)):
+            entries = resident.entries[packed[:, column]]
+            page_ids = self._table["page_id"][entries]
+            order = np.lexsort((page_ids, -values[:, column]))
+            results.append([Hit(page_id=int(page_ids[i]), score=float(values[i, column])) for i in order])
+        return results
+
+    def _resident_rows(self) -> _Resident | None:
+        """The device-resident copy the kernel reads, built on first search after a change (caller holds the lock).
+
+        None when the torch path serves (kernel "torch"), or when the rows do not fit in the device's free memory:
+        then search streams chunks from the memory-mapped shards instead, as on CPU."""
+        if self.kernel != "triton" or self._resident_refused:
+            return self._resident
+        if self._resident is not None:
+            return self._resident
+        total = sum(shard.rows for shard in self._shards)
+        need = total * self._row_bytes
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if need > 0.85 * free:
+                log.warning(
+                    "%s: %.1f GB of token rows do not fit in %s's %.1f GB free; streaming from disk instead",
+                    self.directory, need / 1e9, self.device, free / 1e9,
+                )
+                self._resident_refused = True
+                return None
+        rows = torch.empty((total, self.dim), dtype=torch.float16, device=self.device)
+        base = np.zeros(self._next_serial + 1, dtype=np.int64)
+        offset = 0
+        for shard in self._shards:
+            base[shard.serial] = offset
+            mapped = self._map(shard.serial)
+            for first in range(0, shard.rows, _COPY_ROWS):
+                block = torch.from_numpy(np.array(mapped[first : first + _COPY_ROWS]))  # a copy: the map is read-only
+                rows[offset + first : offset + first + len(block)].copy_(block)
+            offset += shard.rows
+        table = self._table
+        entries = np.flatnonzero(table["deleted"] == 0)
+        position = np.full(len(table), -1, dtype=np.int64)
+        position[entries] = np.arange(len(entries))
+        starts = base[table["shard"][entries]] + table["start"][entries]
+        self._resident = _Resident(
+            rows=rows,
+            starts=torch.from_numpy(starts.astype(np.int64)).to(self.device),
+            lengths=torch.from_numpy(table["n_tokens"][entries].astype(np.int32)).to(self.device),
+            entries=entries,
+            position=position,
+        )
+        log.info("%s: %d pages (%.2f GB) resident on %s for the MaxSim kernel", self.directory, len(entries),
+                 need / 1e9, self.device)
+        return self._resident
 
     def _chunk_plan(self) -> list[tuple[int, int, int, np.ndarray, torch.Tensor]]:
         """(shard serial, first row, end row, entry indices, token counts) per chunk of whole pages.
@@ -454,6 +557,7 @@ class ShardedMultiVectorStore:
     def _changed(self) -> None:
         self._dirty = True
         self._plan = None
+        self._resident, self._resident_refused = None, False
 
     def _shard_for(self, n_tokens: int, *, pending_rows: int) -> _Shard:
         """The active shard if the page fits (or the shard is empty), else a new one."""
@@ -466,6 +570,7 @@ class ShardedMultiVectorStore:
         self._next_serial += 1
         self._shards.append(shard)
         self._plan = None
+        self._resident, self._resident_refused = None, False
         return shard
 
     def _write_pages(self, pages: list[tuple[int, np.ndarray]]) -> np.ndarray:
