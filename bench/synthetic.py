@@ -9,9 +9,13 @@ tokens. Exhaustive and approximate search both behave very differently on noise 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -74,3 +78,60 @@ def make_corpus(
         [rng.choice(n_topics, topics_per_page, replace=False, p=popularity) for _ in range(n_pages)]
     )
     return Corpus(dim, topics.astype(np.float32), background.astype(np.float32), page_topics, tokens_per_page, seed)
+
+
+class TorchCorpus:
+    """The same structure as Corpus, generated in batches with torch on any device, for collections of up to
+    millions of pages (Corpus draws page by page in numpy: fine for thousands, far too slow for a million).
+
+    Differences from Corpus: each page's topics are drawn with replacement (so a page may repeat a topic), and
+    the values differ (another generator). `pooled=4` draws each token as the mean of 4 tokens of the same
+    centre, i.e. what merging near-duplicate patches (token pooling) leaves: a quarter of the tokens, less noise.
+    """
+
+    def __init__(self, n_pages: int, *, dim: int = 128, topics_per_page: int = 6, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+        import torch
+
+        self.n_pages, self.dim, self.device, self.seed = n_pages, dim, torch.device(device), seed
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        spectrum = 1.0 / torch.sqrt(torch.arange(1, dim + 1, dtype=torch.float32))
+        mean = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+        n_topics = max(64, n_pages // 3)
+        topics = torch.nn.functional.normalize(0.35 * mean + torch.randn(n_topics, dim, generator=g) * spectrum, dim=1)
+        background = torch.nn.functional.normalize(0.6 * mean + torch.randn(16, dim, generator=g) * spectrum, dim=1)
+        popularity = 1.0 / torch.arange(1, n_topics + 1, dtype=torch.float64) ** 0.8
+        page_topics = torch.multinomial(popularity, n_pages * topics_per_page, replacement=True, generator=g)
+        self.topics = topics.to(self.device)
+        self.background = background.to(self.device)
+        self.page_topics = page_topics.reshape(n_pages, topics_per_page).to(self.device)
+
+    def pages(self, start: int, stop: int, *, tokens: int = 1030, pooled: int = 1) -> torch.Tensor:
+        """(stop - start, tokens, dim) unit-norm fp16 page tokens, deterministic for (seed, start, stop)."""
+        import torch
+
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + start)
+        count, n_background = stop - start, int(tokens * 0.3)
+        n_topical = tokens - n_background
+        spread = 1.0 / (pooled**0.5 * self.dim**0.5)
+        pick = torch.randint(0, self.page_topics.shape[1], (count, n_topical), generator=g, device=self.device)
+        centres = self.topics[torch.gather(self.page_topics[start:stop], 1, pick)]
+        topical = centres + torch.randn(centres.shape, generator=g, device=self.device) * (0.5 * spread)
+        back = self.background[torch.randint(0, 16, (count, n_background), generator=g, device=self.device)]
+        back = back + torch.randn(back.shape, generator=g, device=self.device) * (0.3 * spread)
+        return torch.nn.functional.normalize(torch.cat([topical, back], dim=1), dim=2).to(torch.float16)
+
+    def queries(self, targets: torch.Tensor, *, tokens: int = 24, seed: int = 1) -> torch.Tensor:
+        """(len(targets), tokens, dim) fp16 queries, each about its target page (as Corpus.query)."""
+        import torch
+
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        targets = targets.to(self.device)
+        n_generic = max(1, tokens // 5)
+        pick = torch.randint(0, self.page_topics.shape[1], (len(targets), tokens - n_generic), generator=g,
+                             device=self.device)  # fmt: skip
+        centres = self.topics[torch.gather(self.page_topics[targets], 1, pick)]
+        topical = centres + torch.randn(centres.shape, generator=g, device=self.device) * (0.6 / self.dim**0.5)
+        generic = self.background[torch.randint(0, 16, (len(targets), n_generic), generator=g, device=self.device)]
+        generic = generic + torch.randn(generic.shape, generator=g, device=self.device) * (0.3 / self.dim**0.5)
+        return torch.nn.functional.normalize(torch.cat([topical, generic], dim=1), dim=2).to(torch.float16)

@@ -35,19 +35,26 @@ def page_centroids(pages: Sequence[np.ndarray], count: int, iterations: int = 6)
         for start in range(0, len(positions), 256):
             batch = positions[start : start + 256]
             x = torch.from_numpy(np.stack([np.asarray(pages[i], dtype=np.float32) for i in batch]))
-            x = torch.nn.functional.normalize(x, dim=2)  # (pages, tokens, dim)
-            k = min(count, length)
-            # Evenly spaced tokens as seeds: patches come in reading order, so the seeds spread over the page.
-            centroids = x[:, torch.linspace(0, length - 1, k).long()].clone()
-            for _ in range(iterations):
-                assignment = torch.bmm(x, centroids.transpose(1, 2)).argmax(dim=2)  # (pages, tokens)
-                one_hot = torch.nn.functional.one_hot(assignment, k).to(x.dtype)  # (pages, tokens, k)
-                sums = torch.bmm(one_hot.transpose(1, 2), x)  # (pages, k, dim)
-                empty = sums.norm(dim=2, keepdim=True) == 0
-                centroids = torch.nn.functional.normalize(torch.where(empty, centroids, sums), dim=2)
+            centroids = spherical_kmeans(x, min(count, length), iterations)
             for i, position in enumerate(batch):
                 result[position] = centroids[i].numpy()
     return [r for r in result if r is not None]
+
+
+def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 6) -> torch.Tensor:
+    """(pages, k, dim) unit centroids of each page's (tokens, dim) vectors in x (pages, tokens, dim), on x's device.
+
+    Evenly spaced tokens seed the centroids: patches come in reading order, so the seeds spread over the page."""
+    x = torch.nn.functional.normalize(x.to(torch.float32), dim=2)
+    length = x.shape[1]
+    centroids = x[:, torch.linspace(0, length - 1, k, device=x.device).long()].clone()
+    for _ in range(iterations):
+        assignment = torch.bmm(x, centroids.transpose(1, 2)).argmax(dim=2)  # (pages, tokens)
+        one_hot = torch.nn.functional.one_hot(assignment, k).to(x.dtype)  # (pages, tokens, k)
+        sums = torch.bmm(one_hot.transpose(1, 2), x)  # (pages, k, dim)
+        empty = sums.norm(dim=2, keepdim=True) == 0
+        centroids = torch.nn.functional.normalize(torch.where(empty, centroids, sums), dim=2)
+    return centroids
 
 
 class PooledCandidateIndex:

@@ -84,10 +84,11 @@ def maxsim_triton(
     lengths: torch.Tensor,
     queries: torch.Tensor,
     *,
-    config: tuple[int, int, int] = DEFAULT_CONFIG,
+    config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """(pages, queries) float32 MaxSim scores with the fused kernel. `queries` as made by pack_queries."""
-    block_t, num_warps, stages = config
+    """(pages, queries) float32 MaxSim scores with the fused kernel. `queries` as made by pack_queries;
+    `config` (BLOCK_T, num_warps, stages) defaults to DEFAULT_CONFIG."""
+    block_t, num_warps, stages = config or DEFAULT_CONFIG
     n_pages, (n_queries, query_tokens, dim) = len(starts), queries.shape
     if rows.dtype != torch.float16 or queries.dtype != torch.float16:
         raise ValueError("the kernel reads fp16 rows and queries")
