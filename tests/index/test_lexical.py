@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,17 @@ def test_fingerprint_tells_when_the_index_is_stale(index: Bm25Index) -> None:
     assert not index.is_current([*ids, 16])
     assert fingerprint_of([1, 2]) != fingerprint_of([1, 3])
     assert fingerprint_of([]) == fingerprint_of(())
+
+
+def test_importing_the_lexical_index_keeps_jax_off_the_gpu() -> None:
+    """bm25s calls JAX at import; JAX would then take 75% of a GPU's memory. The guard leaves explicit choices."""
+    import subprocess
+    import sys
+
+    script = "import os, mmrag.index.lexical; print(os.environ['JAX_PLATFORMS'], os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["cpu", "false"]
+    env["JAX_PLATFORMS"] = "cuda"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["cuda", "false"]
