@@ -40,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--candidates", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--compression-pages", type=int, default=300, help="pages for the storage/agreement study")
+    parser.add_argument("--pool-factors", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    parser.add_argument("--sections", nargs="+", choices=["multivector", "compression", "clip"],
+                        default=["multivector", "compression", "clip"])
     parser.add_argument("--clip-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work-dir", type=Path, default=None, help="where the stores go (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -71,7 +74,7 @@ def bench_multivector(args: argparse.Namespace, work: Path, device: str) -> list
         store.flush()
         load_s = time.perf_counter() - began
         began = time.perf_counter()
-        candidate_index = PooledCandidateIndex.build(store, vectors_per_page=8, hnsw_m=32 if size > 20_000 else None)
+        candidate_index = PooledCandidateIndex.build(store, vectors_per_page=8)  # exhaustive up to 250k pages
         build_s = time.perf_counter() - began
         targets = np.random.default_rng(1).choice(size, min(args.queries, size), replace=False)
         queries = [corpus.query(int(t), seed=i) for i, t in enumerate(targets)]
@@ -128,7 +131,7 @@ def bench_compression(args: argparse.Namespace) -> list[dict]:
 
     exact = [ranking(pages, q) for q in queries]
     rows = []
-    for factor in (1, 2, 3, 4):
+    for factor in args.pool_factors:
         pooled = pool_tokens(pages, factor) if factor > 1 else pages
         for codec in ("fp16", "int8"):
             if codec == "fp16":
@@ -175,12 +178,12 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     try:
-        multivector = bench_multivector(args, work, device)
+        multivector = bench_multivector(args, work, device) if "multivector" in args.sections else []
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    compression = bench_compression(args)
-    clip = bench_clip(args)
+    compression = bench_compression(args) if "compression" in args.sections else []
+    clip = bench_clip(args) if "clip" in args.sections else []
 
     table = Table(title=f"multi-vector search, {args.tokens} tokens/page, {device}, torch threads {torch.get_num_threads()}")
     for column in ("pages", "store GB", "exact p50 ms", "exact p95 ms", "candidates", "scalable p50 ms",

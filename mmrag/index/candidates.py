@@ -1,12 +1,14 @@
-"""The scalable multi-vector path: FAISS over a few centroids per page picks candidates, exact MaxSim reranks them.
+"""The scalable multi-vector path: a few centroids per page pick candidates, exact MaxSim reranks them.
 
 Exact MaxSim reads every stored token per query (≈256 KB a page in fp16), which is what makes it slow at a
 million pages. Here each page is also folded into `vectors_per_page` centroids (spherical k-means over its
-tokens) kept in a FAISS index. A query token searches that index; a page's approximate score is, per query
-token, the best similarity among its centroids that came back, or — when none came back — the lowest similarity
-that did (the XTR-style imputation: the page cannot be better than what was cut off). The top `candidates` pages
-by that score are re-scored exactly from the memory-mapped store, so the final scores are exact MaxSim and only
-the candidate set is approximate (measured as recall@10 against exact search by `python -m bench search`).
+tokens). A page's approximate score is the query's MaxSim over its centroids, computed either for every page
+(exhaustive: 8 vectors a page instead of ~1030, through the same kernel as exact search) or, on CPU for very large
+collections, from an HNSW graph over all centroids: a query token's `per_token` nearest centroids give each page
+that came back its best similarity, and pages that did not come back get the lowest similarity that did (the
+XTR-style imputation: the page cannot be better than what was cut off). The top `candidates` pages by that score
+are re-scored exactly from the store, so the final scores are exact MaxSim and only the candidate set is
+approximate (measured as recall@10 against exact search by `python -m bench search` and `python -m bench gpu`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import faiss
 import numpy as np
 import torch
 
+from mmrag.index.maxsim import maxsim_packed, pack_queries
 from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.types import Hit
 
@@ -57,43 +60,71 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 6) -> torch.Tens
     return centroids
 
 
-class PooledCandidateIndex:
-    """Centroid vectors of every page in one FAISS index; `search` returns exact MaxSim scores of the best pages."""
+# Up to this many pages, candidates come from MaxSim over every page's centroids (exhaustive: no approximation
+# beyond the centroids themselves); beyond it, on CPU, from an HNSW graph over the centroids. On CUDA the fused
+# kernel scores a million pages' centroids in about a millisecond, so it stays exhaustive.
+EXHAUSTIVE_MAX_PAGES_CPU = 250_000
 
-    def __init__(self, dim: int, *, vectors_per_page: int = 8, hnsw_m: int | None = 32, ef_search: int = 128) -> None:
+
+class PooledCandidateIndex:
+    """Centroids of every page; `search` returns exact MaxSim scores of the pages the centroids rank best.
+
+    Two ways to pick candidates:
+      exhaustive (hnsw_m=None)  every page's approximate score = MaxSim of the query over its centroids, through
+                                mmrag.index.maxsim (the fused kernel on CUDA, chunked torch on CPU)
+      HNSW (hnsw_m=M)           FAISS HNSW over all centroids, per query token the `per_token` nearest, with the
+                                XTR-style imputation for pages that did not come back (sublinear on CPU)
+    """
+
+    def __init__(
+        self, dim: int, *, vectors_per_page: int = 8, hnsw_m: int | None = None, ef_search: int = 128,
+        device: str | torch.device = "cpu",
+    ) -> None:  # fmt: skip
         self.dim = dim
         self.vectors_per_page = vectors_per_page
-        inner = (
-            faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            if hnsw_m
-            else faiss.IndexFlatIP(dim)
-        )
+        self.mode = "hnsw" if hnsw_m else "exhaustive"
+        self.device = torch.device(device)
+        self._index = None
         if hnsw_m:
+            inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efSearch = ef_search
-        self._index = faiss.IndexIDMap2(inner)
+            self._index = faiss.IndexIDMap2(inner)
         self._lock = threading.Lock()
         self._pages: set[int] = set()
+        self._blocks: list[tuple[np.ndarray, np.ndarray]] = []  # exhaustive: (page ids, (pages, k, dim) centroids)
+        self._packed: tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self._pages)
 
     def add(self, ids: Sequence[int], token_matrices: Sequence[np.ndarray]) -> None:
-        vectors, vector_ids = [], []
         for page_id in ids:
             if int(page_id) in self._pages:
-                raise ValueError(f"page {page_id} is already indexed (HNSW cannot replace; rebuild instead)")
-        for page_id, centroids in zip(ids, page_centroids(token_matrices, self.vectors_per_page), strict=True):
-            vectors.append(centroids)
-            vector_ids.append(int(page_id) * self.vectors_per_page + np.arange(len(centroids), dtype=np.int64))
-        if not vectors:
+                raise ValueError(f"page {page_id} is already indexed (the candidate index is rebuilt, not updated)")
+        centroids = page_centroids(token_matrices, self.vectors_per_page)
+        if not centroids:
             return
         with self._lock:
-            self._index.add_with_ids(np.concatenate(vectors).astype(np.float32), np.concatenate(vector_ids))
+            if self._index is not None:
+                vector_ids = [int(p) * self.vectors_per_page + np.arange(len(c), dtype=np.int64)
+                              for p, c in zip(ids, centroids, strict=True)]  # fmt: skip
+                self._index.add_with_ids(np.concatenate(centroids).astype(np.float32), np.concatenate(vector_ids))
+            else:
+                # Pad pages with fewer tokens than centroids by repeating one: a max over copies is unchanged.
+                k = self.vectors_per_page
+                padded = np.stack([np.concatenate([c, np.repeat(c[-1:], k - len(c), axis=0)]) for c in centroids])
+                self._blocks.append((np.asarray(ids, dtype=np.int64), padded.astype(np.float16)))
+                self._packed = None
             self._pages.update(int(i) for i in ids)
 
     @classmethod
-    def build(cls, store: ShardedMultiVectorStore, **options: int | None) -> PooledCandidateIndex:
-        """Derived data: built from the stored tokens, so it can always be rebuilt from the store."""
+    def build(cls, store: ShardedMultiVectorStore, **options: object) -> PooledCandidateIndex:
+        """Derived data: built from the stored tokens, so it can always be rebuilt from the store. Without an
+        explicit hnsw_m: exhaustive on CUDA or up to EXHAUSTIVE_MAX_PAGES_CPU pages, HNSW (M=32) beyond."""
+        if "hnsw_m" not in options:
+            large = len(store) > EXHAUSTIVE_MAX_PAGES_CPU and store.device.type != "cuda"
+            options["hnsw_m"] = 32 if large else None
+        options.setdefault("device", store.device)
         index = cls(store.dim, **options)  # type: ignore[arg-type]
         ids = [int(i) for i in store.ids()]
         for start in range(0, len(ids), 1024):
@@ -107,6 +138,8 @@ class PooledCandidateIndex:
         with self._lock:
             if not self._pages:
                 return np.zeros(0, dtype=np.int64)
+            if self._index is None:
+                return self._exhaustive(query, count)
             similarities, vector_ids = self._index.search(query, min(per_token, self._index.ntotal))
         found = vector_ids >= 0
         pages = np.where(found, vector_ids // self.vectors_per_page, -1)
@@ -121,6 +154,24 @@ class PooledCandidateIndex:
             keep = np.argpartition(-approximate, count - 1)[:count]
             return unique_pages[keep]
         return unique_pages
+
+    def _exhaustive(self, query: np.ndarray, count: int) -> np.ndarray:
+        """MaxSim of the query over every page's centroids; the top `count` page ids (caller holds the lock)."""
+        if self._packed is None:
+            page_ids = np.concatenate([ids for ids, _ in self._blocks])
+            centroids = np.concatenate([c for _, c in self._blocks]).reshape(-1, self.dim)
+            k = self.vectors_per_page
+            self._packed = (
+                page_ids,
+                torch.from_numpy(centroids).to(self.device),
+                torch.arange(len(page_ids), dtype=torch.int64, device=self.device) * k,
+                torch.full((len(page_ids),), k, dtype=torch.int32, device=self.device),
+            )
+        page_ids, rows, starts, lengths = self._packed
+        with torch.inference_mode():
+            scores = maxsim_packed(rows, starts, lengths, pack_queries([query], self.device))[:, 0]
+            best = torch.topk(scores, min(count, len(page_ids))).indices.cpu().numpy()
+        return page_ids[best]
 
     def search(
         self, query: np.ndarray, store: ShardedMultiVectorStore, k: int, *, candidates: int = 256, per_token: int = 1024

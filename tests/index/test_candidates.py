@@ -70,3 +70,22 @@ def test_compressed_tokens_stay_close_to_exact_maxsim() -> None:
     assert int(np.argmax(pooled_scores)) == int(np.argmax(exact))  # the known item stays on top
     assert binarize(pages[0]).shape == (48, 4)
     assert quantize_int8(pages[0]).nbytes() == 48 * 32 + 48 * 4
+
+
+def test_exhaustive_candidates_rank_pages_by_maxsim_over_their_centroids(tmp_path: Path) -> None:
+    """The exhaustive mode's order is exactly MaxSim over each page's centroids (short pages padded, not lost)."""
+    rng = np.random.default_rng(7)
+    pages = [rng.normal(size=(n, 16)).astype(np.float32) for n in (2, 5, 30, 30, 64, 9)]
+    store = ShardedMultiVectorStore(tmp_path, 16, "m")
+    store.add([11, 12, 13, 14, 15, 16], pages)
+    index = PooledCandidateIndex.build(store, vectors_per_page=4)
+    assert index.mode == "exhaustive" and len(index) == 6
+    centroids = page_centroids([store.tokens(i) for i in (11, 12, 13, 14, 15, 16)], 4)
+    query = rng.normal(size=(5, 16)).astype(np.float32)
+    oracle = [maxsim(query.astype(np.float16).astype(np.float32), c.astype(np.float16).astype(np.float32))
+              for c in centroids]  # fmt: skip
+    expected = [11 + int(i) for i in np.argsort(-np.asarray(oracle), kind="stable")]
+    assert list(index.candidates(query, 6)) == expected
+    assert set(index.candidates(query, 3)) == set(expected[:3])
+    with pytest.raises(ValueError, match="already indexed"):
+        index.add([12], [pages[1]])
