@@ -38,7 +38,7 @@ from rich.table import Table
 from bench.synthetic import TorchCorpus
 from mmrag.index import maxsim as maxsim_module
 from mmrag.index.candidates import spherical_kmeans
-from mmrag.index.maxsim import maxsim_packed, maxsim_triton, pack_queries
+from mmrag.index.maxsim import maxsim_fixed, maxsim_packed, maxsim_triton, pack_queries
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "gpu.json"
@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--store-pages", type=int, default=10_000, help="pages in the end-to-end store run")
     parser.add_argument("--scalable-pages", type=int, default=1_000_000)
     parser.add_argument("--pool", type=int, default=4, help="token pooling factor of the scalable-path corpus")
-    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 300, 1000, 3000])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[300, 1000, 3000, 10000])
     parser.add_argument("--clip-sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--sections", nargs="+", default=["bandwidth", "exact", "store", "scalable", "clip"])
     parser.add_argument("--no-sweep", action="store_true", help="use the kernel's default config")
@@ -205,7 +205,6 @@ def scalable_at(rows, n_pages, tokens, packed, candidate_counts, n_queries, *, l
     sync()
     build_s = time.perf_counter() - began
     starts, lengths = page_layout(n_pages, tokens, dev)
-    c_starts, c_lengths = page_layout(n_pages, 8, dev)
     queries = packed[:n_queries]
     truth = [kernel(rows, starts, lengths, q[None])[:, 0].topk(10).indices for q in queries]
     exhaustive = timed(lambda: kernel(rows, starts, lengths, queries[0][None])[:, 0].topk(10), n_queries)
@@ -213,7 +212,7 @@ def scalable_at(rows, n_pages, tokens, packed, candidate_counts, n_queries, *, l
                     f"{label}_exhaustive_p95_ms": p(exhaustive, 95), f"{label}_candidates": []}  # fmt: skip
 
     def search(q: torch.Tensor, count: int) -> torch.Tensor:
-        approx = kernel(cents, c_starts, c_lengths, q[None])[:, 0]
+        approx = maxsim_fixed(cents, 8, q[None])[:, 0]  # as PooledCandidateIndex's exhaustive mode
         chosen = approx.topk(min(count, n_pages)).indices
         exact = kernel(rows, starts[chosen], lengths[chosen], q[None])[:, 0]
         return chosen[exact.topk(min(10, len(chosen))).indices]

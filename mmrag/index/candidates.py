@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import torch
 
-from mmrag.index.maxsim import maxsim_packed, pack_queries
+from mmrag.index.maxsim import maxsim_fixed, pack_queries
 from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.types import Hit
 
@@ -92,7 +92,7 @@ class PooledCandidateIndex:
         self._lock = threading.Lock()
         self._pages: set[int] = set()
         self._blocks: list[tuple[np.ndarray, np.ndarray]] = []  # exhaustive: (page ids, (pages, k, dim) centroids)
-        self._packed: tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._packed: tuple[np.ndarray, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self._pages)
@@ -160,16 +160,11 @@ class PooledCandidateIndex:
         if self._packed is None:
             page_ids = np.concatenate([ids for ids, _ in self._blocks])
             centroids = np.concatenate([c for _, c in self._blocks]).reshape(-1, self.dim)
-            k = self.vectors_per_page
-            self._packed = (
-                page_ids,
-                torch.from_numpy(centroids).to(self.device),
-                torch.arange(len(page_ids), dtype=torch.int64, device=self.device) * k,
-                torch.full((len(page_ids),), k, dtype=torch.int32, device=self.device),
-            )
-        page_ids, rows, starts, lengths = self._packed
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32  # CPU matmuls are float32
+            self._packed = (page_ids, torch.from_numpy(centroids).to(self.device, dtype))
+        page_ids, rows = self._packed
         with torch.inference_mode():
-            scores = maxsim_packed(rows, starts, lengths, pack_queries([query], self.device))[:, 0]
+            scores = maxsim_fixed(rows, self.vectors_per_page, pack_queries([query], self.device))[:, 0]
             best = torch.topk(scores, min(count, len(page_ids))).indices.cpu().numpy()
         return page_ids[best]
 

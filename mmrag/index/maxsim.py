@@ -140,6 +140,25 @@ def maxsim_torch(
     return out
 
 
+def maxsim_fixed(rows: torch.Tensor, per_page: int, queries: torch.Tensor, *, max_bytes: int = 1 << 30) -> torch.Tensor:
+    """(pages, queries) MaxSim when every page has exactly `per_page` rows (e.g. 8 centroids a page).
+
+    With a handful of rows a page, one kernel program per page would spend more time starting than reading, so
+    this is a plain matmul (fp16 on CUDA, float32 elsewhere) whose similarity block stays under `max_bytes`."""
+    n_queries, query_tokens, dim = queries.shape
+    pages = rows.shape[0] // per_page
+    dtype = torch.float16 if rows.is_cuda else torch.float32
+    flat = queries.reshape(-1, dim).to(dtype)
+    out = torch.empty((pages, n_queries), dtype=torch.float32, device=rows.device)
+    step = max(1, max_bytes // (per_page * n_queries * query_tokens * 4))
+    for first in range(0, pages, step):
+        last = min(pages, first + step)
+        similarity = rows[first * per_page : last * per_page].to(dtype) @ flat.T
+        best = similarity.view(last - first, per_page, n_queries, query_tokens).amax(dim=1)
+        out[first:last] = best.float().sum(dim=2)
+    return out
+
+
 def maxsim_packed(
     rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, queries: torch.Tensor, *, chunk_rows: int = 65_536
 ) -> torch.Tensor:

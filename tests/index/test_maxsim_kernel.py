@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmrag.errors import ConfigError
+from mmrag.index import maxsim
 from mmrag.index.maxsim import maxsim_torch, maxsim_triton, pack_queries
 from mmrag.index.multivector import ShardedMultiVectorStore
 
@@ -140,3 +141,12 @@ def test_triton_kernel_refused_where_it_cannot_run(tmp_path: Path, monkeypatch: 
     assert ShardedMultiVectorStore(tmp_path, 8, "m").kernel == "torch"  # auto on CPU
     with pytest.raises(ConfigError, match="kernel must be"):
         ShardedMultiVectorStore(tmp_path, 8, "m", kernel="cuda")
+
+
+def test_fixed_length_path_matches_the_reference() -> None:
+    """maxsim_fixed (pages of exactly k rows, e.g. centroids) in small similarity blocks."""
+    pages, rows, _, _ = packed_pages([8] * 13, 16)
+    queries = [np.random.default_rng(4).standard_normal((n, 16)).astype(np.float32) for n in (3, 9)]
+    for max_bytes in (1, 1 << 30):  # one page per block, and all at once
+        scores = maxsim.maxsim_fixed(rows, 8, pack_queries(queries, CPU), max_bytes=max_bytes)
+        np.testing.assert_allclose(scores.numpy(), reference(pages, queries), rtol=1e-5, atol=2e-3)
