@@ -19,28 +19,31 @@ import fcntl
 import hashlib
 import logging
 import multiprocessing
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
 from mmrag.ingest import check_ocr, discover
-from mmrag.ingest.worker import LoadedFile, load_file
+from mmrag.ingest.prepare import InputSpec, prepare_from_file
+from mmrag.ingest.worker import LoadedFile, load_file, warm_up
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
-from mmrag.store.models import Document, DocumentPath, Job, Page, PageEmbedding, utcnow
+from mmrag.store.models import Document, DocumentPath, Job, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import DocumentStatus, ItemState, JobState
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,8 @@ class _PendingPage:
     page_id: int
     image_path: str | None  # relative to the data dir
     text: str
+    # retriever → the input its embedder asked the workers for (InputSpecs); absent: made from the stored image
+    inputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -135,6 +140,21 @@ class _Batch:
     document_ids: list[int] = field(default_factory=list)
     item_pages: dict[int, tuple[int, int]] = field(default_factory=dict)  # job item id → (document id, pages)
     duplicate_item_ids: list[int] = field(default_factory=list)
+    loaded: list[tuple[int, LoadedFile]] = field(default_factory=list)  # (document id, file) whose pages await SQL
+
+
+def input_specs(embedders: Embedders, data_dir: Path) -> dict[str, InputSpec]:
+    """Retriever → what the workers should make for its embedder, for embedders that take prepared inputs."""
+    specs: dict[str, InputSpec] = {}
+    clip_spec = getattr(embedders.clip, "input_spec", None)
+    if clip_spec is not None and hasattr(embedders.clip, "embed_inputs"):
+        spec = clip_spec()
+        if spec is not None:
+            specs["clip"] = spec
+    colpali_spec = getattr(embedders.colpali, "input_spec", None)
+    if colpali_spec is not None and hasattr(embedders.colpali, "embed_inputs"):
+        specs["colpali"] = colpali_spec(data_dir.resolve())
+    return specs
 
 
 def embed_and_store(
@@ -144,19 +164,42 @@ def embed_and_store(
     data_dir: Path,
     *,
     pool_factor: int = 1,
-) -> list[PageEmbedding]:
-    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL records to write."""
-    records: list[PageEmbedding] = []
+    specs: dict[str, InputSpec] | None = None,
+) -> list[dict[str, Any]]:
+    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL rows to write.
+
+    A retriever whose embedder takes prepared inputs (`specs`) gets them from the workers, or, for pages that came
+    without (repair, long PDFs), makes them from the stored page image the same way; others get PIL images.
+    """
+    records: list[dict[str, Any]] = []
     if not pages:
         return records
+    specs = specs or {}
     ids = np.array([p.page_id for p in pages], dtype=np.int64)
-    images = [_open_page_image(data_dir, p.image_path) for p in pages]
+    opened: list[Image.Image] | None = None
+
+    def images() -> list[Image.Image]:
+        nonlocal opened
+        if opened is None:
+            opened = [_open_page_image(data_dir, p.image_path) for p in pages]
+        return opened
+
+    def inputs(name: str) -> list[Any]:
+        spec = specs[name]
+        return [p.inputs[name] if name in p.inputs else _input_from_stored(data_dir, p.image_path, spec) for p in pages]
+
     if embedders.clip is not None and stores.clip is not None:
-        vectors = embedders.clip.embed_images(images)
+        if "clip" in specs:
+            vectors = embedders.clip.embed_inputs(inputs("clip"))  # type: ignore[attr-defined]
+        else:
+            vectors = embedders.clip.embed_images(images())
         stores.clip.add(ids, vectors)
         records += _records(ids, "clip", embedders.clip, [1] * len(ids))
     if embedders.colpali is not None and stores.colpali is not None:
-        multi = embedders.colpali.embed_images(images)
+        if "colpali" in specs:
+            multi = embedders.colpali.embed_inputs(inputs("colpali"))  # type: ignore[attr-defined]
+        else:
+            multi = embedders.colpali.embed_images(images())
         if pool_factor > 1:
             from mmrag.index.compression import pool_tokens
 
@@ -172,37 +215,63 @@ def embed_and_store(
     return records
 
 
-def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int]) -> list[PageEmbedding]:
+def _input_from_stored(data_dir: Path, relative: str | None, spec: InputSpec) -> Any:
+    if relative is None:
+        raise NotFoundError("page has no stored image to re-embed from")
+    return prepare_from_file(data_dir / relative, (spec,))[0]
+
+
+def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int]) -> list[dict[str, Any]]:
     model = getattr(embedder, "model_id")
     revision = getattr(embedder, "revision", "")
     dim = getattr(embedder, "dim")
+    now = utcnow()
     return [
-        PageEmbedding(page_id=int(i), retriever=retriever, model=model, revision=revision, dim=dim, n_vectors=n)
+        {"page_id": int(i), "retriever": retriever, "model": model, "revision": revision, "dim": dim,
+         "n_vectors": int(n), "created_at": now}
         for i, n in zip(ids, counts, strict=True)
     ]
 
 
-def _commit_batch(services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch) -> None:
+def _commit_batch(
+    services: Services,
+    stores: CollectionStores,
+    embedders: Embedders,
+    batch: _Batch,
+    specs: dict[str, InputSpec] | None = None,
+) -> None:
     records = embed_and_store(
-        embedders, stores, batch.pages, services.data_dir, pool_factor=services.settings.index.multivector_pool_factor
+        embedders, stores, batch.pages, services.data_dir,
+        pool_factor=services.settings.index.multivector_pool_factor, specs=specs,
     )
     stores.flush()  # vectors durable before SQL vouches for them
     with transaction(services.sessions) as session:
-        session.add_all(records)
+        # Bulk statements: one per table for the whole batch, not one per page or document.
+        if records:
+            session.execute(insert(PageEmbedding), records)
         now = utcnow()
-        for document_id in batch.document_ids:
-            document = session.get(Document, document_id)
-            if document is not None:
-                document.status = DocumentStatus.INDEXED
-                document.indexed_at = now
-        for item_id, (document_id, pages) in batch.item_pages.items():
-            repository.set_items(session, [item_id], state=ItemState.INDEXED, document_id=document_id, pages=pages)
+        if batch.document_ids:
+            session.execute(
+                update(Document)
+                .where(Document.id.in_(batch.document_ids))
+                .values(status=DocumentStatus.INDEXED, indexed_at=now, updated_at=now)
+            )
+        if batch.item_pages:
+            session.execute(
+                update(JobItem),
+                [
+                    {"id": item_id, "state": ItemState.INDEXED, "document_id": document_id, "pages": pages,
+                     "updated_at": now}
+                    for item_id, (document_id, pages) in batch.item_pages.items()
+                ],
+            )
         repository.set_items(session, batch.duplicate_item_ids, state=ItemState.DUPLICATE)
 
 
 def repair(services: Services, collection_id: int, stores: CollectionStores, embedders: Embedders) -> int:
     """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images."""
     repaired = 0
+    specs = input_specs(embedders, services.data_dir)
     for name in embedders.on():
         with services.sessions() as session:
             missing = repository.pages_missing_embedding(session, collection_id, name)
@@ -218,11 +287,13 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
             chunk = work[start : start + size]
             pages = [_PendingPage(pid, path, text) for pid, path, text in chunk]
             records = embed_and_store(
-                only, stores, pages, services.data_dir, pool_factor=services.settings.index.multivector_pool_factor
+                only, stores, pages, services.data_dir,
+                pool_factor=services.settings.index.multivector_pool_factor, specs=specs,
             )
             stores.flush()
             with transaction(services.sessions) as session:
-                session.add_all(records)
+                if records:
+                    session.execute(insert(PageEmbedding), records)
             repaired += len(chunk)
     return repaired
 
@@ -232,6 +303,56 @@ def _open_page_image(data_dir: Path, relative: str | None) -> Image.Image:
         raise NotFoundError("page has no stored image to re-embed from")
     with Image.open(data_dir / relative) as image:
         return image.convert("RGB")
+
+
+class _Committer:
+    """Embeds and commits batches on a thread of its own, in order, so that the next batch is being decoded,
+    collated and written to SQL while this one runs on the device (torch releases the GIL inside its kernels).
+
+    Every change to the stores goes through here, in submission order: the stores are not thread-safe, and the
+    crash ordering (vectors flushed, then SQL vouches) holds per batch exactly as if it ran inline. At most
+    `depth` batches wait, which bounds memory; an error stops the job at the next submit or at close.
+    """
+
+    def __init__(self, work: Callable[[_Batch], None], stores: CollectionStores, *, depth: int = 2) -> None:
+        self._work = work
+        self._stores = stores
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mmrag-embed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (task := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain without working, so submit never blocks on a dead consumer
+            kind, payload = task
+            try:
+                if kind == "batch":
+                    self._work(payload)
+                else:
+                    self._stores.remove(payload)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
+                self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, batch: _Batch) -> None:
+        self._raise_if_failed()
+        self._queue.put(("batch", batch))
+
+    def remove(self, page_ids: list[int]) -> None:
+        """Drop vectors of pages SQL already forgot (durable at the next flush)."""
+        self._raise_if_failed()
+        self._queue.put(("remove", page_ids))
+
+    def close(self) -> None:
+        """Wait for every submitted batch; raises the first error any of them met."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
 
 
 # --- the job -------------------------------------------------------------------------------------------------
@@ -277,11 +398,17 @@ def _delete_if_orphaned(session: Session, document_id: int) -> list[int]:
 class _Loader:
     """Runs `load_file` in worker processes with a bounded number in flight, so memory stays bounded."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, warm_modules: Sequence[str] = ()) -> None:
         self.workers = workers
         self.limit = max(2, 2 * workers)
         self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
+        if self._pool is not None and warm_modules:
+            # Start every worker now and have it import what its first page will need (colpali-engine takes
+            # seconds), while the main process loads the models and recovers the stores. A warm-up that fails
+            # only means the first file pays for the import.
+            for _ in range(workers):
+                self._pool.submit(warm_up, tuple(warm_modules))
 
     @staticmethod
     def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -311,8 +438,10 @@ class _Loader:
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:
+        """Stop the workers and wait for them to exit; closing twice is harmless."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def run_index(
@@ -366,17 +495,37 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
 def _run_locked(
     services: Services, roots: list[str], collection: str, collection_id: int, progress: Progress, began: float
 ) -> JobReport:
-    with transaction(services.sessions) as session:
-        job = repository.find_unfinished_job(session, collection_id, roots)
-        resumed = job is not None
-        if job is None:
-            job = repository.create_job(session, collection_id, roots)
-        repository.started(job)
-        job_id = job.id
-    if not resumed:
+    # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
+    # the models and recovers the stores.
+    warm = ["colpali_engine.models"] if services.settings.embedders.colpali.enabled else []
+    loader = _Loader(services.settings.ingest.workers, warm_modules=warm)
+    try:
         with transaction(services.sessions) as session:
-            repository.add_job_items(session, job_id, (str(p) for p in discover(Path(r) for r in roots)))
+            job = repository.find_unfinished_job(session, collection_id, roots)
+            resumed = job is not None
+            if job is None:
+                job = repository.create_job(session, collection_id, roots)
+            repository.started(job)
+            job_id = job.id
+        if not resumed:
+            with transaction(services.sessions) as session:
+                repository.add_job_items(session, job_id, (str(p) for p in discover(Path(r) for r in roots)))
+        return _index_with(services, roots, collection, collection_id, progress, began, job_id, resumed, loader)
+    finally:
+        loader.close()
 
+
+def _index_with(
+    services: Services,
+    roots: list[str],
+    collection: str,
+    collection_id: int,
+    progress: Progress,
+    began: float,
+    job_id: int,
+    resumed: bool,
+    loader: _Loader,
+) -> JobReport:
     embedders = services.embedders()
     stores = services.stores(collection_id)
     with transaction(services.sessions) as session:
@@ -390,7 +539,7 @@ def _run_locked(
         items = [(item.id, item.path) for item in repository.pending_items(session, job_id)]
     progress.start(len(items))
 
-    pages_indexed = _process_items(services, collection_id, job_id, items, stores, embedders, progress)
+    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader)
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
 
@@ -418,18 +567,26 @@ def _run_locked(
 def _process_items(
     services: Services,
     collection_id: int,
-    job_id: int,
     items: list[tuple[int, str]],
     stores: CollectionStores,
     embedders: Embedders,
     progress: Progress,
+    loader: _Loader,
 ) -> int:
     settings = services.settings
-    loader = _Loader(settings.ingest.workers)
+    specs = input_specs(embedders, services.data_dir)
+    spec_names = list(specs)
+    spec_values = tuple(specs.values())
+    committer = _Committer(
+        lambda batch: _commit_batch(services, stores, embedders, batch, specs), stores,
+        depth=settings.ingest.batches_ahead,
+    )
     # (item id, future, document id, load_file arguments, pool generation)
     in_flight: deque[tuple[int, Future[LoadedFile], int, tuple[object, ...], int]] = deque()
+    loading: set[int] = set()  # documents whose file a worker holds
     waiting_on: dict[int, list[int]] = {}  # document id → items that are its duplicates in this job
     batch = _Batch()
+    batch_pages = 0
     pages_indexed = 0
 
     def finish(item_id: int, state: ItemState, *, document_id: int | None, error: str | None = None,
@@ -457,59 +614,85 @@ def _process_items(
         else:
             accept(item_id, document_id, loaded)
             return
+        finally:
+            loading.discard(document_id)
         _fail_document(services, document_id, reason)
         finish(item_id, ItemState.FAILED, document_id=document_id, error=reason)
         for dup in waiting_on.pop(document_id, []):
             finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
 
     def accept(item_id: int, document_id: int, loaded: LoadedFile) -> None:
-        nonlocal batch, pages_indexed
-        page_ids = _write_pages(services, document_id, loaded)
-        batch.pages += [
-            _PendingPage(pid, page.image_path, page.text) for pid, page in zip(page_ids, loaded.pages, strict=True)
-        ]
+        nonlocal batch_pages, pages_indexed
+        batch.loaded.append((document_id, loaded))
         batch.document_ids.append(document_id)
-        batch.item_pages[item_id] = (document_id, len(page_ids))
+        batch.item_pages[item_id] = (document_id, len(loaded.pages))
         duplicates = waiting_on.pop(document_id, [])
         batch.duplicate_item_ids += duplicates
-        progress.advance(1 + len(duplicates), len(page_ids))
-        pages_indexed += len(page_ids)
-        if len(batch.pages) >= settings.batch_pages:
-            _commit_batch(services, stores, embedders, batch)
-            batch = _Batch()
+        progress.advance(1 + len(duplicates), len(loaded.pages))
+        pages_indexed += len(loaded.pages)
+        batch_pages += len(loaded.pages)
+        if batch_pages >= settings.batch_pages:
+            hand_over()
 
+    def hand_over() -> None:
+        """Write the batch's pages to SQL (one transaction) and give it to the committer."""
+        nonlocal batch, batch_pages
+        page_ids = _write_pages(services, batch.loaded)
+        for (_, loaded), ids in zip(batch.loaded, page_ids, strict=True):
+            batch.pages += [
+                _PendingPage(pid, page.image_path, page.text, _named_inputs(spec_names, page.inputs))
+                for pid, page in zip(ids, loaded.pages, strict=True)
+            ]
+        batch.loaded = []
+        committer.submit(batch)
+        batch, batch_pages = _Batch(), 0
+
+    chunk_size = max(64, 2 * loader.limit)
     try:
-        for item_id, path_str in items:
-            while len(in_flight) >= loader.limit:
-                drain_one()
-            path = Path(path_str)
-            state = _file_state(path)
-            if state is None:
-                finish(item_id, ItemState.FAILED, document_id=None, error=f"{path_str}: file vanished or unreadable")
-                continue
-            size, mtime = state
-            decision = _decide(services, collection_id, path_str, size, mtime)
-            if decision.removed_pages:
-                # SQL already forgot these pages; the stores follow now (made durable at the next flush).
-                stores.remove(list(decision.removed_pages))
-            if decision.state is not None:
-                if decision.waits_for in batch.document_ids:  # loaded, its vectors not yet committed
-                    batch.duplicate_item_ids.append(item_id)
-                    progress.advance(1, 0)
-                    continue
-                if decision.waits_for is not None:  # still loading in a worker
-                    waiting_on.setdefault(decision.waits_for, []).append(item_id)
-                    continue
-                finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
-                continue
-            args = (path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve()))
-            in_flight.append((item_id, loader.submit(load_file, *args), decision.document_id, args, loader.generation))
+        with ThreadPoolExecutor(max(1, min(8, settings.ingest.workers)), thread_name_prefix="mmrag-hash") as hasher:
+            for start in range(0, len(items), chunk_size):
+                chunk = items[start : start + chunk_size]
+                decisions = _decide_chunk(services, collection_id, chunk, hasher)
+                for item_id, path_str in chunk:
+                    decision = decisions[item_id]
+                    if decision.removed_pages:
+                        # SQL already forgot these pages; the stores follow (durable at the next flush).
+                        committer.remove(list(decision.removed_pages))
+                    if decision.state is not None:
+                        if decision.waits_for is not None and decision.waits_for in loading:
+                            waiting_on.setdefault(decision.waits_for, []).append(item_id)
+                        elif decision.waits_for is not None:
+                            # Loaded already, its vectors in this batch or one ahead of it: batches commit in
+                            # order, so marking the duplicate with this batch never runs ahead of its original.
+                            batch.duplicate_item_ids.append(item_id)
+                            progress.advance(1, 0)
+                        elif decision.state == ItemState.UNCHANGED:
+                            progress.advance(1, 0)  # recorded by _decide_chunk
+                        else:
+                            finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
+                        continue
+                    while len(in_flight) >= loader.limit:
+                        drain_one()
+                    args = (path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve()), spec_values)
+                    loading.add(decision.document_id)
+                    in_flight.append(
+                        (item_id, loader.submit(load_file, *args), decision.document_id, args, loader.generation)
+                    )
         while in_flight:
             drain_one()
-        _commit_batch(services, stores, embedders, batch)
+        if batch.loaded or batch.duplicate_item_ids:
+            hand_over()
     finally:
-        loader.close()
+        try:
+            # Workers gone before the job says it is done: a caller that sees "done" may take the collection's lock.
+            loader.close()
+        finally:
+            committer.close()
     return pages_indexed
+
+
+def _named_inputs(names: list[str], inputs: tuple[Any, ...]) -> dict[str, Any]:
+    return {name: value for name, value in zip(names, inputs) if value is not None} if inputs else {}
 
 
 @dataclass(frozen=True)
@@ -522,38 +705,127 @@ class _Decision:
     removed_pages: tuple[int, ...] = ()  # pages of the document a changed file used to hold
 
 
-def _decide(services: Services, collection_id: int, path: str, size: int, mtime: float) -> _Decision:
-    """Unchanged, duplicate of known bytes, or new: decided from SQL, hashing only when size/mtime changed."""
+def _hash_file(path: str) -> tuple[str | None, str | None]:
+    """(sha256, None) or (None, the reason it could not be read); runs on the hashing threads (hashlib and file
+    reads release the GIL, so hashing a chunk of files overlaps with the rest of the main process)."""
+    try:
+        return sha256_of(Path(path)), None
+    except OSError as exc:
+        return None, f"{path}: cannot read: {exc.strerror}"
+
+
+def _decide_chunk(
+    services: Services, collection_id: int, chunk: list[tuple[int, str]], hasher: ThreadPoolExecutor
+) -> dict[int, _Decision]:
+    """Unchanged, duplicate of known bytes, or new, for a chunk of items in one transaction: decided from SQL,
+    hashing only when size/mtime changed. New files (the bulk of a first run) take one INSERT per table for the
+    whole chunk; everything else (changed files, duplicates, revived documents) goes through `_decide`."""
+    decisions: dict[int, _Decision] = {}
+    states: dict[int, tuple[str, int, float]] = {}
+    for item_id, path in chunk:
+        state = _file_state(Path(path))
+        if state is None:
+            decisions[item_id] = _Decision(ItemState.FAILED, None, error=f"{path}: file vanished or unreadable")
+        else:
+            states[item_id] = (path, *state)
     with transaction(services.sessions) as session:
-        known = repository.find_path(session, collection_id, path)
-        if known is not None and known.size_bytes == size and known.mtime == mtime:
-            document = session.get(Document, known.document_id)
-            if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
-                known.last_seen = utcnow()
-                return _Decision(ItemState.UNCHANGED, document.id, error=document.error)
-        try:
-            sha256 = sha256_of(Path(path))
-        except OSError as exc:
-            return _Decision(ItemState.FAILED, None, error=f"{path}: cannot read: {exc.strerror}")
-        document = repository.find_document_by_sha(session, collection_id, sha256)
-        if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
-            removed = _attach_path(session, collection_id, document, path, size, mtime)
-            return _Decision(ItemState.DUPLICATE, document.id, sha256, error=document.error,
-                             removed_pages=tuple(removed))
-        if document is not None and document.status == DocumentStatus.PENDING:
-            removed = _attach_path(session, collection_id, document, path, size, mtime)
-            return _Decision(ItemState.PENDING, document.id, sha256, waits_for=document.id,
-                             removed_pages=tuple(removed))
-        if document is None:
-            document = Document(
-                collection_id=collection_id, sha256=sha256, kind="unknown", mime="", size_bytes=size
+        paths = [path for path, _, _ in states.values()]
+        known = {
+            row.path: row
+            for row in session.scalars(
+                select(DocumentPath).where(DocumentPath.collection_id == collection_id, DocumentPath.path.in_(paths))
             )
-            session.add(document)
-            session.flush()
-        document.status = DocumentStatus.PENDING  # also revives a deleted document with these bytes
-        document.error = None
+        } if paths else {}
+        documents = {
+            d.id: d
+            for d in session.scalars(select(Document).where(Document.id.in_({k.document_id for k in known.values()})))
+        } if known else {}
+        to_hash: list[int] = []
+        now = utcnow()
+        unchanged: list[int] = []
+        for item_id, (path, size, mtime) in states.items():
+            seen = known.get(path)
+            document = documents.get(seen.document_id) if seen is not None else None
+            if (
+                seen is not None and seen.size_bytes == size and seen.mtime == mtime and document is not None
+                and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
+            ):
+                seen.last_seen = now
+                decisions[item_id] = _Decision(ItemState.UNCHANGED, document.id, error=document.error)
+                unchanged.append(item_id)
+            else:
+                to_hash.append(item_id)
+        for item_id in unchanged:
+            decision = decisions[item_id]
+            repository.set_items(
+                session, [item_id], state=ItemState.UNCHANGED, document_id=decision.document_id, error=decision.error
+            )
+        hashed = dict(zip(to_hash, hasher.map(_hash_file, [states[i][0] for i in to_hash]), strict=True))
+        shas = {sha for sha, _ in hashed.values() if sha is not None}
+        by_sha = {
+            d.sha256
+            for d in session.scalars(
+                select(Document).where(Document.collection_id == collection_id, Document.sha256.in_(shas))
+            )
+        } if shas else set()
+        fresh: list[tuple[int, str, int, float, str]] = []
+        slow: list[tuple[int, str, int, float, str]] = []
+        claimed: set[str] = set()
+        for item_id in to_hash:
+            path, size, mtime = states[item_id]
+            sha, error = hashed[item_id]
+            if sha is None:
+                decisions[item_id] = _Decision(ItemState.FAILED, None, error=error)
+            elif path not in known and sha not in by_sha and sha not in claimed:
+                claimed.add(sha)
+                fresh.append((item_id, path, size, mtime, sha))
+            else:
+                slow.append((item_id, path, size, mtime, sha))
+        if fresh:
+            document_ids = session.scalars(
+                insert(Document).returning(Document.id, sort_by_parameter_order=True),
+                [
+                    {"collection_id": collection_id, "sha256": sha, "kind": "unknown", "mime": "", "size_bytes": size,
+                     "status": DocumentStatus.PENDING, "user_metadata": {}, "created_at": now, "updated_at": now}
+                    for _, _, size, _, sha in fresh
+                ],
+            ).all()
+            session.execute(
+                insert(DocumentPath),
+                [
+                    {"collection_id": collection_id, "document_id": document_id, "path": path, "size_bytes": size,
+                     "mtime": mtime, "first_seen": now, "last_seen": now}
+                    for (_, path, size, mtime, _), document_id in zip(fresh, document_ids, strict=True)
+                ],
+            )
+            for (item_id, _, _, _, sha), document_id in zip(fresh, document_ids, strict=True):
+                decisions[item_id] = _Decision(None, document_id, sha)
+        for item_id, path, size, mtime, sha in slow:
+            decisions[item_id] = _decide(session, collection_id, path, size, mtime, sha)
+    return decisions
+
+
+def _decide(session: Session, collection_id: int, path: str, size: int, mtime: float, sha256: str) -> _Decision:
+    """One file whose bytes are known (by hash) but whose path or document needs a closer look."""
+    document = repository.find_document_by_sha(session, collection_id, sha256)
+    if document is not None and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED):
         removed = _attach_path(session, collection_id, document, path, size, mtime)
-        return _Decision(None, document.id, sha256, removed_pages=tuple(removed))
+        return _Decision(ItemState.DUPLICATE, document.id, sha256, error=document.error,
+                         removed_pages=tuple(removed))
+    if document is not None and document.status == DocumentStatus.PENDING:
+        removed = _attach_path(session, collection_id, document, path, size, mtime)
+        return _Decision(ItemState.PENDING, document.id, sha256, waits_for=document.id,
+                         removed_pages=tuple(removed))
+    if document is None:
+        document = Document(
+            collection_id=collection_id, sha256=sha256, kind="unknown", mime="", size_bytes=size
+        )
+        session.add(document)
+        session.flush()
+    document.status = DocumentStatus.PENDING  # also revives a deleted document with these bytes
+    document.error = None
+    removed = _attach_path(session, collection_id, document, path, size, mtime)
+    return _Decision(None, document.id, sha256, removed_pages=tuple(removed))
 
 
 def _fail_document(services: Services, document_id: int, reason: str) -> None:
@@ -564,28 +836,32 @@ def _fail_document(services: Services, document_id: int, reason: str) -> None:
             document.error = reason
 
 
-def _write_pages(services: Services, document_id: int, loaded: LoadedFile) -> list[int]:
-    """Commit the document's pages (status stays pending until their vectors are durable)."""
+def _write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> list[list[int]]:
+    """Commit the documents' pages in one transaction (status stays pending until their vectors are durable);
+    returns each document's page ids, in page order."""
+    if not loaded:
+        return []
     with transaction(services.sessions) as session:
-        document = session.get(Document, document_id)
-        document.kind = loaded.kind
-        document.mime = loaded.mime
-        document.page_count = len(loaded.pages)
+        session.execute(
+            update(Document),
+            [{"id": document_id, "kind": file.kind, "mime": file.mime, "page_count": len(file.pages)}
+             for document_id, file in loaded],
+        )
+        now = utcnow()
         rows = [
-            Page(
-                document_id=document_id,
-                page_number=page.page_number,
-                width=page.width,
-                height=page.height,
-                image_path=page.image_path,
-                text=page.text,
-                text_source=page.text_source,
-            )
-            for page in loaded.pages
+            {"document_id": document_id, "page_number": page.page_number, "width": page.width,
+             "height": page.height, "image_path": page.image_path, "text": page.text,
+             "text_source": page.text_source, "created_at": now}
+            for document_id, file in loaded
+            for page in file.pages
         ]
-        session.add_all(rows)
-        session.flush()
-        return [row.id for row in rows]
+        ids = list(session.scalars(insert(Page).returning(Page.id, sort_by_parameter_order=True), rows)) if rows else []
+    result: list[list[int]] = []
+    start = 0
+    for _, file in loaded:
+        result.append(ids[start : start + len(file.pages)])
+        start += len(file.pages)
+    return result
 
 
 # --- deletes -------------------------------------------------------------------------------------------------

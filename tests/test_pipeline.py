@@ -256,3 +256,126 @@ def test_a_file_that_kills_its_worker_fails_alone(
     assert report.counts["indexed"] == 5 and report.counts["failed"] == 1
     [(path, reason)] = report.failures
     assert path.endswith("crash-me.png") and "worker process died" in reason
+
+
+def _photo_jpeg(path: Path, seed: int, size: tuple[int, int] = (320, 240)) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    pixels = np.stack([(x * (1 + seed)) % 256, (y * 2) % 256, (x + y) % 256], axis=-1)
+    pixels = pixels + rng.normal(0, 3, (*size[::-1], 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+    return path
+
+
+def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    """Workers make the model inputs (plain JPEGs stored verbatim and decoded at reduced DCT scale, other pages
+    from their stored JPEG); every vector equals what `repair` would make from the stored page image."""
+    from mmrag.ingest.prepare import prepare_from_file
+    from mmrag.pipeline import input_specs
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inputs.db'}")
+    settings.ingest.workers = 2
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        photos = [_photo_jpeg(corpus / "photos" / f"p{i}.jpg", i) for i in range(3)]
+        make_corpus(corpus, images=2, pdfs=1)
+        report = run_index(services, [corpus])
+        assert report.counts["indexed"] == 6 and report.pages_indexed == 7
+        specs = input_specs(tiny_embedders, services.data_dir)
+        assert set(specs) == {"clip", "colpali"}
+        stores = services.stores(1)
+        with services.sessions() as session:
+            pages = session.execute(select(Page.id, Page.image_path, DocumentPath.path).join(
+                DocumentPath, DocumentPath.document_id == Page.document_id)).all()
+        assert len(pages) == 7
+        for page_id, image_path, source in pages:
+            stored = services.data_dir / image_path
+            if source.endswith(".jpg"):
+                assert stored.read_bytes() == Path(source).read_bytes()  # the fast path stores the file itself
+            clip_input, colpali_input = prepare_from_file(stored, (specs["clip"], specs["colpali"]))
+            clip_vector = tiny_embedders.clip.embed_inputs([clip_input])
+            [[hit]] = stores.clip.search(clip_vector, 1)
+            assert hit.page_id == page_id and hit.score == pytest.approx(1.0, abs=1e-5)
+            [tokens] = tiny_embedders.colpali.embed_inputs([colpali_input])
+            [best] = stores.colpali.search(tokens, 1)
+            assert best.page_id == page_id and best.score == pytest.approx(len(tokens), rel=1e-4)
+        assert {str(p.resolve()) for p in photos} <= {source for _, _, source in pages}
+    finally:
+        services.close()
+
+
+def test_copies_of_one_file_across_batches_index_it_once(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    """Duplicates decided while their original is still in a worker, in the batch being built, or in a batch the
+    embedding thread has not committed yet all end up as duplicates of the one document."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'copies.db'}")
+    settings.ingest.workers = 2
+    settings.batch_pages = 1
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        original = _photo_jpeg(corpus / "a-original.jpg", 5)
+        for i in range(7):
+            shutil.copy(original, corpus / f"b-copy-{i}.jpg")
+            make_image(corpus / f"c-other-{i}.png", 20 + i)
+        report = run_index(services, [corpus])
+        assert report.counts["indexed"] == 8 and report.counts["duplicate"] == 7 and report.counts["failed"] == 0
+        with services.sessions() as session:
+            copies = session.scalars(select(DocumentPath.document_id).where(DocumentPath.path.like("%.jpg"))).all()
+            assert len(copies) == 8 and len(set(copies)) == 1
+        assert_stores_agree_with_sql(services)
+    finally:
+        services.close()
+
+
+class _FailingClip:
+    """The tiny CLIP, except that its third batch of prepared inputs raises (a device error mid-job)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.model_id, self.dim, self.meaningless = inner.model_id, inner.dim, True
+        self.calls = 0
+
+    def input_spec(self) -> object:
+        return self.inner.input_spec()
+
+    def embed_inputs(self, pixels: list) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("device lost")
+        return self.inner.embed_inputs(pixels)
+
+    def embed_images(self, images: list) -> np.ndarray:
+        return self.inner.embed_images(images)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.inner.embed_texts(texts)
+
+
+def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
+    tmp_path: Path, tiny_embedders: Embedders
+) -> None:
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'fail.db'}")
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, images=8, pdfs=1)
+    failing = Embedders(clip=_FailingClip(tiny_embedders.clip), colpali=tiny_embedders.colpali,
+                        text=tiny_embedders.text, meaningless=True)
+    services = build_services(settings, embedders=failing)
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            run_index(services, [corpus])
+    finally:
+        services.close()
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        report = run_index(services, [corpus])
+        assert report.resumed
+        with services.sessions() as session:
+            statuses = session.scalars(select(Document.status)).all()
+        assert statuses == ["indexed"] * 9
+        assert_stores_agree_with_sql(services)
+    finally:
+        services.close()

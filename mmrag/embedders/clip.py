@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmrag.embedders.device import LOCAL_DIR_PREFIX, encode_in_batches, is_cuda_device, resolve_device
 from mmrag.errors import ModelUnavailableError
+from mmrag.ingest.prepare import ClipPixels
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +49,7 @@ class OpenClipEmbedder:
         self.batch_size = batch_size
         # True only for random-init models: vectors exercise the plumbing but carry no meaning.
         self.meaningless = meaningless
+        self._mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # set by input_spec()
         # Probed rather than read from a config: open_clip's CLIP, CustomTextCLIP and CoCa keep it in different places.
         self.dim = int(self._encode_texts([""]).shape[1])
 
@@ -58,6 +60,47 @@ class OpenClipEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
         return self._encode_all(list(texts), self._encode_texts)
+
+    def input_spec(self) -> ClipPixels | None:
+        """What the bulk job's workers should hand back instead of a PIL image (see embed_inputs), or None when
+        this model's preprocess is not open_clip's plain resize + centre crop."""
+        import open_clip
+
+        config = open_clip.get_model_preprocess_cfg(self.model)
+        size = config.get("size")
+        size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
+        names = [type(step).__name__ for step in getattr(self.preprocess, "transforms", ())]
+        if (
+            not isinstance(size, int)
+            or config.get("resize_mode", "shortest") != "shortest"
+            or config.get("interpolation", "bicubic") not in ("bicubic", "bilinear")
+            or names[:2] != ["Resize", "CenterCrop"]
+            or "Normalize" not in names
+        ):
+            return None
+        self._mean_std = (tuple(config["mean"]), tuple(config["std"]))
+        return ClipPixels(size=size, interpolation=config.get("interpolation", "bicubic"))
+
+    def embed_inputs(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised, from input_spec()'s uint8 (size, size, 3) arrays: the preprocess
+        minus the resize, with the scaling and normalising done on the device."""
+        return self._encode_all(pixels, self._encode_pixels)
+
+    def _encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        if self._mean_std is None and self.input_spec() is None:
+            raise ValueError(f"{self.model_id}: its preprocess is not resize + centre crop; use embed_images")
+        mean, std = self._mean_std
+        batch = _stacked(pixels, pin=is_cuda_device(self.device))
+        on_device = batch.to(self.device, non_blocking=True)
+        images = on_device.permute(0, 3, 1, 2).float().div_(255.0)
+        mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        images = images.sub_(mean_t).div_(std_t)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(images)
+        return _normalised_numpy(features)
 
     def _encode_all(self, items: Sequence[Any], encode_batch: Callable[[Sequence[Any]], np.ndarray]) -> np.ndarray:
         if len(items) == 0:
@@ -88,6 +131,16 @@ class OpenClipEmbedder:
         if is_cuda_device(self.device):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
+
+
+def _stacked(arrays: Sequence[np.ndarray], *, pin: bool) -> torch.Tensor:
+    """One uint8 batch tensor; in page-locked memory for a CUDA device, so the copy to it can run asynchronously."""
+    import torch
+
+    first = arrays[0]
+    batch = torch.empty((len(arrays), *first.shape), dtype=torch.uint8, pin_memory=pin)
+    np.stack(arrays, out=batch.numpy())
+    return batch
 
 
 def _normalised_numpy(features: torch.Tensor) -> np.ndarray:

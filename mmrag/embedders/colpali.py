@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from mmrag.embedders.device import (
     resolve_device,
 )
 from mmrag.errors import ConfigError, MmragError, ModelUnavailableError
+from mmrag.ingest.prepare import ProcessorInputs, TensorData
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +65,11 @@ class ColPaliEmbedder:
         device: str = "auto",
         batch_size: int = 4,
         meaningless: bool = False,
+        processor_dir: Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        # Where worker processes load the same processor from (a checkpoint); None: input_spec saves a copy.
+        self.processor_dir = processor_dir
         if not is_cuda_device(self.device) and model.config._attn_implementation != "eager":
             # On CPU, torch's sdpa kernel returns NaN for fully masked (padding) rows under transformers 5;
             # eager attention keeps every position finite.
@@ -92,6 +97,62 @@ class ColPaliEmbedder:
         # process_queries (not process_texts) adds the query prefix and augmentation tokens the models were trained on.
         return self._encode_all(list(texts), self.processor.process_queries)
 
+    def input_spec(self, cache_dir: Path) -> ProcessorInputs:
+        """What the bulk job's workers should hand back instead of a PIL image: this processor's own output for
+        one page, its floating tensors already in the model's dtype (see embed_inputs)."""
+        if self.processor_dir is None:
+            # A processor built in memory (tiny-random, benchmarks): workers load it from a saved copy.
+            directory = cache_dir / "processors" / hashlib.sha256(self.model_id.encode()).hexdigest()[:16]
+            if not (directory / "processor_config.json").is_file() and not any(directory.glob("*.json")):
+                directory.mkdir(parents=True, exist_ok=True)
+                self.processor.save_pretrained(str(directory))
+            self.processor_dir = directory
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return ProcessorInputs(type(self.processor).__name__, str(self.processor_dir), dtype)
+
+    def embed_inputs(self, inputs: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+        """One (tokens, dim) float32 array per page, from input_spec()'s per-page processor outputs (tensors, or
+        TensorData from a worker), padded into batches the way the processor pads a batch of pages."""
+        if not inputs:
+            return []
+        outputs, self.batch_size = encode_in_batches(
+            list(inputs), self.batch_size, lambda batch: self._encode_batch(self._collate(batch))
+        )
+        return outputs
+
+    def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        items = [
+            {name: value.tensor() if isinstance(value, TensorData) else value for name, value in item.items()}
+            for item in items
+        ]
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        pad_id = getattr(tokenizer, "pad_token_id", 0) or 0
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        batch: dict[str, Any] = {}
+        for name in items[0]:
+            values = [item[name] for item in items]
+            if all(value.shape == values[0].shape for value in values):
+                batch[name] = torch.cat(values)
+                continue
+            # Token sequences pad on the tokenizer's side with its pad id (masks with 0); everything else (patches,
+            # tiles) pads with zeros at the end, as process_images does for a batch.
+            fill = pad_id if name == "input_ids" else 0
+            token_aligned = all(
+                value.dim() == 2 and value.shape[1] == item["input_ids"].shape[1]
+                for value, item in zip(values, items, strict=True)
+            )  # input_ids, attention_mask and the per-token type ids of whichever transformers version
+            pad_left = left and token_aligned
+            length = max(value.shape[1] for value in values)
+            padded = []
+            for value in values:
+                missing = length - value.shape[1]
+                extra = [0, 0] * (value.dim() - 2) + ([missing, 0] if pad_left else [0, missing])
+                padded.append(torch.nn.functional.pad(value, extra, value=fill))
+            batch[name] = torch.cat(padded)
+        return batch
+
     def _encode_all(self, items: list[Any], process: Any) -> list[np.ndarray]:
         if not items:
             return []
@@ -106,8 +167,11 @@ class ColPaliEmbedder:
         import torch
 
         model_dtype = self.model.dtype
+        pin = is_cuda_device(self.device)  # page-locked host memory lets the copy to the GPU run asynchronously
         tensors = {
-            name: value.to(self.device, dtype=model_dtype) if value.is_floating_point() else value.to(self.device)
+            name: (value.pin_memory() if pin else value).to(
+                self.device, dtype=model_dtype if value.is_floating_point() else value.dtype, non_blocking=pin
+            )
             for name, value in inputs.items()
         }
         with torch.inference_mode():
@@ -161,7 +225,8 @@ def load_colpali(model: str, *, device: str = "auto", dtype: str = "auto", batch
         raise ModelUnavailableError(model, f"{reason} ({', '.join(missing[:5])})")
     model_id = f"colpali:{model}" if not checkpoint.is_local_dir else f"colpali:local-dir:{checkpoint.path}"
     return ColPaliEmbedder(
-        loaded, processor, model_id=model_id, revision=revision, device=device, batch_size=batch_size
+        loaded, processor, model_id=model_id, revision=revision, device=device, batch_size=batch_size,
+        processor_dir=processor_dir,
     )
 
 

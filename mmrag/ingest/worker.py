@@ -1,24 +1,40 @@
-"""What a worker process does with one file: sniff, decode or render, extract text, store the page images.
+"""What a worker process does with one file: sniff, decode or render, extract text, store the page images, and make
+the embedders' inputs.
 
 Kept apart from mmrag.pipeline so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
-bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds.
+bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds. (A
+ColPali-family input spec imports colpali-engine in the worker when first used: its processor runs here.)
 """
 
 from __future__ import annotations
 
+import io
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from mmrag.config import IngestSettings
+from mmrag.errors import InputError
 from mmrag.ingest import describe, iter_pages
+from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
+from mmrag.ingest.images import _DECODE_ERRORS
+from mmrag.ingest.prepare import InputSpec
+from mmrag.types import DocumentKind, TextSource
+
+# Model inputs of a long PDF would otherwise all travel back at once (a ColQwen2 page is megabytes): past this many
+# bytes a file's pages come back without inputs, and the main process makes them from the stored page images.
+MAX_INPUT_BYTES_PER_FILE = 128 * 1024 * 1024
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
 class StoredPage:
-    """A decoded page as a worker hands it back: its image is already on disk, so only the path crosses processes."""
+    """A decoded page as a worker hands it back: its image is already on disk, so only the path crosses processes,
+    with the embedders' inputs (one per requested spec, in order) when they were asked for."""
 
     page_number: int
     width: int  # as rendered or decoded
@@ -26,6 +42,7 @@ class StoredPage:
     text: str
     text_source: str
     image_path: str  # relative to the data dir
+    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -39,20 +56,40 @@ class LoadedFile:
     pages: list[StoredPage]
 
 
+def warm_up(modules: tuple[str, ...]) -> None:
+    """Worker-process entry run once at pool start: import what the inputs will need before the first file."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)  # one process per core already
+
+
 def page_image_path(sha256: str, page_number: int) -> str:
     """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent."""
     return f"pages/{sha256[:2]}/{sha256}/{page_number:05d}.jpg"
 
 
-def load_file(path: str, sha256: str, settings: IngestSettings, data_dir: str) -> LoadedFile:
-    """Worker-process entry: sniff, decode or render, extract text, store the page images.
+def load_file(
+    path: str, sha256: str, settings: IngestSettings, data_dir: str, inputs: tuple[InputSpec, ...] = ()
+) -> LoadedFile:
+    """Worker-process entry: sniff, decode or render, extract text, store the page images, make `inputs`.
 
-    Pages are rendered one at a time and written to disk; only paths and text travel back, so a 500-page PDF
-    costs one page of memory here and a few kilobytes in the queue. The embedders read the stored JPEG, which
-    also makes every vector a function of the stored image, the same one `repair` re-embeds from.
+    Pages are rendered one at a time and written to disk; paths, text and the compact model inputs travel back,
+    so a 500-page PDF costs one rendered page of memory here (inputs are capped, MAX_INPUT_BYTES_PER_FILE).
+    Inputs are made from the stored JPEG's bytes, so they are what `prepare_from_file` makes from it later.
+
+    A JPEG photo that needs no rotation, no OCR and no downscaling for storage is stored as its own bytes (no
+    re-encode) and decoded once, at reduced DCT scale, straight to the model's input size.
     """
+    if inputs and settings.ocr == "never":
+        fast = _load_plain_jpeg(path, sha256, settings, data_dir, inputs)
+        if fast is not None:
+            return fast
     source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
     stored = []
+    input_bytes = 0
     for page in iter_pages(source, settings):
         image = page.image
         width, height = image.size
@@ -62,8 +99,76 @@ def load_file(path: str, sha256: str, settings: IngestSettings, data_dir: str) -
         relative = page_image_path(sha256, page.page_number)
         target = Path(data_dir) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        image.save(tmp, format="JPEG", quality=90)
+        encoded = io.BytesIO()
+        image.save(encoded, format="JPEG", quality=90)
+        data = encoded.getvalue()
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
         os.replace(tmp, target)
-        stored.append(StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative))
+        prepared: tuple[Any, ...] = ()
+        if inputs and input_bytes <= MAX_INPUT_BYTES_PER_FILE:
+            # From the stored bytes, not the pixels in hand: every vector is a function of the stored page image,
+            # the one `repair` re-embeds from (prepare_from_file), whichever path stored it.
+            prepared = tuple(spec.from_jpeg(data) for spec in inputs)
+            input_bytes += sum(_nbytes(value) for value in prepared)
+        stored.append(
+            StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared)
+        )
+    if input_bytes > MAX_INPUT_BYTES_PER_FILE:
+        stored = [StoredPage(p.page_number, p.width, p.height, p.text, p.text_source, p.image_path) for p in stored]
     return LoadedFile(path, sha256, source.kind.value, source.mime, stored)
+
+
+def _load_plain_jpeg(
+    path: str, sha256: str, settings: IngestSettings, data_dir: str, inputs: tuple[InputSpec, ...]
+) -> LoadedFile | None:
+    """The fast path for ordinary JPEG photos, or None when this file needs the general one (which also gives the
+    precise error for a broken file: every doubt here falls through to it)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > settings.max_file_bytes:
+                return None
+            data = handle.read()
+    except OSError:
+        return None
+    if not data:
+        return None
+    try:
+        kind, mime = sniff_bytes(data[:SNIFF_BYTES], Path(path))
+    except InputError:  # empty, or not a type we read: the general path reports it
+        return None
+    if kind != DocumentKind.IMAGE or mime != "image/jpeg":
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if (
+                image.format != "JPEG"
+                or image.mode not in ("RGB", "L")
+                or width * height > settings.max_pixels
+                or max(width, height) > settings.page_image_max_side
+                or image.getexif().get(EXIF_ORIENTATION, 1) != 1
+            ):
+                return None
+        prepared = tuple(spec.from_jpeg(data) for spec in inputs)
+    except (*_DECODE_ERRORS, Image.DecompressionBombError):
+        return None
+    relative = page_image_path(sha256, 1)
+    target = Path(data_dir) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)  # the stored page image is the file itself: same pixels, no re-encode
+    os.replace(tmp, target)
+    page = StoredPage(1, width, height, "", TextSource.NONE.value, relative, prepared)
+    return LoadedFile(path, sha256, kind.value, mime, [page])
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    nbytes = getattr(value, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    numel = getattr(value, "numel", None)  # torch tensors
+    return int(numel() * value.element_size()) if numel is not None else 0
