@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
@@ -157,7 +157,14 @@ def input_specs(embedders: Embedders, data_dir: Path) -> dict[str, InputSpec]:
     return specs
 
 
-def embed_and_store(
+@dataclass
+class _Embedded:
+    """A batch's vectors, computed and not yet in any store: retriever → (page ids, vectors)."""
+
+    vectors: dict[str, tuple[np.ndarray, Any]] = field(default_factory=dict)
+
+
+def embed_pages(
     embedders: Embedders,
     stores: CollectionStores,
     pages: Sequence[_PendingPage],
@@ -165,15 +172,15 @@ def embed_and_store(
     *,
     pool_factor: int = 1,
     specs: dict[str, InputSpec] | None = None,
-) -> list[dict[str, Any]]:
-    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL rows to write.
+) -> _Embedded:
+    """Embed pages with every loaded retriever that has a store; nothing is written anywhere.
 
     A retriever whose embedder takes prepared inputs (`specs`) gets them from the workers, or, for pages that came
     without (repair, long PDFs), makes them from the stored page image the same way; others get PIL images.
     """
-    records: list[dict[str, Any]] = []
+    embedded = _Embedded()
     if not pages:
-        return records
+        return embedded
     specs = specs or {}
     ids = np.array([p.page_id for p in pages], dtype=np.int64)
     opened: list[Image.Image] | None = None
@@ -193,8 +200,7 @@ def embed_and_store(
             vectors = embedders.clip.embed_inputs(inputs("clip"))  # type: ignore[attr-defined]
         else:
             vectors = embedders.clip.embed_images(images())
-        stores.clip.add(ids, vectors)
-        records += _records(ids, "clip", embedders.clip, [1] * len(ids))
+        embedded.vectors["clip"] = (ids, vectors)
     if embedders.colpali is not None and stores.colpali is not None:
         if "colpali" in specs:
             multi = embedders.colpali.embed_inputs(inputs("colpali"))  # type: ignore[attr-defined]
@@ -204,15 +210,41 @@ def embed_and_store(
             from mmrag.index.compression import pool_tokens
 
             multi = pool_tokens(multi, pool_factor)
-        stores.colpali.add(ids.tolist(), multi)
-        records += _records(ids, "colpali", embedders.colpali, [len(m) for m in multi])
+        embedded.vectors["colpali"] = (ids, multi)
     if embedders.text is not None and stores.text is not None:
         with_text = [p for p in pages if p.text.strip()]
         if with_text:
             text_ids = np.array([p.page_id for p in with_text], dtype=np.int64)
-            stores.text.add(text_ids, embedders.text.embed_texts([p.text for p in with_text]))
-            records += _records(text_ids, "text", embedders.text, [1] * len(text_ids))
+            embedded.vectors["text"] = (text_ids, embedders.text.embed_texts([p.text for p in with_text]))
+    return embedded
+
+
+def store_vectors(embedders: Embedders, stores: CollectionStores, embedded: _Embedded) -> list[dict[str, Any]]:
+    """Add embedded vectors to their stores (durable at the next flush); returns the SQL rows that vouch for them."""
+    records: list[dict[str, Any]] = []
+    for name, (ids, vectors) in embedded.vectors.items():
+        if name == "colpali":
+            stores.colpali.add(ids.tolist(), vectors)
+            counts = [len(m) for m in vectors]
+        else:
+            getattr(stores, name).add(ids, vectors)
+            counts = [1] * len(ids)
+        records += _records(ids, name, getattr(embedders, name), counts)
     return records
+
+
+def embed_and_store(
+    embedders: Embedders,
+    stores: CollectionStores,
+    pages: Sequence[_PendingPage],
+    data_dir: Path,
+    *,
+    pool_factor: int = 1,
+    specs: dict[str, InputSpec] | None = None,
+) -> list[dict[str, Any]]:
+    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL rows to write."""
+    embedded = embed_pages(embedders, stores, pages, data_dir, pool_factor=pool_factor, specs=specs)
+    return store_vectors(embedders, stores, embedded)
 
 
 def _input_from_stored(data_dir: Path, relative: str | None, spec: InputSpec) -> Any:
@@ -233,22 +265,16 @@ def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int
     ]
 
 
-def _commit_batch(
-    services: Services,
-    stores: CollectionStores,
-    embedders: Embedders,
-    batch: _Batch,
-    specs: dict[str, InputSpec] | None = None,
+def _write_batch(
+    services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch, embedded: _Embedded
 ) -> None:
-    records = embed_and_store(
-        embedders, stores, batch.pages, services.data_dir,
-        pool_factor=services.settings.index.multivector_pool_factor, specs=specs,
-    )
+    """Vectors into the stores, the stores flushed, then one SQL transaction vouches for them."""
+    records = store_vectors(embedders, stores, embedded)
     stores.flush()  # vectors durable before SQL vouches for them
     with transaction(services.sessions) as session:
         # Bulk statements: one per table for the whole batch, not one per page or document.
         if records:
-            session.execute(insert(PageEmbedding), records)
+            session.connection().execute(insert(PageEmbedding.__table__), records)
         now = utcnow()
         if batch.document_ids:
             session.execute(
@@ -257,10 +283,11 @@ def _commit_batch(
                 .values(status=DocumentStatus.INDEXED, indexed_at=now, updated_at=now)
             )
         if batch.item_pages:
-            session.execute(
-                update(JobItem),
+            items = JobItem.__table__
+            session.connection().execute(
+                update(items).where(items.c.id == bindparam("item_id")),
                 [
-                    {"id": item_id, "state": ItemState.INDEXED, "document_id": document_id, "pages": pages,
+                    {"item_id": item_id, "state": ItemState.INDEXED, "document_id": document_id, "pages": pages,
                      "updated_at": now}
                     for item_id, (document_id, pages) in batch.item_pages.items()
                 ],
@@ -293,7 +320,7 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
             stores.flush()
             with transaction(services.sessions) as session:
                 if records:
-                    session.execute(insert(PageEmbedding), records)
+                    session.connection().execute(insert(PageEmbedding.__table__), records)
             repaired += len(chunk)
     return repaired
 
@@ -306,30 +333,58 @@ def _open_page_image(data_dir: Path, relative: str | None) -> Image.Image:
 
 
 class _Committer:
-    """Embeds and commits batches on a thread of its own, in order, so that the next batch is being decoded,
-    collated and written to SQL while this one runs on the device (torch releases the GIL inside its kernels).
+    """Embeds and commits batches behind the job's thread, in two stages with a thread each, in submission order:
 
-    Every change to the stores goes through here, in submission order: the stores are not thread-safe, and the
+        job thread ──batch──▶ embed thread (collate, copy to the device, forward) ──vectors──▶ write thread
+                                                               (store adds, flush, one SQL transaction)
+
+    so that while batch N runs on the device, batch N+1 is decoded and written to SQL by the job thread and
+    batch N-1's vectors are flushed and vouched for (torch, FAISS I/O and the database driver release the GIL).
+    Every change to the stores happens on the write thread, in order: the stores are not thread-safe, and the
     crash ordering (vectors flushed, then SQL vouches) holds per batch exactly as if it ran inline. At most
-    `depth` batches wait, which bounds memory; an error stops the job at the next submit or at close.
+    `depth` batches wait at each stage, which bounds memory; an error stops the job at the next submit or at close.
     """
 
-    def __init__(self, work: Callable[[_Batch], None], stores: CollectionStores, *, depth: int = 2) -> None:
-        self._work = work
+    def __init__(
+        self,
+        embed: Callable[[_Batch], _Embedded],
+        write: Callable[[_Batch, _Embedded], None],
+        stores: CollectionStores,
+        *,
+        depth: int = 2,
+    ) -> None:
+        self._embed = embed
+        self._write = write
         self._stores = stores
-        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self._to_embed: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self._to_write: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mmrag-embed", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run_embed, name="mmrag-embed", daemon=True),
+            threading.Thread(target=self._run_write, name="mmrag-write", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
-        while (task := self._queue.get()) is not None:
+    def _run_embed(self) -> None:
+        while (task := self._to_embed.get()) is not None:
+            kind, payload = task
+            if self._error is None and kind == "batch":
+                try:
+                    task = ("batch", (payload, self._embed(payload)))
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
+                    self._error = exc
+            self._to_write.put(task)  # removals pass through, keeping their order among the batches
+        self._to_write.put(None)
+
+    def _run_write(self) -> None:
+        while (task := self._to_write.get()) is not None:
             if self._error is not None:
-                continue  # drain without working, so submit never blocks on a dead consumer
+                continue  # drain without working, so no stage blocks on a dead consumer
             kind, payload = task
             try:
                 if kind == "batch":
-                    self._work(payload)
+                    self._write(*payload)
                 else:
                     self._stores.remove(payload)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
@@ -341,17 +396,18 @@ class _Committer:
 
     def submit(self, batch: _Batch) -> None:
         self._raise_if_failed()
-        self._queue.put(("batch", batch))
+        self._to_embed.put(("batch", batch))
 
     def remove(self, page_ids: list[int]) -> None:
         """Drop vectors of pages SQL already forgot (durable at the next flush)."""
         self._raise_if_failed()
-        self._queue.put(("remove", page_ids))
+        self._to_embed.put(("remove", page_ids))
 
     def close(self) -> None:
         """Wait for every submitted batch; raises the first error any of them met."""
-        self._queue.put(None)
-        self._thread.join()
+        self._to_embed.put(None)
+        for thread in self._threads:
+            thread.join()
         self._raise_if_failed()
 
 
@@ -577,8 +633,12 @@ def _process_items(
     specs = input_specs(embedders, services.data_dir)
     spec_names = list(specs)
     spec_values = tuple(specs.values())
+    pool_factor = settings.index.multivector_pool_factor
     committer = _Committer(
-        lambda batch: _commit_batch(services, stores, embedders, batch, specs), stores,
+        lambda batch: embed_pages(embedders, stores, batch.pages, services.data_dir, pool_factor=pool_factor,
+                                  specs=specs),
+        lambda batch, embedded: _write_batch(services, stores, embedders, batch, embedded),
+        stores,
         depth=settings.ingest.batches_ahead,
     )
     # (item id, future, document id, load_file arguments, pool generation)
@@ -782,16 +842,17 @@ def _decide_chunk(
             else:
                 slow.append((item_id, path, size, mtime, sha))
         if fresh:
-            document_ids = session.scalars(
-                insert(Document).returning(Document.id, sort_by_parameter_order=True),
+            documents_table = Document.__table__
+            document_ids = session.connection().scalars(
+                insert(documents_table).returning(documents_table.c.id, sort_by_parameter_order=True),
                 [
                     {"collection_id": collection_id, "sha256": sha, "kind": "unknown", "mime": "", "size_bytes": size,
                      "status": DocumentStatus.PENDING, "user_metadata": {}, "created_at": now, "updated_at": now}
                     for _, _, size, _, sha in fresh
                 ],
             ).all()
-            session.execute(
-                insert(DocumentPath),
+            session.connection().execute(
+                insert(DocumentPath.__table__),
                 [
                     {"collection_id": collection_id, "document_id": document_id, "path": path, "size_bytes": size,
                      "mtime": mtime, "first_seen": now, "last_seen": now}
@@ -842,12 +903,14 @@ def _write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> li
     if not loaded:
         return []
     with transaction(services.sessions) as session:
-        session.execute(
-            update(Document),
-            [{"id": document_id, "kind": file.kind, "mime": file.mime, "page_count": len(file.pages)}
+        now = utcnow()
+        documents = Document.__table__
+        session.connection().execute(
+            update(documents).where(documents.c.id == bindparam("document_id")),
+            [{"document_id": document_id, "kind": file.kind, "mime": file.mime, "page_count": len(file.pages),
+              "updated_at": now}
              for document_id, file in loaded],
         )
-        now = utcnow()
         rows = [
             {"document_id": document_id, "page_number": page.page_number, "width": page.width,
              "height": page.height, "image_path": page.image_path, "text": page.text,
@@ -855,7 +918,9 @@ def _write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> li
             for document_id, file in loaded
             for page in file.pages
         ]
-        ids = list(session.scalars(insert(Page).returning(Page.id, sort_by_parameter_order=True), rows)) if rows else []
+        pages = Page.__table__
+        returning = insert(pages).returning(pages.c.id, sort_by_parameter_order=True)
+        ids = list(session.connection().scalars(returning, rows)) if rows else []
     result: list[list[int]] = []
     start = 0
     for _, file in loaded:
