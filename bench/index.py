@@ -60,7 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pages-per-pdf", type=int, default=8, help="pages of each PDF file")
     parser.add_argument("--model", default="ViT-B-32", help="clip: open_clip architecture, random-init")
     parser.add_argument("--batch", type=int, default=None, help="pages per forward (default: 512 clip, 16 colpali)")
-    parser.add_argument("--commit-pages", type=int, default=None, help="pages per SQL commit (default: --batch)")
+    parser.add_argument("--commit-pages", type=int, default=None,
+                        help="pages per commit of vectors + SQL (default: 4 x --batch)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="decode/render worker processes")
     parser.add_argument("--raw-pages", type=int, default=None, help="pages the raw forward runs (default: corpus)")
     parser.add_argument("--out", type=Path, default=None)
@@ -68,7 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.batch is None:
         args.batch = 512 if args.kind == "clip" else 16
     if args.commit_pages is None:
-        args.commit_pages = args.batch
+        # Each commit flushes the stores (the FAISS file is rewritten whole): several forwards per commit.
+        args.commit_pages = args.batch * 4
     if args.out is None:
         args.out = RESULTS / f"index-{args.kind}{'-tiny' if args.tiny else ''}.json"
     if args.kind == "clip" and args.images == 0:

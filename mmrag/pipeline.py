@@ -29,7 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
 from mmrag.ingest import check_ocr, discover
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
-from mmrag.ingest.worker import LoadedFile, load_file, warm_up
+from mmrag.ingest.worker import FileFailure, LoadedFile, load_file, load_files, warm_up
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -47,6 +47,8 @@ from mmrag.store.models import Document, DocumentPath, Job, JobItem, Page, PageE
 from mmrag.types import DocumentStatus, ItemState, JobState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -478,14 +480,14 @@ class _Loader:
             self._pool = self._new_pool(self.workers)
             self.generation += 1
 
-    def run_alone(self, fn: Callable[..., LoadedFile], *args: object) -> LoadedFile:
-        """Run one file in a process of its own, so that if it kills its worker again, nothing else is lost."""
+    def run_alone(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` in a process of its own, so that if it kills its worker again, nothing else is lost."""
         with self._new_pool(1) as pool:
             return pool.submit(fn, *args).result()
 
-    def submit(self, fn: Callable[..., LoadedFile], *args: object) -> Future[LoadedFile]:
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         if self._pool is None:
-            future: Future[LoadedFile] = Future()
+            future: Future[T] = Future()
             try:
                 future.set_result(fn(*args))
             except Exception as exc:  # noqa: BLE001 - handed to the caller through the future, like a pool would
@@ -641,8 +643,11 @@ def _process_items(
         stores,
         depth=settings.ingest.batches_ahead,
     )
-    # (item id, future, document id, load_file arguments, pool generation)
-    in_flight: deque[tuple[int, Future[LoadedFile], int, tuple[object, ...], int]] = deque()
+    data_dir = str(services.data_dir.resolve())
+    # One worker task carries several small files: the pool costs the main process ~0.1 ms of GIL per task
+    # (queueing, pickling, waking threads), as much as everything else it does for a photo.
+    in_flight: deque[tuple[list[_File], Future[list[LoadedFile | FileFailure]], int]] = deque()
+    task: list[_File] = []
     loading: set[int] = set()  # documents whose file a worker holds
     waiting_on: dict[int, list[int]] = {}  # document id → items that are its duplicates in this job
     batch = _Batch()
@@ -655,31 +660,49 @@ def _process_items(
             repository.set_items(session, [item_id], state=state, document_id=document_id, error=error, pages=pages)
         progress.advance(1, pages)
 
-    def drain_one() -> None:
-        item_id, future, document_id, args, generation = in_flight.popleft()
-        try:
-            try:
-                loaded = future.result()
-            except BrokenProcessPool:
-                # Every file the dead pool held lands here; each is retried alone, so only the culprit fails.
-                loader.replace_broken_pool(generation)
-                loaded = loader.run_alone(load_file, *args)
-        except BrokenProcessPool:
-            reason = f"{args[0]}: the worker process died decoding this file (a crash in a decoder, or out of memory)"
-        except InputError as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job; the reason is kept
-            log.exception("unexpected error loading item %s", item_id)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-        else:
-            accept(item_id, document_id, loaded)
+    def send_task() -> None:
+        nonlocal task
+        if not task:
             return
-        finally:
-            loading.discard(document_id)
-        _fail_document(services, document_id, reason)
-        finish(item_id, ItemState.FAILED, document_id=document_id, error=reason)
-        for dup in waiting_on.pop(document_id, []):
-            finish(dup, ItemState.FAILED, document_id=document_id, error=reason)
+        while len(in_flight) >= loader.limit:
+            drain_one()
+        files = [(file.path, file.sha256) for file in task]
+        # load_file is looked up here, not bound at import: tests swap in one that crashes its worker
+        future = loader.submit(load_files, files, settings.ingest, data_dir, spec_values, load_file)
+        in_flight.append((task, future, loader.generation))
+        task = []
+
+    def drain_one() -> None:
+        files, future, generation = in_flight.popleft()
+        try:
+            results = future.result()
+        except BrokenProcessPool:
+            # Every task the dead pool held lands here; each file is retried alone, so only the culprit fails.
+            loader.replace_broken_pool(generation)
+            results = [load_alone(file) for file in files]
+        except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot cross the pipe; the job goes on
+            log.exception("unexpected error in a worker task")
+            results = [FileFailure(f"internal error: {type(exc).__name__}: {exc}") for _ in files]
+        for file, result in zip(files, results, strict=True):
+            loading.discard(file.document_id)
+            if isinstance(result, LoadedFile):
+                accept(file.item_id, file.document_id, result)
+                continue
+            _fail_document(services, file.document_id, result.reason)
+            finish(file.item_id, ItemState.FAILED, document_id=file.document_id, error=result.reason)
+            for dup in waiting_on.pop(file.document_id, []):
+                finish(dup, ItemState.FAILED, document_id=file.document_id, error=result.reason)
+
+    def load_alone(file: _File) -> LoadedFile | FileFailure:
+        """Run one file in a process of its own, so that if it kills its worker again, nothing else is lost."""
+        try:
+            [result] = loader.run_alone(load_files, [(file.path, file.sha256)], settings.ingest, data_dir,
+                                        spec_values, load_file)
+        except BrokenProcessPool:
+            return FileFailure(
+                f"{file.path}: the worker process died decoding this file (a crash in a decoder, or out of memory)"
+            )
+        return result
 
     def accept(item_id: int, document_id: int, loaded: LoadedFile) -> None:
         nonlocal batch_pages, pages_indexed
@@ -707,7 +730,7 @@ def _process_items(
         committer.submit(batch)
         batch, batch_pages = _Batch(), 0
 
-    chunk_size = max(64, 2 * loader.limit)
+    chunk_size = max(256, 2 * loader.limit)
     try:
         with ThreadPoolExecutor(max(1, min(8, settings.ingest.workers)), thread_name_prefix="mmrag-hash") as hasher:
             for start in range(0, len(items), chunk_size):
@@ -731,13 +754,11 @@ def _process_items(
                         else:
                             finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
                         continue
-                    while len(in_flight) >= loader.limit:
-                        drain_one()
-                    args = (path_str, decision.sha256, settings.ingest, str(services.data_dir.resolve()), spec_values)
                     loading.add(decision.document_id)
-                    in_flight.append(
-                        (item_id, loader.submit(load_file, *args), decision.document_id, args, loader.generation)
-                    )
+                    task.append(_File(item_id, decision.document_id, path_str, decision.sha256))
+                    if decision.size > SMALL_FILE_BYTES or len(task) >= FILES_PER_TASK:
+                        send_task()  # a large file (a PDF of many pages) travels alone
+                send_task()
         while in_flight:
             drain_one()
         if batch.loaded or batch.duplicate_item_ids:
@@ -749,6 +770,18 @@ def _process_items(
         finally:
             committer.close()
     return pages_indexed
+
+
+FILES_PER_TASK = 16
+SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
+
+
+@dataclass(frozen=True)
+class _File:
+    item_id: int
+    document_id: int
+    path: str
+    sha256: str
 
 
 def _named_inputs(names: list[str], inputs: tuple[Any, ...]) -> dict[str, Any]:
@@ -763,6 +796,7 @@ class _Decision:
     error: str | None = None
     waits_for: int | None = None  # a document being indexed in this very job
     removed_pages: tuple[int, ...] = ()  # pages of the document a changed file used to hold
+    size: int = 0  # bytes, for files to load
 
 
 def _hash_file(path: str) -> tuple[str | None, str | None]:
@@ -859,8 +893,8 @@ def _decide_chunk(
                     for (_, path, size, mtime, _), document_id in zip(fresh, document_ids, strict=True)
                 ],
             )
-            for (item_id, _, _, _, sha), document_id in zip(fresh, document_ids, strict=True):
-                decisions[item_id] = _Decision(None, document_id, sha)
+            for (item_id, _, size, _, sha), document_id in zip(fresh, document_ids, strict=True):
+                decisions[item_id] = _Decision(None, document_id, sha, size=size)
         for item_id, path, size, mtime, sha in slow:
             decisions[item_id] = _decide(session, collection_id, path, size, mtime, sha)
     return decisions
@@ -886,7 +920,7 @@ def _decide(session: Session, collection_id: int, path: str, size: int, mtime: f
     document.status = DocumentStatus.PENDING  # also revives a deleted document with these bytes
     document.error = None
     removed = _attach_path(session, collection_id, document, path, size, mtime)
-    return _Decision(None, document.id, sha256, removed_pages=tuple(removed))
+    return _Decision(None, document.id, sha256, removed_pages=tuple(removed), size=size)
 
 
 def _fail_document(services: Services, document_id: int, reason: str) -> None:

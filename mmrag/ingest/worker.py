@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,37 @@ class LoadedFile:
     kind: str
     mime: str
     pages: list[StoredPage]
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """Why one file of a worker task could not be loaded (the task's other files go on)."""
+
+    reason: str
+
+
+def load_files(
+    files: list[tuple[str, str]],
+    settings: IngestSettings,
+    data_dir: str,
+    inputs: tuple[InputSpec, ...] = (),
+    load: Callable[..., LoadedFile] | None = None,
+) -> list[LoadedFile | FileFailure]:
+    """Worker-process entry for several (path, sha256) files: each file's result or failure, in order.
+
+    `load` is load_file unless a caller swaps in another with its signature (tests crash a worker with one).
+    """
+    load = load or load_file
+    results: list[LoadedFile | FileFailure] = []
+    for path, sha256 in files:
+        try:
+            results.append(load(path, sha256, settings, data_dir, inputs))
+        except InputError as exc:
+            results.append(FileFailure(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not fail the others; the reason is kept
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            results.append(FileFailure(f"internal error: {detail}"))
+    return results
 
 
 def warm_up(modules: tuple[str, ...]) -> None:
