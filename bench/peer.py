@@ -6,6 +6,11 @@ torchvision==0.24.1`). Both index the same folder (JPEG photos + a PDF) and answ
 table shows index time, query time and their sum, and mmrag's speed-up. The model is a tiny random-init
 ColQwen2 saved to a checkpoint directory both load: this measures the systems around the model, not quality.
 byaldi loads it in bfloat16 (its fixed choice), mmrag in float32 on CPU (ours).
+
+On a GPU machine, `--device cuda --model colqwen2-2b-shape --pdf-pages 0` runs both on a real-size random-init
+ColQwen2 (Qwen2-VL-2B shape, bfloat16 for both) over JPEGs only: byaldi renders PDFs with poppler, which that
+machine lacks. Install byaldi there from wheels (byaldi, srsly, catalogue) beside mmrag's and pass
+`--byaldi-python python3`.
 """
 
 from __future__ import annotations
@@ -42,19 +47,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pdf-pages", type=int, default=20)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for both systems")
+    parser.add_argument("--model", choices=["tiny", "colqwen2-2b-shape"], default="tiny")
+    parser.add_argument("--batch", type=int, default=4, help="mmrag's embedding batch (byaldi embeds one at a time)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
-def run_mmrag(model_dir: Path, corpus: Path, queries: list[str], work: Path, workers: int) -> dict:
+def save_model(args: argparse.Namespace, work: Path) -> Path:
+    """The checkpoint both systems load. byaldi picks its model class by substring of the path: say colqwen2."""
+    if args.model == "tiny":
+        return save_tiny_colqwen2(work / "tiny-colqwen2")
+    from bench.index import build_colpali
+
+    directory = work / "colqwen2-2b-shape"
+    embedder = build_colpali(args.batch, args.device)
+    embedder.model.save_pretrained(directory)
+    embedder.processor.save_pretrained(directory)
+    del embedder
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return directory
+
+
+def run_mmrag(model_dir: Path, corpus: Path, queries: list[str], work: Path, args: argparse.Namespace) -> dict:
     began = time.perf_counter()
-    colpali = load_colpali(str(model_dir), device="cpu")
+    colpali = load_colpali(str(model_dir), device=args.device, batch_size=args.batch)
     load_s = time.perf_counter() - began
     settings = Settings(
         data_dir=work / "mmrag-data",
         database=DatabaseSettings(url=f"sqlite:///{work / 'mmrag.db'}"),
         embedders=EmbedderSettings(profile="default"),
-        ingest=IngestSettings(workers=workers, ocr="never"),
+        ingest=IngestSettings(workers=args.workers, ocr="never"),
+        batch_pages=max(args.batch, 16),
     )
     embedders = Embedders(colpali=colpali, off={"clip": "peer bench", "text": "peer bench"}, meaningless=True)
     services = build_services(settings, embedders=embedders)
@@ -79,25 +104,24 @@ def main(argv: list[str]) -> int:
     try:
         corpus = work / "corpus"
         make_corpus(corpus, args.images, args.pdf_pages, flat=True)
-        # byaldi picks its model class by substring of the path, so the directory name must say colqwen2.
-        model_dir = save_tiny_colqwen2(work / "tiny-colqwen2")
+        model_dir = save_model(args, work)
         queries = [f"query {i}: total amount on the invoice page {i % 17}" for i in range(args.queries)]
         queries_file = work / "queries.json"
         queries_file.write_text(json.dumps(queries))
         proc = subprocess.run(
             [str(args.byaldi_python), str(REPO / "bench" / "byaldi_peer_run.py"), str(model_dir), str(corpus),
-             str(queries_file), str(work / "byaldi-index")],
+             str(queries_file), str(work / "byaldi-index"), args.device],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
             console.print(f"[red]byaldi failed:[/]\n{proc.stderr[-3000:]}")
             return 1
         byaldi = json.loads(proc.stdout.strip().splitlines()[-1])
-        ours = run_mmrag(model_dir, corpus, queries, work, args.workers)
+        ours = run_mmrag(model_dir, corpus, queries, work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = Table(title=f"byaldi vs mmrag · tiny random-init ColQwen2 · {args.images} JPEGs + {args.pdf_pages}-page PDF"
-                        f" · {args.queries} queries · cpu")
+    table = Table(title=f"byaldi vs mmrag · {args.model} random-init ColQwen2 · {args.images} JPEGs + "
+                        f"{args.pdf_pages} PDF pages · {args.queries} queries · {args.device}")
     for column in ("system", "pages", "index s", "queries s", "index + queries s"):
         table.add_column(column, justify="right")
     for name, row in (("byaldi 0.0.7", byaldi), ("mmrag", ours)):
@@ -110,7 +134,8 @@ def main(argv: list[str]) -> int:
     report = {
         "benchmark": "peer",
         "when": datetime.now(UTC).isoformat(),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "byaldi": byaldi,
         "mmrag": ours,
