@@ -75,12 +75,14 @@ class IndexSettings(BaseModel):
     multivector_shard_rows: int = Field(4_000_000, ge=1024)  # token rows per memory-mapped shard
     # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned).
     compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
-    # exact: MaxSim over every stored token. candidates: FAISS over 8 centroids per page picks this many
-    # candidates, exact MaxSim reranks them (python -m bench search measures recall@10 against exact).
+    # exact: MaxSim over every stored token (the fused kernel on CUDA). candidates: MaxSim over 8 centroids per
+    # page (FAISS HNSW beyond 250k pages on CPU) picks this many candidates, exact MaxSim reranks them
+    # (python -m bench search / bench gpu measure recall@10 against exact).
     multivector_search: Literal["exact", "candidates"] = "exact"
     multivector_candidates: int = Field(512, ge=1)
     # Merge similar page tokens before storing (colpali-engine hierarchical pooling): ~1/factor of the tokens.
-    # bench search: factor 4 keeps nDCG@10 0.987 of exact at ~64 KB/page in fp16 (256 KB unpooled).
+    # bench search: factor 4 keeps nDCG@10 0.987 of exact at 64.2 KiB/page in fp16, factor 5 0.985 at 51.5 KiB
+    # (257.5 KiB unpooled).
     multivector_pool_factor: int = Field(1, ge=1, le=16)
 
 
