@@ -30,6 +30,10 @@ class IngestSettings(BaseModel):
     # Text lines shorter than this (pixels) are enlarged to it before OCR; 0 OCRs images at their own size.
     ocr_line_height: int = Field(32, ge=0, le=200)
     workers: int = Field(2, ge=0)  # decode/render/OCR worker processes; 0 runs them inline
+    # Where the ColPali processor makes a page's model input: in the workers (they then import colpali-engine,
+    # seconds per fork server) or in this process from the stored page image. auto: workers when the models run
+    # on CUDA, where this process must keep the GPU fed; here otherwise, so small CPU jobs start at once.
+    colpali_inputs_in_workers: Literal["auto", "always", "never"] = "auto"
     # Batches that may wait for the embedding thread while the next one is decoded and written to SQL.
     batches_ahead: int = Field(2, ge=1)
     page_image_max_side: int = Field(2048, ge=64)  # stored page image is downscaled to this

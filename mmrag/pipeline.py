@@ -36,6 +36,8 @@ from PIL import Image
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from mmrag.config import Settings
+from mmrag.embedders.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
 from mmrag.ingest import check_ocr, discover
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
@@ -145,8 +147,17 @@ class _Batch:
     loaded: list[tuple[int, LoadedFile]] = field(default_factory=list)  # (document id, file) whose pages await SQL
 
 
-def input_specs(embedders: Embedders, data_dir: Path) -> dict[str, InputSpec]:
-    """Retriever → what the workers should make for its embedder, for embedders that take prepared inputs."""
+def colpali_inputs_in_workers(settings: Settings) -> bool:
+    """Whether workers run the ColPali processor (see IngestSettings.colpali_inputs_in_workers)."""
+    choice = settings.ingest.colpali_inputs_in_workers
+    if choice == "auto":
+        return is_cuda_device(resolve_device(settings.embedders.device))
+    return choice == "always"
+
+
+def input_specs(embedders: Embedders, data_dir: Path, *, colpali: bool = True) -> dict[str, InputSpec]:
+    """Retriever → what the workers should make for its embedder, for embedders that take prepared inputs;
+    `colpali=False` leaves ColPali's inputs to this process (made from the stored page image)."""
     specs: dict[str, InputSpec] = {}
     clip_spec = getattr(embedders.clip, "input_spec", None)
     if clip_spec is not None and hasattr(embedders.clip, "embed_inputs"):
@@ -154,7 +165,7 @@ def input_specs(embedders: Embedders, data_dir: Path) -> dict[str, InputSpec]:
         if spec is not None:
             specs["clip"] = spec
     colpali_spec = getattr(embedders.colpali, "input_spec", None)
-    if colpali_spec is not None and hasattr(embedders.colpali, "embed_inputs"):
+    if colpali and colpali_spec is not None and hasattr(embedders.colpali, "embed_inputs"):
         specs["colpali"] = colpali_spec(data_dir.resolve())
     return specs
 
@@ -300,7 +311,7 @@ def _write_batch(
 def repair(services: Services, collection_id: int, stores: CollectionStores, embedders: Embedders) -> int:
     """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images."""
     repaired = 0
-    specs = input_specs(embedders, services.data_dir)
+    specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(services.settings))
     for name in embedders.on():
         with services.sessions() as session:
             missing = repository.pages_missing_embedding(session, collection_id, name)
@@ -566,7 +577,8 @@ def _run_locked(
 ) -> JobReport:
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
     # the models and recovers the stores.
-    warm = ["colpali_engine.models"] if services.settings.embedders.colpali.enabled else []
+    colpali_prep = services.settings.embedders.colpali.enabled and colpali_inputs_in_workers(services.settings)
+    warm = ["colpali_engine.models"] if colpali_prep else []
     loader = _Loader(services.settings.ingest.workers, warm_modules=warm)
     try:
         with transaction(services.sessions) as session:
@@ -643,7 +655,7 @@ def _process_items(
     loader: _Loader,
 ) -> int:
     settings = services.settings
-    specs = input_specs(embedders, services.data_dir)
+    specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(settings))
     spec_names = list(specs)
     spec_values = tuple(specs.values())
     pool_factor = settings.index.multivector_pool_factor

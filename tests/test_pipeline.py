@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
@@ -278,6 +279,7 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inputs.db'}")
     settings.ingest.workers = 2
+    settings.ingest.colpali_inputs_in_workers = "always"  # as on CUDA; on CPU "auto" makes them here
     services = build_services(settings, embedders=tiny_embedders)
     try:
         corpus = tmp_path / "corpus"
@@ -379,3 +381,47 @@ def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
         assert_stores_agree_with_sql(services)
     finally:
         services.close()
+
+
+def test_colpali_inputs_are_made_in_workers_only_where_the_gpu_needs_feeding(tmp_path: Path) -> None:
+    """auto: workers run the ColPali processor (and import colpali-engine) only when the models run on CUDA; on
+    a CPU the job starts at once and the embedding thread makes the inputs from the stored page images."""
+    from mmrag.pipeline import colpali_inputs_in_workers
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'choice.db'}")
+    settings.embedders.device = "cpu"
+    assert colpali_inputs_in_workers(settings) is False
+    settings.ingest.colpali_inputs_in_workers = "always"
+    assert colpali_inputs_in_workers(settings) is True
+    settings.ingest.colpali_inputs_in_workers = "never"
+    settings.embedders.device = "auto"
+    assert colpali_inputs_in_workers(settings) is False
+
+
+@pytest.mark.parametrize("where", ["always", "never"])
+def test_colpali_vectors_do_not_depend_on_where_inputs_are_made(
+    tmp_path: Path, tiny_embedders: Embedders, where: str
+) -> None:
+    """The same pages give the same ColPali vectors whether workers or this process ran the processor."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / f'{where}.db'}")
+    settings.ingest.workers = 1
+    settings.ingest.colpali_inputs_in_workers = where  # type: ignore[assignment]
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        make_corpus(corpus, images=2, pdfs=1)
+        report = run_index(services, [corpus])
+        store = services.stores(1).colpali
+        assert report.counts["failed"] == 0 and report.pages_indexed == len(store) >= 3
+        for page_id in store.ids():
+            [tokens] = tiny_embedders.colpali.embed_images(
+                [Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")]
+            )
+            np.testing.assert_allclose(store.tokens(int(page_id)).astype(np.float32), tokens, atol=2e-3)
+    finally:
+        services.close()
+
+
+def _image_path(services, page_id: int) -> str:  # noqa: ANN001
+    with services.sessions() as session:
+        return session.execute(select(Page.image_path).where(Page.id == page_id)).scalar_one()
