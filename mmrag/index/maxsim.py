@@ -20,14 +20,11 @@ The torch path (CPU, or CUDA without Triton) never materialises more than `chunk
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
@@ -56,7 +53,8 @@ def _kernel():  # type: ignore[no-untyped-def]
     return maxsim_kernel
 
 
-# (BLOCK_T, num_warps, STAGES): chosen by `python -m bench gpu` on an H200 (see the README's performance section).
+# (BLOCK_T, num_warps, STAGES). `python -m bench gpu` swept 10 configs on an H200, 100k pages: 5.77-7.15 ms; this
+# one ran 5.87 ms, within run-to-run noise of the best.
 DEFAULT_CONFIG = (64, 4, 3)
 
 
