@@ -215,8 +215,7 @@ class ShardedMultiVectorStore:
                 for shard, rows in shards_before:
                     shard.rows = rows
                 del self._shards[len(shards_before) :]
-                self._plan = None
-                self._resident, self._resident_refused = None, False
+                self._forget_layout()
                 raise
             # Rows are on disk; only now does the table point at them.
             for page_id, _ in pages:
@@ -369,8 +368,7 @@ class ShardedMultiVectorStore:
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / shard_file_name(serial)).unlink()
             fsync_dir(self.directory)
-            self._plan = None
-            self._resident, self._resident_refused = None, False
+            self._forget_layout()
             new_bytes = sum(shard.rows for shard in new_shards) * self._row_bytes
             log.info(
                 "compacted %s: dropped %d tombstoned pages, %d -> %d bytes", self.directory, dead, old_bytes, new_bytes
@@ -556,6 +554,10 @@ class ShardedMultiVectorStore:
 
     def _changed(self) -> None:
         self._dirty = True
+        self._forget_layout()
+
+    def _forget_layout(self) -> None:
+        """Drop what is derived from the table and shards: the chunk plan and the device-resident rows."""
         self._plan = None
         self._resident, self._resident_refused = None, False
 
@@ -569,8 +571,7 @@ class ShardedMultiVectorStore:
         shard = _Shard(serial=self._next_serial, rows=0)
         self._next_serial += 1
         self._shards.append(shard)
-        self._plan = None
-        self._resident, self._resident_refused = None, False
+        self._forget_layout()
         return shard
 
     def _write_pages(self, pages: list[tuple[int, np.ndarray]]) -> np.ndarray:
