@@ -486,9 +486,10 @@ class _Loader:
         self._context = _worker_context(warm_modules)
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
         if self._pool is not None and warm_modules:
-            # Start every worker now and have it import what its first page will need (colpali-engine takes
-            # seconds), while the main process loads the models and recovers the stores. A warm-up that fails
-            # only means the first file pays for the import.
+            # Start every worker now, while the main process loads the models and recovers the stores. The fork
+            # server imported `warm_modules` once, unless it was started earlier in this process with another
+            # list (or spawn is used): then each worker imports them here. A warm-up that fails only means the
+            # first file pays for the import.
             for _ in range(workers):
                 self._pool.submit(warm_up, tuple(warm_modules))
 
