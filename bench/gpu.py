@@ -21,6 +21,7 @@ measurement). The kernel on CPU exists only in Triton's interpreter, so CPU figu
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -113,10 +114,6 @@ def centroid_rows(rows: torch.Tensor, n_pages: int, tokens: int, per_page: int =
     return out
 
 
-def kernel(rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    return maxsim_packed(rows, starts, lengths, queries)
-
-
 # ---------------------------------------------------------------------------------------------------- sections
 
 
@@ -165,15 +162,15 @@ def bench_exact(args: argparse.Namespace, dev: torch.device, read_tbps: float | 
             similarity = torch.einsum("qd,ptd->ptq", queries[i], pages3)  # materialised (pages, tokens, q) fp16
             return similarity.amax(dim=1).float().sum(dim=1)
 
-        counter = iter(range(10**9))
-        naive_ms = timed(lambda: naive(next(counter) % len(queries)), min(args.queries, 20))
-        counter = iter(range(10**9))
-        single = timed(lambda: kernel(rows, starts, lengths, packed[next(counter) % len(packed)][None]), args.queries)
-        batch = timed(lambda: kernel(rows, starts, lengths, packed[:32]), 5)
+        order = itertools.cycle(range(len(queries)))
+        naive_ms = timed(lambda: naive(next(order)), min(args.queries, 20))
+        each = itertools.cycle(packed)
+        single = timed(lambda: maxsim_packed(rows, starts, lengths, next(each)[None]), args.queries)
+        batch = timed(lambda: maxsim_packed(rows, starts, lengths, packed[:32]), 5)
         # Agreement: kernel vs the einsum in float32 on a few queries, and the same top-10.
         diffs, same_top = [], []
         for i in range(4):
-            ours = kernel(rows, starts, lengths, packed[i][None])[:, 0]
+            ours = maxsim_packed(rows, starts, lengths, packed[i][None])[:, 0]
             chunked = torch.cat([
                 torch.einsum("qd,ptd->ptq", queries[i].float(), pages3[a : a + 2000].float()).amax(dim=1).sum(dim=1)
                 for a in range(0, n_pages, 2000)
@@ -206,15 +203,15 @@ def scalable_at(rows, n_pages, tokens, packed, candidate_counts, n_queries, *, l
     build_s = time.perf_counter() - began
     starts, lengths = page_layout(n_pages, tokens, dev)
     queries = packed[:n_queries]
-    truth = [kernel(rows, starts, lengths, q[None])[:, 0].topk(10).indices for q in queries]
-    exhaustive = timed(lambda: kernel(rows, starts, lengths, queries[0][None])[:, 0].topk(10), n_queries)
+    truth = [maxsim_packed(rows, starts, lengths, q[None])[:, 0].topk(10).indices for q in queries]
+    exhaustive = timed(lambda: maxsim_packed(rows, starts, lengths, queries[0][None])[:, 0].topk(10), n_queries)
     result: dict = {f"{label}_centroid_build_s": build_s, f"{label}_exhaustive_p50_ms": p(exhaustive, 50),
                     f"{label}_exhaustive_p95_ms": p(exhaustive, 95), f"{label}_candidates": []}  # fmt: skip
 
     def search(q: torch.Tensor, count: int) -> torch.Tensor:
         approx = maxsim_fixed(cents, 8, q[None])[:, 0]  # as PooledCandidateIndex's exhaustive mode
         chosen = approx.topk(min(count, n_pages)).indices
-        exact = kernel(rows, starts[chosen], lengths[chosen], q[None])[:, 0]
+        exact = maxsim_packed(rows, starts[chosen], lengths[chosen], q[None])[:, 0]
         return chosen[exact.topk(min(10, len(chosen))).indices]
 
     for count in candidate_counts:
@@ -223,8 +220,8 @@ def scalable_at(rows, n_pages, tokens, packed, candidate_counts, n_queries, *, l
         recall = statistics.mean(
             len(set(search(q, count).tolist()) & set(t.tolist())) / 10 for q, t in zip(queries, truth, strict=True)
         )
-        counter = iter(range(10**9))
-        lat = timed(lambda count=count: search(queries[next(counter) % len(queries)], count), n_queries)
+        each = itertools.cycle(queries)
+        lat = timed(lambda count=count, each=each: search(next(each), count), n_queries)
         result[f"{label}_candidates"].append({"candidates": count, "recall_at_10": recall, "p50_ms": p(lat, 50),
                                               "p95_ms": p(lat, 95)})  # fmt: skip
     del cents
@@ -250,8 +247,8 @@ def bench_store(args: argparse.Namespace, dev: torch.device) -> dict:
         began = time.perf_counter()
         store.search(queries[0], 10)
         first_s = time.perf_counter() - began  # builds the resident copy
-        counter = iter(range(10**9))
-        lat = timed(lambda: store.search(queries[next(counter) % len(queries)], 10), args.queries)
+        each = itertools.cycle(queries)
+        lat = timed(lambda: store.search(next(each), 10), args.queries)
         hits = [store.search(q, 10)[0].page_id == int(t) + 1 for q, t in zip(queries, targets, strict=True)]
         store.close()
     return {"pages": args.store_pages, "kernel": store.kernel, "write_s": write_s, "first_search_s": first_s,
@@ -280,8 +277,8 @@ def bench_clip(args: argparse.Namespace, dev: torch.device) -> list[dict]:
     for n in args.clip_sizes:
         vectors = torch.nn.functional.normalize(torch.randn(n, 512, device=dev), dim=1).half()
         queries = torch.nn.functional.normalize(torch.randn(args.queries, 512, device=dev), dim=1).half()
-        counter = iter(range(10**9))
-        lat = timed(lambda: (vectors @ queries[next(counter) % len(queries)]).topk(10), args.queries)
+        each = itertools.cycle(queries)
+        lat = timed(lambda: (vectors @ next(each)).topk(10), args.queries)
         out.append({"vectors": n, "p50_ms": p(lat, 50), "p95_ms": p(lat, 95), "GB": n * 512 * 2 / 1e9})
         del vectors
     return out
