@@ -73,3 +73,18 @@ def engine(database_url: str) -> Iterator[Engine]:
 def tiny_embedders() -> Embedders:
     """Built once per run: the tiny-random profile's real model code with seeded random weights."""
     return load_embedders(Settings(embedders=EmbedderSettings(profile="tiny-random")))
+
+
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
+    """Point the `mmrag` CLI at tmp_path and this database, with tiny models, inline workers, no OCR."""
+    from indexer import cli
+
+    monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MMRAG_DATABASE__URL", database_url)
+    monkeypatch.setenv("MMRAG_EMBEDDERS__PROFILE", "tiny-random")
+    monkeypatch.setenv("MMRAG_INGEST__WORKERS", "0")
+    monkeypatch.setenv("MMRAG_INGEST__OCR", "never")
+    # wide enough that tables never shorten a path
+    monkeypatch.setattr(cli.console, "width", 300)
+    monkeypatch.setattr(cli.err_console, "width", 300)
+    return tmp_path

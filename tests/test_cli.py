@@ -7,22 +7,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexer import cli
 from indexer.cli import app
+from tests.conftest import cli_environment
 from tests.factories import add_bad_files, make_corpus
 
 
 @pytest.fixture
 def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MMRAG_DATABASE__URL", database_url)
-    monkeypatch.setenv("MMRAG_EMBEDDERS__PROFILE", "tiny-random")
-    monkeypatch.setenv("MMRAG_INGEST__WORKERS", "0")
-    monkeypatch.setenv("MMRAG_INGEST__OCR", "never")
-    # wide enough that tables never shorten a path
-    monkeypatch.setattr(cli.console, "width", 300)
-    monkeypatch.setattr(cli.err_console, "width", 300)
-    return tmp_path
+    return cli_environment(monkeypatch, tmp_path, database_url)
 
 
 def test_cli_index_status_search_delete(cli_env: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexer import cli
 from indexer.cli import app
+from tests.conftest import cli_environment
 from tests.api.conftest import INVOICE_PAGES
 from tests.factories import make_image, make_pdf
 
@@ -22,14 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MMRAG_DATABASE__URL", f"sqlite:///{tmp_path / 'mmrag.db'}")
-    monkeypatch.setenv("MMRAG_EMBEDDERS__PROFILE", "tiny-random")
-    monkeypatch.setenv("MMRAG_INGEST__WORKERS", "0")
-    monkeypatch.setenv("MMRAG_INGEST__OCR", "never")
-    monkeypatch.setattr(cli.console, "width", 300)
-    monkeypatch.setattr(cli.err_console, "width", 300)
-    return tmp_path
+    return cli_environment(monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'mmrag.db'}")
 
 
 def test_cli_ask_answers_with_citations_or_says_it_cannot(cli_env: Path) -> None:
