@@ -84,16 +84,24 @@ class OpenClipEmbedder:
     def embed_inputs(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """(n, dim) float32, L2-normalised, from input_spec()'s uint8 (size, size, 3) arrays: the preprocess
         minus the resize, with the scaling and normalising done on the device."""
-        return self._encode_all(pixels, self._encode_pixels)
-
-    def _encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
         if self._mean_std is None and self.input_spec() is None:
             raise ValueError(f"{self.model_id}: its preprocess is not resize + centre crop; use embed_images")
-        mean, std = self._mean_std
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # On CUDA the next batch is stacked, pinned and copied while this one runs (see encode_in_batches).
+        stage = self._pixels_to_device if is_cuda_device(self.device) else None
+        encode = self._encode_pixels if stage else lambda batch: self._encode_pixels(self._pixels_to_device(batch))
+        rows, self.batch_size = encode_in_batches(pixels, self.batch_size, encode, stage=stage)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _pixels_to_device(self, pixels: Sequence[np.ndarray]) -> Any:
         batch = _stacked(pixels, pin=is_cuda_device(self.device))
-        on_device = batch.to(self.device, non_blocking=True)
+        return batch.to(self.device, non_blocking=True)
+
+    def _encode_pixels(self, on_device: Any) -> np.ndarray:
+        import torch
+
+        mean, std = self._mean_std
         images = on_device.permute(0, 3, 1, 2).float().div_(255.0)
         mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)

@@ -115,9 +115,15 @@ class ColPaliEmbedder:
         TensorData from a worker), padded into batches the way the processor pads a batch of pages."""
         if not inputs:
             return []
-        outputs, self.batch_size = encode_in_batches(
-            list(inputs), self.batch_size, lambda batch: self._encode_batch(self._collate(batch))
-        )
+        if is_cuda_device(self.device):
+            # The next batch is collated, pinned and copied to the GPU while this one runs (see encode_in_batches).
+            outputs, self.batch_size = encode_in_batches(
+                list(inputs), self.batch_size, self._forward, stage=lambda batch: self._to_device(self._collate(batch))
+            )
+        else:
+            outputs, self.batch_size = encode_in_batches(
+                list(inputs), self.batch_size, lambda batch: self._encode_batch(self._collate(batch))
+            )
         return outputs
 
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -164,16 +170,22 @@ class ColPaliEmbedder:
         return outputs
 
     def _encode_batch(self, inputs: Any) -> list[np.ndarray]:
-        import torch
+        return self._forward(self._to_device(inputs))
 
+    def _to_device(self, inputs: Any) -> dict[str, Any]:
         model_dtype = self.model.dtype
         pin = is_cuda_device(self.device)  # page-locked host memory lets the copy to the GPU run asynchronously
-        tensors = {
+        return {
             name: (value.pin_memory() if pin else value).to(
                 self.device, dtype=model_dtype if value.is_floating_point() else value.dtype, non_blocking=pin
             )
             for name, value in inputs.items()
         }
+
+    def _forward(self, tensors: dict[str, Any]) -> list[np.ndarray]:
+        import torch
+
+        model_dtype = self.model.dtype
         with torch.inference_mode():
             embeddings = self.model(**tensors)
         keep = tensors["attention_mask"].bool()

@@ -103,3 +103,45 @@ def test_hub_id_in_cache_resolves_to_its_snapshot(hf_cache: Path) -> None:
 def test_neither_directory_nor_hub_id_is_refused() -> None:
     with pytest.raises(ModelUnavailableError, match="not a valid Hugging Face id"):
         locate_checkpoint("a/b/c")
+
+
+class Staged:
+    """A stage that records which thread staged which batch, and how many batches were staged ahead of use."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[int, ...]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: Sequence[int]) -> tuple[int, ...]:
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        self.staged.append(tuple(batch))
+        return tuple(batch)
+
+
+def test_stage_runs_the_next_batch_on_a_helper_thread_and_keeps_order() -> None:
+    stage = Staged()
+    seen: list[tuple[int, ...]] = []
+
+    def encode(staged: tuple[int, ...]) -> list[int]:
+        seen.append(staged)
+        return [item * 10 for item in staged]
+
+    outputs, fitted = encode_in_batches(list(range(10)), 4, encode, stage=stage)
+    assert outputs == [item * 10 for item in range(10)]
+    assert fitted == 4
+    assert seen == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    assert sorted(stage.staged) == seen  # every batch staged exactly once
+    assert any(name.startswith("mmrag-stage") for name in stage.threads)  # the batches after the first, ahead
+
+
+def test_stage_with_oom_restages_at_the_smaller_size() -> None:
+    stage = Staged()
+    encoder = OomAbove(limit=2)
+    outputs, fitted = encode_in_batches(list(range(9)), 4, lambda staged: encoder(list(staged)), stage=stage)
+    assert outputs == [item * 10 for item in range(9)]
+    assert fitted == 2
+    # The batch staged ahead at size 4 was dropped when the OOM halved the size; nothing was encoded twice.
+    assert encoder.batch_sizes[:3] == [4, 2, 2]
+    assert sum(size for size in encoder.batch_sizes if size <= 2) == 9
