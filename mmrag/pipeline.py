@@ -82,6 +82,8 @@ class JobReport:
     seconds: float
     pages_indexed: int
     recovered: dict[str, int] = field(default_factory=dict)
+    # Where the job's time went, in seconds (see _process_items): which stage bounds a bulk job's speed.
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def pages_per_second(self) -> float:
@@ -372,6 +374,8 @@ class _Committer:
         self._to_embed: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
         self._to_write: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        # Busy seconds of each stage, and how long submit() blocked on a full embed queue (the device is behind).
+        self.seconds = {"embed": 0.0, "write": 0.0, "waiting_on_embed": 0.0}
         self._threads = [
             threading.Thread(target=self._run_embed, name="mmrag-embed", daemon=True),
             threading.Thread(target=self._run_write, name="mmrag-write", daemon=True),
@@ -383,10 +387,12 @@ class _Committer:
         while (task := self._to_embed.get()) is not None:
             kind, payload = task
             if self._error is None and kind == "batch":
+                began = time.perf_counter()
                 try:
                     task = ("batch", (payload, self._embed(payload)))
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
                     self._error = exc
+                self.seconds["embed"] += time.perf_counter() - began
             self._to_write.put(task)  # removals pass through, keeping their order among the batches
         self._to_write.put(None)
 
@@ -395,6 +401,7 @@ class _Committer:
             if self._error is not None:
                 continue  # drain without working, so no stage blocks on a dead consumer
             kind, payload = task
+            began = time.perf_counter()
             try:
                 if kind == "batch":
                     self._write(*payload)
@@ -402,6 +409,7 @@ class _Committer:
                     self._stores.remove(payload)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
                 self._error = exc
+            self.seconds["write"] += time.perf_counter() - began
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -409,7 +417,9 @@ class _Committer:
 
     def submit(self, batch: _Batch) -> None:
         self._raise_if_failed()
+        began = time.perf_counter()
         self._to_embed.put(("batch", batch))
+        self.seconds["waiting_on_embed"] += time.perf_counter() - began
 
     def remove(self, page_ids: list[int]) -> None:
         """Drop vectors of pages SQL already forgot (durable at the next flush)."""
@@ -621,9 +631,12 @@ def _index_with(
         items = [(item.id, item.path) for item in repository.pending_items(session, job_id)]
     progress.start(len(items))
 
-    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader)
+    stages = {"start": time.perf_counter() - began}  # walking the folders, models, recovery: before any file
+    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
+    finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
+    stages["finish"] = time.perf_counter() - finishing
 
     with transaction(services.sessions) as session:
         job = session.get(Job, job_id)
@@ -643,6 +656,7 @@ def _index_with(
         seconds=time.perf_counter() - began,
         pages_indexed=pages_indexed,
         recovered=recovered,
+        stages=stages,
     )
 
 
@@ -654,7 +668,11 @@ def _process_items(
     embedders: Embedders,
     progress: Progress,
     loader: _Loader,
+    stages: dict[str, float],
 ) -> int:
+    """Index `items`; fills `stages` with seconds: `files` (the whole loop), `waiting_on_workers` (this thread
+    idle until a worker task finished), `waiting_on_embed` (blocked on a full embed queue), and the `embed` and
+    `write` threads' busy time. Whichever wait dominates names the bottleneck."""
     settings = services.settings
     specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(settings))
     spec_names = list(specs)
@@ -699,7 +717,9 @@ def _process_items(
     def drain_one() -> None:
         files, future, generation = in_flight.popleft()
         try:
+            began = time.perf_counter()
             results = future.result()
+            stages["waiting_on_workers"] = stages.get("waiting_on_workers", 0.0) + time.perf_counter() - began
         except BrokenProcessPool:
             # Every task the dead pool held lands here; each file is retried alone, so only the culprit fails.
             loader.replace_broken_pool(generation)
@@ -755,6 +775,7 @@ def _process_items(
         batch, batch_pages = _Batch(), 0
 
     chunk_size = max(256, 2 * loader.limit)
+    began = time.perf_counter()
     try:
         with ThreadPoolExecutor(max(1, min(8, settings.ingest.workers)), thread_name_prefix="mmrag-hash") as hasher:
             for start in range(0, len(items), chunk_size):
@@ -780,8 +801,14 @@ def _process_items(
                         continue
                     loading.add(decision.document_id)
                     task.append(_File(item_id, decision.document_id, path_str, decision.sha256))
-                    if decision.size > SMALL_FILE_BYTES or len(task) >= FILES_PER_TASK:
-                        send_task()  # a large file (a PDF of many pages) travels alone
+                    if (
+                        decision.size > SMALL_FILE_BYTES
+                        or path_str.lower().endswith(".pdf")
+                        or len(task) >= FILES_PER_TASK
+                    ):
+                        # A large file, or a PDF (even a small one renders several pages), travels alone: sixteen
+                        # 8-page PDFs in one task kept a worker busy for seconds before the first page came back.
+                        send_task()
                 send_task()
         while in_flight:
             drain_one()
@@ -793,6 +820,8 @@ def _process_items(
             loader.close()
         finally:
             committer.close()
+            stages["files"] = time.perf_counter() - began
+            stages.update(committer.seconds)
     return pages_indexed
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
@@ -235,9 +235,15 @@ def latest_job(session: Session) -> Job | None:
 
 def add_job_items(session: Session, job_id: int, paths: Iterable[str]) -> int:
     existing = set(session.scalars(select(JobItem.path).where(JobItem.job_id == job_id)))
-    new = [JobItem(job_id=job_id, path=p) for p in paths if p not in existing]
-    session.add_all(new)
-    return len(new)
+    now = utcnow()
+    rows = [
+        {"job_id": job_id, "path": p, "state": ItemState.PENDING, "attempts": 0, "pages": 0, "updated_at": now}
+        for p in dict.fromkeys(paths) if p not in existing
+    ]
+    if rows:
+        # One executemany, not an ORM object per file: a 30k-file job spent seconds here before its first page.
+        session.connection().execute(insert(JobItem.__table__), rows)
+    return len(rows)
 
 
 def pending_items(session: Session, job_id: int) -> Sequence[JobItem]:
