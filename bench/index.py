@@ -14,10 +14,12 @@ seconds. Results go to bench/results/index-KIND.json (or --out).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import multiprocessing
 import os
 import platform
+import pstats
 import shutil
 import tempfile
 import time
@@ -56,6 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="clip: an embedder whose forward is free (ViT-B-32 inputs, constant vectors): "
                              "the rate the pipeline alone can feed")
     parser.add_argument("--images", type=int, default=256, help="clip: JPEG photos (640x480) in the corpus")
+    parser.add_argument("--distinct-photos", type=int, default=0,
+                        help="draw only this many photos; the rest are byte-distinct copies (0: draw all)")
     parser.add_argument("--pdf-pages", type=int, default=64, help="PDF pages (A4, text) in the corpus")
     parser.add_argument("--pages-per-pdf", type=int, default=8, help="pages of each PDF file")
     parser.add_argument("--model", default="ViT-B-32", help="clip: open_clip architecture, random-init")
@@ -64,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="pages per commit of vectors + SQL (default: 4 x --batch)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="decode/render worker processes")
     parser.add_argument("--raw-pages", type=int, default=None, help="pages the raw forward runs (default: corpus)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write a cProfile of the end-to-end run's job thread here (and print its top entries)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -104,6 +110,17 @@ def _write_photo(task: tuple[int, str]) -> int:
     return os.path.getsize(path)
 
 
+def _copy_photo(task: tuple[int, str, str]) -> int:
+    """A copy of an earlier photo with a JPEG comment (COM segment) naming it: other bytes (its own sha256, so no
+    duplicate detection), the same pixels and decode cost. Writing one takes microseconds, drawing one ~10 ms."""
+    i, source, path = task
+    data = Path(source).read_bytes()
+    comment = f"mmrag bench copy {i}".encode()
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    Path(path).write_bytes(data[:2] + segment + data[2:])  # right after the SOI marker
+    return len(data) + len(segment)
+
+
 def _write_pdf(task: tuple[int, int, str]) -> None:
     from fpdf import FPDF
 
@@ -118,9 +135,12 @@ def _write_pdf(task: tuple[int, int, str]) -> None:
     pdf.output(path)
 
 
-def make_corpus(root: Path, images: int, pdf_pages: int, *, pages_per_pdf: int = 8, flat: bool = False) -> dict:
+def make_corpus(
+    root: Path, images: int, pdf_pages: int, *, pages_per_pdf: int = 8, flat: bool = False, distinct_photos: int = 0
+) -> dict:
     """JPEG photos in photos/ (or beside the PDFs when `flat`: byaldi does not walk sub-folders) and PDFs of
-    `pages_per_pdf` pages in pdfs/, written by a process per core."""
+    `pages_per_pdf` pages in pdfs/, written by a process per core. With `distinct_photos`, only that many are
+    drawn and the rest are byte-distinct copies of them (_copy_photo): a 30k-photo corpus in seconds."""
     photos = root if flat else root / "photos"
     pdfs = root if flat else root / "pdfs"
     photos.mkdir(parents=True, exist_ok=True)
@@ -129,11 +149,15 @@ def make_corpus(root: Path, images: int, pdf_pages: int, *, pages_per_pdf: int =
     for index, start in enumerate(range(0, pdf_pages, pages_per_pdf)):
         pdf_tasks.append((index, min(pages_per_pdf, pdf_pages - start), str(pdfs / f"document-{index:04d}.pdf")))
     began = time.perf_counter()
+    drawn = min(images, distinct_photos) if distinct_photos > 0 else images
+    names = [str(photos / f"{i:05d}.jpg") for i in range(images)]
     with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
-        sizes = pool.map(_write_photo, [(i, str(photos / f"{i:05d}.jpg")) for i in range(images)], chunksize=64)
+        sizes = pool.map(_write_photo, [(i, names[i]) for i in range(drawn)], chunksize=64)
+        sizes += pool.map(_copy_photo, [(i, names[i % drawn], names[i]) for i in range(drawn, images)], chunksize=256)
         pool.map(_write_pdf, pdf_tasks)
     return {
         "images": images,
+        "distinct_photos": drawn,
         "mean_jpeg_bytes": float(np.mean(sizes)) if sizes else 0.0,
         "pdf_files": len(pdf_tasks),
         "pdf_pages": pdf_pages,
@@ -335,9 +359,17 @@ def end_to_end(embedders: Embedders, corpus: Path, work: Path, args: argparse.Na
     settings.embedders.colpali.enabled = embedders.colpali is not None  # workers import colpali-engine only for it
     services = build_services(settings, embedders=embedders)
     timeline = Timeline()
+    profiler = cProfile.Profile() if args.profile else None
     try:
+        if profiler is not None:
+            profiler.enable()  # the job's own thread only: workers, embed and write threads are not in it
         report = run_index(services, [corpus], progress=timeline)
     finally:
+        if profiler is not None:
+            profiler.disable()
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(str(args.profile))
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         services.close()
     first = (timeline.first or timeline.began) - timeline.began
     steady_span = timeline.last - (timeline.first or timeline.last)
@@ -346,7 +378,7 @@ def end_to_end(embedders: Embedders, corpus: Path, work: Path, args: argparse.Na
             # pages after the first, from the first page's arrival to the last one's (arrival from the workers;
             # the last batch's forward and commit come after)
             "steady_pages_per_s": (timeline.pages - 1) / steady_span if steady_span > 0 else 0.0,
-            "failed": report.counts["failed"], "failures": report.failures[:5]}
+            "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5]}
 
 
 def main(argv: list[str]) -> int:
@@ -357,7 +389,7 @@ def main(argv: list[str]) -> int:
         corpus = work / "corpus"
         images = args.images if args.kind == "clip" else 0
         corpus_info = make_corpus(corpus, images, args.pdf_pages if args.kind == "colpali" else 0,
-                                  pages_per_pdf=args.pages_per_pdf)
+                                  pages_per_pdf=args.pages_per_pdf, distinct_photos=args.distinct_photos)
         console.print(f"corpus: {corpus_info}")
         if args.kind == "clip":
             embedder: Any = build_embedder(args.model, args.batch, args.device, tiny=args.tiny)
@@ -394,6 +426,8 @@ def main(argv: list[str]) -> int:
     table.add_row("ratio end-to-end / raw", f"{ratio:.2f}", "", "")
     table.add_row("  start-up (job start → first page from a worker)", "", "", f"{e2e['seconds_to_first_page']:.1f}")
     table.add_row("  steady feed after the first page", f"{e2e['steady_pages_per_s']:.1f}", "", "")
+    for stage, seconds in e2e["stages"].items():
+        table.add_row(f"  stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
     console.print(table)
     device_name = torch.cuda.get_device_name() if embedder.device.startswith("cuda") else platform.processor()
     report = {

@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for both systems")
     parser.add_argument("--model", choices=["tiny", "colqwen2-2b-shape"], default="tiny")
     parser.add_argument("--batch", type=int, default=4, help="mmrag's embedding batch (byaldi embeds one at a time)")
+    parser.add_argument("--distinct-photos", type=int, default=0,
+                        help="draw only this many photos; the rest are byte-distinct copies (0: draw all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -79,7 +81,7 @@ def run_mmrag(model_dir: Path, corpus: Path, queries: list[str], work: Path, arg
         database=DatabaseSettings(url=f"sqlite:///{work / 'mmrag.db'}"),
         embedders=EmbedderSettings(profile="default"),
         ingest=IngestSettings(workers=args.workers, ocr="never"),
-        batch_pages=max(args.batch, 16),
+        batch_pages=4 * args.batch,  # several forwards per commit: the next batch is staged during each
     )
     embedders = Embedders(colpali=colpali, off={"clip": "peer bench", "text": "peer bench"}, meaningless=True)
     services = build_services(settings, embedders=embedders)
@@ -103,7 +105,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="mmrag-bench-peer-"))
     try:
         corpus = work / "corpus"
-        make_corpus(corpus, args.images, args.pdf_pages, flat=True)
+        make_corpus(corpus, args.images, args.pdf_pages, flat=True, distinct_photos=args.distinct_photos)
         model_dir = save_model(args, work)
         queries = [f"query {i}: total amount on the invoice page {i % 17}" for i in range(args.queries)]
         queries_file = work / "queries.json"
