@@ -21,7 +21,7 @@ from mmrag.embedders.device import (
     resolve_device,
 )
 from mmrag.errors import ConfigError, MmragError, ModelUnavailableError
-from mmrag.ingest.prepare import ProcessorInputs, TensorData
+from mmrag.ingest.prepare import ProcessorInputs, QwenPage, QwenPixels, TensorData
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +83,7 @@ class ColPaliEmbedder:
         self.meaningless = meaningless
         self.family = type(model).__name__
         self.dim = int(model.dim)
+        self._page_text: dict[tuple[int, int], dict[str, Any]] = {}  # QwenPixels: (h, w) → one page's text inputs
 
     @property
     def attn_implementation(self) -> str:
@@ -97,9 +98,13 @@ class ColPaliEmbedder:
         # process_queries (not process_texts) adds the query prefix and augmentation tokens the models were trained on.
         return self._encode_all(list(texts), self.processor.process_queries)
 
-    def input_spec(self, cache_dir: Path) -> ProcessorInputs:
-        """What the bulk job's workers should hand back instead of a PIL image: this processor's own output for
-        one page, its floating tensors already in the model's dtype (see embed_inputs)."""
+    def input_spec(self, cache_dir: Path) -> QwenPixels | ProcessorInputs:
+        """What the bulk job's workers should hand back instead of a PIL image: for a Qwen2-VL image processor, the
+        resized uint8 page (QwenPixels; the rest of the processor runs on the device, see _pixels_batch), else this
+        processor's own output for one page, its floating tensors already in the model's dtype."""
+        qwen = qwen_pixels_for(self.processor)
+        if qwen is not None:
+            return qwen
         if self.processor_dir is None:
             # A processor built in memory (tiny-random, benchmarks): workers load it from a saved copy.
             directory = cache_dir / "processors" / hashlib.sha256(self.model_id.encode()).hexdigest()[:16]
@@ -110,21 +115,73 @@ class ColPaliEmbedder:
         dtype = str(self.model.dtype).removeprefix("torch.")
         return ProcessorInputs(type(self.processor).__name__, str(self.processor_dir), dtype)
 
-    def embed_inputs(self, inputs: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-        """One (tokens, dim) float32 array per page, from input_spec()'s per-page processor outputs (tensors, or
-        TensorData from a worker), padded into batches the way the processor pads a batch of pages."""
+    def embed_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        """One (tokens, dim) float32 array per page, from input_spec()'s per-page inputs: QwenPixels arrays, or
+        processor outputs (tensors, or TensorData from a worker) padded into batches the way the processor pads."""
         if not inputs:
             return []
+        if isinstance(inputs[0], QwenPage):
+            stage: Any = self._pixels_batch
+        else:
+            stage = lambda batch: self._to_device(self._collate(batch))  # noqa: E731
         if is_cuda_device(self.device):
             # The next batch is collated, pinned and copied to the GPU while this one runs (see encode_in_batches).
-            outputs, self.batch_size = encode_in_batches(
-                list(inputs), self.batch_size, self._forward, stage=lambda batch: self._to_device(self._collate(batch))
-            )
+            outputs, self.batch_size = encode_in_batches(list(inputs), self.batch_size, self._forward, stage=stage)
         else:
             outputs, self.batch_size = encode_in_batches(
-                list(inputs), self.batch_size, lambda batch: self._encode_batch(self._collate(batch))
+                list(inputs), self.batch_size, lambda batch: self._forward(stage(batch))
             )
         return outputs
+
+    def _pixels_batch(self, pages: Sequence[QwenPage]) -> dict[str, Any]:
+        """QwenPixels pages → the model's inputs on the device: the processor's own rescale_and_normalize and
+        patchify run there on the uint8 pages (stacked by size), and its text inputs (the visual prompt with one
+        image token per merged patch) come from processing a blank page of each source size once."""
+        import torch
+
+        image_processor = self.processor.image_processor
+        pin = is_cuda_device(self.device)
+        batch = self._to_device(self._collate([self._text_inputs(page) for page in pages]))
+        patches: list[Any] = [None] * len(pages)
+        grids: list[list[int]] = [[]] * len(pages)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, page in enumerate(pages):
+            by_size.setdefault(page.pixels.shape, []).append(index)
+        for indices in by_size.values():
+            stacked = torch.from_numpy(np.stack([pages[i].pixels for i in indices]))
+            stacked = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=pin)
+            normalised = image_processor.rescale_and_normalize(
+                stacked, image_processor.do_rescale, image_processor.rescale_factor, image_processor.do_normalize,
+                image_processor.image_mean, image_processor.image_std,
+            )
+            flat, grid_h, grid_w = image_processor.patchify(
+                normalised, patch_size=image_processor.patch_size, merge_size=image_processor.merge_size,
+                temporal_patch_size=image_processor.temporal_patch_size,
+            )
+            for position, index in enumerate(indices):
+                patches[index] = flat[position]
+                grids[index] = [1, grid_h, grid_w]
+        # process_images pads each page's patches to the batch's longest with zeros; the model drops the padding.
+        batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True).to(self.model.dtype)
+        batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=self.device)
+        return batch
+
+    def _text_inputs(self, page: QwenPage) -> dict[str, Any]:
+        """One page's non-pixel inputs (input_ids, attention_mask, ...), the same for every page of its source size."""
+        key = page.source_size
+        if key not in self._page_text:
+            height, width = key
+            processed = self.processor.process_images([Image.new("RGB", (width, height))])
+            grid = processed["image_grid_thw"][0].tolist()
+            patch = self.processor.image_processor.patch_size
+            resized = page.pixels.shape[1:]
+            if grid[1:] != [resized[0] // patch, resized[1] // patch]:
+                raise MmragError(f"{self.model_id}: the processor makes grid {grid} of a {width}x{height} page; "
+                                 f"the worker resized it to {resized[1]}x{resized[0]}")
+            self._page_text[key] = {
+                name: value for name, value in processed.items() if name not in ("pixel_values", "image_grid_thw")
+            }
+        return self._page_text[key]
 
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -198,6 +255,25 @@ class ColPaliEmbedder:
                     f"(dtype {model_dtype}, attention {self.attn_implementation})"
                 )
         return per_item
+
+
+def qwen_pixels_for(processor: Any) -> QwenPixels | None:
+    """QwenPixels for a processor whose pages go through a Qwen2-VL image processor with bicubic resizing and a
+    visual prompt (colpali-engine's ColQwen2 and ColQwen2.5 processors); None for any other processor."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or not type(image_processor).__name__.startswith("Qwen2VLImageProcessor"):
+        return None
+    needed = ("patchify", "rescale_and_normalize", "patch_size", "merge_size", "temporal_patch_size", "size")
+    if not all(hasattr(image_processor, name) for name in needed) or not hasattr(processor, "visual_prompt_prefix"):
+        return None
+    if int(getattr(image_processor, "resample", -1)) != int(Image.Resampling.BICUBIC):
+        return None
+    size = image_processor.size  # a dict, or transformers 5's SizeDict
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    if not shortest or not longest:
+        return None
+    return QwenPixels(int(image_processor.patch_size), int(image_processor.merge_size), int(shortest), int(longest))
 
 
 def load_colpali(model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 4) -> ColPaliEmbedder:

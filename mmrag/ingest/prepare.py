@@ -1,16 +1,18 @@
 """Model inputs made in the worker processes: a page decoded (JPEGs at reduced DCT scale) and resized for a model.
 
 The main process of a bulk job has a fraction of a millisecond per image at GPU speed, so everything per-pixel
-happens here, beside the decode: a worker hands back a compact uint8 array (CLIP) or the processor's own tensors
-(ColPali family), and the main process only stacks them and moves them to the device, where they are normalised.
+happens here, beside the decode: a worker hands back a compact uint8 array (CLIP, Qwen2-VL-based ColPali models) or
+the processor's own tensors (other ColPali families), and the main process only stacks them and moves them to the
+device, where they are normalised (and, for Qwen2-VL, cut into patches).
 
-Kept light: Pillow and numpy only at import; `ProcessorInputs` imports colpali-engine (and torch) when first used,
-in the worker that uses it.
+Kept light: Pillow and numpy only at import; `QwenPixels` imports torch, and `ProcessorInputs` colpali-engine,
+when first used, in the worker that uses it.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,72 @@ class ClipPixels:
                 image.draft("RGB", (self.size, self.size))
             image.load()
             return self.from_image(image)
+
+
+@dataclass(frozen=True)
+class QwenPixels:
+    """Qwen2-VL's image processor (ColQwen2, ColQwen2.5) up to its resize: RGB uint8 (3, h, w), h and w multiples of
+    `patch_size * merge_size` with h*w within [min_pixels, max_pixels] (transformers' smart_resize), resized the
+    way the processor resizes a uint8 tensor on the CPU (torch's native uint8 bicubic with antialias). The embedder rescales, normalises and cuts it into patches on the device with the processor's own
+    methods, so the model sees what `process_images` would give it, from a quarter of the bytes (uint8 once
+    instead of float pixels repeated over the two temporal frames), and the workers need torch, not
+    transformers and colpali-engine (seconds of import before the first page).
+    """
+
+    patch_size: int
+    merge_size: int
+    min_pixels: int
+    max_pixels: int
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize (tests hold the two equal)."""
+        factor = self.patch_size * self.merge_size
+        if max(height, width) / min(height, width) > 200:
+            raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        h_bar = round(height / factor) * factor
+        w_bar = round(width / factor) * factor
+        if h_bar * w_bar > self.max_pixels:
+            beta = math.sqrt((height * width) / self.max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
+        elif h_bar * w_bar < self.min_pixels:
+            beta = math.sqrt(self.min_pixels / (height * width))
+            h_bar = math.ceil(height * beta / factor) * factor
+            w_bar = math.ceil(width * beta / factor) * factor
+        return h_bar, w_bar
+
+    def from_image(self, image: Image.Image) -> QwenPage:
+        import torch
+
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # (3, h, w) uint8, as the processor converts
+        height, width = pixels.shape[1:]
+        target = self.target_size(height, width)
+        if target != (height, width):
+            # torchvision resizes uint8 on the CPU with torch's native uint8 bicubic kernel (fixed-point
+            # arithmetic, not float then round); the same kernel here gives the processor's exact pixels.
+            pixels = torch.nn.functional.interpolate(
+                pixels[None], size=target, mode="bicubic", align_corners=False, antialias=True
+            )[0]
+        return QwenPage(np.ascontiguousarray(pixels.numpy()), (height, width))
+
+    def from_jpeg(self, data: bytes) -> QwenPage:
+        with Image.open(io.BytesIO(data)) as image:
+            return self.from_image(image.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class QwenPage:
+    """A QwenPixels page: the resized pixels, and the size they were resized from (the processor derives the
+    page's token count from it; smart_resize is not idempotent for very thin pages, so the resized size cannot
+    stand in for it)."""
+
+    pixels: np.ndarray  # (3, h, w) uint8
+    source_size: tuple[int, int]  # (height, width) before resizing
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
 
 
 @dataclass(frozen=True)
@@ -119,7 +187,7 @@ class TensorData:
         return int(self.array.nbytes)
 
 
-InputSpec = ClipPixels | ProcessorInputs
+InputSpec = ClipPixels | QwenPixels | ProcessorInputs
 
 _PROCESSORS: dict[tuple[str, str], Any] = {}  # per process: a worker loads each processor once, not per page
 
@@ -127,11 +195,8 @@ _PROCESSORS: dict[tuple[str, str], Any] = {}  # per process: a worker loads each
 def _processor(class_name: str, directory: str) -> Any:
     key = (class_name, directory)
     if key not in _PROCESSORS:
-        import torch
         import colpali_engine.models as colpali_models
 
-        # One intra-op thread per worker: the pool already uses every core, one process each.
-        torch.set_num_threads(1)
         _PROCESSORS[key] = getattr(colpali_models, class_name).from_pretrained(directory, local_files_only=True)
     return _PROCESSORS[key]
 

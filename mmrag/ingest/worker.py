@@ -89,14 +89,22 @@ def load_files(
     return results
 
 
+def init_worker() -> None:
+    """Runs once in each worker process as it starts: one intra-op thread for torch (imported already by a fork
+    server's preload, or later by a model input), since the pool already runs one process per core."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 def warm_up(modules: tuple[str, ...]) -> None:
-    """Worker-process entry run once at pool start: import what the inputs will need before the first file."""
+    """Worker-process entry run at pool start: import what the inputs will need before the first file."""
     import importlib
 
     for name in modules:
         importlib.import_module(name)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)  # one process per core already
+        sys.modules["torch"].set_num_threads(1)  # imported just now, after init_worker
 
 
 def page_image_path(sha256: str, page_number: int) -> str:

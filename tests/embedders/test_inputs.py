@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmrag.embedders.clip import OpenClipEmbedder
@@ -31,12 +32,14 @@ def test_clip_without_a_plain_resize_and_crop_takes_no_inputs(tiny_clip: OpenCli
 
 
 def test_colpali_inputs_made_page_by_page_give_the_vectors_of_a_padded_batch(
-    tiny_multivector: ColPaliEmbedder, pages: list[Image.Image], tmp_path: Path
+    tiny_colidefics3: ColPaliEmbedder, pages: list[Image.Image], tmp_path: Path
 ) -> None:
     """Pages of different sizes need padding: collating the per-page outputs equals the processor's own batch."""
-    from mmrag.ingest.prepare import _processor
+    from mmrag.ingest.prepare import ProcessorInputs, _processor
 
+    tiny_multivector = tiny_colidefics3  # not a Qwen2-VL processor: its own outputs travel from the workers
     spec = tiny_multivector.input_spec(tmp_path)
+    assert isinstance(spec, ProcessorInputs)
     prepared = [spec.from_image(page) for page in pages]
     # The workers' processor is the saved copy, reloaded; the batch to match is that processor's.
     reloaded = _processor(spec.processor_class, spec.processor_dir)
@@ -54,3 +57,61 @@ def test_colqwen2_inputs_from_a_saved_processor_give_the_vectors_of_embed_images
     got = tiny_colqwen2.embed_inputs([spec.from_image(page) for page in pages])
     for g, e in zip(got, tiny_colqwen2.embed_images(pages), strict=True):
         np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+# (height, width) of pages: portrait and landscape, already on the 28-pixel grid, below min_pixels (upscaled),
+# above max_pixels (downscaled), and a very thin strip.
+QWEN_SIZES = [(300, 200), (200, 310), (56, 84), (20, 30), (1000, 700), (40, 1100)]
+
+
+def test_qwen_pixels_give_exactly_the_processors_inputs(tiny_colqwen2: ColPaliEmbedder, tmp_path: Path) -> None:
+    """Resized in the worker, normalised and cut into patches by the embedder: every tensor process_images makes
+    (pixels, grid, token ids, masks) is equal, for pages of several sizes in one padded batch."""
+    from mmrag.ingest.prepare import QwenPixels
+
+    spec = tiny_colqwen2.input_spec(tmp_path)
+    assert isinstance(spec, QwenPixels)
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in QWEN_SIZES]
+    images.append(images[0].convert("L"))  # a grayscale page is made RGB first, as the processor does
+    expected = tiny_colqwen2.processor.process_images(images)
+    prepared = [spec.from_image(image) for image in images]
+    assert all(p.pixels.dtype == np.uint8 and p.pixels.shape[0] == 3 for p in prepared)
+    got = tiny_colqwen2._pixels_batch(prepared)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_qwen_pixels_target_size_is_transformers_smart_resize(tiny_colqwen2: ColPaliEmbedder) -> None:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    spec = tiny_colqwen2.input_spec(Path("/nonexistent"))  # a QwenPixels spec never writes anything
+    rng = np.random.default_rng(3)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(10, 4000, (300, 2))] + [(10, 2001), (3000, 15)]
+    for height, width in sizes:
+        if max(height, width) / min(height, width) > 200:
+            for resize in (smart_resize, lambda h, w, **_: spec.target_size(h, w)):
+                with pytest.raises(ValueError, match="aspect ratio"):
+                    resize(height, width, factor=28, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+            continue
+        expected = smart_resize(height, width, factor=28, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+        assert spec.target_size(height, width) == expected
+
+
+def test_qwen_pixels_from_jpeg_give_the_vectors_of_embed_images(
+    tiny_colqwen2: ColPaliEmbedder, pages: list[Image.Image], tmp_path: Path
+) -> None:
+    import io
+
+    spec = tiny_colqwen2.input_spec(tmp_path)
+    decoded = []
+    prepared = []
+    for page in pages:
+        buffer = io.BytesIO()
+        page.convert("RGB").save(buffer, format="JPEG", quality=90)
+        prepared.append(spec.from_jpeg(buffer.getvalue()))
+        decoded.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    got = tiny_colqwen2.embed_inputs(prepared)
+    for g, e in zip(got, tiny_colqwen2.embed_images(decoded), strict=True):
+        np.testing.assert_array_equal(g, e)
