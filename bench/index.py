@@ -67,6 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--commit-pages", type=int, default=None,
                         help="pages per commit of vectors + SQL (default: 4 x --batch)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="decode/render worker processes")
+    parser.add_argument("--colpali-inputs-in-workers", choices=("auto", "always", "never"), default="auto",
+                        help="IngestSettings.colpali_inputs_in_workers (auto: on CUDA only)")
     parser.add_argument("--raw-pages", type=int, default=None, help="pages the raw forward runs (default: corpus)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the end-to-end run's job thread here (and print its top entries)")
@@ -353,7 +355,8 @@ def end_to_end(embedders: Embedders, corpus: Path, work: Path, args: argparse.Na
         data_dir=work / "data",
         database=DatabaseSettings(url=f"sqlite:///{work / 'bench.db'}"),
         embedders=EmbedderSettings(profile="default", device=args.device),
-        ingest=IngestSettings(workers=args.workers, ocr="never"),
+        ingest=IngestSettings(workers=args.workers, ocr="never",
+                              colpali_inputs_in_workers=args.colpali_inputs_in_workers),
         batch_pages=args.commit_pages,
     )
     settings.embedders.colpali.enabled = embedders.colpali is not None  # workers import colpali-engine only for it

@@ -41,7 +41,7 @@ from mmrag.embedders.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, InputError, NotFoundError
 from mmrag.ingest import check_ocr, discover
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
-from mmrag.ingest.worker import FileFailure, LoadedFile, load_file, load_files, warm_up
+from mmrag.ingest.worker import FileFailure, LoadedFile, init_worker, load_file, load_files, warm_up
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -486,6 +486,14 @@ def _worker_context(warm_modules: Sequence[str]) -> multiprocessing.context.Base
     return context
 
 
+def _start_workers(pool: ProcessPoolExecutor, workers: int, modules: tuple[str, ...]) -> None:
+    try:
+        for _ in range(workers):
+            pool.submit(warm_up, modules)
+    except RuntimeError:  # the job ended (and shut the pool down) before its workers had started
+        pass
+
+
 class _Loader:
     """Runs `load_file` in worker processes with a bounded number in flight, so memory stays bounded."""
 
@@ -496,15 +504,17 @@ class _Loader:
         self._context = _worker_context(warm_modules)
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
         if self._pool is not None and warm_modules:
-            # Start every worker now, while the main process loads the models and recovers the stores. The fork
-            # server imported `warm_modules` once, unless it was started earlier in this process with another
+            # Start every worker now, from a thread of its own: the first fork waits for the fork server to import
+            # `warm_modules` (seconds for torch), which would otherwise hold up this thread's model loading and
+            # recovery. The server imported them once, unless it was started earlier in this process with another
             # list (or spawn is used): then each worker imports them here. A warm-up that fails only means the
             # first file pays for the import.
-            for _ in range(workers):
-                self._pool.submit(warm_up, tuple(warm_modules))
+            threading.Thread(
+                target=_start_workers, args=(self._pool, workers, tuple(warm_modules)), name="mmrag-warm", daemon=True
+            ).start()
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=self._context)
+        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=init_worker)
 
     def replace_broken_pool(self, generation: int) -> None:
         """A worker died (a crash inside a native decoder, the OOM killer) and broke its pool: start another."""
@@ -589,7 +599,9 @@ def _run_locked(
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
     # the models and recovers the stores.
     colpali_prep = services.settings.embedders.colpali.enabled and colpali_inputs_in_workers(services.settings)
-    warm = ["colpali_engine.models"] if colpali_prep else []
+    # Qwen2-VL-based models (ColQwen2, ColQwen2.5) take QwenPixels, which need torch in the workers; other ColPali
+    # families import colpali-engine in each worker at its first page (their processor runs there).
+    warm = ["torch"] if colpali_prep else []
     loader = _Loader(services.settings.ingest.workers, warm_modules=warm)
     try:
         with transaction(services.sessions) as session:
@@ -628,7 +640,7 @@ def _index_with(
     recovered["repaired_pages"] = repair(services, collection_id, stores, embedders)
 
     with services.sessions() as session:
-        items = [(item.id, item.path) for item in repository.pending_items(session, job_id)]
+        items = repository.pending_items(session, job_id)
     progress.start(len(items))
 
     stages = {"start": time.perf_counter() - began}  # walking the folders, models, recovery: before any file
@@ -929,15 +941,25 @@ def _decide_chunk(
             else:
                 slow.append((item_id, path, size, mtime, sha))
         if fresh:
-            documents_table = Document.__table__
-            document_ids = session.connection().scalars(
-                insert(documents_table).returning(documents_table.c.id, sort_by_parameter_order=True),
+            # A plain executemany, then the ids by (collection, sha256), which is unique: SQLite cannot promise
+            # RETURNING's row order for a multi-row insert, so SQLAlchemy would send one INSERT per document.
+            session.connection().execute(
+                insert(Document.__table__),
                 [
                     {"collection_id": collection_id, "sha256": sha, "kind": "unknown", "mime": "", "size_bytes": size,
                      "status": DocumentStatus.PENDING, "user_metadata": {}, "created_at": now, "updated_at": now}
                     for _, _, size, _, sha in fresh
                 ],
-            ).all()
+            )
+            id_of_sha = {
+                sha: document_id
+                for sha, document_id in session.execute(
+                    select(Document.sha256, Document.id).where(
+                        Document.collection_id == collection_id, Document.sha256.in_([f[4] for f in fresh])
+                    )
+                )
+            }
+            document_ids = [id_of_sha[sha] for *_, sha in fresh]
             session.connection().execute(
                 insert(DocumentPath.__table__),
                 [
@@ -1005,15 +1027,20 @@ def _write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> li
             for document_id, file in loaded
             for page in file.pages
         ]
-        pages = Page.__table__
-        returning = insert(pages).returning(pages.c.id, sort_by_parameter_order=True)
-        ids = list(session.connection().scalars(returning, rows)) if rows else []
-    result: list[list[int]] = []
-    start = 0
-    for _, file in loaded:
-        result.append(ids[start : start + len(file.pages)])
-        start += len(file.pages)
-    return result
+        if rows:
+            # executemany, then the ids by (document, page number), which is unique (see _decide_chunk for why)
+            session.connection().execute(insert(Page.__table__), rows)
+            id_of_page = {
+                (document_id, number): page_id
+                for page_id, document_id, number in session.execute(
+                    select(Page.id, Page.document_id, Page.page_number).where(
+                        Page.document_id.in_([document_id for document_id, _ in loaded])
+                    )
+                )
+            }
+        else:
+            id_of_page = {}
+    return [[id_of_page[(document_id, page.page_number)] for page in file.pages] for document_id, file in loaded]
 
 
 # --- deletes -------------------------------------------------------------------------------------------------

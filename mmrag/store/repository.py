@@ -246,10 +246,14 @@ def add_job_items(session: Session, job_id: int, paths: Iterable[str]) -> int:
     return len(rows)
 
 
-def pending_items(session: Session, job_id: int) -> Sequence[JobItem]:
-    return session.scalars(
-        select(JobItem).where(JobItem.job_id == job_id, JobItem.state == ItemState.PENDING).order_by(JobItem.id)
-    ).all()
+def pending_items(session: Session, job_id: int) -> list[tuple[int, str]]:
+    """(item id, path) of a job's pending files, in order; plain rows, not ORM objects (a job has 100k of them)."""
+    rows = session.execute(
+        select(JobItem.id, JobItem.path)
+        .where(JobItem.job_id == job_id, JobItem.state == ItemState.PENDING)
+        .order_by(JobItem.id)
+    )
+    return [(item_id, path) for item_id, path in rows]
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
