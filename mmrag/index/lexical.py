@@ -17,6 +17,7 @@ Saved layout
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -87,9 +88,18 @@ def tokenize(text: str) -> list[str]:
     - Letters glued to a number yield the whole token plus both halves: "RM9.00" -> "rm9.00", "rm", "9.00".
     - No stemming and no stop words: BM25's IDF already discounts common words, and stemmers mangle numbers.
     """
-    normalised = unicodedata.normalize("NFKC", text).casefold()
     tokens: list[str] = []
-    for match in _TOKEN.finditer(normalised):
+    # No token spans whitespace, so the text's whitespace-separated chunks are tokenized one by one, and a chunk
+    # seen before (pages repeat their words) comes from a cache: most of a BM25 rebuild's time went here.
+    for chunk in unicodedata.normalize("NFKC", text).casefold().split():
+        tokens.extend(_tokenize_chunk(chunk))
+    return tokens
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _tokenize_chunk(chunk: str) -> tuple[str, ...]:
+    tokens: list[str] = []
+    for match in _TOKEN.finditer(chunk):
         token = match.group(0)
         tokens.append(token)
         if match.lastgroup == "number":
@@ -99,7 +109,7 @@ def tokenize(text: str) -> list[str]:
             letters_then_number = _LETTERS_THEN_NUMBER.match(token)
             assert letters_then_number is not None
             tokens.extend(letters_then_number.groups())
-    return tokens
+    return tuple(tokens)
 
 
 # English months, full and abbreviated; longest alternatives first so "sept" is not read as "sep" + "t".
@@ -225,9 +235,15 @@ def char_ngrams(terms: Iterable[str], n: int = NGRAM) -> list[str]:
         if term.startswith(DATE_PREFIX):
             grams.append(term)
             continue
-        padded = f"#{term}#"
-        grams.extend(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
+        grams.extend(_term_ngrams(term, n))
     return grams
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
+    # Cached: a collection repeats its words page after page (this was most of a BM25 rebuild's time).
+    padded = f"#{term}#"
+    return tuple(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
 
 
 def fingerprint_of(ids: Iterable[int]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 from pathlib import Path
 
@@ -157,3 +158,20 @@ def test_importing_the_lexical_index_keeps_jax_off_the_gpu() -> None:
     env["JAX_PLATFORMS"] = "cuda"
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["cuda", "false"]
+
+
+def test_tokenize_by_chunks_equals_one_pass_over_the_text() -> None:
+    """tokenize() works chunk by chunk (cached), which is only right because no token spans whitespace: the
+    regex run over the whole normalised text must give the same tokens, in order, for every kind of token."""
+    from mmrag.index.lexical import _tokenize_chunk
+
+    texts = [
+        "TOTAL RM9.00 on 2018-03-04 at 10:30, ref A4/12-B\tnet 1,234.56\u00a0USD12 e-mail",
+        "Ｆｕｌｌ－ｗｉｄｔｈ １２.５０ ﬁnance\u2003Straße ΣΊΣΥΦΟΣ 東京 2018\u3000年 03/04/2018",
+        "line one\nline two\r\n\x1c\x1dsep\u2028para\u2029end  ..  --  12.  .5 a_b_c 9a9 x1.2.3",
+    ]
+    for text in texts:
+        normalised = unicodedata.normalize("NFKC", text).casefold()
+        whole = list(_tokenize_chunk.__wrapped__(normalised))
+        assert tokenize(text) == whole
+        assert tokenize(text) == tokenize(text)  # the cached second pass
