@@ -431,6 +431,8 @@ def main(argv: list[str]) -> int:
     table.add_row("  steady feed after the first page", f"{e2e['steady_pages_per_s']:.1f}", "", "")
     for stage, seconds in e2e["stages"].items():
         table.add_row(f"  stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
+    cpu_ms = 1000 * e2e["stages"].get("process_cpu", 0.0) / max(1, e2e["pages"])
+    table.add_row("  this process's CPU per page (ms, all threads, workers not included)", f"{cpu_ms:.3f}", "", "")
     console.print(table)
     device_name = torch.cuda.get_device_name() if embedder.device.startswith("cuda") else platform.processor()
     report = {
