@@ -842,6 +842,7 @@ def _process_items(
 
 
 FILES_PER_TASK = 16
+HASH_FILES_PER_TASK = 8
 SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
 
 
@@ -866,6 +867,10 @@ class _Decision:
     waits_for: int | None = None  # a document being indexed in this very job
     removed_pages: tuple[int, ...] = ()  # pages of the document a changed file used to hold
     size: int = 0  # bytes, for files to load
+
+
+def _hash_files(paths: list[str]) -> list[tuple[str | None, str | None]]:
+    return [_hash_file(path) for path in paths]
 
 
 def _hash_file(path: str) -> tuple[str | None, str | None]:
@@ -923,7 +928,11 @@ def _decide_chunk(
             repository.set_items(
                 session, [item_id], state=ItemState.UNCHANGED, document_id=decision.document_id, error=decision.error
             )
-        hashed = dict(zip(to_hash, hasher.map(_hash_file, [states[i][0] for i in to_hash]), strict=True))
+        # A few files per thread-pool task: a Future per file cost this thread more than the hashing itself.
+        paths = [states[i][0] for i in to_hash]
+        parts = [paths[i : i + HASH_FILES_PER_TASK] for i in range(0, len(paths), HASH_FILES_PER_TASK)]
+        results = [result for part in hasher.map(_hash_files, parts) for result in part]
+        hashed = dict(zip(to_hash, results, strict=True))
         shas = {sha for sha, _ in hashed.values() if sha is not None}
         by_sha = {
             d.sha256
