@@ -1,7 +1,8 @@
 """Vector and text indexes keyed by SQL page ids: the backend registry and the factories the composition root calls.
 
 Files under an index directory:
-    <name>.faiss, <name>.manifest.json   FaissIndex (one per single-vector space, e.g. "clip", "text")
+    <name>.faiss, <name>.faiss.journal, <name>.manifest.json
+                                         FaissIndex (one per single-vector space, e.g. "clip", "text")
     chroma/                              ChromaIndex collections "mmrag_<name>"
 
 Multi-vector stores and BM25 indexes own a directory each, which the caller names: see

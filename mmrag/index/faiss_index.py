@@ -20,18 +20,31 @@ GPU
     needs no device-to-host copy); the replica follows appends incrementally and is rebuilt after removals. HNSW
     stays on the CPU (faiss has no GPU HNSW). The cost is host memory equal to the index.
 
-File layout (little-endian), written atomically by flush():
+File layout (little-endian). The snapshot `<name>.faiss`, written atomically:
     b"MMRAGFX1" | u64 manifest_len | u64 index_len | u64 tombstones_len
     manifest JSON (utf-8) | faiss.write_index bytes | int64 tombstoned row positions (hnsw only)
 Manifest and index share the file, so a crash can never leave them disagreeing. `<stem>.manifest.json` beside it is
 a human-readable copy for operators and is never read back.
+
+The journal `<name>.faiss.journal`: the changes made since the snapshot, appended (and fsynced) by flush():
+    b"MMRAGFJ1" | u32 dim,  then records of  b"FJR1" | u8 op (1 add, 2 remove) | 3 pad | u64 n
+                                              | n int64 ids | (add) n*dim float32 | u32 crc32 of all before it
+A bulk job flushes after every batch; rewriting the whole snapshot each time wrote O(N^2) bytes over a job (a
+1M-vector CLIP index is 2 GB). flush() appends instead, and writes a new snapshot (then deletes the journal) only
+when the journal has grown past the snapshot's size (JOURNAL_MIN_BYTES at least), or the index's layout changed
+(IVF trained, HNSW rebuilt): bytes written stay within a small multiple of the index. open() replays the journal
+onto the snapshot and stops at a torn or corrupt record, which a crash mid-flush leaves and no SQL row can vouch
+for. Replaying is idempotent (last change per id wins), so a crash between a new snapshot and the journal's
+deletion replays changes the snapshot already holds, harmlessly.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -46,6 +59,7 @@ from mmrag.index.manifest import (
     atomic_write,
     atomic_write_bytes,
     checked_batch,
+    fsync_dir,
     remove_stale_tmp_files,
 )
 from mmrag.types import Hit
@@ -58,6 +72,14 @@ METRICS: tuple[str, ...] = ("ip",)  # the VectorIndex contract: inner product on
 
 FILE_MAGIC = b"MMRAGFX1"
 _HEADER = struct.Struct("<8sQQQ")
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_MAGIC = b"MMRAGFJ1"
+_JOURNAL_HEADER = struct.Struct("<8sI")
+_RECORD_MAGIC = b"FJR1"
+_RECORD = struct.Struct("<4sB3xQ")
+_CRC = struct.Struct("<I")
+_ADD, _REMOVE = 1, 2
+JOURNAL_MIN_BYTES = 64 * 1024 * 1024  # below this a journal never forces a new snapshot
 
 IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 IVF_MAX_TRAIN_POINTS_PER_LIST = 256  # faiss subsamples to this anyway; sampling ourselves avoids its warning
@@ -118,6 +140,12 @@ class FaissIndex:
             self._alive[tombstones] = False
         self._ids = np.sort(self._stored_ids())
         self._dirty = not on_disk
+        # Changes since the last flush, in order, for the journal; a new snapshot is due instead when the layout
+        # changed or there is no snapshot yet.
+        self._changes: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._snapshot_due = not on_disk
+        self._journal_path = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
+        self._journal_bytes = 0  # valid bytes of the journal file (a torn tail beyond them is cut off on append)
         self._use_gpu = use_gpu and self.kind in ("flat", "ivf") and _num_gpus() > 0
         self._gpu_resources: object | None = None
         self._gpu_index: faiss.Index | None = None
@@ -168,8 +196,10 @@ class FaissIndex:
             log.info("new %s faiss index at %s (model %s, dim %d)", kind, path, model, dim)
             return cls(path, manifest=manifest, index=index, tombstones=np.zeros(0, np.int64), on_disk=False, **params)
         manifest, index, tombstones = _read_file(path, model=model, dim=dim, metric=metric, kind=kind)
-        log.info("opened %s faiss index at %s: %d vectors", kind, path, manifest.count)
-        return cls(path, manifest=manifest, index=index, tombstones=tombstones, on_disk=True, **params)
+        opened = cls(path, manifest=manifest, index=index, tombstones=tombstones, on_disk=True, **params)
+        replayed = opened._replay_journal()
+        log.info("opened %s faiss index at %s: %d vectors (%d journal records)", kind, path, len(opened), replayed)
+        return opened
 
     # ----------------------------------------------------------------------------------------------- VectorIndex
 
@@ -179,27 +209,17 @@ class FaissIndex:
         if len(ids) == 0:
             return
         with self._lock:
-            replaced = ids[_contains(self._ids, ids)]
-            if len(replaced):
-                self._remove_present(replaced)
-            self._append(ids, vectors)
-            self._ids = np.union1d(self._ids, ids)  # replaced ids were already there: no duplicates
-            self._dirty = True
-            self._maybe_train_ivf()
-            self._maybe_rebuild_hnsw()
+            self._add(ids, vectors)
+            self._changes.append((_ADD, ids.copy(), np.array(vectors, dtype="<f4", copy=True)))
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
         """Remove these page ids; ids not in the index are ignored. Returns how many were removed."""
         wanted = np.unique(as_page_ids(ids if isinstance(ids, np.ndarray) else list(ids)))
         with self._lock:
-            present = wanted[_contains(self._ids, wanted)]
-            if len(present) == 0:
-                return 0
-            self._remove_present(present)
-            self._ids = self._ids[~_contains(present, self._ids)]
-            self._dirty = True
-            self._maybe_rebuild_hnsw()
-            return len(present)
+            removed = self._remove(wanted)
+            if removed:
+                self._changes.append((_REMOVE, wanted, None))
+            return removed
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k by inner product for each query row, best first; fewer than k hits when the index is smaller."""
@@ -232,14 +252,19 @@ class FaissIndex:
         return bool(_contains(self._ids, np.asarray([page_id], dtype=np.int64))[0])
 
     def flush(self) -> None:
-        """Write the index and its manifest as one file, atomically. A no-op when nothing changed."""
+        """Make every change durable: appended to the journal, or as a new snapshot when one is due (see the module
+        docstring). A no-op when nothing changed."""
         with self._lock:
             if not self._dirty and self.path.exists():
                 return
             manifest = self.manifest()
-            tombstones = np.flatnonzero(~self._alive).astype("<i8") if self.kind == "hnsw" else np.zeros(0, "<i8")
             remove_stale_tmp_files(self.path)  # we are the only writer: any temp file is a dead writer's
-            atomic_write(self.path, lambda file: _write_file(file, manifest, self._index, tombstones))
+            if self._snapshot_due or not self.path.exists() or self._journal_too_big():
+                self._write_snapshot(manifest)
+            else:
+                self._append_journal()
+            self._changes = []
+            self._snapshot_due = False
             self._dirty = False
         try:
             remove_stale_tmp_files(self.path.with_suffix(".manifest.json"))
@@ -260,6 +285,102 @@ class FaissIndex:
         return f"FaissIndex({str(self.path)!r}, {self.kind}, model={self.model!r}, dim={self.dim}, n={len(self._ids)})"
 
     # ----------------------------------------------------------------------------------------------- internals
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        replaced = ids[_contains(self._ids, ids)]
+        if len(replaced):
+            self._remove_present(replaced)
+        self._append(ids, vectors)
+        self._ids = np.union1d(self._ids, ids)  # replaced ids were already there: no duplicates
+        self._dirty = True
+        self._maybe_train_ivf()
+        self._maybe_rebuild_hnsw()
+
+    def _remove(self, wanted: np.ndarray) -> int:
+        present = wanted[_contains(self._ids, wanted)]
+        if len(present) == 0:
+            return 0
+        self._remove_present(present)
+        self._ids = self._ids[~_contains(present, self._ids)]
+        self._dirty = True
+        self._maybe_rebuild_hnsw()
+        return len(present)
+
+    # ----------------------------------------------------------------------------------------------- persistence
+
+    def _write_snapshot(self, manifest: Manifest) -> None:
+        """The whole index as a new snapshot file, then the journal it supersedes deleted."""
+        tombstones = np.flatnonzero(~self._alive).astype("<i8") if self.kind == "hnsw" else np.zeros(0, "<i8")
+        atomic_write(self.path, lambda file: _write_file(file, manifest, self._index, tombstones))
+        if self._journal_path.exists():
+            self._journal_path.unlink()
+            fsync_dir(self.path.parent)
+        self._journal_bytes = 0
+
+    def _journal_too_big(self) -> bool:
+        pending = sum(len(ids) * (8 + (4 * self.dim if op == _ADD else 0)) for op, ids, _ in self._changes)
+        journal = self._journal_bytes + pending
+        return journal > max(JOURNAL_MIN_BYTES, self.path.stat().st_size)
+
+    def _append_journal(self) -> None:
+        created = not self._journal_path.exists()
+        with open(self._journal_path, "r+b" if not created else "w+b") as file:
+            if created or self._journal_bytes == 0:
+                file.truncate(0)
+                file.write(_JOURNAL_HEADER.pack(JOURNAL_MAGIC, self.dim))
+            else:
+                file.truncate(self._journal_bytes)  # a torn record a crash left after the last valid one
+                file.seek(self._journal_bytes)
+            for op, ids, vectors in self._changes:
+                body = _RECORD.pack(_RECORD_MAGIC, op, len(ids)) + ids.astype("<i8").tobytes()
+                if vectors is not None:
+                    body += vectors.tobytes()
+                file.write(body)
+                file.write(_CRC.pack(zlib.crc32(body)))
+            file.flush()
+            os.fsync(file.fileno())
+            self._journal_bytes = file.tell()
+        if created:
+            fsync_dir(self.path.parent)
+
+    def _replay_journal(self) -> int:
+        """Apply the journal's records onto the snapshot just read; returns how many were applied."""
+        if not self._journal_path.exists():
+            return 0
+        data = self._journal_path.read_bytes()
+        if len(data) < _JOURNAL_HEADER.size:
+            return 0  # created, then a crash before its header was durable: nothing in it was ever vouched for
+        magic, dim = _JOURNAL_HEADER.unpack_from(data)
+        if magic != JOURNAL_MAGIC or dim != self.dim:
+            raise IndexError_(f"{self._journal_path}: not a journal of this index (magic {magic!r}, dim {dim}); "
+                              "rebuild the index from SQL")
+        offset = _JOURNAL_HEADER.size
+        applied = 0
+        while offset + _RECORD.size <= len(data):
+            record_magic, op, n = _RECORD.unpack_from(data, offset)
+            size = _RECORD.size + n * 8 + (n * self.dim * 4 if op == _ADD else 0)
+            end = offset + size + _CRC.size
+            if record_magic != _RECORD_MAGIC or op not in (_ADD, _REMOVE) or end > len(data):
+                break
+            body = data[offset : offset + size]
+            if _CRC.unpack_from(data, offset + size)[0] != zlib.crc32(body):
+                break
+            ids = np.frombuffer(body, dtype="<i8", count=n, offset=_RECORD.size).astype(np.int64)
+            if op == _ADD:
+                vectors = np.frombuffer(body, dtype="<f4", offset=_RECORD.size + n * 8).reshape(n, self.dim)
+                self._add(ids, np.ascontiguousarray(vectors, dtype=np.float32))
+            else:
+                self._remove(ids)
+            offset = end
+            applied += 1
+        if offset < len(data):
+            log.warning("%s: ignored a torn or corrupt tail of %d bytes (a crash during a flush)",
+                        self._journal_path, len(data) - offset)
+        self._journal_bytes = offset
+        # Replayed changes are already on disk (snapshot + journal): nothing is due until the next change, unless
+        # replaying changed the layout (then the next flush writes a snapshot).
+        self._dirty = False
+        return applied
 
     def _stored_ids(self) -> np.ndarray:
         if isinstance(self._index, faiss.IndexIVF):
@@ -307,6 +428,7 @@ class FaissIndex:
         ivf.train(np.ascontiguousarray(training))
         ivf.add_with_ids(vectors, ids)
         self._index = ivf
+        self._snapshot_due = True  # the journal holds vectors, not the trained layout
         self._drop_gpu_replica()
         self._configure_search()
 
@@ -328,6 +450,7 @@ class FaissIndex:
         self._labels = ids.copy()
         self._alive = np.ones(len(ids), dtype=bool)
         self._alive_bitmap = None
+        self._snapshot_due = True
 
     def _configure_search(self) -> None:
         if isinstance(self._index, faiss.IndexIVF):

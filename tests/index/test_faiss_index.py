@@ -177,3 +177,119 @@ def test_hnsw_never_goes_to_the_gpu(tmp_path: Path, monkeypatch) -> None:
     index.add(np.arange(20), clustered_vectors(20, DIM))
     index.search(clustered_vectors(2, DIM), 3)
     assert gpu.clones == 0
+
+
+# --- the journal: flushes append, snapshots are rare ---------------------------------------------------------
+
+
+def _journal(path: Path) -> Path:
+    return path.with_name(path.name + faiss_index.JOURNAL_SUFFIX)
+
+
+def _state(index: FaissIndex, queries: np.ndarray) -> tuple[list[int], list[list[tuple[int, float]]]]:
+    hits = [[(hit.page_id, round(hit.score, 5)) for hit in row] for row in index.search(queries, 10)]
+    return sorted(index.ids().tolist()), hits
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_flushes_after_the_first_append_to_the_journal_and_a_reopen_replays_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(400, DIM, seed=1)
+    queries = queries_near(vectors, 8)
+    index = open_index(path, kind=kind, ivf_lists=2)
+    index.add(np.arange(100), vectors[:100])
+    index.flush()  # the first flush writes the snapshot
+    snapshot = path.read_bytes()
+    index.add(np.arange(100, 200), vectors[100:200])
+    index.flush()
+    index.remove(np.arange(0, 40, 3))
+    index.add(np.array([5, 6]), vectors[300:302])  # replaces 5, brings back 6 (removed just before)
+    index.flush()
+    index.add(np.arange(200, 260), vectors[200:260])
+    index.remove([201, 10**9])
+    index.flush()
+    if kind == "ivf":
+        assert index.is_trained_ivf  # trained on the way (78 points): that flush wrote a snapshot
+    else:
+        assert path.read_bytes() == snapshot, "appends leave the snapshot alone"
+        assert _journal(path).stat().st_size > 0
+    reopened = open_index(path, kind=kind, ivf_lists=2)
+    assert _state(reopened, queries) == _state(index, queries)
+    assert len(reopened) == len(index) == 100 + 100 - 14 + 1 + 60 - 1
+
+
+def test_a_torn_journal_tail_is_ignored_and_cut_off_by_the_next_flush(tmp_path: Path) -> None:
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(300, DIM, seed=2)
+    queries = queries_near(vectors, 8)
+    index = open_index(path)
+    index.add(np.arange(100), vectors[:100])
+    index.flush()
+    index.add(np.arange(100, 150), vectors[100:150])
+    index.flush()
+    durable = _state(index, queries)
+    journal = _journal(path)
+    complete = journal.stat().st_size
+    index.add(np.arange(150, 200), vectors[150:200])
+    index.flush()
+    # The crash: the last flush's record reached the disk only in part.
+    with journal.open("r+b") as file:
+        file.truncate(complete + 100)
+    reopened = open_index(path)
+    assert _state(reopened, queries) == durable
+    reopened.add(np.arange(200, 220), vectors[200:220])
+    reopened.flush()
+    again = open_index(path)
+    assert sorted(again.ids().tolist()) == list(range(150)) + list(range(200, 220))
+    # A flipped byte inside a record fails its checksum: that record and everything after it are ignored.
+    data = bytearray(journal.read_bytes())
+    data[complete + 40] ^= 0xFF
+    journal.write_bytes(bytes(data))
+    assert sorted(open_index(path).ids().tolist()) == list(range(150))
+
+
+def test_a_new_snapshot_replaces_the_journal_once_it_outgrows_the_snapshot(tmp_path: Path, monkeypatch) -> None:
+    """Bytes written over a job stay linear in the index size: snapshots are rewritten geometrically rarely."""
+    monkeypatch.setattr(faiss_index, "JOURNAL_MIN_BYTES", 0)
+    snapshots = []
+    real_write = faiss_index.atomic_write
+    monkeypatch.setattr(faiss_index, "atomic_write",
+                        lambda path, write: (snapshots.append(path), real_write(path, write))[1])
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(6400, DIM, seed=3)
+    index = open_index(path)
+    for start in range(0, 6400, 100):  # 64 flushes, like a bulk job committing batch after batch
+        index.add(np.arange(start, start + 100), vectors[start : start + 100])
+        index.flush()
+    assert 2 <= len(snapshots) <= 10, f"{len(snapshots)} snapshots for 64 flushes"
+    assert open_index(path).ids().tolist() == list(range(6400))
+    written_last = _journal(path).stat().st_size if _journal(path).exists() else 0
+    assert written_last <= path.stat().st_size + 100 * (8 + 4 * DIM) + 64
+
+
+def test_a_crash_between_a_snapshot_and_the_journal_deletion_replays_harmlessly(tmp_path: Path) -> None:
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(200, DIM, seed=4)
+    queries = queries_near(vectors, 8)
+    index = open_index(path)
+    index.add(np.arange(100), vectors[:100])
+    index.flush()
+    index.remove(np.arange(10))
+    index.add(np.array([50]), vectors[150:151])
+    index.add(np.arange(100, 120), vectors[100:120])
+    index.flush()
+    stale_journal = _journal(path).read_bytes()
+    index._write_snapshot(index.manifest())  # what a snapshot flush does; then "crash" before the delete:
+    _journal(path).write_bytes(stale_journal)
+    reopened = open_index(path)
+    assert _state(reopened, queries) == _state(index, queries)
+
+
+def test_a_journal_of_another_index_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "clip.faiss"
+    index = open_index(path)
+    index.add(np.arange(10), clustered_vectors(10, DIM))
+    index.flush()
+    _journal(path).write_bytes(faiss_index._JOURNAL_HEADER.pack(faiss_index.JOURNAL_MAGIC, DIM + 1))
+    with pytest.raises(IndexError_, match="rebuild"):
+        open_index(path)
