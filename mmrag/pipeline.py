@@ -16,6 +16,7 @@ stale vector can never be mistaken for a new page.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -593,6 +594,17 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _objects_frozen() -> Iterator[None]:
+    """Keep the objects alive now (models, modules, stores: millions) out of the garbage collector's full passes
+    while files stream through: a bulk job allocates per page, and each full collection traversed them all."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _run_locked(
     services: Services, roots: list[str], collection: str, collection_id: int, progress: Progress, began: float
 ) -> JobReport:
@@ -645,7 +657,8 @@ def _index_with(
 
     stages = {"start": time.perf_counter() - began}  # walking the folders, models, recovery: before any file
     cpu_began = time.process_time()
-    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
+    with _objects_frozen():
+        pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
