@@ -186,6 +186,16 @@ def _journal(path: Path) -> Path:
     return path.with_name(path.name + faiss_index.JOURNAL_SUFFIX)
 
 
+def _flushed_index(tmp_path: Path, n: int, seed: int) -> tuple[Path, np.ndarray, np.ndarray, FaissIndex]:
+    """An index whose first 100 of `n` clustered vectors are flushed (its snapshot), with queries near them."""
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(n, DIM, seed=seed)
+    index = open_index(path)
+    index.add(np.arange(100), vectors[:100])
+    index.flush()
+    return path, vectors, queries_near(vectors, 8), index
+
+
 def _state(index: FaissIndex, queries: np.ndarray) -> tuple[list[int], list[list[tuple[int, float]]]]:
     hits = [[(hit.page_id, round(hit.score, 5)) for hit in row] for row in index.search(queries, 10)]
     return sorted(index.ids().tolist()), hits
@@ -219,12 +229,7 @@ def test_flushes_after_the_first_append_to_the_journal_and_a_reopen_replays_it(t
 
 
 def test_a_torn_journal_tail_is_ignored_and_cut_off_by_the_next_flush(tmp_path: Path) -> None:
-    path = tmp_path / "clip.faiss"
-    vectors = clustered_vectors(300, DIM, seed=2)
-    queries = queries_near(vectors, 8)
-    index = open_index(path)
-    index.add(np.arange(100), vectors[:100])
-    index.flush()
+    path, vectors, queries, index = _flushed_index(tmp_path, 300, seed=2)
     index.add(np.arange(100, 150), vectors[100:150])
     index.flush()
     durable = _state(index, queries)
@@ -268,12 +273,7 @@ def test_a_new_snapshot_replaces_the_journal_once_it_outgrows_the_snapshot(tmp_p
 
 
 def test_a_crash_between_a_snapshot_and_the_journal_deletion_replays_harmlessly(tmp_path: Path) -> None:
-    path = tmp_path / "clip.faiss"
-    vectors = clustered_vectors(200, DIM, seed=4)
-    queries = queries_near(vectors, 8)
-    index = open_index(path)
-    index.add(np.arange(100), vectors[:100])
-    index.flush()
+    path, vectors, queries, index = _flushed_index(tmp_path, 200, seed=4)
     index.remove(np.arange(10))
     index.add(np.array([50]), vectors[150:151])
     index.add(np.arange(100, 120), vectors[100:120])
