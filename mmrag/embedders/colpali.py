@@ -83,7 +83,9 @@ class ColPaliEmbedder:
         self.meaningless = meaningless
         self.family = type(model).__name__
         self.dim = int(model.dim)
-        self._page_text: dict[tuple[int, int], dict[str, Any]] = {}  # QwenPixels: (h, w) → one page's text inputs
+        # QwenPixels: resized (h, w) → one page's text inputs (their token count follows from the resized size, so
+        # the cache holds at most one entry per 28-pixel grid within max_pixels, whatever the photos' sizes)
+        self._page_text: dict[tuple[int, int], dict[str, Any]] = {}
 
     @property
     def attn_implementation(self) -> str:
@@ -167,14 +169,15 @@ class ColPaliEmbedder:
         return batch
 
     def _text_inputs(self, page: QwenPage) -> dict[str, Any]:
-        """One page's non-pixel inputs (input_ids, attention_mask, ...), the same for every page of its source size."""
-        key = page.source_size
+        """One page's non-pixel inputs (input_ids, attention_mask, ...), the same for every page of its resized size;
+        made by processing a blank page of its source size (the resized size itself may not map to itself)."""
+        resized = page.pixels.shape[1:]
+        key = (int(resized[0]), int(resized[1]))
         if key not in self._page_text:
-            height, width = key
+            height, width = page.source_size
             processed = self.processor.process_images([Image.new("RGB", (width, height))])
             grid = processed["image_grid_thw"][0].tolist()
             patch = self.processor.image_processor.patch_size
-            resized = page.pixels.shape[1:]
             if grid[1:] != [resized[0] // patch, resized[1] // patch]:
                 raise MmragError(f"{self.model_id}: the processor makes grid {grid} of a {width}x{height} page; "
                                  f"the worker resized it to {resized[1]}x{resized[0]}")

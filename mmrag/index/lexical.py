@@ -96,7 +96,7 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=1 << 16)
 def _tokenize_chunk(chunk: str) -> tuple[str, ...]:
     tokens: list[str] = []
     for match in _TOKEN.finditer(chunk):
@@ -239,7 +239,7 @@ def char_ngrams(terms: Iterable[str], n: int = NGRAM) -> list[str]:
     return grams
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=1 << 16)
 def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
     # Cached: a collection repeats its words page after page (this was most of a BM25 rebuild's time).
     padded = f"#{term}#"

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmrag.errors import InputError
+
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -101,7 +103,10 @@ class QwenPixels:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # (3, h, w) uint8, as the processor converts
         height, width = pixels.shape[1:]
-        target = self.target_size(height, width)
+        try:
+            target = self.target_size(height, width)
+        except ValueError as exc:  # the model cannot take this page at all, as the processor would also say
+            raise InputError(f"page of {width}x{height} pixels: {exc}") from None
         if target != (height, width):
             # torchvision resizes uint8 on the CPU with torch's native uint8 bicubic kernel (fixed-point
             # arithmetic, not float then round); the same kernel here gives the processor's exact pixels.

@@ -115,3 +115,25 @@ def test_qwen_pixels_from_jpeg_give_the_vectors_of_embed_images(
     got = tiny_colqwen2.embed_inputs(prepared)
     for g, e in zip(got, tiny_colqwen2.embed_images(decoded), strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+def test_a_page_qwen2_vl_cannot_take_is_an_input_error(tiny_colqwen2: ColPaliEmbedder, tmp_path: Path) -> None:
+    from mmrag.errors import InputError
+
+    spec = tiny_colqwen2.input_spec(tmp_path)
+    with pytest.raises(InputError, match="5000x20 pixels: absolute aspect ratio"):
+        spec.from_image(Image.new("RGB", (5000, 20)))
+
+
+def test_text_inputs_are_cached_per_resized_size_not_per_photo_size(tiny_colqwen2: ColPaliEmbedder,
+                                                                     tmp_path: Path) -> None:
+    spec = tiny_colqwen2.input_spec(tmp_path)
+    tiny_colqwen2._page_text.clear()
+    sizes = [(300 + i, 200 + i) for i in range(6)]  # six photo sizes, one resized size
+    pages = [spec.from_image(Image.new("RGB", (w, h), "white")) for h, w in sizes]
+    assert len({p.pixels.shape for p in pages}) == 1
+    got = tiny_colqwen2._pixels_batch(pages)
+    assert len(tiny_colqwen2._page_text) == 1
+    expected = tiny_colqwen2.processor.process_images([Image.new("RGB", (w, h), "white") for h, w in sizes])
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
