@@ -176,7 +176,7 @@ class Services:
         from mmrag.index.lexical import Bm25Index, fingerprint_of
         from mmrag.store import repository
 
-        directory = self.collection_dir(collection_id) / "lexical"
+        directory = self.lexical_dir(collection_id)
         with self.sessions() as session:
             pages = repository.page_texts(session, collection_id)
         fingerprint = fingerprint_of(page_id for page_id, _ in pages)
@@ -191,6 +191,9 @@ class Services:
             index.rebuild(pages)
             index.save(directory)
         return index
+
+    def lexical_dir(self, collection_id: int) -> Path:
+        return self.collection_dir(collection_id) / "lexical"
 
     def close(self) -> None:
         for stores in self._stores.values():

@@ -425,3 +425,26 @@ def test_colpali_vectors_do_not_depend_on_where_inputs_are_made(
 def _image_path(services, page_id: int) -> str:  # noqa: ANN001
     with services.sessions() as session:
         return session.execute(select(Page.image_path).where(Page.id == page_id)).scalar_one()
+
+
+def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    """The index built ahead (pending documents included) is the one the job ends with: its fingerprint matches
+    SQL's indexed pages, so the end of the job loads it instead of building a second generation."""
+    from mmrag.index.lexical import CURRENT_FILE, Bm25Index, fingerprint_of
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'ahead.db'}")
+    settings.ingest.workers = 2
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        make_corpus(tmp_path / "corpus", images=2, pdfs=2)
+        report = run_index(services, [tmp_path / "corpus"])
+        assert report.counts["indexed"] == 4
+        directory = services.lexical_dir(1)
+        assert (directory / CURRENT_FILE).read_text() == "bm25-000001"  # built once, by the worker
+        with services.sessions() as session:
+            indexed = session.scalars(select(Page.id)).all()
+        assert Bm25Index.load(directory).fingerprint == fingerprint_of(indexed)
+        hits = search(services, "default", text="invoice number 1001", k=3, retrievers=["lexical"])
+        assert hits and hits[0].scores["lexical"] > 0
+    finally:
+        services.close()

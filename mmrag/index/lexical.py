@@ -246,6 +246,15 @@ def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
     return tuple(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
 
 
+def build_and_save(pages: list[tuple[int, str]], directory: str) -> int:
+    """Build the BM25 index of `pages` and save it under `directory` (a bulk job runs this in a worker process while
+    its last batches are embedded); returns the number of pages. Loading checks the fingerprint against SQL."""
+    index = Bm25Index()
+    index.rebuild(pages)
+    index.save(Path(directory))
+    return len(pages)
+
+
 def fingerprint_of(ids: Iterable[int]) -> str:
     """sha256 over the sorted, distinct page ids: equal exactly when two indexes cover the same set of pages.
 

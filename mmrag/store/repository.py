@@ -126,11 +126,14 @@ def forget_embeddings(session: Session, page_ids: Iterable[int], retriever: str)
         )
 
 
-def page_texts(session: Session, collection_id: int) -> list[tuple[int, str]]:
+def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
+    """(page id, text) of the collection's indexed documents; `with_pending` adds the pages of pending ones (a job's
+    documents whose vectors are still on their way)."""
+    statuses = [DocumentStatus.INDEXED, DocumentStatus.PENDING] if with_pending else [DocumentStatus.INDEXED]
     rows = session.execute(
         select(Page.id, Page.text)
         .join(Document, Document.id == Page.document_id)
-        .where(Document.collection_id == collection_id, Document.status == DocumentStatus.INDEXED)
+        .where(Document.collection_id == collection_id, Document.status.in_(statuses))
         .order_by(Page.id)
     )
     return [(page_id, text) for page_id, text in rows]
