@@ -661,7 +661,7 @@ def _index_with(
         pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
-    services.lexical(collection_id)  # rebuild BM25 from SQL now, not at the first query
+    services.refresh_lexical(collection_id)  # BM25 current now (a worker built it ahead), not at the first query
     stages["finish"] = time.perf_counter() - finishing
     # CPU seconds of this process (all its threads, not the workers) from the first file to the end: at GPU speed
     # a bulk job is bound by this process's share of each page as soon as it nears one core.

@@ -192,6 +192,17 @@ class Services:
             index.save(directory)
         return index
 
+    def refresh_lexical(self, collection_id: int) -> None:
+        """Rebuild and save the BM25 index unless the saved one already covers SQL's indexed pages, decided from
+        page ids and the saved manifest alone (no index, no page text and not bm25s are loaded when it does)."""
+        from mmrag.index.lexical import Bm25Index, fingerprint_of
+        from mmrag.store import repository
+
+        with self.sessions() as session:
+            page_ids = repository.indexed_page_ids(session, collection_id)
+        if Bm25Index.saved_fingerprint(self.lexical_dir(collection_id)) != fingerprint_of(page_ids):
+            self.lexical(collection_id)
+
     def lexical_dir(self, collection_id: int) -> Path:
         return self.collection_dir(collection_id) / "lexical"
 

@@ -30,6 +30,7 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # bm25s runs a JAX top-k at import when JAX is installed, and JAX then takes 75% of the GPU's memory for itself
 # (seen on an H200 machine with jax[cuda]: 107 GB gone before a model or a store was loaded). mmrag never uses JAX,
@@ -37,12 +38,17 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import bm25s  # noqa: E402 - after the JAX guard above
 import numpy as np  # noqa: E402
 
 from mmrag.errors import IndexError_  # noqa: E402
 from mmrag.index.manifest import Manifest, atomic_write_bytes, fsync_dir  # noqa: E402
 from mmrag.types import Hit  # noqa: E402
+
+if TYPE_CHECKING:
+    import bm25s
+
+# bm25s itself (and JAX with it, where installed: 1.3 s on the H200 machine) is imported where an index is built or
+# loaded, not here: a process that only checks whether the saved index is current never pays for it.
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +379,21 @@ class Bm25Index:
         log.info("saved BM25 index (%d pages) to %s", len(page_ids), target)
 
     @staticmethod
+    def saved_fingerprint(directory: Path) -> str | None:
+        """The fingerprint of the index saved under `directory`, from its manifest alone (no index is read); None
+        when there is none, it cannot be read, or it was built with another tokenizer or analyzer."""
+        directory = Path(directory)
+        try:
+            source = directory / (directory / CURRENT_FILE).read_text().strip()
+            meta = json.loads((source / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or (meta.get("manifest") or {}).get("model") != MODEL:
+            return None
+        fingerprint = meta.get("fingerprint")
+        return fingerprint if isinstance(fingerprint, str) else None
+
+    @staticmethod
     def saved_in(directory: Path) -> bool:
         """Whether `save` has completed in `directory` (then `load` finds an index, or raises if it is damaged)."""
         return (Path(directory) / CURRENT_FILE).is_file()
@@ -396,6 +417,8 @@ class Bm25Index:
         manifest.check_kind(KIND, where=source)
         manifest.check_count(len(page_ids), where=source)
         index = cls(k1=float(meta.get("k1", 1.5)), b=float(meta.get("b", 0.75)), ngram=int(meta.get("ngram", 0)))
+        import bm25s
+
         try:
             if not meta.get("empty", False):
                 index._retriever = bm25s.BM25.load(str(source), mmap=False, show_progress=False)
@@ -409,6 +432,8 @@ class Bm25Index:
         return index
 
     def _build(self, corpus_tokens: list[list[str]]) -> bm25s.BM25:
+        import bm25s
+
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         retriever.index(corpus_tokens, show_progress=False)
         return retriever

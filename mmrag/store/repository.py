@@ -126,6 +126,16 @@ def forget_embeddings(session: Session, page_ids: Iterable[int], retriever: str)
         )
 
 
+def indexed_page_ids(session: Session, collection_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Page.id)
+            .join(Document, Document.id == Page.document_id)
+            .where(Document.collection_id == collection_id, Document.status == DocumentStatus.INDEXED)
+        )
+    )
+
+
 def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
     """(page id, text) of the collection's indexed documents; `with_pending` adds the pages of pending ones (a job's
     documents whose vectors are still on their way)."""

@@ -175,3 +175,25 @@ def test_tokenize_by_chunks_equals_one_pass_over_the_text() -> None:
         whole = list(_tokenize_chunk.__wrapped__(normalised))
         assert tokenize(text) == whole
         assert tokenize(text) == tokenize(text)  # the cached second pass
+
+
+def test_importing_the_lexical_module_does_not_import_bm25s() -> None:
+    """A process that only checks whether the saved index is current (the end of every bulk job) never pays for
+    bm25s and the JAX it pulls in where installed."""
+    import subprocess
+    import sys
+
+    script = "import sys, mmrag.index; print('bm25s' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False"]
+
+
+def test_saved_fingerprint_reads_the_manifest_only(tmp_path: Path) -> None:
+    assert Bm25Index.saved_fingerprint(tmp_path / "none") is None
+    index = Bm25Index()
+    index.rebuild([(1, "total 12.50"), (2, "invoice")])
+    index.save(tmp_path / "lexical")
+    assert Bm25Index.saved_fingerprint(tmp_path / "lexical") == fingerprint_of([1, 2]) == index.fingerprint
+    current = (tmp_path / "lexical" / lexical.CURRENT_FILE).read_text()
+    (tmp_path / "lexical" / current / "manifest.json").write_text("{not json")
+    assert Bm25Index.saved_fingerprint(tmp_path / "lexical") is None
