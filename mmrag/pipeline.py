@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.config import Settings
@@ -987,10 +987,11 @@ def _decide_chunk(
             # A plain executemany, then the ids by (collection, sha256), which is unique: SQLite cannot promise
             # RETURNING's row order for a multi-row insert, so SQLAlchemy would send one INSERT per document.
             session.connection().execute(
-                insert(Document.__table__),
+                # The empty metadata is one SQL literal, not a JSON encoding per row.
+                insert(Document.__table__).values(user_metadata=literal_column("'{}'")),
                 [
                     {"collection_id": collection_id, "sha256": sha, "kind": "unknown", "mime": "", "size_bytes": size,
-                     "status": DocumentStatus.PENDING, "user_metadata": {}, "created_at": now, "updated_at": now}
+                     "status": DocumentStatus.PENDING, "created_at": now, "updated_at": now}
                     for _, _, size, _, sha in fresh
                 ],
             )
