@@ -89,9 +89,9 @@ class OpenClipEmbedder:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         # On CUDA the next batch is stacked, pinned and copied while this one runs (see encode_in_batches).
-        stage = self._pixels_to_device if is_cuda_device(self.device) else None
-        encode = self._encode_pixels if stage else lambda batch: self._encode_pixels(self._pixels_to_device(batch))
-        rows, self.batch_size = encode_in_batches(pixels, self.batch_size, encode, stage=stage)
+        rows, self.batch_size = encode_in_batches(
+            pixels, self.batch_size, self._encode_pixels, stage=self._pixels_to_device, ahead=is_cuda_device(self.device)
+        )
         return np.stack(rows).astype(np.float32, copy=False)
 
     def _pixels_to_device(self, pixels: Sequence[np.ndarray]) -> Any:

@@ -126,13 +126,10 @@ class ColPaliEmbedder:
             stage: Any = self._pixels_batch
         else:
             stage = lambda batch: self._to_device(self._collate(batch))  # noqa: E731
-        if is_cuda_device(self.device):
-            # The next batch is collated, pinned and copied to the GPU while this one runs (see encode_in_batches).
-            outputs, self.batch_size = encode_in_batches(list(inputs), self.batch_size, self._forward, stage=stage)
-        else:
-            outputs, self.batch_size = encode_in_batches(
-                list(inputs), self.batch_size, lambda batch: self._forward(stage(batch))
-            )
+        # On CUDA the next batch is collated, pinned and copied to the GPU while this one runs.
+        outputs, self.batch_size = encode_in_batches(
+            list(inputs), self.batch_size, self._forward, stage=stage, ahead=is_cuda_device(self.device)
+        )
         return outputs
 
     def _pixels_batch(self, pages: Sequence[QwenPage]) -> dict[str, Any]:

@@ -83,12 +83,14 @@ def encode_in_batches(
     encode_batch: Callable[[Any], Sequence[R]],
     *,
     stage: Callable[[Sequence[T]], Any] | None = None,
+    ahead: bool = True,
 ) -> tuple[list[R], int]:
     """Run `encode_batch` over `items` in order, halving the batch on CUDA OOM and retrying that batch.
 
-    With `stage`, `encode_batch` receives `stage(batch)` instead of the batch, and the next batch is staged on a
-    helper thread while the current one runs: collating, the pinned host copy and the transfer to the GPU overlap
-    the forward instead of leaving the GPU idle between batches (torch releases the GIL for both).
+    With `stage`, `encode_batch` receives `stage(batch)` instead of the batch; with `ahead` too (for a GPU), the
+    next batch is staged on a helper thread while the current one runs: collating, the pinned host copy and the
+    transfer to the GPU overlap the forward instead of leaving the GPU idle between batches (torch releases the GIL
+    for both). On a CPU the forward already uses every core, so callers stage in line (`ahead=False`).
 
     Returns one output per item and the batch size that fitted, so callers can start there next time.
     A batch of one that still runs out of memory re-raises the OOM error.
@@ -99,7 +101,7 @@ def encode_in_batches(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     outputs: list[R] = []
     start = 0
-    overlap = stage is not None and len(items) > batch_size
+    overlap = stage is not None and ahead and len(items) > batch_size
     helper = ThreadPoolExecutor(1, thread_name_prefix="mmrag-stage") if overlap else None
     ahead: tuple[int, int, Future[Any]] | None = None  # (start, size) of the batch being staged, and its result
 

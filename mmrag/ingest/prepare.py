@@ -69,8 +69,8 @@ class ClipPixels:
 class QwenPixels:
     """Qwen2-VL's image processor (ColQwen2, ColQwen2.5) up to its resize: RGB uint8 (3, h, w), h and w multiples of
     `patch_size * merge_size` with h*w within [min_pixels, max_pixels] (transformers' smart_resize), resized the
-    way the processor resizes a uint8 tensor on the CPU (torch's native uint8 bicubic with antialias). The embedder rescales, normalises and cuts it into patches on the device with the processor's own
-    methods, so the model sees what `process_images` would give it, from a quarter of the bytes (uint8 once
+    way the processor resizes a uint8 tensor on the CPU (torch's native uint8 bicubic with antialias). The embedder
+    rescales, normalises and cuts it into patches on the device with the processor's own methods, so the model sees what `process_images` would give it, from a quarter of the bytes (uint8 once
     instead of float pixels repeated over the two temporal frames), and the workers need torch, not
     transformers and colpali-engine (seconds of import before the first page).
     """
@@ -83,8 +83,9 @@ class QwenPixels:
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize (tests hold the two equal)."""
         factor = self.patch_size * self.merge_size
-        if max(height, width) / min(height, width) > 200:
-            raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        ratio = max(height, width) / min(height, width)
+        if ratio > 200:
+            raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
         h_bar = round(height / factor) * factor
         w_bar = round(width / factor) * factor
         if h_bar * w_bar > self.max_pixels:

@@ -145,3 +145,12 @@ def test_stage_with_oom_restages_at_the_smaller_size() -> None:
     # The batch staged ahead at size 4 was dropped when the OOM halved the size; nothing was encoded twice.
     assert encoder.batch_sizes[:3] == [4, 2, 2]
     assert sum(size for size in encoder.batch_sizes if size <= 2) == 9
+
+
+def test_stage_without_ahead_runs_in_line() -> None:
+    stage = Staged()
+    outputs, _ = encode_in_batches(list(range(10)), 4, lambda staged: [item * 10 for item in staged], stage=stage,
+                                   ahead=False)
+    assert outputs == [item * 10 for item in range(10)]
+    assert stage.staged == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    assert not any(name.startswith("mmrag-stage") for name in stage.threads)
