@@ -249,20 +249,6 @@ def store_vectors(embedders: Embedders, stores: CollectionStores, embedded: _Emb
     return records
 
 
-def embed_and_store(
-    embedders: Embedders,
-    stores: CollectionStores,
-    pages: Sequence[_PendingPage],
-    data_dir: Path,
-    *,
-    pool_factor: int = 1,
-    specs: dict[str, InputSpec] | None = None,
-) -> list[dict[str, Any]]:
-    """Embed pages with every loaded retriever, add the vectors to the stores; returns the SQL rows to write."""
-    embedded = embed_pages(embedders, stores, pages, data_dir, pool_factor=pool_factor, specs=specs)
-    return store_vectors(embedders, stores, embedded)
-
-
 def _input_from_stored(data_dir: Path, relative: str | None, spec: InputSpec) -> Any:
     if relative is None:
         raise NotFoundError("page has no stored image to re-embed from")
@@ -329,10 +315,11 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
             pages = [_PendingPage(pid, path, text) for pid, path, text in chunk]
-            records = embed_and_store(
+            embedded = embed_pages(
                 only, stores, pages, services.data_dir,
                 pool_factor=services.settings.index.multivector_pool_factor, specs=specs,
             )
+            records = store_vectors(only, stores, embedded)
             stores.flush()
             with transaction(services.sessions) as session:
                 if records:
@@ -859,8 +846,9 @@ def _process_items(
 def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader) -> None:
     """Every page of the job is in SQL now, some batches still on the device: an idle worker builds and saves the
     collection's BM25 index meanwhile (the end of the job used to spend seconds on it, the GPU idle). It covers
-    the pending documents too, which the last batches mark indexed; services.lexical() at the end loads it if its
-    fingerprint matches SQL then, and rebuilds otherwise (a batch failed), so this only ever saves time."""
+    the pending documents too, which the last batches mark indexed; services.refresh_lexical() at the end keeps it
+    if its fingerprint matches SQL's indexed pages then, and rebuilds otherwise (a batch failed), so this only ever
+    saves time."""
     from mmrag.index.lexical import build_and_save
 
     with services.sessions() as session:
