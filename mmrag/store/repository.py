@@ -126,25 +126,23 @@ def forget_embeddings(session: Session, page_ids: Iterable[int], retriever: str)
         )
 
 
-def indexed_page_ids(session: Session, collection_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Page.id)
-            .join(Document, Document.id == Page.document_id)
-            .where(Document.collection_id == collection_id, Document.status == DocumentStatus.INDEXED)
-        )
+def _collection_pages(query: Select[Any], collection_id: int, *, with_pending: bool = False) -> Select[Any]:
+    """`query` over pages, kept to the collection's indexed documents (and pending ones: a job's documents whose
+    vectors are still on their way)."""
+    statuses = [DocumentStatus.INDEXED, DocumentStatus.PENDING] if with_pending else [DocumentStatus.INDEXED]
+    return query.join(Document, Document.id == Page.document_id).where(
+        Document.collection_id == collection_id, Document.status.in_(statuses)
     )
 
 
+def indexed_page_ids(session: Session, collection_id: int) -> list[int]:
+    return list(session.scalars(_collection_pages(select(Page.id), collection_id)))
+
+
 def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
-    """(page id, text) of the collection's indexed documents; `with_pending` adds the pages of pending ones (a job's
-    documents whose vectors are still on their way)."""
-    statuses = [DocumentStatus.INDEXED, DocumentStatus.PENDING] if with_pending else [DocumentStatus.INDEXED]
+    """(page id, text) of the collection's indexed documents, and with `with_pending` of its pending ones."""
     rows = session.execute(
-        select(Page.id, Page.text)
-        .join(Document, Document.id == Page.document_id)
-        .where(Document.collection_id == collection_id, Document.status.in_(statuses))
-        .order_by(Page.id)
+        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending).order_by(Page.id)
     )
     return [(page_id, text) for page_id, text in rows]
 
