@@ -317,8 +317,12 @@ class FaissIndex:
             fsync_dir(self.path.parent)
         self._journal_bytes = 0
 
+    def _record_bytes(self, op: int, n: int) -> int:
+        """A journal record's header and ids, and for an add its vectors (the CRC after it not included)."""
+        return _RECORD.size + n * 8 + (n * self.dim * 4 if op == _ADD else 0)
+
     def _journal_too_big(self) -> bool:
-        pending = sum(len(ids) * (8 + (4 * self.dim if op == _ADD else 0)) for op, ids, _ in self._changes)
+        pending = sum(self._record_bytes(op, len(ids)) + _CRC.size for op, ids, _ in self._changes)
         journal = self._journal_bytes + pending
         return journal > max(JOURNAL_MIN_BYTES, self.path.stat().st_size)
 
@@ -358,7 +362,7 @@ class FaissIndex:
         applied = 0
         while offset + _RECORD.size <= len(data):
             record_magic, op, n = _RECORD.unpack_from(data, offset)
-            size = _RECORD.size + n * 8 + (n * self.dim * 4 if op == _ADD else 0)
+            size = self._record_bytes(op, n)
             end = offset + size + _CRC.size
             if record_magic != _RECORD_MAGIC or op not in (_ADD, _REMOVE) or end > len(data):
                 break
