@@ -37,12 +37,21 @@ from PIL import Image
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from mmrag.config import Settings
+from mmrag.config import IngestSettings, Settings
 from mmrag.embedders.device import is_cuda_device, resolve_device
-from mmrag.errors import CollectionBusyError, InputError, NotFoundError
+from mmrag.errors import CollectionBusyError, NotFoundError
 from mmrag.ingest import check_ocr, discover
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
-from mmrag.ingest.worker import FileFailure, LoadedFile, init_worker, load_file, load_files, warm_up
+from mmrag.ingest import shared
+from mmrag.ingest.worker import (
+    FileFailure,
+    LoadedFile,
+    init_worker,
+    load_file,
+    load_files,
+    load_files_shared,
+    warm_up,
+)
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -491,6 +500,11 @@ class _Loader:
         self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
         self._context = _worker_context(warm_modules)
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
+        # Workers hand page inputs back through shared memory where the system has it (see mmrag.ingest.shared).
+        self.shared_prefix: str | None = None
+        if self._pool is not None and shared.available():
+            shared.remove_orphans()  # left by a job killed mid-way
+            self.shared_prefix = shared.new_prefix()
         if self._pool is not None and warm_modules:
             # Start every worker now, from a thread of its own: the first fork waits for the fork server to import
             # `warm_modules` (seconds for torch), which would otherwise hold up this thread's model loading and
@@ -526,11 +540,28 @@ class _Loader:
             return future
         return self._pool.submit(fn, *args)
 
+    def load(
+        self, files: list[tuple[str, str]], settings: IngestSettings, data_dir: str, specs: tuple[InputSpec, ...]
+    ) -> Future[list[LoadedFile | FileFailure] | shared.SharedResults]:
+        """Load `files` in a worker; the future's value goes through `received`."""
+        # load_file is looked up here, not bound at import: tests swap in one that crashes its worker
+        if self.shared_prefix is None:
+            return self.submit(load_files, files, settings, data_dir, specs, load_file)
+        return self.submit(
+            load_files_shared, files, settings, data_dir, specs, load_file, self.shared_prefix, shared.MIN_SHARED_BYTES
+        )
+
+    @staticmethod
+    def received(value: list[LoadedFile | FileFailure] | shared.SharedResults) -> list[LoadedFile | FileFailure]:
+        return shared.receive(value) if isinstance(value, shared.SharedResults) else value
+
     def close(self) -> None:
         """Stop the workers and wait for them to exit; closing twice is harmless."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self.shared_prefix is not None:
+            shared.remove_segments(self.shared_prefix)  # tasks cancelled, or whose worker died, left their files
 
 
 def run_index(
@@ -598,9 +629,10 @@ def _run_locked(
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
     # the models and recovers the stores.
     colpali_prep = services.settings.embedders.colpali.enabled and colpali_inputs_in_workers(services.settings)
-    # Qwen2-VL-based models (ColQwen2, ColQwen2.5) take QwenPixels, which need torch in the workers; other ColPali
-    # families import colpali-engine in each worker at its first page (their processor runs there).
-    warm = ["torch"] if colpali_prep else []
+    # CLIP's inputs (ClipPixels) and Qwen2-VL-based models' (QwenPixels) are resized with torch in the workers;
+    # other ColPali families import colpali-engine in each worker at its first page (their processor runs there).
+    clip_prep = services.settings.embedders.clip.enabled
+    warm = ["torch"] if colpali_prep or clip_prep else []
     loader = _Loader(services.settings.ingest.workers, warm_modules=warm)
     try:
         with transaction(services.sessions) as session:
@@ -725,8 +757,7 @@ def _process_items(
         while len(in_flight) >= loader.limit:
             drain_one()
         files = [(file.path, file.sha256) for file in task]
-        # load_file is looked up here, not bound at import: tests swap in one that crashes its worker
-        future = loader.submit(load_files, files, settings.ingest, data_dir, spec_values, load_file)
+        future = loader.load(files, settings.ingest, data_dir, spec_values)
         in_flight.append((task, future, loader.generation))
         task = []
 
@@ -734,8 +765,9 @@ def _process_items(
         files, future, generation = in_flight.popleft()
         try:
             began = time.perf_counter()
-            results = future.result()
+            value = future.result()
             stages["waiting_on_workers"] = stages.get("waiting_on_workers", 0.0) + time.perf_counter() - began
+            results = loader.received(value)
         except BrokenProcessPool:
             # Every task the dead pool held lands here; each file is retried alone, so only the culprit fails.
             loader.replace_broken_pool(generation)

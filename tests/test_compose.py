@@ -131,3 +131,11 @@ def test_indexer_stays_a_one_off_job(compose: dict) -> None:
     assert services["indexer"]["profiles"] == ["jobs"]  # not started by `docker compose up`
     assert "profiles" not in services["api"] and "profiles" not in services["vllm"]
     assert services["indexer"]["volumes"][0] == services["api"]["volumes"][0]  # one data volume, shared
+
+
+def test_services_that_run_index_jobs_have_room_in_dev_shm(compose: dict) -> None:
+    """Bulk jobs' workers hand pages back through /dev/shm; Docker's default 64 MB would send them to the pipe."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    for name in ("indexer", "indexer-gpu", "api"):
+        size = str(compose["services"][name].get("shm_size", "64m")).lower().removesuffix("b")
+        assert int(size[:-1]) * units[size[-1]] >= 2**30, name

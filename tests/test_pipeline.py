@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -448,3 +449,43 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         assert hits and hits[0].scores["lexical"] > 0
     finally:
         services.close()
+
+
+def test_worker_inputs_through_shared_memory_give_the_same_vectors(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes hand page inputs back through /dev/shm (every task here, the size floor set to 0): the
+    vectors are those of the stored page images, and no shared file outlives the job."""
+    from mmrag.ingest import shared
+
+    if not shared.available():
+        pytest.skip("this system has no writable /dev/shm")
+    monkeypatch.setattr(shared, "MIN_SHARED_BYTES", 0)
+    received: list[str | None] = []
+    receive = shared.receive
+
+    def counting_receive(value: shared.SharedResults) -> list[object]:
+        received.append(value.segment)
+        return receive(value)
+
+    monkeypatch.setattr(shared, "receive", counting_receive)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+    settings.ingest.workers = 2
+    settings.ingest.colpali_inputs_in_workers = "always"
+    services = build_services(settings, embedders=tiny_embedders)
+    before = set(shared.SHM_DIR.glob(f"{shared.NAME_STEM}-{os.getpid()}-*"))
+    try:
+        make_corpus(tmp_path / "corpus", images=4, pdfs=2)
+        report = run_index(services, [tmp_path / "corpus"])
+        assert report.counts["failed"] == 0 and report.pages_indexed == 8
+        assert received and all(segment is not None for segment in received)
+        store = services.stores(1).clip
+        for page_id in store.ids():
+            image = Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")
+            [want] = tiny_embedders.clip.embed_images([image])
+            [hits] = store.search(want[None], len(store))
+            # the stored vector is this one: its inner product with it is the vector's own (1, normalised)
+            assert {h.page_id: h.score for h in hits}[int(page_id)] == pytest.approx(float(want @ want), abs=1e-4)
+    finally:
+        services.close()
+    assert set(shared.SHM_DIR.glob(f"{shared.NAME_STEM}-{os.getpid()}-*")) == before

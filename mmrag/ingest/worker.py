@@ -25,6 +25,7 @@ from mmrag.ingest import describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.ingest.prepare import InputSpec
+from mmrag.ingest.shared import SharedResults, export
 from mmrag.types import DocumentKind, TextSource
 
 # Model inputs of a long PDF would otherwise all travel back at once (a ColQwen2 page is megabytes): past this many
@@ -87,6 +88,20 @@ def load_files(
             detail = "".join(traceback.format_exception_only(exc)).strip()
             results.append(FileFailure(f"internal error: {detail}"))
     return results
+
+
+def load_files_shared(
+    files: list[tuple[str, str]],
+    settings: IngestSettings,
+    data_dir: str,
+    inputs: tuple[InputSpec, ...],
+    load: Callable[..., LoadedFile] | None,
+    prefix: str,
+    min_bytes: int,
+) -> SharedResults:
+    """load_files, its results' input arrays moved to one shared-memory file named from `prefix` (see
+    mmrag.ingest.shared): the main process receives the pixels without copying them through the result pipe."""
+    return export(load_files(files, settings, data_dir, inputs, load), prefix, min_bytes)
 
 
 def init_worker() -> None:
