@@ -17,7 +17,10 @@ def test_clip_inputs_give_the_vectors_of_embed_images(tiny_clip: OpenClipEmbedde
     spec = tiny_clip.input_spec()
     assert spec is not None and spec.size == 32
     prepared = [spec.from_image(page) for page in pages]
-    np.testing.assert_array_equal(tiny_clip.embed_inputs(prepared), tiny_clip.embed_images(pages))
+    ours, theirs = tiny_clip.embed_inputs(prepared), tiny_clip.embed_images(pages)
+    # torch's uint8 resampling in the workers, PIL's in open_clip's preprocess: pixels within 1, the same vectors
+    # to a cosine of 1e-4
+    assert np.all(np.sum(ours * theirs, axis=1) > 1 - 1e-4)
 
 
 def test_clip_without_a_plain_resize_and_crop_takes_no_inputs(tiny_clip: OpenClipEmbedder) -> None:
