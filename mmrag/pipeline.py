@@ -20,6 +20,7 @@ import gc
 import hashlib
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -100,12 +101,9 @@ class JobReport:
         return self.pages_indexed / self.seconds if self.seconds > 0 else 0.0
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_of(path: str | Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- recovery ------------------------------------------------------------------------------------------------
@@ -434,9 +432,9 @@ class _Committer:
 # --- the job -------------------------------------------------------------------------------------------------
 
 
-def _file_state(path: Path) -> tuple[int, float] | None:
+def _file_state(path: str) -> tuple[int, float] | None:
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return None
     return stat.st_size, stat.st_mtime
@@ -892,7 +890,7 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
 
 
 FILES_PER_TASK = 16
-HASH_FILES_PER_TASK = 8
+HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
 SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
 
 
@@ -927,7 +925,7 @@ def _hash_file(path: str) -> tuple[str | None, str | None]:
     """(sha256, None) or (None, the reason it could not be read); runs on the hashing threads (hashlib and file
     reads release the GIL, so hashing a chunk of files overlaps with the rest of the main process)."""
     try:
-        return sha256_of(Path(path)), None
+        return sha256_of(path), None
     except OSError as exc:
         return None, f"{path}: cannot read: {exc.strerror}"
 
@@ -941,7 +939,7 @@ def _decide_chunk(
     decisions: dict[int, _Decision] = {}
     states: dict[int, tuple[str, int, float]] = {}
     for item_id, path in chunk:
-        state = _file_state(Path(path))
+        state = _file_state(path)
         if state is None:
             decisions[item_id] = _Decision(ItemState.FAILED, None, error=f"{path}: file vanished or unreadable")
         else:
