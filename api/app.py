@@ -82,6 +82,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if state.services is None:
         state.services = await run_in_threadpool(build_services, settings)
     services: Services = state.services
+    if settings.api.job_roots:
+        # This service runs index jobs: their workers' fork server imports torch beside the model loading below,
+        # not at the first job.
+        from mmrag.pipeline import start_worker_server
+
+        start_worker_server(services.settings)
     embedders = await run_in_threadpool(services.embedders)  # load every model now, not at the first request
     log.info("retrievers on: %s; off: %s", ", ".join(embedders.on()) or "none", embedders.off or "none")
     if state.answerer is None:

@@ -71,9 +71,10 @@ def index(
     profile: ProfileOption = None,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
-    from mmrag.pipeline import run_index
+    from mmrag.pipeline import run_index, start_worker_server
 
     services = _services(profile)
+    start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
     try:
         columns = (
             TextColumn("[bold]{task.description}"),

@@ -481,6 +481,27 @@ def _worker_context(warm_modules: Sequence[str]) -> multiprocessing.context.Base
     return context
 
 
+def _warm_modules(settings: Settings) -> list[str]:
+    """What the workers import before their first file: CLIP's inputs (ClipPixels) and Qwen2-VL-based models'
+    (QwenPixels) are resized with torch there; other ColPali families import colpali-engine in each worker at its
+    first page (their processor runs there)."""
+    colpali_prep = settings.embedders.colpali.enabled and colpali_inputs_in_workers(settings)
+    return ["torch"] if colpali_prep or settings.embedders.clip.enabled else []
+
+
+def start_worker_server(settings: Settings) -> None:
+    """Start the fork server that bulk jobs' workers come from, now, in the background (it returns in
+    milliseconds): its imports (torch: 2-3 s) then happen beside whatever the caller does next, typically loading
+    the models, instead of before a job's first page. A job started later finds it running; calling this is only
+    ever an optimisation."""
+    if settings.ingest.workers > 0:
+        context = _worker_context(_warm_modules(settings))
+        if context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
+
 def _start_workers(pool: ProcessPoolExecutor, workers: int, modules: tuple[str, ...]) -> None:
     try:
         for _ in range(workers):
@@ -626,12 +647,7 @@ def _run_locked(
 ) -> JobReport:
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
     # the models and recovers the stores.
-    colpali_prep = services.settings.embedders.colpali.enabled and colpali_inputs_in_workers(services.settings)
-    # CLIP's inputs (ClipPixels) and Qwen2-VL-based models' (QwenPixels) are resized with torch in the workers;
-    # other ColPali families import colpali-engine in each worker at its first page (their processor runs there).
-    clip_prep = services.settings.embedders.clip.enabled
-    warm = ["torch"] if colpali_prep or clip_prep else []
-    loader = _Loader(services.settings.ingest.workers, warm_modules=warm)
+    loader = _Loader(services.settings.ingest.workers, warm_modules=_warm_modules(services.settings))
     try:
         with transaction(services.sessions) as session:
             job = repository.find_unfinished_job(session, collection_id, roots)

@@ -489,3 +489,31 @@ def test_worker_inputs_through_shared_memory_give_the_same_vectors(
     finally:
         services.close()
     assert set(shared.SHM_DIR.glob(f"{shared.NAME_STEM}-{os.getpid()}-*")) == before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_worker_fork_server_can_start_before_the_job(tmp_path: Path, workers: int) -> None:
+    """start_worker_server starts the fork server (with torch to preload) at once, in the background, so that a
+    job's workers later fork from a warm server; with no workers it starts nothing. In a fresh interpreter: this
+    one's fork server may be running already."""
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+import torch  # as in any process that runs models: resolving the device "auto" imports it
+from multiprocessing import forkserver
+from mmrag.config import IngestSettings, Settings
+from mmrag.pipeline import start_worker_server
+began = time.perf_counter()
+start_worker_server(Settings(data_dir={str(tmp_path)!r}, ingest=IngestSettings(workers={workers})))
+print(time.perf_counter() - began)
+print(forkserver._forkserver._forkserver_pid is not None)
+print(",".join(forkserver._forkserver._preload_modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    seconds, started, preload = done.stdout.split("\n")[:3]
+    assert started == str(workers > 0)
+    if workers:
+        assert float(seconds) < 1.0  # it does not wait for the imports
+        assert preload.split(",") == ["mmrag.ingest.worker", "torch"]
