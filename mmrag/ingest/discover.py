@@ -66,6 +66,10 @@ def _walk(directory: Path, dir_stat: os.stat_result, seen_dirs: set[tuple[int, i
         return
     for entry in entries:
         path = directory / entry.name
+        if not entry.is_symlink() and entry.is_file(follow_symlinks=False):
+            # The directory listing's type says so: no stat per file (30k of them took a third of a second).
+            yield path
+            continue
         try:
             st = entry.stat()  # follows symlinks
         except OSError as exc:  # a dangling symlink, or a file removed during the walk
