@@ -82,7 +82,7 @@ class OpenClipEmbedder:
         return ClipPixels(size=size, interpolation=config.get("interpolation", "bicubic"))
 
     def embed_inputs(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised, from input_spec()'s uint8 (size, size, 3) arrays: the preprocess
+        """(n, dim) float32, L2-normalised, from input_spec()'s uint8 (3, size, size) arrays: the preprocess
         minus the resize, with the scaling and normalising done on the device."""
         if self._mean_std is None and self.input_spec() is None:
             raise ValueError(f"{self.model_id}: its preprocess is not resize + centre crop; use embed_images")
@@ -102,7 +102,7 @@ class OpenClipEmbedder:
         import torch
 
         mean, std = self._mean_std
-        images = on_device.permute(0, 3, 1, 2).float().div_(255.0)
+        images = on_device.float().div_(255.0)
         mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         images = images.sub_(mean_t).div_(std_t)

@@ -26,12 +26,14 @@ from mmrag.errors import InputError
 
 @dataclass(frozen=True)
 class ClipPixels:
-    """open_clip's eval transform up to the tensor: shortest side to `size`, centre crop, RGB uint8 (size, size, 3).
+    """open_clip's eval transform up to the tensor: shortest side to `size`, centre crop, RGB uint8 (3, size, size).
 
     The geometry of torchvision's Resize(int) + CenterCrop, which open_clip's preprocess runs on a PIL image; the
     resampling is torch's native uint8 kernel (antialiased, as PIL's), which torchvision uses for uint8 tensors:
     1.5x faster than PIL's in a worker (the resize was a third of a photo's cost there), and within 1 of PIL's
-    value for every pixel (tests hold it). Normalising (x/255 - mean)/std happens on the device.
+    value for every pixel (tests hold it). Channels first, as the resize leaves them and the model takes them
+    (handing back channels last cost 0.2-0.4 ms of transposing per photo). Normalising (x/255 - mean)/std
+    happens on the device.
     """
 
     size: int
@@ -59,9 +61,8 @@ class ClipPixels:
                 torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(new_height, new_width),
                 mode=self.interpolation, align_corners=False, antialias=True,
             )[0]
-            crop = resized[:, top : top + self.size, left : left + self.size].permute(1, 2, 0)
-            return np.ascontiguousarray(crop.numpy())
-        return np.ascontiguousarray(pixels[top : top + self.size, left : left + self.size])
+            return np.ascontiguousarray(resized[:, top : top + self.size, left : left + self.size].numpy())
+        return np.ascontiguousarray(pixels[top : top + self.size, left : left + self.size].transpose(2, 0, 1))
 
     def from_jpeg(self, data: bytes) -> np.ndarray:
         """From JPEG bytes, decoded at the smallest DCT scale that keeps `size` pixels on the short side."""

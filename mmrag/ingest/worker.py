@@ -123,8 +123,27 @@ def warm_up(modules: tuple[str, ...]) -> None:
 
 
 def page_image_path(sha256: str, page_number: int) -> str:
-    """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent."""
-    return f"pages/{sha256[:2]}/{sha256}/{page_number:05d}.jpg"
+    """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent. Two
+    levels of 256 directories hold every page: a directory per document (the layout before; SQL keeps each page's
+    path, so those pages stay where they are) cost a mkdir per photo, a seventh of a worker's time."""
+    return f"pages/{sha256[:2]}/{sha256[2:4]}/{sha256}-{page_number:05d}.jpg"
+
+
+_MADE_DIRS: set[Path] = set()  # per worker process: the page directories it made or found
+
+
+def _write_page_image(target: Path, data: bytes) -> None:
+    """Write atomically (a reader never sees half a JPEG), making its directory the first time only."""
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    if target.parent not in _MADE_DIRS:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _MADE_DIRS.add(target.parent)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # the directory went away since (a data dir removed and made again): make it again
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+    os.replace(tmp, target)
 
 
 def load_file(
@@ -153,14 +172,10 @@ def load_file(
             image = image.copy()
             image.thumbnail((settings.page_image_max_side, settings.page_image_max_side), Image.Resampling.LANCZOS)
         relative = page_image_path(sha256, page.page_number)
-        target = Path(data_dir) / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         encoded = io.BytesIO()
         image.save(encoded, format="JPEG", quality=90)
         data = encoded.getvalue()
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        _write_page_image(Path(data_dir) / relative, data)
         prepared: tuple[Any, ...] = ()
         if inputs and input_bytes <= MAX_INPUT_BYTES_PER_FILE:
             # From the stored bytes, not the pixels in hand: every vector is a function of the stored page image,
@@ -211,11 +226,7 @@ def _load_plain_jpeg(
     except (*_DECODE_ERRORS, Image.DecompressionBombError):
         return None
     relative = page_image_path(sha256, 1)
-    target = Path(data_dir) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)  # the stored page image is the file itself: same pixels, no re-encode
-    os.replace(tmp, target)
+    _write_page_image(Path(data_dir) / relative, data)  # the file itself: same pixels, no re-encode
     page = StoredPage(1, width, height, "", TextSource.NONE.value, relative, prepared)
     return LoadedFile(path, sha256, kind.value, mime, [page])
 

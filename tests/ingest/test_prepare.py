@@ -39,15 +39,15 @@ def test_clip_pixels_equal_open_clips_preprocess(size: tuple[int, int]) -> None:
     _, preprocess, _ = build_tiny_clip()
     image = _photo(*size)
     pixels = ClipPixels(32).from_image(image)
-    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 32, 32)
     mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
     std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
     theirs = preprocess(image)  # PIL's resize, then ToTensor and Normalize
     theirs_uint8 = torch.round((theirs * std + mean) * 255).to(torch.int16)
-    diff = (torch.from_numpy(pixels).permute(2, 0, 1).to(torch.int16) - theirs_uint8).abs()
+    diff = (torch.from_numpy(pixels).to(torch.int16) - theirs_uint8).abs()
     # torch's uint8 resampling against PIL's: the same filter, fixed-point rounding apart by at most 1
     assert int(diff.max()) <= 1
-    ours = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+    ours = (torch.from_numpy(pixels.copy()).float() / 255 - mean) / std
     if size == (32, 32):  # no resize at all: the very same tensor
         assert torch.equal(ours, theirs)
 
@@ -115,3 +115,23 @@ def test_without_specs_pages_carry_no_inputs(tmp_path: Path) -> None:
     buffer = io.BytesIO((tmp_path / "data" / page.image_path).read_bytes())
     with Image.open(buffer) as stored:
         assert stored.size == (64, 48)
+
+
+def test_page_images_share_directories_and_survive_their_removal(tmp_path: Path) -> None:
+    """Pages live under two levels of 256 directories named from their document's sha256, made once per worker;
+    a directory removed since is made again."""
+    import shutil
+
+    from mmrag.ingest.worker import page_image_path
+
+    spec = ClipPixels(32)
+    settings = IngestSettings(ocr="never")
+    data = tmp_path / "data"
+    sources = [_jpeg(_photo(64, 48, seed=i), tmp_path / f"p{i}.jpg") for i in range(2)]
+    shas = ["ab" * 32, "ab" * 31 + "cd"]  # the same directory
+    first = load_file(str(sources[0]), shas[0], settings, str(data), (spec,))
+    assert first.pages[0].image_path == page_image_path(shas[0], 1) == f"pages/ab/ab/{shas[0]}-00001.jpg"
+    shutil.rmtree(data / "pages")
+    second = load_file(str(sources[1]), shas[1], settings, str(data), (spec,))
+    assert (data / second.pages[0].image_path).read_bytes() == sources[1].read_bytes()
+    assert second.pages[0].image_path == f"pages/ab/ab/{shas[1]}-00001.jpg"
