@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import multiprocessing
 import os
@@ -37,7 +38,8 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Set
 from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
 from mmrag.embedders.device import resolve_device
-from mmrag.pipeline import run_index, start_worker_server
+from mmrag.ingest.worker import LoadedFile, load_files
+from mmrag.pipeline import colpali_inputs_in_workers, input_specs, run_index, start_worker_server
 from mmrag.services import Embedders, build_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +72,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--colpali-inputs-in-workers", choices=("auto", "always", "never"), default="auto",
                         help="IngestSettings.colpali_inputs_in_workers (auto: on CUDA only)")
     parser.add_argument("--raw-pages", type=int, default=None, help="pages the raw forward runs (default: corpus)")
+    parser.add_argument("--transfer", choices=("shm", "pipe", "both"), default="shm",
+                        help="how workers hand inputs back (IngestSettings.shared_memory); both: one job each, "
+                             "side by side on the same corpus")
+    parser.add_argument("--worker-pages", type=int, default=200,
+                        help="pages one worker's cost per page is measured on, in this process (0: skip)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the end-to-end run's job thread here (and print its top entries)")
     parser.add_argument("--out", type=Path, default=None)
@@ -350,17 +357,39 @@ class Timeline:
             self.pages += pages
 
 
-def job_settings(work: Path, args: argparse.Namespace) -> Settings:
+def job_settings(work: Path, args: argparse.Namespace, *, transfer: str = "shm") -> Settings:
     settings = Settings(
         data_dir=work / "data",
         database=DatabaseSettings(url=f"sqlite:///{work / 'bench.db'}"),
         embedders=EmbedderSettings(profile="default", device=args.device),
-        ingest=IngestSettings(workers=args.workers, ocr="never",
+        ingest=IngestSettings(workers=args.workers, ocr="never", shared_memory=transfer == "shm",
                               colpali_inputs_in_workers=args.colpali_inputs_in_workers),
         batch_pages=args.commit_pages,
     )
     settings.embedders.colpali.enabled = args.kind == "colpali"  # workers import colpali-engine only for it
     return settings
+
+
+def worker_cost(embedders: Embedders, settings: Settings, corpus: Path, work: Path, pages: int) -> dict[str, float]:
+    """One worker's time per page, measured here: load_files (sniff, decode or render, store the page image, make
+    the model inputs) on the corpus's first files, one torch thread, as in a worker. `workers` of them can feed
+    at most workers / that many pages per second, whatever the main process and the device do."""
+    specs = tuple(input_specs(embedders, settings.data_dir, colpali=colpali_inputs_in_workers(settings)).values())
+    photos = sorted((corpus / "photos").glob("*.jpg"))
+    files = photos[:pages] if photos else sorted((corpus / "pdfs").glob("*.pdf"))[: max(1, pages // 8)]
+    listed = [(str(f), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_files(listed[:2], settings.ingest, str(work / "worker-warm-up"), specs)  # imports, first-call costs
+        began = time.process_time()
+        results = load_files(listed, settings.ingest, str(work / "worker-cost"), specs)
+        seconds = time.process_time() - began
+    finally:
+        torch.set_num_threads(threads)
+    done = sum(len(r.pages) for r in results if isinstance(r, LoadedFile))
+    ms = 1000 * seconds / max(1, done)
+    return {"pages": done, "ms_per_page": ms, "workers_ceiling_pages_per_s": settings.ingest.workers * 1000 / ms}
 
 
 def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -398,7 +427,7 @@ def main(argv: list[str]) -> int:
         corpus_info = make_corpus(corpus, images, args.pdf_pages if args.kind == "colpali" else 0,
                                   pages_per_pdf=args.pages_per_pdf, distinct_photos=args.distinct_photos)
         console.print(f"corpus: {corpus_info}")
-        settings = job_settings(work, args)
+        settings = job_settings(work / f"job-{'shm' if args.transfer == 'both' else args.transfer}", args)
         # As `mmrag index` does: the workers' fork server imports torch while the model loads (outside both
         # measurements), not at the job's start.
         start_worker_server(settings)
@@ -426,7 +455,13 @@ def main(argv: list[str]) -> int:
             embedders = Embedders(colpali=embedder, off={"clip": "bench: colpali only", "text": "bench: colpali only"},
                                   meaningless=True)
             model = f"ColQwen2 {'tiny' if args.tiny else 'Qwen2-VL-2B shape'} (random-init, throughput only)"
-        e2e = end_to_end(embedders, settings, corpus, args)
+        worker = worker_cost(embedders, settings, corpus, work, args.worker_pages) if args.worker_pages else None
+        transfers = ["shm", "pipe"] if args.transfer == "both" else [args.transfer]
+        runs = {}
+        for transfer in transfers:  # each job on its own SQL database and data dir, the same corpus
+            runs[transfer] = end_to_end(embedders, job_settings(work / f"job-{transfer}", args, transfer=transfer),
+                                        corpus, args)
+        e2e = runs[transfers[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = e2e["pages_per_s"] / raw if raw == raw else float("nan")  # nan: --noop ran no raw forward
@@ -444,6 +479,16 @@ def main(argv: list[str]) -> int:
         table.add_row(f"  stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
     cpu_ms = 1000 * e2e["stages"].get("process_cpu", 0.0) / max(1, e2e["pages"])
     table.add_row("  this process's CPU per page (ms, all threads, workers not included)", f"{cpu_ms:.3f}", "", "")
+    for transfer, run in list(runs.items())[1:]:
+        other_ms = 1000 * run["stages"].get("process_cpu", 0.0) / max(1, run["pages"])
+        table.add_row(f"end-to-end, inputs through the {transfer}", f"{run['pages_per_s']:.1f}", str(run["pages"]),
+                      f"{run['seconds']:.1f}")
+        table.add_row(f"  this process's CPU per page (ms), {transfer}", f"{other_ms:.3f}", "", "")
+    if worker is not None:
+        table.add_row("one worker: CPU per page (ms; load_files here, one thread)", f"{worker['ms_per_page']:.3f}",
+                      str(worker["pages"]), "")
+        table.add_row(f"  {args.workers} workers can feed at most", f"{worker['workers_ceiling_pages_per_s']:.1f}",
+                      "", "")
     console.print(table)
     device_name = torch.cuda.get_device_name() if embedder.device.startswith("cuda") else platform.processor()
     report = {
@@ -457,6 +502,9 @@ def main(argv: list[str]) -> int:
         "corpus": corpus_info,
         "raw_pages_per_s": None if args.noop else raw,
         "end_to_end": e2e,
+        "transfer": transfers[0],
+        "end_to_end_by_transfer": runs,
+        "worker": worker,
         "ratio": None if args.noop else ratio,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

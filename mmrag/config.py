@@ -34,6 +34,8 @@ class IngestSettings(BaseModel):
     # seconds per fork server) or in this process from the stored page image. auto: workers when the models run
     # on CUDA, where this process must keep the GPU fed; here otherwise, so small CPU jobs start at once.
     colpali_inputs_in_workers: Literal["auto", "always", "never"] = "auto"
+    # Workers hand model inputs back through /dev/shm where it is writable (mmrag.ingest.shared); false: the pipe.
+    shared_memory: bool = True
     # Batches that may wait for the embedding thread while the next one is decoded and written to SQL.
     batches_ahead: int = Field(2, ge=1)
     page_image_max_side: int = Field(2048, ge=64)  # stored page image is downscaled to this

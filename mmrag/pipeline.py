@@ -513,7 +513,7 @@ def _start_workers(pool: ProcessPoolExecutor, workers: int, modules: tuple[str, 
 class _Loader:
     """Runs `load_file` in worker processes with a bounded number in flight, so memory stays bounded."""
 
-    def __init__(self, workers: int, *, warm_modules: Sequence[str] = ()) -> None:
+    def __init__(self, workers: int, *, warm_modules: Sequence[str] = (), shared_memory: bool = True) -> None:
         self.workers = workers
         self.limit = max(2, 2 * workers)
         self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
@@ -521,7 +521,7 @@ class _Loader:
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
         # Workers hand page inputs back through shared memory where the system has it (see mmrag.ingest.shared).
         self.shared_prefix: str | None = None
-        if self._pool is not None and shared.available():
+        if self._pool is not None and shared_memory and shared.available():
             shared.remove_orphans()  # left by a job killed mid-way
             self.shared_prefix = shared.new_prefix()
         if self._pool is not None and warm_modules:
@@ -647,7 +647,8 @@ def _run_locked(
 ) -> JobReport:
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
     # the models and recovers the stores.
-    loader = _Loader(services.settings.ingest.workers, warm_modules=_warm_modules(services.settings))
+    ingest = services.settings.ingest
+    loader = _Loader(ingest.workers, warm_modules=_warm_modules(services.settings), shared_memory=ingest.shared_memory)
     try:
         with transaction(services.sessions) as session:
             job = repository.find_unfinished_job(session, collection_id, roots)

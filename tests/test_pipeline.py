@@ -517,3 +517,31 @@ print(",".join(forkserver._forkserver._preload_modules))
     if workers:
         assert float(seconds) < 1.0  # it does not wait for the imports
         assert preload.split(",") == ["mmrag.ingest.worker", "torch"]
+
+
+def test_shared_memory_off_sends_inputs_through_the_pipe(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IngestSettings.shared_memory=false: no task result names a shared file, and the job indexes all the same."""
+    from mmrag.ingest import shared
+
+    monkeypatch.setattr(shared, "MIN_SHARED_BYTES", 0)
+    segments: list[str | None] = []
+    receive = shared.receive
+
+    def counting_receive(value: shared.SharedResults) -> list[object]:
+        segments.append(value.segment)
+        return receive(value)
+
+    monkeypatch.setattr(shared, "receive", counting_receive)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'pipe.db'}")
+    settings.ingest.workers = 2
+    settings.ingest.shared_memory = False
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        make_corpus(tmp_path / "corpus", images=3, pdfs=1)
+        report = run_index(services, [tmp_path / "corpus"])
+    finally:
+        services.close()
+    assert report.counts["failed"] == 0 and report.pages_indexed == 5
+    assert segments == []  # plain lists from load_files: never a SharedResults
