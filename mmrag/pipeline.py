@@ -521,6 +521,7 @@ class _Loader:
         self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
         # Workers hand page inputs back through shared memory where the system has it (see mmrag.ingest.shared).
         self.shared_prefix: str | None = None
+        self._warned_unshared = False
         if self._pool is not None and shared_memory and shared.available():
             shared.remove_orphans()  # left by a job killed mid-way
             self.shared_prefix = shared.new_prefix()
@@ -570,9 +571,14 @@ class _Loader:
             load_files_shared, files, settings, data_dir, specs, load_file, self.shared_prefix, shared.MIN_SHARED_BYTES
         )
 
-    @staticmethod
-    def received(value: list[LoadedFile | FileFailure] | shared.SharedResults) -> list[LoadedFile | FileFailure]:
-        return shared.receive(value) if isinstance(value, shared.SharedResults) else value
+    def received(self, value: list[LoadedFile | FileFailure] | shared.SharedResults) -> list[LoadedFile | FileFailure]:
+        if not isinstance(value, shared.SharedResults):
+            return value
+        if value.unshared is not None and not self._warned_unshared:
+            self._warned_unshared = True  # once per job: every task after it would say the same
+            log.warning("worker inputs go through the pipe, which is slower: %s (see MMRAG_INGEST__SHARED_MEMORY; "
+                        "a container needs a larger shm_size)", value.unshared)
+        return shared.receive(value)
 
     def close(self) -> None:
         """Stop the workers and wait for them to exit; closing twice is harmless."""

@@ -54,6 +54,7 @@ class SharedResults:
     results: list[Any]
     segment: str | None = None
     size: int = 0
+    unshared: str | None = None  # why arrays worth sharing went through the pipe instead (e.g. /dev/shm is full)
 
 
 def new_prefix() -> str:
@@ -81,8 +82,8 @@ def export(results: list[Any], prefix: str, min_bytes: int = MIN_SHARED_BYTES) -
     path = SHM_DIR / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:
-        return SharedResults(results)
+    except OSError as exc:
+        return SharedResults(results, unshared=f"cannot create {path}: {exc.strerror}")
     try:
         # Allocated now, so a full tmpfs is an error here and not a SIGBUS while writing through the mapping.
         os.posix_fallocate(fd, 0, size)
@@ -91,10 +92,10 @@ def export(results: list[Any], prefix: str, min_bytes: int = MIN_SHARED_BYTES) -
             for array in arrays:
                 mapped[offset : offset + array.nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
                 offset += _aligned(array.nbytes)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
         path.unlink(missing_ok=True)
-        return SharedResults(results)
+        return SharedResults(results, unshared=f"cannot allocate {size} bytes in {SHM_DIR}: {exc.strerror}")
     os.close(fd)
     return SharedResults(placed, name, size)
 

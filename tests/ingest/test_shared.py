@@ -93,7 +93,21 @@ def test_a_full_tmpfs_falls_back_to_the_pipe(tmp_path: Path, monkeypatch: pytest
     prefix = shared.new_prefix()
     sent = load_files_shared(_files(tmp_path)[:2], IngestSettings(ocr="never"), str(tmp_path), SPECS, None, prefix, 0)
     assert sent.segment is None and _segments(prefix) == []
+    assert sent.unshared is not None and "No space left on device" in sent.unshared
     assert isinstance(sent.results[1].pages[0].inputs[0], np.ndarray)
+
+
+def test_the_job_says_once_why_inputs_went_through_the_pipe(caplog: pytest.LogCaptureFixture) -> None:
+    from mmrag.pipeline import _Loader
+
+    loader = _Loader(0)
+    try:
+        for _ in range(3):
+            assert loader.received(shared.SharedResults(["r"], unshared="cannot allocate: full")) == ["r"]
+    finally:
+        loader.close()
+    warnings = [r for r in caplog.records if "through the pipe" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot allocate: full" in warnings[0].getMessage()
 
 
 def test_files_of_dead_processes_and_of_a_closed_pool_are_removed(tmp_path: Path) -> None:
