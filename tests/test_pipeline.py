@@ -451,6 +451,23 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         services.close()
 
 
+def _shared_segments_received(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Every task's inputs worth sharing (the size floor set to 0); the list fills with the shared file each
+    task result named as the job received it."""
+    from mmrag.ingest import shared
+
+    monkeypatch.setattr(shared, "MIN_SHARED_BYTES", 0)
+    segments: list[str | None] = []
+    receive = shared.receive
+
+    def recording_receive(value: shared.SharedResults) -> list[object]:
+        segments.append(value.segment)
+        return receive(value)
+
+    monkeypatch.setattr(shared, "receive", recording_receive)
+    return segments
+
+
 def test_worker_inputs_through_shared_memory_give_the_same_vectors(
     tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -460,15 +477,7 @@ def test_worker_inputs_through_shared_memory_give_the_same_vectors(
 
     if not shared.available():
         pytest.skip("this system has no writable /dev/shm")
-    monkeypatch.setattr(shared, "MIN_SHARED_BYTES", 0)
-    received: list[str | None] = []
-    receive = shared.receive
-
-    def counting_receive(value: shared.SharedResults) -> list[object]:
-        received.append(value.segment)
-        return receive(value)
-
-    monkeypatch.setattr(shared, "receive", counting_receive)
+    received = _shared_segments_received(monkeypatch)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
     settings.ingest.workers = 2
     settings.ingest.colpali_inputs_in_workers = "always"
@@ -523,17 +532,7 @@ def test_shared_memory_off_sends_inputs_through_the_pipe(
     tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """IngestSettings.shared_memory=false: no task result names a shared file, and the job indexes all the same."""
-    from mmrag.ingest import shared
-
-    monkeypatch.setattr(shared, "MIN_SHARED_BYTES", 0)
-    segments: list[str | None] = []
-    receive = shared.receive
-
-    def counting_receive(value: shared.SharedResults) -> list[object]:
-        segments.append(value.segment)
-        return receive(value)
-
-    monkeypatch.setattr(shared, "receive", counting_receive)
+    segments = _shared_segments_received(monkeypatch)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'pipe.db'}")
     settings.ingest.workers = 2
     settings.ingest.shared_memory = False
