@@ -12,7 +12,7 @@ array of the task is (the embed thread has used the batch).
 Every failure to share (no /dev/shm, tmpfs full: a container's default /dev/shm is 64 MB) falls back to the pipe
 for that task; nothing is lost either way. Files are named `<prefix>-<worker pid>-<n>`, the prefix naming the main
 process, so a job removes what its dead workers left (`remove_segments`), and a later job what a killed one left
-(`remove_orphans`).
+(`remove_orphans`, an hour on).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import math
 import mmap
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ SHM_DIR = Path("/dev/shm")
 NAME_STEM = "mmrag-inputs"
 # Below this many bytes in a task, the pipe is as cheap as a file in /dev/shm (create, allocate, map, unlink).
 MIN_SHARED_BYTES = 256 * 1024
+ORPHAN_AGE_S = 3600.0
 
 _counter = itertools.count()
 
@@ -192,14 +194,21 @@ def remove_segments(prefix: str) -> int:
     return removed
 
 
-def remove_orphans() -> int:
-    """Remove the files of main processes that are gone (killed mid-job); returns how many."""
+def remove_orphans(min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Remove the files of main processes that are gone (killed mid-job), once they are `min_age_s` old; returns
+    how many. The age guards a /dev/shm shared across PID namespaces (containers with `ipc: host`), where a live
+    job elsewhere can look dead from here: its files live seconds, not an hour."""
     removed = 0
     if not SHM_DIR.is_dir():
         return 0
+    now = time.time()
     for path in SHM_DIR.glob(f"{NAME_STEM}-*"):
         pid = path.name[len(NAME_STEM) + 1 :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        try:
+            old = now - path.stat().st_mtime >= min_age_s
+        except FileNotFoundError:  # received (or removed) meanwhile
+            continue
+        if old and pid.isdigit() and not _alive(int(pid)):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,11 @@ def test_files_of_dead_processes_and_of_a_closed_pool_are_removed(tmp_path: Path
     try:
         orphan.write_bytes(b"x")
         mine.write_bytes(b"x")
+        shared.remove_orphans()
+        assert orphan.exists()  # an hour old at least, first
+        hour_ago = time.time() - shared.ORPHAN_AGE_S - 1
+        for path in (orphan, mine):
+            os.utime(path, (hour_ago, hour_ago))
         assert shared.remove_orphans() >= 1
         assert not orphan.exists() and mine.exists()  # this process is alive: its files stay
         prefix = mine.name.rsplit("-", 2)[0]
