@@ -41,9 +41,8 @@ from sqlalchemy.orm import Session
 from mmrag.config import IngestSettings, Settings
 from mmrag.embedders.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, NotFoundError
-from mmrag.ingest import check_ocr, discover
+from mmrag.ingest import check_ocr, discover, shared
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
-from mmrag.ingest import shared
 from mmrag.ingest.worker import (
     FileFailure,
     LoadedFile,
