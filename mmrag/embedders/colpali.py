@@ -245,8 +245,11 @@ class ColPaliEmbedder:
         model_dtype = self.model.dtype
         with torch.inference_mode():
             embeddings = self.model(**tensors)
-        keep = tensors["attention_mask"].bool()
-        per_item = [item[mask].float().cpu().numpy() for item, mask in zip(embeddings, keep, strict=True)]
+        # One copy to the host for the whole batch, then the padding dropped there: a masked select per page on the
+        # device synchronised with it once per page, between this batch's forward and the next.
+        host = embeddings.float().cpu().numpy()
+        keep = tensors["attention_mask"].bool().cpu().numpy()
+        per_item = [item[mask] for item, mask in zip(host, keep, strict=True)]
         for vectors in per_item:
             if not np.isfinite(vectors).all():
                 # Never hand NaN vectors to an index: MaxSim over them poisons every score they touch.
