@@ -544,3 +544,32 @@ def test_shared_memory_off_sends_inputs_through_the_pipe(
         services.close()
     assert report.counts["failed"] == 0 and report.pages_indexed == 5
     assert segments == []  # plain lists from load_files: never a SharedResults
+
+
+def test_a_small_job_spreads_its_files_over_every_worker(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six photos and three workers: three tasks of two, not one task of six (a worker per task)."""
+    from mmrag.pipeline import FILES_PER_TASK, _files_per_task, _Loader
+
+    assert _files_per_task(6, 3) == 2 and _files_per_task(7, 3) == 3 and _files_per_task(1, 14) == 1
+    assert _files_per_task(10_000, 14) == FILES_PER_TASK and _files_per_task(5, 0) == 5
+    sizes: list[int] = []
+    load = _Loader.load
+
+    def recording_load(self: _Loader, files: list[tuple[str, str]], *args: object) -> object:
+        sizes.append(len(files))
+        return load(self, files, *args)
+
+    monkeypatch.setattr(_Loader, "load", recording_load)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'spread.db'}")
+    settings.ingest.workers = 3
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        for i in range(6):
+            _photo_jpeg(tmp_path / "corpus" / f"{i}.jpg", seed=i)
+        report = run_index(services, [tmp_path / "corpus"])
+    finally:
+        services.close()
+    assert report.counts["indexed"] == 6
+    assert sizes == [2, 2, 2]
