@@ -15,6 +15,7 @@ stale vector can never be mistaken for a new page.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gc
 import hashlib
@@ -758,6 +759,8 @@ def _process_items(
     # (queueing, pickling, waking threads), as much as everything else it does for a photo.
     in_flight: deque[tuple[list[_File], Future[list[LoadedFile | FileFailure]], int]] = deque()
     task: list[_File] = []
+    ranges: dict[int, _Ranges] = {}  # PDFs whose pages several workers are rendering, by document id
+    ranges_to_send: deque[list[_File]] = deque()
     loading: set[int] = set()  # documents whose file a worker holds
     waiting_on: dict[int, list[int]] = {}  # document id → items that are its duplicates in this job
     batch = _Batch()
@@ -772,14 +775,17 @@ def _process_items(
 
     def send_task() -> None:
         nonlocal task
-        if not task:
-            return
+        if task:
+            submit(task)
+            task = []
+        while ranges_to_send:  # a long PDF's other pages, found by a drain (which may find more)
+            submit(ranges_to_send.popleft())
+
+    def submit(files: list[_File]) -> None:
         while len(in_flight) >= loader.limit:
             drain_one()
-        files = [(file.path, file.sha256) for file in task]
-        future = loader.load(files, settings.ingest, data_dir, spec_values)
-        in_flight.append((task, future, loader.generation))
-        task = []
+        future = loader.load([(f.path, f.sha256, f.pages) for f in files], settings.ingest, data_dir, spec_values)
+        in_flight.append((files, future, loader.generation))
 
     def drain_one() -> None:
         files, future, generation = in_flight.popleft()
@@ -796,6 +802,10 @@ def _process_items(
             log.exception("unexpected error in a worker task")
             results = [FileFailure(f"internal error: {type(exc).__name__}: {exc}") for _ in files]
         for file, result in zip(files, results, strict=True):
+            if file.pages is not None:
+                result = collect_range(file, result)
+                if result is None:
+                    continue  # more of this PDF's pages to come, or it has failed already
             loading.discard(file.document_id)
             if isinstance(result, LoadedFile):
                 accept(file.item_id, file.document_id, result)
@@ -805,11 +815,41 @@ def _process_items(
             for dup in waiting_on.pop(file.document_id, []):
                 finish(dup, ItemState.FAILED, document_id=file.document_id, error=result.reason)
 
+    def collect_range(file: _File, result: LoadedFile | FileFailure) -> LoadedFile | FileFailure | None:
+        """One range of a PDF's pages came back: the whole document once every range has (None until then), or
+        its first failure. The first range tells the page count; the rest go to other workers at once."""
+        assert file.pages is not None
+        parts = ranges.get(file.document_id)
+        if parts is None:  # the first range
+            if isinstance(result, FileFailure) or result.page_total <= file.pages[1]:
+                return result  # a failure, or the whole document already
+            parts = ranges[file.document_id] = _Ranges(pending=0)
+            for first in range(file.pages[1] + 1, result.page_total + 1, PDF_PAGES_PER_TASK):
+                last = min(first + PDF_PAGES_PER_TASK - 1, result.page_total)
+                ranges_to_send.append([dataclasses.replace(file, pages=(first, last))])
+                parts.pending += 1
+        else:
+            parts.pending -= 1
+        if isinstance(result, FileFailure):
+            if parts.failure is None:
+                parts.failure = result
+                if parts.pending == 0:
+                    del ranges[file.document_id]
+                return result  # the document fails now; its other ranges are ignored as they come back
+        elif parts.failure is None:
+            parts.loaded.append(result)
+        if parts.pending > 0 or parts.failure is not None:
+            if parts.pending == 0:
+                del ranges[file.document_id]
+            return None
+        del ranges[file.document_id]
+        return _merged(parts.loaded)
+
     def load_alone(file: _File) -> LoadedFile | FileFailure:
         """Run one file in a process of its own, so that if it kills its worker again, nothing else is lost."""
         try:
-            [result] = loader.run_alone(load_files, [(file.path, file.sha256)], settings.ingest, data_dir,
-                                        spec_values, load_file)
+            [result] = loader.run_alone(load_files, [(file.path, file.sha256, file.pages)], settings.ingest,
+                                        data_dir, spec_values, load_file)
         except BrokenProcessPool:
             return FileFailure(
                 f"{file.path}: the worker process died decoding this file (a crash in a decoder, or out of memory)"
@@ -869,18 +909,20 @@ def _process_items(
                             finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
                         continue
                     loading.add(decision.document_id)
-                    task.append(_File(item_id, decision.document_id, path_str, decision.sha256))
-                    if (
-                        decision.size > SMALL_FILE_BYTES
-                        or path_str.lower().endswith(".pdf")
-                        or len(task) >= per_task
-                    ):
+                    pdf = path_str.lower().endswith(".pdf")
+                    # A PDF comes back in ranges of pages: the first tells how many it has, and other workers
+                    # render the rest meanwhile (one 500-page PDF kept one worker busy for the whole job).
+                    pages = (1, PDF_PAGES_PER_TASK) if pdf else None
+                    task.append(_File(item_id, decision.document_id, path_str, decision.sha256, pages))
+                    if decision.size > SMALL_FILE_BYTES or pdf or len(task) >= per_task:
                         # A large file, or a PDF (even a small one renders several pages), travels alone: sixteen
                         # 8-page PDFs in one task kept a worker busy for seconds before the first page came back.
                         send_task()
                 send_task()
-        while in_flight:
-            drain_one()
+        while in_flight or ranges_to_send:
+            send_task()
+            if in_flight:
+                drain_one()
         if batch.loaded or batch.duplicate_item_ids:
             hand_over()
         if pages_indexed:
@@ -924,12 +966,42 @@ HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
 SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
 
 
+PDF_PAGES_PER_TASK = 8
+
+
 @dataclass(frozen=True)
 class _File:
     item_id: int
     document_id: int
     path: str
     sha256: str
+    pages: tuple[int, int] | None = None  # a PDF's page range (first, last; 1-based, inclusive)
+
+
+@dataclass
+class _Ranges:
+    """A PDF being rendered in ranges by several workers: the ranges back so far, how many are still out, and the
+    first failure (which fails the document; later ranges are dropped as they come back)."""
+
+    pending: int
+    loaded: list[LoadedFile] = field(default_factory=list)
+    failure: FileFailure | None = None
+
+
+def _merged(parts: list[LoadedFile]) -> LoadedFile:
+    """One document from its ranges, pages in order. Model inputs beyond MAX_INPUT_BYTES_PER_FILE are dropped, as
+    a single worker would have dropped them: the embedding thread makes those from the stored page images."""
+    from mmrag.ingest.worker import MAX_INPUT_BYTES_PER_FILE, StoredPage, _nbytes
+
+    pages = sorted((page for part in parts for page in part.pages), key=lambda page: page.page_number)
+    kept, total = [], 0
+    for page in pages:
+        total += sum(_nbytes(value) for value in page.inputs)
+        if page.inputs and total > MAX_INPUT_BYTES_PER_FILE:
+            page = StoredPage(page.page_number, page.width, page.height, page.text, page.text_source, page.image_path)
+        kept.append(page)
+    first = parts[0]
+    return LoadedFile(first.path, first.sha256, first.kind, first.mime, kept)
 
 
 def _named_inputs(names: list[str], inputs: tuple[Any, ...]) -> dict[str, Any]:

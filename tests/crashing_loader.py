@@ -1,21 +1,28 @@
-"""A worker entry point that kills its own process for files named crash*: what a segfaulting decoder does.
+"""Worker entry points that misbehave for some files, swapped in for load_file (which they call otherwise).
 
-Its own small module, so the spawned worker that imports it stays as light as the real one.
+Their own small module, so the spawned worker that imports it stays as light as the real one.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from mmrag.config import IngestSettings
-from mmrag.ingest.prepare import InputSpec
+from mmrag.errors import CorruptFileError
 from mmrag.ingest.worker import LoadedFile, load_file
 
 
-def load_or_crash(
-    path: str, sha256: str, settings: IngestSettings, data_dir: str, inputs: tuple[InputSpec, ...] = ()
-) -> LoadedFile:
+def load_or_crash(path: str, sha256: str, *args: Any, **kwargs: Any) -> LoadedFile:
+    """Files named crash*: the worker process kills itself, as a segfaulting decoder would."""
     if Path(path).name.startswith("crash"):
         os._exit(139)  # no exception, no cleanup: the process is simply gone, as after SIGSEGV
-    return load_file(path, sha256, settings, data_dir, inputs)
+    return load_file(path, sha256, *args, **kwargs)
+
+
+def load_or_fail_after_first_range(path: str, sha256: str, *args: Any, **kwargs: Any) -> LoadedFile:
+    """Files named late-fail*: every page range but the first fails, as a PDF broken half way through would."""
+    pages = kwargs.get("pages")
+    if Path(path).name.startswith("late-fail") and pages is not None and pages[0] > 1:
+        raise CorruptFileError(f"{path}: page {pages[0]}: cannot read page")
+    return load_file(path, sha256, *args, **kwargs)

@@ -573,3 +573,68 @@ def test_a_small_job_spreads_its_files_over_every_worker(
         services.close()
     assert report.counts["indexed"] == 6
     assert sizes == [2, 2, 2]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_long_pdf_is_rendered_in_ranges_by_several_workers(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A 20-page PDF: the first 8 pages tell the page count, then 9-16 and 17-20 go out at once; the document
+    is committed whole, its pages in order, as a single worker would have made it."""
+    from mmrag.ingest.worker import load_files
+    from mmrag.pipeline import PDF_PAGES_PER_TASK, _Loader
+    from tests.factories import make_pdf
+
+    assert PDF_PAGES_PER_TASK == 8
+    asked: list[tuple[int, int] | None] = []
+    load = _Loader.load
+
+    def recording_load(self: _Loader, files: list[tuple], *args: object) -> object:
+        asked.extend(f[2] for f in files)
+        return load(self, files, *args)
+
+    monkeypatch.setattr(_Loader, "load", recording_load)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / f'ranges-{workers}.db'}")
+    settings.ingest.workers = workers
+    services = build_services(settings, embedders=tiny_embedders)
+    pdf = make_pdf(tmp_path / "corpus" / "long.pdf", [f"page {n} of the long report" for n in range(1, 21)])
+    make_pdf(tmp_path / "corpus" / "short.pdf", ["a short one"])
+    try:
+        report = run_index(services, [tmp_path / "corpus"])
+        with services.sessions() as session:
+            rows = session.execute(
+                select(Page.page_number, Page.text, Page.image_path).join(Document).where(Document.page_count == 20)
+            ).all()
+    finally:
+        services.close()
+    assert report.counts["indexed"] == 2 and report.pages_indexed == 21
+    assert sorted(asked, key=str) == sorted([(1, 8), (1, 8), (9, 16), (17, 20)], key=str)
+    assert [number for number, _, _ in sorted(rows)] == list(range(1, 21))
+    [whole] = load_files([(str(pdf), "ab" * 32)], settings.ingest, str(tmp_path / "whole"))
+    for (number, text, image_path), page in zip(sorted(rows), whole.pages, strict=True):
+        assert text == page.text and image_path.endswith(f"-{number:05d}.jpg")
+
+
+def test_a_pdf_failing_after_its_first_range_fails_whole_and_alone(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmrag.pipeline
+    from tests.crashing_loader import load_or_fail_after_first_range
+    from tests.factories import make_pdf
+
+    monkeypatch.setattr(mmrag.pipeline, "load_file", load_or_fail_after_first_range)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'late.db'}")
+    settings.ingest.workers = 2
+    services = build_services(settings, embedders=tiny_embedders)
+    make_pdf(tmp_path / "corpus" / "late-fail.pdf", [f"page {n}" for n in range(1, 26)])
+    make_pdf(tmp_path / "corpus" / "fine.pdf", [f"page {n}" for n in range(1, 11)])
+    try:
+        report = run_index(services, [tmp_path / "corpus"])
+        with services.sessions() as session:
+            pages = session.scalar(select(func.count()).select_from(Page))
+    finally:
+        services.close()
+    assert report.counts["indexed"] == 1 and report.counts["failed"] == 1
+    [(path, reason)] = report.failures
+    assert path.endswith("late-fail.pdf") and ("page 9: cannot" in reason or "page 17: cannot" in reason)
+    assert pages == 10 == report.pages_indexed  # nothing of the failed PDF, all of the other

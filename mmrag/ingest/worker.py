@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmrag.config import IngestSettings
 from mmrag.errors import InputError
-from mmrag.ingest import describe, iter_pages
+from mmrag.ingest import count_pages, describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.ingest.prepare import InputSpec
@@ -57,6 +57,8 @@ class LoadedFile:
     kind: str
     mime: str
     pages: list[StoredPage]
+    # Pages in the whole document when this holds a range of them (load_file's `pages`); 0: it holds them all.
+    page_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,22 +68,28 @@ class FileFailure:
     reason: str
 
 
+FileTask = tuple[str, str] | tuple[str, str, tuple[int, int] | None]  # path, sha256[, a PDF's page range]
+
+
 def load_files(
-    files: list[tuple[str, str]],
+    files: list[FileTask],
     settings: IngestSettings,
     data_dir: str,
     inputs: tuple[InputSpec, ...] = (),
     load: Callable[..., LoadedFile] | None = None,
 ) -> list[LoadedFile | FileFailure]:
-    """Worker-process entry for several (path, sha256) files: each file's result or failure, in order.
+    """Worker-process entry for several (path, sha256[, page range]) files: each one's result or failure, in order.
 
     `load` is load_file unless a caller swaps in another with its signature (tests crash a worker with one).
     """
     load = load or load_file
     results: list[LoadedFile | FileFailure] = []
-    for path, sha256 in files:
+    for path, sha256, *rest in files:
         try:
-            results.append(load(path, sha256, settings, data_dir, inputs))
+            if rest and rest[0] is not None:
+                results.append(load(path, sha256, settings, data_dir, inputs, pages=rest[0]))
+            else:
+                results.append(load(path, sha256, settings, data_dir, inputs))
         except InputError as exc:
             results.append(FileFailure(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad file must not fail the others; the reason is kept
@@ -91,7 +99,7 @@ def load_files(
 
 
 def load_files_shared(
-    files: list[tuple[str, str]],
+    files: list[FileTask],
     settings: IngestSettings,
     data_dir: str,
     inputs: tuple[InputSpec, ...],
@@ -147,7 +155,12 @@ def _write_page_image(target: Path, data: bytes) -> None:
 
 
 def load_file(
-    path: str, sha256: str, settings: IngestSettings, data_dir: str, inputs: tuple[InputSpec, ...] = ()
+    path: str,
+    sha256: str,
+    settings: IngestSettings,
+    data_dir: str,
+    inputs: tuple[InputSpec, ...] = (),
+    pages: tuple[int, int] | None = None,
 ) -> LoadedFile:
     """Worker-process entry: sniff, decode or render, extract text, store the page images, make `inputs`.
 
@@ -158,14 +171,21 @@ def load_file(
     A JPEG photo that needs no rotation, no OCR and no downscaling for storage is stored as its own bytes (no
     re-encode) and decoded once, at reduced DCT scale, straight to the model's input size.
     """
-    if inputs and settings.ocr == "never":
+    if inputs and settings.ocr == "never" and pages is None:
         fast = _load_plain_jpeg(path, sha256, settings, data_dir, inputs)
         if fast is not None:
             return fast
     source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
+    numbers = None
+    total = 0
+    if pages is not None and source.kind == DocumentKind.PDF:
+        # pages (first, last), 1-based and inclusive, clipped to the document: the pipeline asks for the first few
+        # pages and learns from page_total whether other workers should render the rest
+        total = count_pages(source)
+        numbers = range(pages[0], min(pages[1], total) + 1)
     stored = []
     input_bytes = 0
-    for page in iter_pages(source, settings):
+    for page in iter_pages(source, settings, numbers):
         image = page.image
         width, height = image.size
         if max(image.size) > settings.page_image_max_side:
@@ -187,7 +207,7 @@ def load_file(
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
         stored = [StoredPage(p.page_number, p.width, p.height, p.text, p.text_source, p.image_path) for p in stored]
-    return LoadedFile(path, sha256, source.kind.value, source.mime, stored)
+    return LoadedFile(path, sha256, source.kind.value, source.mime, stored, page_total=total)
 
 
 def _load_plain_jpeg(
