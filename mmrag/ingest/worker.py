@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from mmrag.config import IngestSettings
-from mmrag.errors import InputError
+from mmrag.errors import CorruptFileError, InputError
 from mmrag.ingest import count_pages, describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
@@ -182,6 +182,8 @@ def load_file(
         # pages (first, last), 1-based and inclusive, clipped to the document: the pipeline asks for the first few
         # pages and learns from page_total whether other workers should render the rest
         total = count_pages(source)
+        if pages[0] > total:  # the first range said more: the file was replaced during the job
+            raise CorruptFileError(f"{path}: has {total} pages now, fewer than when the job began; index it again")
         numbers = range(pages[0], min(pages[1], total) + 1)
     stored = []
     input_bytes = 0

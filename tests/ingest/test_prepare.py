@@ -135,3 +135,16 @@ def test_page_images_share_directories_and_survive_their_removal(tmp_path: Path)
     second = load_file(str(sources[1]), shas[1], settings, str(data), (spec,))
     assert (data / second.pages[0].image_path).read_bytes() == sources[1].read_bytes()
     assert second.pages[0].image_path == f"pages/ab/ab/{shas[1]}-00001.jpg"
+
+
+def test_a_page_range_past_the_end_of_a_pdf_says_the_file_changed(tmp_path: Path) -> None:
+    """The pipeline asks for later ranges from the page count the first one reported: a shorter PDF now means it
+    was replaced during the job, and the document fails with that reason instead of missing pages silently."""
+    from tests.factories import make_pdf
+
+    pdf = make_pdf(tmp_path / "doc.pdf", ["one", "two", "three"])
+    settings = IngestSettings(ocr="never")
+    part = load_file(str(pdf), SHA, settings, str(tmp_path / "data"), (), pages=(2, 8))
+    assert [p.page_number for p in part.pages] == [2, 3] and part.page_total == 3
+    with pytest.raises(CorruptFileError, match="has 3 pages now"):
+        load_file(str(pdf), SHA, settings, str(tmp_path / "data"), (), pages=(9, 16))
