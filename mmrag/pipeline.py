@@ -46,6 +46,7 @@ from mmrag.ingest import check_ocr, discover, shared
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
 from mmrag.ingest.worker import (
     FileFailure,
+    FileTask,
     LoadedFile,
     init_worker,
     load_file,
@@ -561,7 +562,7 @@ class _Loader:
         return self._pool.submit(fn, *args)
 
     def load(
-        self, files: list[tuple[str, str]], settings: IngestSettings, data_dir: str, specs: tuple[InputSpec, ...]
+        self, files: list[FileTask], settings: IngestSettings, data_dir: str, specs: tuple[InputSpec, ...]
     ) -> Future[list[LoadedFile | FileFailure] | shared.SharedResults]:
         """Load `files` in a worker; the future's value goes through `received`."""
         # load_file is looked up here, not bound at import: tests swap in one that crashes its worker
@@ -757,7 +758,8 @@ def _process_items(
     data_dir = str(services.data_dir.resolve())
     # One worker task carries several small files: the pool costs the main process ~0.1 ms of GIL per task
     # (queueing, pickling, waking threads), as much as everything else it does for a photo.
-    in_flight: deque[tuple[list[_File], Future[list[LoadedFile | FileFailure]], int]] = deque()
+    in_flight: deque[tuple[list[_File], Future[list[LoadedFile | FileFailure] | shared.SharedResults], int]]
+    in_flight = deque()
     task: list[_File] = []
     ranges: dict[int, _Ranges] = {}  # PDFs whose pages several workers are rendering, by document id
     ranges_to_send: deque[list[_File]] = deque()
@@ -823,27 +825,23 @@ def _process_items(
         if parts is None:  # the first range
             if isinstance(result, FileFailure) or result.page_total <= file.pages[1]:
                 return result  # a failure, or the whole document already
-            parts = ranges[file.document_id] = _Ranges(pending=0)
-            for first in range(file.pages[1] + 1, result.page_total + 1, PDF_PAGES_PER_TASK):
-                last = min(first + PDF_PAGES_PER_TASK - 1, result.page_total)
-                ranges_to_send.append([dataclasses.replace(file, pages=(first, last))])
-                parts.pending += 1
+            rest = [
+                dataclasses.replace(file, pages=(first, min(first + PDF_PAGES_PER_TASK - 1, result.page_total)))
+                for first in range(file.pages[1] + 1, result.page_total + 1, PDF_PAGES_PER_TASK)
+            ]
+            ranges_to_send.extend([part] for part in rest)
+            parts = ranges[file.document_id] = _Ranges(pending=len(rest))
         else:
             parts.pending -= 1
+        if parts.pending == 0:
+            del ranges[file.document_id]  # every range is back
+        if parts.failed:
+            return None  # the document failed with an earlier range: the rest are dropped as they come back
         if isinstance(result, FileFailure):
-            if parts.failure is None:
-                parts.failure = result
-                if parts.pending == 0:
-                    del ranges[file.document_id]
-                return result  # the document fails now; its other ranges are ignored as they come back
-        elif parts.failure is None:
-            parts.loaded.append(result)
-        if parts.pending > 0 or parts.failure is not None:
-            if parts.pending == 0:
-                del ranges[file.document_id]
-            return None
-        del ranges[file.document_id]
-        return _merged(parts.loaded)
+            parts.failed = True
+            return result
+        parts.loaded.append(result)
+        return _merged(parts.loaded) if parts.pending == 0 else None
 
     def load_alone(file: _File) -> LoadedFile | FileFailure:
         """Run one file in a process of its own, so that if it kills its worker again, nothing else is lost."""
@@ -955,6 +953,9 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
 
 
 FILES_PER_TASK = 16
+HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
+SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
+PDF_PAGES_PER_TASK = 8
 
 
 def _files_per_task(files: int, workers: int) -> int:
@@ -962,11 +963,6 @@ def _files_per_task(files: int, workers: int) -> int:
     many that a small job leaves workers idle: 20 receipts to OCR went 16 + 4 to two workers, and one of them
     did four fifths of the job."""
     return max(1, min(FILES_PER_TASK, -(-files // max(1, workers))))
-HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
-SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
-
-
-PDF_PAGES_PER_TASK = 8
 
 
 @dataclass(frozen=True)
@@ -980,26 +976,25 @@ class _File:
 
 @dataclass
 class _Ranges:
-    """A PDF being rendered in ranges by several workers: the ranges back so far, how many are still out, and the
-    first failure (which fails the document; later ranges are dropped as they come back)."""
+    """A PDF being rendered in ranges by several workers: the ranges back so far, how many are still out, and
+    whether one failed (which fails the document; later ranges are dropped as they come back)."""
 
     pending: int
     loaded: list[LoadedFile] = field(default_factory=list)
-    failure: FileFailure | None = None
+    failed: bool = False
 
 
 def _merged(parts: list[LoadedFile]) -> LoadedFile:
-    """One document from its ranges, pages in order. Model inputs beyond MAX_INPUT_BYTES_PER_FILE are dropped, as
-    a single worker would have dropped them: the embedding thread makes those from the stored page images."""
-    from mmrag.ingest.worker import MAX_INPUT_BYTES_PER_FILE, StoredPage, _nbytes
+    """One document from its ranges, pages in order. Past MAX_INPUT_BYTES_PER_FILE of model inputs for the
+    document, pages keep none (the memory bound a single worker keeps): the embedding thread makes those from the
+    stored page images."""
+    from mmrag.ingest.worker import MAX_INPUT_BYTES_PER_FILE, _nbytes
 
     pages = sorted((page for part in parts for page in part.pages), key=lambda page: page.page_number)
     kept, total = [], 0
     for page in pages:
         total += sum(_nbytes(value) for value in page.inputs)
-        if page.inputs and total > MAX_INPUT_BYTES_PER_FILE:
-            page = StoredPage(page.page_number, page.width, page.height, page.text, page.text_source, page.image_path)
-        kept.append(page)
+        kept.append(page.without_inputs() if page.inputs and total > MAX_INPUT_BYTES_PER_FILE else page)
     first = parts[0]
     return LoadedFile(first.path, first.sha256, first.kind, first.mime, kept)
 

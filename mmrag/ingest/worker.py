@@ -47,6 +47,10 @@ class StoredPage:
     image_path: str  # relative to the data dir
     inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
+    def without_inputs(self) -> StoredPage:
+        """This page with no model inputs: the embedding thread makes them from the stored image instead."""
+        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path)
+
 
 @dataclass(frozen=True)
 class LoadedFile:
@@ -86,10 +90,7 @@ def load_files(
     results: list[LoadedFile | FileFailure] = []
     for path, sha256, *rest in files:
         try:
-            if rest and rest[0] is not None:
-                results.append(load(path, sha256, settings, data_dir, inputs, pages=rest[0]))
-            else:
-                results.append(load(path, sha256, settings, data_dir, inputs))
+            results.append(load(path, sha256, settings, data_dir, inputs, pages=rest[0] if rest else None))
         except InputError as exc:
             results.append(FileFailure(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad file must not fail the others; the reason is kept
@@ -208,7 +209,7 @@ def load_file(
             StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared)
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
-        stored = [StoredPage(p.page_number, p.width, p.height, p.text, p.text_source, p.image_path) for p in stored]
+        stored = [page.without_inputs() for page in stored]
     return LoadedFile(path, sha256, source.kind.value, source.mime, stored, page_total=total)
 
 
