@@ -74,7 +74,7 @@ def available() -> bool:
 def export(results: list[Any], prefix: str, min_bytes: int = MIN_SHARED_BYTES) -> SharedResults:
     """Move every numpy array of the results' page inputs into one shared file (worker side), if they come to
     `min_bytes` or more."""
-    arrays: list[np.ndarray] = []
+    arrays: list[tuple[int, np.ndarray]] = []  # (offset, array), in file order
     end = [0]  # where the next array goes; at the end, the file's size
     placed = [_replace_arrays(result, arrays, end) for result in results]
     size = end[0]
@@ -90,10 +90,8 @@ def export(results: list[Any], prefix: str, min_bytes: int = MIN_SHARED_BYTES) -
         # Allocated now, so a full tmpfs is an error here and not a SIGBUS while writing through the mapping.
         os.posix_fallocate(fd, 0, size)
         with mmap.mmap(fd, size) as mapped:
-            offset = 0
-            for array in arrays:
+            for offset, array in arrays:
                 mapped[offset : offset + array.nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
-                offset += _aligned(array.nbytes)
     except OSError as exc:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -106,9 +104,9 @@ def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
 
 
-def _replace_arrays(value: Any, arrays: list[np.ndarray], end: list[int]) -> Any:
+def _replace_arrays(value: Any, arrays: list[tuple[int, np.ndarray]], end: list[int]) -> Any:
     """`value` with each array of its page inputs replaced by a SharedArray at offset `end[0]` (then moved past
-    it); appends the arrays to `arrays`, in file order."""
+    it); appends (offset, array) to `arrays`, in file order."""
     from mmrag.ingest.worker import LoadedFile, StoredPage
 
     if isinstance(value, LoadedFile):
@@ -121,7 +119,7 @@ def _replace_arrays(value: Any, arrays: list[np.ndarray], end: list[int]) -> Any
         return {key: _replace_arrays(item, arrays, end) for key, item in value.items()}
     if isinstance(value, np.ndarray):
         offset = end[0]
-        arrays.append(value)
+        arrays.append((offset, value))
         end[0] += _aligned(value.nbytes)
         return SharedArray(offset, tuple(value.shape), value.dtype.str)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
