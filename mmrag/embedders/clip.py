@@ -90,7 +90,8 @@ class OpenClipEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         # On CUDA the next batch is stacked, pinned and copied while this one runs (see encode_in_batches).
         rows, self.batch_size = encode_in_batches(
-            pixels, self.batch_size, self._encode_pixels, stage=self._pixels_to_device, ahead=is_cuda_device(self.device)
+            pixels, self.batch_size, self._encode_pixels, stage=self._pixels_to_device,
+            ahead=is_cuda_device(self.device),
         )
         return np.stack(rows).astype(np.float32, copy=False)
 

@@ -23,6 +23,22 @@ from PIL import Image
 from mmrag.errors import InputError
 
 
+def _resized_uint8(pixels: Any, size: tuple[int, int], mode: str) -> Any:
+    """A (3, h, w) uint8 tensor resized to `size` (h, w) with torch's native uint8 antialiased kernel: the one
+    torchvision runs on uint8 tensors on the CPU (fixed-point arithmetic, not float then round), which the Qwen2-VL
+    processor uses and which comes within 1 of PIL's resampling."""
+    import torch
+
+    return torch.nn.functional.interpolate(pixels[None], size=size, mode=mode, align_corners=False, antialias=True)[0]
+
+
+def _chw_uint8(image: Image.Image) -> Any:
+    """An RGB image as a (3, h, w) uint8 tensor (a view of a writable copy of its pixels)."""
+    import torch
+
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
 
 @dataclass(frozen=True)
 class ClipPixels:
@@ -43,7 +59,6 @@ class ClipPixels:
     draft: bool = True
 
     def from_image(self, image: Image.Image) -> np.ndarray:
-        image = image if image.mode == "RGB" else image.convert("RGB")
         width, height = image.size
         # torchvision.transforms.functional.resize: the long side is int(size * long / short)
         if width <= height:
@@ -53,16 +68,10 @@ class ClipPixels:
         # torchvision CenterCrop: top/left = int(round((dim - size) / 2))
         top = int(round((new_height - self.size) / 2.0))
         left = int(round((new_width - self.size) / 2.0))
-        pixels = np.array(image)  # (h, w, 3) uint8, writable
+        pixels = _chw_uint8(image)
         if (new_width, new_height) != (width, height):
-            import torch
-
-            resized = torch.nn.functional.interpolate(
-                torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(new_height, new_width),
-                mode=self.interpolation, align_corners=False, antialias=True,
-            )[0]
-            return np.ascontiguousarray(resized[:, top : top + self.size, left : left + self.size].numpy())
-        return np.ascontiguousarray(pixels[top : top + self.size, left : left + self.size].transpose(2, 0, 1))
+            pixels = _resized_uint8(pixels, (new_height, new_width), self.interpolation)
+        return np.ascontiguousarray(pixels[:, top : top + self.size, left : left + self.size].numpy())
 
     def from_jpeg(self, data: bytes) -> np.ndarray:
         """From JPEG bytes, decoded at the smallest DCT scale that keeps `size` pixels on the short side."""
@@ -108,21 +117,15 @@ class QwenPixels:
         return h_bar, w_bar
 
     def from_image(self, image: Image.Image) -> QwenPage:
-        import torch
-
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # (3, h, w) uint8, as the processor converts
+        pixels = _chw_uint8(image)  # (3, h, w) uint8, as the processor converts
         height, width = pixels.shape[1:]
         try:
             target = self.target_size(height, width)
         except ValueError as exc:  # the model cannot take this page at all, as the processor would also say
             raise InputError(f"page of {width}x{height} pixels: {exc}") from None
         if target != (height, width):
-            # torchvision resizes uint8 on the CPU with torch's native uint8 bicubic kernel (fixed-point
-            # arithmetic, not float then round); the same kernel here gives the processor's exact pixels.
-            pixels = torch.nn.functional.interpolate(
-                pixels[None], size=target, mode="bicubic", align_corners=False, antialias=True
-            )[0]
+            # the processor's own kernel on uint8 input, so the pixels are exactly the processor's
+            pixels = _resized_uint8(pixels, target, "bicubic")
         return QwenPage(np.ascontiguousarray(pixels.numpy()), (height, width))
 
     def from_jpeg(self, data: bytes) -> QwenPage:
