@@ -417,6 +417,11 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5]}
 
 
+def _cpu_ms(run: dict[str, Any]) -> float:
+    """This process's CPU milliseconds per page in an end-to-end run (all its threads; workers not included)."""
+    return 1000 * run["stages"].get("process_cpu", 0.0) / max(1, run["pages"])
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console()
@@ -427,15 +432,18 @@ def main(argv: list[str]) -> int:
         corpus_info = make_corpus(corpus, images, args.pdf_pages if args.kind == "colpali" else 0,
                                   pages_per_pdf=args.pages_per_pdf, distinct_photos=args.distinct_photos)
         console.print(f"corpus: {corpus_info}")
-        settings = job_settings(work / f"job-{'shm' if args.transfer == 'both' else args.transfer}", args)
+        transfers = ["shm", "pipe"] if args.transfer == "both" else [args.transfer]
+        # each job on its own SQL database and data dir, the same corpus
+        settings = {transfer: job_settings(work / f"job-{transfer}", args, transfer=transfer) for transfer in transfers}
+        first = settings[transfers[0]]
         # As `mmrag index` does: the workers' fork server imports torch while the model loads (outside both
         # measurements), not at the job's start.
-        start_worker_server(settings)
+        start_worker_server(first)
         if args.kind == "clip":
             embedder: Any = build_embedder(args.model, args.batch, args.device, tiny=args.tiny)
             if args.noop:
                 # The pipeline's ceiling alone: the model is never run, so there is no raw forward to stand beside it.
-                n_raw, raw = 0, float("nan")
+                n_raw, raw = 0, None
                 embedder = NoopClip(embedder)
             else:
                 n_raw = args.raw_pages or max(images, args.batch * 8)
@@ -455,35 +463,30 @@ def main(argv: list[str]) -> int:
             embedders = Embedders(colpali=embedder, off={"clip": "bench: colpali only", "text": "bench: colpali only"},
                                   meaningless=True)
             model = f"ColQwen2 {'tiny' if args.tiny else 'Qwen2-VL-2B shape'} (random-init, throughput only)"
-        worker = worker_cost(embedders, settings, corpus, work, args.worker_pages) if args.worker_pages else None
-        transfers = ["shm", "pipe"] if args.transfer == "both" else [args.transfer]
-        runs = {}
-        for transfer in transfers:  # each job on its own SQL database and data dir, the same corpus
-            runs[transfer] = end_to_end(embedders, job_settings(work / f"job-{transfer}", args, transfer=transfer),
-                                        corpus, args)
+        worker = worker_cost(embedders, first, corpus, work, args.worker_pages) if args.worker_pages else None
+        runs = {transfer: end_to_end(embedders, settings[transfer], corpus, args) for transfer in transfers}
         e2e = runs[transfers[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ratio = e2e["pages_per_s"] / raw if raw == raw else float("nan")  # nan: --noop ran no raw forward
+    ratio = e2e["pages_per_s"] / raw if raw is not None else None  # None: --noop ran no raw forward
     table = Table(title=f"bulk indexing vs raw forward · {args.kind} · {model} · batch {args.batch} · "
                         f"{embedder.device} · {args.workers} workers")
     for column in ("stage", "pages/s", "pages", "seconds"):
         table.add_column(column, justify="right")
-    table.add_row("raw forward (model only)", "not run (--noop)" if args.noop else f"{raw:.1f}", str(n_raw), "")
+    table.add_row("raw forward (model only)", "not run (--noop)" if raw is None else f"{raw:.1f}", str(n_raw), "")
     table.add_row("end-to-end (files → stores + SQL)", f"{e2e['pages_per_s']:.1f}", str(e2e["pages"]),
                   f"{e2e['seconds']:.1f}")
-    table.add_row("ratio end-to-end / raw", f"{ratio:.2f}", "", "")
+    table.add_row("ratio end-to-end / raw", "" if ratio is None else f"{ratio:.2f}", "", "")
     table.add_row("  start-up (job start → first page from a worker)", "", "", f"{e2e['seconds_to_first_page']:.1f}")
     table.add_row("  steady feed after the first page", f"{e2e['steady_pages_per_s']:.1f}", "", "")
     for stage, seconds in e2e["stages"].items():
         table.add_row(f"  stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
-    cpu_ms = 1000 * e2e["stages"].get("process_cpu", 0.0) / max(1, e2e["pages"])
-    table.add_row("  this process's CPU per page (ms, all threads, workers not included)", f"{cpu_ms:.3f}", "", "")
+    table.add_row("  this process's CPU per page (ms, all threads, workers not included)", f"{_cpu_ms(e2e):.3f}", "",
+                  "")
     for transfer, run in list(runs.items())[1:]:
-        other_ms = 1000 * run["stages"].get("process_cpu", 0.0) / max(1, run["pages"])
         table.add_row(f"end-to-end, inputs through the {transfer}", f"{run['pages_per_s']:.1f}", str(run["pages"]),
                       f"{run['seconds']:.1f}")
-        table.add_row(f"  this process's CPU per page (ms), {transfer}", f"{other_ms:.3f}", "", "")
+        table.add_row(f"  this process's CPU per page (ms), {transfer}", f"{_cpu_ms(run):.3f}", "", "")
     if worker is not None:
         table.add_row("one worker: CPU per page (ms; load_files here, one thread)", f"{worker['ms_per_page']:.3f}",
                       str(worker["pages"]), "")
@@ -500,12 +503,12 @@ def main(argv: list[str]) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": model,
         "corpus": corpus_info,
-        "raw_pages_per_s": None if args.noop else raw,
+        "raw_pages_per_s": raw,
         "end_to_end": e2e,
         "transfer": transfers[0],
         "end_to_end_by_transfer": runs,
         "worker": worker,
-        "ratio": None if args.noop else ratio,
+        "ratio": ratio,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
