@@ -300,12 +300,14 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
             if source.endswith(".jpg"):
                 assert stored.read_bytes() == Path(source).read_bytes()  # the fast path stores the file itself
             clip_input, colpali_input = prepare_from_file(stored, (specs["clip"], specs["colpali"]))
+            # The page's own score, not the top hit's id: the tiny random-init models give two of these photos
+            # vectors a float rounding apart (cosine 0.99999994), so which one ranks first depends on the CPU.
             clip_vector = tiny_embedders.clip.embed_inputs([clip_input])
-            [[hit]] = stores.clip.search(clip_vector, 1)
-            assert hit.page_id == page_id and hit.score == pytest.approx(1.0, abs=1e-5)
+            [hits] = stores.clip.search(clip_vector, len(pages))
+            assert {hit.page_id: hit.score for hit in hits}[page_id] == pytest.approx(1.0, abs=1e-5)
             [tokens] = tiny_embedders.colpali.embed_inputs([colpali_input])
-            [best] = stores.colpali.search(tokens, 1)
-            assert best.page_id == page_id and best.score == pytest.approx(len(tokens), rel=1e-4)
+            best = stores.colpali.search(tokens, len(pages))
+            assert {hit.page_id: hit.score for hit in best}[page_id] == pytest.approx(len(tokens), rel=1e-4)
         assert {str(p.resolve()) for p in photos} <= {source for _, _, source in pages}
     finally:
         services.close()
