@@ -657,17 +657,20 @@ def _run_locked(
     ingest = services.settings.ingest
     loader = _Loader(ingest.workers, warm_modules=_warm_modules(services.settings), shared_memory=ingest.shared_memory)
     try:
-        with transaction(services.sessions) as session:
-            job = repository.find_unfinished_job(session, collection_id, roots)
-            resumed = job is not None
-            if job is None:
-                job = repository.create_job(session, collection_id, roots)
-            repository.started(job)
-            job_id = job.id
-        if not resumed:
+        # Frozen from the job's start, not only while files stream: listing 8,000 new job items spent 0.2 s in
+        # one full collection over the models' objects.
+        with _objects_frozen():
             with transaction(services.sessions) as session:
-                repository.add_job_items(session, job_id, (str(p) for p in discover(Path(r) for r in roots)))
-        return _index_with(services, roots, collection, collection_id, progress, began, job_id, resumed, loader)
+                job = repository.find_unfinished_job(session, collection_id, roots)
+                resumed = job is not None
+                if job is None:
+                    job = repository.create_job(session, collection_id, roots)
+                repository.started(job)
+                job_id = job.id
+            if not resumed:
+                with transaction(services.sessions) as session:
+                    repository.add_job_items(session, job_id, (str(p) for p in discover(Path(r) for r in roots)))
+            return _index_with(services, roots, collection, collection_id, progress, began, job_id, resumed, loader)
     finally:
         loader.close()
 
@@ -696,10 +699,10 @@ def _index_with(
         items = repository.pending_items(session, job_id)
     progress.start(len(items))
 
+    gc.freeze()  # the models and stores loaded just now join the frozen objects (_run_locked thaws them all)
     stages = {"start": time.perf_counter() - began}  # walking the folders, models, recovery: before any file
     cpu_began = time.process_time()
-    with _objects_frozen():
-        pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
+    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.refresh_lexical(collection_id)  # BM25 current now (a worker built it ahead), not at the first query
