@@ -883,13 +883,16 @@ def _process_items(
         committer.submit(batch)
         batch, batch_pages = _Batch(), 0
 
-    chunk_size = max(256, 2 * loader.limit)
+    chunk_size = max(DECIDE_CHUNK_FILES, 2 * loader.limit)
     began = time.perf_counter()
     try:
         with ThreadPoolExecutor(max(1, min(8, settings.ingest.workers)), thread_name_prefix="mmrag-hash") as hasher:
-            for start in range(0, len(items), chunk_size):
-                chunk = items[start : start + chunk_size]
-                decisions = _decide_chunk(services, collection_id, chunk, hasher)
+            chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
+            plans = deque([_plan_chunk(services, collection_id, chunks[0], hasher)] if chunks else [])
+            for index, chunk in enumerate(chunks):
+                if index + 1 < len(chunks):  # the next chunk hashes while this one's files go to the workers
+                    plans.append(_plan_chunk(services, collection_id, chunks[index + 1], hasher))
+                decisions = _decide_planned(services, collection_id, plans.popleft())
                 per_task = _files_per_task(sum(d.state is None for d in decisions.values()), loader.workers)
                 for item_id, path_str in chunk:
                     decision = decisions[item_id]
@@ -905,7 +908,7 @@ def _process_items(
                             batch.duplicate_item_ids.append(item_id)
                             progress.advance(1, 0)
                         elif decision.state == ItemState.UNCHANGED:
-                            progress.advance(1, 0)  # recorded by _decide_chunk
+                            progress.advance(1, 0)  # recorded by _plan_chunk
                         else:
                             finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
                         continue
@@ -956,6 +959,7 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
 
 
 FILES_PER_TASK = 16
+DECIDE_CHUNK_FILES = 256  # job items decided (stat, SQL, hash) per transaction
 HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
 SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
 PDF_PAGES_PER_TASK = 8
@@ -1030,12 +1034,24 @@ def _hash_file(path: str) -> tuple[str | None, str | None]:
         return None, f"{path}: cannot read: {exc.strerror}"
 
 
-def _decide_chunk(
+@dataclass
+class _Plan:
+    """A chunk of job items half decided (_plan_chunk): unchanged files and vanished ones are settled, the rest are
+    being hashed on the hashing threads; _decide_planned finishes it."""
+
+    decisions: dict[int, _Decision]
+    states: dict[int, tuple[str, int, float]]  # item id → path, size, mtime
+    known_paths: set[str]  # paths SQL already had
+    to_hash: list[int]
+    hashing: list[Future[list[tuple[str | None, str | None]]]]
+
+
+def _plan_chunk(
     services: Services, collection_id: int, chunk: list[tuple[int, str]], hasher: ThreadPoolExecutor
-) -> dict[int, _Decision]:
-    """Unchanged, duplicate of known bytes, or new, for a chunk of items in one transaction: decided from SQL,
-    hashing only when size/mtime changed. New files (the bulk of a first run) take one INSERT per table for the
-    whole chunk; everything else (changed files, duplicates, revived documents) goes through `_decide`."""
+) -> _Plan:
+    """Unchanged (same path, size and mtime as SQL knows) or vanished, for a chunk of items in one transaction; the
+    other files' hashing starts. The job plans the next chunk before it decides this one, so the hashing threads
+    work while this thread hands files to the workers: waiting on each chunk's hashes took 0.96 s of a 6 s job."""
     decisions: dict[int, _Decision] = {}
     states: dict[int, tuple[str, int, float]] = {}
     for item_id, path in chunk:
@@ -1076,11 +1092,22 @@ def _decide_chunk(
             repository.set_items(
                 session, [item_id], state=ItemState.UNCHANGED, document_id=decision.document_id, error=decision.error
             )
-        # A few files per thread-pool task: a Future per file cost this thread more than the hashing itself.
-        paths = [states[i][0] for i in to_hash]
-        parts = [paths[i : i + HASH_FILES_PER_TASK] for i in range(0, len(paths), HASH_FILES_PER_TASK)]
-        results = [result for part in hasher.map(_hash_files, parts) for result in part]
-        hashed = dict(zip(to_hash, results, strict=True))
+    # A few files per thread-pool task: a Future per file cost this thread more than the hashing itself.
+    paths = [states[i][0] for i in to_hash]
+    hashing = [hasher.submit(_hash_files, paths[i : i + HASH_FILES_PER_TASK])
+               for i in range(0, len(paths), HASH_FILES_PER_TASK)]
+    return _Plan(decisions, states, set(known), to_hash, hashing)
+
+
+def _decide_planned(services: Services, collection_id: int, plan: _Plan) -> dict[int, _Decision]:
+    """The rest of a planned chunk, once hashed, in one transaction: duplicate of known bytes, or new. New files
+    (the bulk of a first run) take one INSERT per table for the whole chunk; everything else (changed files,
+    duplicates, revived documents) goes through `_decide`."""
+    decisions, states = plan.decisions, plan.states
+    results = [result for part in plan.hashing for result in part.result()]
+    hashed = dict(zip(plan.to_hash, results, strict=True))
+    with transaction(services.sessions) as session:
+        now = utcnow()
         shas = {sha for sha, _ in hashed.values() if sha is not None}
         by_sha = {
             d.sha256
@@ -1091,12 +1118,12 @@ def _decide_chunk(
         fresh: list[tuple[int, str, int, float, str]] = []
         slow: list[tuple[int, str, int, float, str]] = []
         claimed: set[str] = set()
-        for item_id in to_hash:
+        for item_id in plan.to_hash:
             path, size, mtime = states[item_id]
             sha, error = hashed[item_id]
             if sha is None:
                 decisions[item_id] = _Decision(ItemState.FAILED, None, error=error)
-            elif path not in known and sha not in by_sha and sha not in claimed:
+            elif path not in plan.known_paths and sha not in by_sha and sha not in claimed:
                 claimed.add(sha)
                 fresh.append((item_id, path, size, mtime, sha))
             else:
@@ -1190,7 +1217,7 @@ def _write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> li
             for page in file.pages
         ]
         if rows:
-            # executemany, then the ids by (document, page number), which is unique (see _decide_chunk for why)
+            # executemany, then the ids by (document, page number), which is unique (see _decide_planned for why)
             session.connection().execute(insert(Page.__table__), rows)
             id_of_page = {
                 (document_id, number): page_id

@@ -336,6 +336,40 @@ def test_copies_of_one_file_across_batches_index_it_once(tmp_path: Path, tiny_em
         services.close()
 
 
+def test_files_decided_in_chunks_while_the_next_chunk_hashes(
+    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job plans the next chunk of files (unchanged ones settled, the rest hashing) before it decides this one:
+    copies spread over several chunks, unchanged files on a re-run, and a changed file with a new copy of it all
+    come out as when each chunk was decided alone."""
+    import mmrag.pipeline
+
+    monkeypatch.setattr(mmrag.pipeline, "DECIDE_CHUNK_FILES", 3)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'chunks.db'}")
+    settings.ingest.workers = 1  # chunks of max(3, two tasks in flight per worker x 2) = 4 files
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        corpus = tmp_path / "corpus"
+        original = _photo_jpeg(corpus / "a-0.jpg", 5)
+        for i in range(1, 6):  # sorted names interleave the copies with other files over four chunks
+            shutil.copy(original, corpus / f"a-{i}.jpg")
+            make_image(corpus / f"a-{i}-other.png", 20 + i)
+        first = run_index(services, [corpus])
+        assert (first.counts["indexed"], first.counts["duplicate"], first.counts["failed"]) == (6, 5, 0)
+        again = run_index(services, [corpus])
+        assert again.counts["unchanged"] == 11 and again.pages_indexed == 0
+        make_image(corpus / "a-3-other.png", 99)  # changed
+        shutil.copy(corpus / "a-3-other.png", corpus / "z-copy-of-changed.png")  # in a later chunk
+        changed = run_index(services, [corpus])
+        assert (changed.counts["indexed"], changed.counts["duplicate"], changed.counts["unchanged"]) == (1, 1, 10)
+        with services.sessions() as session:
+            copies = session.scalars(select(DocumentPath.document_id).where(DocumentPath.path.like("%.jpg"))).all()
+            assert len(copies) == 6 and len(set(copies)) == 1
+        assert_stores_agree_with_sql(services)
+    finally:
+        services.close()
+
+
 class _FailingClip:
     """The tiny CLIP, except that its third batch of prepared inputs raises (a device error mid-job)."""
 
