@@ -24,9 +24,11 @@ import pstats
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -38,7 +40,8 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Set
 from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
 from mmrag.embedders.device import resolve_device
-from mmrag.ingest.worker import LoadedFile, load_files
+from mmrag import pipeline
+from mmrag.ingest.worker import LoadedFile, StoredPage, load_files, page_image_path
 from mmrag.pipeline import colpali_inputs_in_workers, input_specs, run_index, start_worker_server
 from mmrag.services import Embedders, build_services
 
@@ -59,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--noop", action="store_true",
                         help="clip: an embedder whose forward is free (ViT-B-32 inputs, constant vectors): "
                              "the rate the pipeline alone can feed")
+    parser.add_argument("--replay-workers", action="store_true",
+                        help="clip --noop: workers hand back one decoded photo's inputs for every file, without "
+                             "reading or decoding: the job runs at this process's own ceiling")
     parser.add_argument("--images", type=int, default=256, help="clip: JPEG photos (640x480) in the corpus")
     parser.add_argument("--distinct-photos", type=int, default=0,
                         help="draw only this many photos; the rest are byte-distinct copies (0: draw all)")
@@ -90,6 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.out = RESULTS / f"index-{args.kind}{'-tiny' if args.tiny else ''}.json"
     if args.kind == "clip" and args.images == 0:
         parser.error("--kind clip needs --images > 0")
+    if args.replay_workers and not (args.kind == "clip" and args.noop):
+        parser.error("--replay-workers needs --kind clip --noop (replayed inputs are all one photo's)")
     return args
 
 
@@ -279,6 +287,25 @@ class NoopClip:
         return np.tile(self._vector, (len(texts), 1))
 
 
+_REPLAYED: dict[Any, Any] = {}  # per worker process: each input spec's input, made from the first photo it saw
+
+
+def replayed_photo(
+    path: str, sha256: str, settings: IngestSettings, data_dir: str, inputs: tuple[Any, ...] = (),
+    pages: tuple[int, int] | None = None,
+) -> LoadedFile:
+    """load_file for --replay-workers: a photo's result without reading or decoding it. Each spec's input is made
+    once per worker, from the first photo, and handed back for every photo after; no page image is written (the
+    no-op forward never reads one). The main process receives what real workers send (a LoadedFile, inputs through
+    shared memory) while the workers cost next to nothing, so the job runs at this process's own ceiling: the
+    rate it could take from any number of workers on a machine with this CPU."""
+    for spec in inputs:
+        if spec not in _REPLAYED:
+            _REPLAYED[spec] = spec.from_jpeg(Path(path).read_bytes())
+    page = StoredPage(1, 640, 480, "", "none", page_image_path(sha256, 1), tuple(_REPLAYED[spec] for spec in inputs))
+    return LoadedFile(path, sha256, "image", "image/jpeg", [page])
+
+
 # --- measurements ----------------------------------------------------------------------------------------------
 
 
@@ -399,7 +426,10 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
     try:
         if profiler is not None:
             profiler.enable()  # the job's own thread only: workers, embed and write threads are not in it
-        report = run_index(services, [corpus], progress=timeline)
+        # the seam the tests use to swap what a worker runs per file (mmrag.pipeline looks load_file up per task)
+        replaying = mock.patch.object(pipeline, "load_file", replayed_photo) if args.replay_workers else nullcontext()
+        with replaying:
+            report = run_index(services, [corpus], progress=timeline)
     finally:
         if profiler is not None:
             profiler.disable()
@@ -415,6 +445,15 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             # the last batch's forward and commit come after)
             "steady_pages_per_s": (timeline.pages - 1) / steady_span if steady_span > 0 else 0.0,
             "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5]}
+
+
+def _busy_ms(run: dict[str, Any]) -> float:
+    """The job thread's milliseconds per page spent neither waiting on a worker nor on the embed queue: handing files
+    out, taking results in, SQL. 1000 / this is the rate that thread could keep up with any number of workers and
+    any device on this CPU; past it, adding cores stops helping."""
+    stages = run["stages"]
+    busy = stages.get("files", 0.0) - stages.get("waiting_on_workers", 0.0) - stages.get("waiting_on_embed", 0.0)
+    return 1000 * busy / max(1, run["pages"])
 
 
 def _cpu_ms(run: dict[str, Any]) -> float:
@@ -453,6 +492,8 @@ def main(argv: list[str]) -> int:
             model = f"{'tiny' if args.tiny else args.model} (random-init, throughput only)"
             if args.noop:
                 model += "; end-to-end with a no-op forward (pipeline ceiling)"
+            if args.replay_workers:
+                model += ", workers replaying one photo (this process's ceiling)"
         else:
             began = time.perf_counter()
             embedder = build_colpali(args.batch, args.device, tiny=args.tiny)
@@ -483,10 +524,14 @@ def main(argv: list[str]) -> int:
         table.add_row(f"  stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
     table.add_row("  this process's CPU per page (ms, all threads, workers not included)", f"{_cpu_ms(e2e):.3f}", "",
                   "")
+    table.add_row("  job thread busy per page (ms; not waiting on workers or the embed queue)", f"{_busy_ms(e2e):.3f}",
+                  "", "")
+    table.add_row("  job thread can take at most (pages/s)", f"{1000 / max(_busy_ms(e2e), 1e-9):.1f}", "", "")
     for transfer, run in list(runs.items())[1:]:
         table.add_row(f"end-to-end, inputs through the {transfer}", f"{run['pages_per_s']:.1f}", str(run["pages"]),
                       f"{run['seconds']:.1f}")
         table.add_row(f"  this process's CPU per page (ms), {transfer}", f"{_cpu_ms(run):.3f}", "", "")
+        table.add_row(f"  job thread busy per page (ms), {transfer}", f"{_busy_ms(run):.3f}", "", "")
     if worker is not None:
         table.add_row("one worker: CPU per page (ms; load_files here, one thread)", f"{worker['ms_per_page']:.3f}",
                       str(worker["pages"]), "")
@@ -505,6 +550,7 @@ def main(argv: list[str]) -> int:
         "corpus": corpus_info,
         "raw_pages_per_s": raw,
         "end_to_end": e2e,
+        "job_thread_busy_ms_per_page": _busy_ms(e2e),
         "transfer": transfers[0],
         "end_to_end_by_transfer": runs,
         "worker": worker,
