@@ -951,6 +951,8 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
     from mmrag.index.lexical import build_and_save
 
     with services.sessions() as session:
+        if services.lexical_covers(collection_id, repository.text_page_ids(session, collection_id, with_pending=True)):
+            return  # the job added no page with text (photos): nothing to build
         pages = repository.page_texts(session, collection_id, with_pending=True)
     try:
         loader.submit(build_and_save, pages, str(services.lexical_dir(collection_id))).result()

@@ -193,15 +193,23 @@ class Services:
         return index
 
     def refresh_lexical(self, collection_id: int) -> None:
-        """Rebuild and save the BM25 index unless the saved one already covers SQL's indexed pages, decided from
-        page ids and the saved manifest alone (no index, no page text and not bm25s are loaded when it does)."""
-        from mmrag.index.lexical import Bm25Index, fingerprint_of
+        """Rebuild and save the BM25 index unless the saved one already covers SQL's indexed pages with text,
+        decided from page ids and the saved manifest alone (no index, no page text and not bm25s are loaded when it
+        does)."""
         from mmrag.store import repository
 
         with self.sessions() as session:
-            page_ids = repository.indexed_page_ids(session, collection_id)
-        if Bm25Index.saved_fingerprint(self.lexical_dir(collection_id)) != fingerprint_of(page_ids):
+            page_ids = repository.text_page_ids(session, collection_id)
+        if not self.lexical_covers(collection_id, page_ids):
             self.lexical(collection_id)
+
+    def lexical_covers(self, collection_id: int, page_ids: list[int]) -> bool:
+        """Whether the collection's saved BM25 index covers exactly these pages with text; no index saved and no
+        page with text (a photo collection) needs none either: the first query builds an empty one."""
+        from mmrag.index.lexical import Bm25Index, fingerprint_of
+
+        saved = Bm25Index.saved_fingerprint(self.lexical_dir(collection_id))
+        return saved == fingerprint_of(page_ids) or (saved is None and not page_ids)
 
     def lexical_dir(self, collection_id: int) -> Path:
         return self.collection_dir(collection_id) / "lexical"

@@ -479,10 +479,21 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         directory = services.lexical_dir(1)
         assert (directory / CURRENT_FILE).read_text() == "bm25-000001"  # built once, by the worker
         with services.sessions() as session:
-            indexed = session.scalars(select(Page.id)).all()
-        assert Bm25Index.load(directory).fingerprint == fingerprint_of(indexed)
+            with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
+            assert 0 < len(with_text) < len(session.scalars(select(Page.id)).all())  # the PDFs', not the images'
+        assert Bm25Index.load(directory).fingerprint == fingerprint_of(with_text)
         hits = search(services, "default", text="invoice number 1001", k=3, retrievers=["lexical"])
         assert hits and hits[0].scores["lexical"] > 0
+        # A job that adds only pages without text (photos) leaves the index as it was: no build ahead, no rebuild.
+        for i in range(3):
+            _photo_jpeg(tmp_path / "photos" / f"p{i}.jpg", i)
+        assert run_index(services, [tmp_path / "photos"]).counts["indexed"] == 3
+        assert (directory / CURRENT_FILE).read_text() == "bm25-000001"
+        assert search(services, "default", text="invoice number 1001", k=3, retrievers=["lexical"]) == hits
+        # A collection of photos alone has no index to build, ahead or at the end; a query finds nothing lexical.
+        assert run_index(services, [tmp_path / "photos"], collection="photos").counts["indexed"] == 3
+        assert not services.lexical_dir(2).exists()
+        assert search(services, "photos", text="invoice", k=3, retrievers=["lexical"]) == []
     finally:
         services.close()
 

@@ -135,14 +135,20 @@ def _collection_pages(query: Select[Any], collection_id: int, *, with_pending: b
     )
 
 
-def indexed_page_ids(session: Session, collection_id: int) -> list[int]:
-    return list(session.scalars(_collection_pages(select(Page.id), collection_id)))
+def text_page_ids(session: Session, collection_id: int, *, with_pending: bool = False) -> list[int]:
+    """Ids of the pages page_texts returns, without their text."""
+    query = _collection_pages(select(Page.id), collection_id, with_pending=with_pending).where(Page.text != "")
+    return list(session.scalars(query))
 
 
 def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
-    """(page id, text) of the collection's indexed documents, and with `with_pending` of its pending ones."""
+    """(page id, text) of the collection's indexed documents that have text, and with `with_pending` of its pending
+    ones. Pages without text (photos) are left out: they match no query, and the BM25 index over a photo collection
+    would otherwise be rebuilt, every page read back, after each job that added photos."""
     rows = session.execute(
-        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending).order_by(Page.id)
+        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending)
+        .where(Page.text != "")
+        .order_by(Page.id)
     )
     return [(page_id, text) for page_id, text in rows]
 
