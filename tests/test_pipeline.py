@@ -313,6 +313,12 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
         services.close()
 
 
+def _documents_of_paths(services: Services, pattern: str) -> list[int]:
+    """The document id of every recorded path LIKE `pattern`."""
+    with services.sessions() as session:
+        return list(session.scalars(select(DocumentPath.document_id).where(DocumentPath.path.like(pattern))))
+
+
 def test_copies_of_one_file_across_batches_index_it_once(tmp_path: Path, tiny_embedders: Embedders) -> None:
     """Duplicates decided while their original is still in a worker, in the batch being built, or in a batch the
     embedding thread has not committed yet all end up as duplicates of the one document."""
@@ -328,9 +334,8 @@ def test_copies_of_one_file_across_batches_index_it_once(tmp_path: Path, tiny_em
             make_image(corpus / f"c-other-{i}.png", 20 + i)
         report = run_index(services, [corpus])
         assert report.counts["indexed"] == 8 and report.counts["duplicate"] == 7 and report.counts["failed"] == 0
-        with services.sessions() as session:
-            copies = session.scalars(select(DocumentPath.document_id).where(DocumentPath.path.like("%.jpg"))).all()
-            assert len(copies) == 8 and len(set(copies)) == 1
+        copies = _documents_of_paths(services, "%.jpg")
+        assert len(copies) == 8 and len(set(copies)) == 1
         assert_stores_agree_with_sql(services)
     finally:
         services.close()
@@ -362,9 +367,8 @@ def test_files_decided_in_chunks_while_the_next_chunk_hashes(
         shutil.copy(corpus / "a-3-other.png", corpus / "z-copy-of-changed.png")  # in a later chunk
         changed = run_index(services, [corpus])
         assert (changed.counts["indexed"], changed.counts["duplicate"], changed.counts["unchanged"]) == (1, 1, 10)
-        with services.sessions() as session:
-            copies = session.scalars(select(DocumentPath.document_id).where(DocumentPath.path.like("%.jpg"))).all()
-            assert len(copies) == 6 and len(set(copies)) == 1
+        copies = _documents_of_paths(services, "%.jpg")
+        assert len(copies) == 6 and len(set(copies)) == 1
         assert_stores_agree_with_sql(services)
     finally:
         services.close()
