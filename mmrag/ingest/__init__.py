@@ -114,6 +114,7 @@ def _page(path: Path, number: int, image: Image.Image, text_layer: str | None, s
             lang=settings.ocr_lang,
             min_chars=settings.ocr_min_chars,
             line_height=settings.ocr_line_height,
+            skip_photos=settings.ocr_skip_photos,
         )
     except pytesseract.TesseractError as exc:
         # Tesseract is installed and the language exists (those raise before this), so it is this image it

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from mmrag.errors import ConfigError
 from mmrag.ingest import MissingToolError, check_ocr, choose_text, normalize_text, ocr
 from mmrag.ingest import text as text_module
+from mmrag.ingest.text import PHOTO_COLOURFULNESS, colourfulness, looks_like_photo
 from mmrag.types import TextSource
 from tests.ingest.samples import text_image
 
@@ -83,3 +85,44 @@ def test_ocr_that_finds_nothing_falls_back_to_the_layer(monkeypatch: pytest.Monk
     assert choose_text(BLANK, LAYER, mode="always") == (LAYER, TextSource.TEXT_LAYER)
     assert choose_text(BLANK, "tiny", mode="auto") == ("tiny", TextSource.TEXT_LAYER)
     assert choose_text(BLANK, None, mode="auto") == ("", TextSource.NONE)
+
+
+def _photo() -> Image.Image:
+    """A green blob between red and blue gradients, with sensor noise: colourful, and no band of rows that could be
+    a line of text (horizontal stripes would be one)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:240, 0:320]
+    blob = 255 * np.exp(-((x - 160) ** 2 + (y - 120) ** 2) / 8000)
+    pixels = np.stack([x * 255 / 320, blob, 255 - x * 255 / 320], axis=-1)
+    return Image.fromarray((pixels + rng.normal(0, 8, pixels.shape)).clip(0, 255).astype(np.uint8))
+
+
+def _on_orange(image: Image.Image) -> Image.Image:
+    """Black text on an orange background (a poster, a slide): as colourful as a photo, but with lines of text."""
+    pixels = np.asarray(image)
+    return Image.fromarray(np.where(pixels > 128, np.array([255, 170, 40]), pixels).astype(np.uint8))
+
+
+def test_colourfulness_tells_grey_pages_from_photos(words_image: Image.Image) -> None:
+    assert colourfulness(words_image) == 0 and colourfulness(BLANK) == 0
+    assert colourfulness(_photo()) > 2 * PHOTO_COLOURFULNESS
+    assert looks_like_photo(_photo())
+    assert not looks_like_photo(words_image)  # grey
+    assert not looks_like_photo(_on_orange(words_image))  # colourful, but two lines of text
+
+
+def test_auto_skips_ocr_on_photos_only_when_asked(monkeypatch: pytest.MonkeyPatch, words_image: Image.Image) -> None:
+    ocred: list[tuple[int, int]] = []
+    monkeypatch.setattr(text_module, "ocr", lambda image, lang="eng": ocred.append(image.size) or "SIGN")
+    assert choose_text(_photo(), None, mode="auto", skip_photos=True) == ("", TextSource.NONE)
+    assert ocred == []
+    assert choose_text(_photo(), None, mode="auto") == ("SIGN", TextSource.OCR)  # skip_photos off
+    assert choose_text(_photo(), "", mode="auto", skip_photos=True)[1] == TextSource.OCR  # a PDF page: a document
+    assert choose_text(_photo(), None, mode="always", skip_photos=True)[1] == TextSource.OCR
+    assert choose_text(_on_orange(words_image), None, mode="auto", skip_photos=True)[1] == TextSource.OCR
+    assert len(ocred) == 4
+
+
+def test_a_poster_on_colour_is_still_read(words_image: Image.Image) -> None:
+    text, source = choose_text(_on_orange(words_image), None, mode="auto", skip_photos=True)
+    assert source == TextSource.OCR and "INVOICE" in text
