@@ -1063,20 +1063,28 @@ def _plan_chunk(
         else:
             states[item_id] = (path, *state)
     with transaction(services.sessions) as session:
+        # Plain rows and bulk statements, not ORM objects: a re-run of 16,000 unchanged photos spent 16 s in an
+        # UPDATE per job item and 1 s loading and flushing an object per path.
         paths = [path for path, _, _ in states.values()]
         known = {
             row.path: row
-            for row in session.scalars(
-                select(DocumentPath).where(DocumentPath.collection_id == collection_id, DocumentPath.path.in_(paths))
+            for row in session.execute(
+                select(DocumentPath.id, DocumentPath.path, DocumentPath.document_id, DocumentPath.size_bytes,
+                       DocumentPath.mtime)
+                .where(DocumentPath.collection_id == collection_id, DocumentPath.path.in_(paths))
             )
         } if paths else {}
         documents = {
-            d.id: d
-            for d in session.scalars(select(Document).where(Document.id.in_({k.document_id for k in known.values()})))
+            row.id: row
+            for row in session.execute(
+                select(Document.id, Document.status, Document.error)
+                .where(Document.id.in_({row.document_id for row in known.values()}))
+            )
         } if known else {}
         to_hash: list[int] = []
         now = utcnow()
         unchanged: list[int] = []
+        seen_paths: list[int] = []
         for item_id, (path, size, mtime) in states.items():
             seen = known.get(path)
             document = documents.get(seen.document_id) if seen is not None else None
@@ -1084,15 +1092,21 @@ def _plan_chunk(
                 seen is not None and seen.size_bytes == size and seen.mtime == mtime and document is not None
                 and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
             ):
-                seen.last_seen = now
+                seen_paths.append(seen.id)
                 decisions[item_id] = _Decision(ItemState.UNCHANGED, document.id, error=document.error)
                 unchanged.append(item_id)
             else:
                 to_hash.append(item_id)
-        for item_id in unchanged:
-            decision = decisions[item_id]
-            repository.set_items(
-                session, [item_id], state=ItemState.UNCHANGED, document_id=decision.document_id, error=decision.error
+        if unchanged:
+            session.execute(update(DocumentPath).where(DocumentPath.id.in_(seen_paths)).values(last_seen=now))
+            items = JobItem.__table__
+            session.connection().execute(
+                update(items).where(items.c.id == bindparam("item_id")),
+                [
+                    {"item_id": item_id, "state": ItemState.UNCHANGED, "document_id": decisions[item_id].document_id,
+                     "error": decisions[item_id].error, "updated_at": now}
+                    for item_id in unchanged
+                ],
             )
     # A few files per thread-pool task: a Future per file cost this thread more than the hashing itself.
     paths = [states[i][0] for i in to_hash]
