@@ -65,6 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--replay-workers", action="store_true",
                         help="clip --noop: workers hand back one decoded photo's inputs for every file, without "
                              "reading or decoding: the job runs at this process's own ceiling")
+    parser.add_argument("--rerun", action="store_true",
+                        help="then run the same job again over the unchanged corpus (what a re-run costs per file)")
     parser.add_argument("--images", type=int, default=256, help="clip: JPEG photos (640x480) in the corpus")
     parser.add_argument("--distinct-photos", type=int, default=0,
                         help="draw only this many photos; the rest are byte-distinct copies (0: draw all)")
@@ -430,6 +432,12 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
         replaying = mock.patch.object(pipeline, "load_file", replayed_photo) if args.replay_workers else nullcontext()
         with replaying:
             report = run_index(services, [corpus], progress=timeline)
+        rerun = None
+        if args.rerun:
+            began = time.perf_counter()
+            again = run_index(services, [corpus])  # nothing changed: every file should come back unchanged
+            rerun = {"seconds": time.perf_counter() - began, "unchanged": again.counts["unchanged"],
+                     "indexed": again.counts["indexed"]}
     finally:
         if profiler is not None:
             profiler.disable()
@@ -444,7 +452,8 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             # pages after the first, from the first page's arrival to the last one's (arrival from the workers;
             # the last batch's forward and commit come after)
             "steady_pages_per_s": (timeline.pages - 1) / steady_span if steady_span > 0 else 0.0,
-            "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5]}
+            "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5],
+            "rerun": rerun}
 
 
 def _busy_ms(run: dict[str, Any]) -> float:
@@ -527,6 +536,10 @@ def main(argv: list[str]) -> int:
     table.add_row("  job thread busy per page (ms; not waiting on workers or the embed queue)", f"{_busy_ms(e2e):.3f}",
                   "", "")
     table.add_row("  job thread can take at most (pages/s)", f"{1000 / max(_busy_ms(e2e), 1e-9):.1f}", "", "")
+    if e2e["rerun"] is not None:
+        rerun = e2e["rerun"]
+        table.add_row(f"re-run, {rerun['unchanged']} files unchanged (files/s)",
+                      f"{rerun['unchanged'] / rerun['seconds']:.1f}", "", f"{rerun['seconds']:.1f}")
     for transfer, run in list(runs.items())[1:]:
         table.add_row(f"end-to-end, inputs through the {transfer}", f"{run['pages_per_s']:.1f}", str(run["pages"]),
                       f"{run['seconds']:.1f}")
