@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -908,7 +909,7 @@ def _process_items(
                             batch.duplicate_item_ids.append(item_id)
                             progress.advance(1, 0)
                         elif decision.state == ItemState.UNCHANGED:
-                            progress.advance(1, 0)  # recorded by _plan_chunk
+                            progress.advance(1, 0)  # recorded by _record_unchanged
                         else:
                             finish(item_id, decision.state, document_id=decision.document_id, error=decision.error)
                         continue
@@ -1043,7 +1044,8 @@ class _Plan:
 
     decisions: dict[int, _Decision]
     states: dict[int, tuple[str, int, float]]  # item id → path, size, mtime
-    known_paths: set[str]  # paths SQL already had
+    known: dict[str, Any]  # path → its DocumentPath row (id, path, document_id, size_bytes, mtime), where SQL has it
+    documents: dict[int, Any]  # document id → (id, status, error, sha256) of the known paths' documents
     to_hash: list[int]
     hashing: list[Future[list[tuple[str | None, str | None]]]]
 
@@ -1077,14 +1079,13 @@ def _plan_chunk(
         documents = {
             row.id: row
             for row in session.execute(
-                select(Document.id, Document.status, Document.error)
+                select(Document.id, Document.status, Document.error, Document.sha256)
                 .where(Document.id.in_({row.document_id for row in known.values()}))
             )
         } if known else {}
         to_hash: list[int] = []
         now = utcnow()
-        unchanged: list[int] = []
-        seen_paths: list[int] = []
+        unchanged: list[tuple[int, int, int, float]] = []
         for item_id, (path, size, mtime) in states.items():
             seen = known.get(path)
             document = documents.get(seen.document_id) if seen is not None else None
@@ -1092,27 +1093,40 @@ def _plan_chunk(
                 seen is not None and seen.size_bytes == size and seen.mtime == mtime and document is not None
                 and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
             ):
-                seen_paths.append(seen.id)
                 decisions[item_id] = _Decision(ItemState.UNCHANGED, document.id, error=document.error)
-                unchanged.append(item_id)
+                unchanged.append((item_id, seen.id, size, mtime))
             else:
                 to_hash.append(item_id)
-        if unchanged:
-            session.execute(update(DocumentPath).where(DocumentPath.id.in_(seen_paths)).values(last_seen=now))
-            items = JobItem.__table__
-            session.connection().execute(
-                update(items).where(items.c.id == bindparam("item_id")),
-                [
-                    {"item_id": item_id, "state": ItemState.UNCHANGED, "document_id": decisions[item_id].document_id,
-                     "error": decisions[item_id].error, "updated_at": now}
-                    for item_id in unchanged
-                ],
-            )
+        _record_unchanged(session, decisions, unchanged, now)
     # A few files per thread-pool task: a Future per file cost this thread more than the hashing itself.
     paths = [states[i][0] for i in to_hash]
     hashing = [hasher.submit(_hash_files, paths[i : i + HASH_FILES_PER_TASK])
                for i in range(0, len(paths), HASH_FILES_PER_TASK)]
-    return _Plan(decisions, states, set(known), to_hash, hashing)
+    return _Plan(decisions, states, known, documents, to_hash, hashing)
+
+
+def _record_unchanged(
+    session: Session, decisions: dict[int, _Decision], unchanged: list[tuple[int, int, int, float]], now: datetime
+) -> None:
+    """Job items (item id, path id, size, mtime) found unchanged: their paths seen now, with the size and mtime on
+    disk (a touched file's new mtime), and the items marked, in two bulk statements."""
+    if not unchanged:
+        return
+    paths = DocumentPath.__table__
+    session.connection().execute(
+        update(paths).where(paths.c.id == bindparam("path_id")),
+        [{"path_id": path_id, "size_bytes": size, "mtime": mtime, "last_seen": now}
+         for _, path_id, size, mtime in unchanged],
+    )
+    items = JobItem.__table__
+    session.connection().execute(
+        update(items).where(items.c.id == bindparam("item_id")),
+        [
+            {"item_id": item_id, "state": ItemState.UNCHANGED, "document_id": decisions[item_id].document_id,
+             "error": decisions[item_id].error, "updated_at": now}
+            for item_id, *_ in unchanged
+        ],
+    )
 
 
 def _decide_planned(services: Services, collection_id: int, plan: _Plan) -> dict[int, _Decision]:
@@ -1125,25 +1139,34 @@ def _decide_planned(services: Services, collection_id: int, plan: _Plan) -> dict
     with transaction(services.sessions) as session:
         now = utcnow()
         shas = {sha for sha, _ in hashed.values() if sha is not None}
-        by_sha = {
-            d.sha256
-            for d in session.scalars(
-                select(Document).where(Document.collection_id == collection_id, Document.sha256.in_(shas))
-            )
-        } if shas else set()
+        by_sha = set(session.scalars(
+            select(Document.sha256).where(Document.collection_id == collection_id, Document.sha256.in_(shas))
+        )) if shas else set()
         fresh: list[tuple[int, str, int, float, str]] = []
         slow: list[tuple[int, str, int, float, str]] = []
+        same: list[tuple[int, int, int, float]] = []
         claimed: set[str] = set()
         for item_id in plan.to_hash:
             path, size, mtime = states[item_id]
             sha, error = hashed[item_id]
+            seen = plan.known.get(path)
+            document = plan.documents.get(seen.document_id) if seen is not None else None
             if sha is None:
                 decisions[item_id] = _Decision(ItemState.FAILED, None, error=error)
-            elif path not in plan.known_paths and sha not in by_sha and sha not in claimed:
+            elif (
+                document is not None and document.sha256 == sha
+                and document.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
+            ):
+                # Touched, or copied over with the same bytes: unchanged, not a duplicate of itself (a re-run after
+                # copying a folder back reported every file as a duplicate, each in a transaction of its own).
+                decisions[item_id] = _Decision(ItemState.UNCHANGED, document.id, error=document.error)
+                same.append((item_id, seen.id, size, mtime))
+            elif seen is None and sha not in by_sha and sha not in claimed:
                 claimed.add(sha)
                 fresh.append((item_id, path, size, mtime, sha))
             else:
                 slow.append((item_id, path, size, mtime, sha))
+        _record_unchanged(session, decisions, same, now)
         if fresh:
             # A plain executemany, then the ids by (collection, sha256), which is unique: SQLite cannot promise
             # RETURNING's row order for a multi-row insert, so SQLAlchemy would send one INSERT per document.

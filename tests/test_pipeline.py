@@ -380,6 +380,14 @@ def test_files_decided_in_chunks_while_the_next_chunk_hashes(
         shutil.copy(corpus / "a-3-other.png", corpus / "z-copy-of-changed.png")  # in a later chunk
         changed = run_index(services, [corpus])
         assert (changed.counts["indexed"], changed.counts["duplicate"], changed.counts["unchanged"]) == (1, 1, 10)
+        # Touched (a new mtime, the same bytes): unchanged, not a duplicate of itself, and SQL takes the new mtime.
+        touched = corpus / "a-1-other.png"
+        os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 60))
+        after_touch = run_index(services, [corpus])
+        assert (after_touch.counts["unchanged"], after_touch.counts["duplicate"]) == (12, 0)
+        with services.sessions() as session:
+            recorded = session.scalar(select(DocumentPath.mtime).where(DocumentPath.path == str(touched.resolve())))
+        assert recorded == touched.stat().st_mtime
         copies = _documents_of_paths(services, "%.jpg")
         assert len(copies) == 6 and len(set(copies)) == 1
         assert_stores_agree_with_sql(services)
