@@ -962,6 +962,7 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
 
 
 FILES_PER_TASK = 16
+FINAL_STATES = (ItemState.UNCHANGED, ItemState.DUPLICATE, ItemState.FAILED)  # job item states decided before loading
 DECIDE_CHUNK_FILES = 256  # job items decided (stat, SQL, hash) per transaction
 HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
 SMALL_FILE_BYTES = 1024 * 1024  # files above this (PDFs, large scans) go to a worker one per task
@@ -1105,9 +1106,6 @@ def _plan_chunk(
     hashing = [hasher.submit(_hash_files, paths[i : i + HASH_FILES_PER_TASK])
                for i in range(0, len(paths), HASH_FILES_PER_TASK)]
     return _Plan(decisions, states, known, documents, to_hash, hashing)
-
-
-FINAL_STATES = (ItemState.UNCHANGED, ItemState.DUPLICATE, ItemState.FAILED)  # decided before any loading
 
 
 def _record_paths_seen(session: Session, seen: list[tuple[int, int, int, float]], now: datetime) -> None:
