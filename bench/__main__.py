@@ -14,6 +14,8 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)  # noqa: T201 - CLI usage
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # faiss reports at INFO each CPU build it tried and could not load (AVX-512, AVX2) as a ModuleNotFoundError
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     return importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
 
 
