@@ -126,19 +126,22 @@ def forget_embeddings(session: Session, page_ids: Iterable[int], retriever: str)
         )
 
 
-def _collection_pages(query: Select[Any], collection_id: int, *, with_pending: bool = False) -> Select[Any]:
+def _collection_pages(
+    query: Select[Any], collection_id: int, *, with_pending: bool = False, with_text: bool = False
+) -> Select[Any]:
     """`query` over pages, kept to the collection's indexed documents (and pending ones: a job's documents whose
-    vectors are still on their way)."""
+    vectors are still on their way), and with `with_text` to pages that have text."""
     statuses = [DocumentStatus.INDEXED, DocumentStatus.PENDING] if with_pending else [DocumentStatus.INDEXED]
-    return query.join(Document, Document.id == Page.document_id).where(
+    query = query.join(Document, Document.id == Page.document_id).where(
         Document.collection_id == collection_id, Document.status.in_(statuses)
     )
+    return query.where(Page.text != "") if with_text else query
 
 
 def text_page_ids(session: Session, collection_id: int, *, with_pending: bool = False) -> list[int]:
     """Ids of the pages page_texts returns, without their text."""
-    query = _collection_pages(select(Page.id), collection_id, with_pending=with_pending).where(Page.text != "")
-    return list(session.scalars(query))
+    return list(session.scalars(_collection_pages(select(Page.id), collection_id, with_pending=with_pending,
+                                                  with_text=True)))
 
 
 def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
@@ -146,8 +149,7 @@ def page_texts(session: Session, collection_id: int, *, with_pending: bool = Fal
     ones. Pages without text (photos) are left out: they match no query, and the BM25 index over a photo collection
     would otherwise be rebuilt, every page read back, after each job that added photos."""
     rows = session.execute(
-        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending)
-        .where(Page.text != "")
+        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending, with_text=True)
         .order_by(Page.id)
     )
     return [(page_id, text) for page_id, text in rows]
