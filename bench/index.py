@@ -22,6 +22,7 @@ import os
 import platform
 import pstats
 import shutil
+import sqlite3
 import tempfile
 import time
 from contextlib import nullcontext
@@ -435,10 +436,12 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             report = run_index(services, [corpus], progress=timeline)
         rerun = None
         if args.rerun:
+            database_bytes = [_database_bytes(settings)]
             began = time.perf_counter()
             again = run_index(services, [corpus])  # nothing changed: every file should come back unchanged
             rerun = {"seconds": time.perf_counter() - began, "unchanged": again.counts["unchanged"],
                      "indexed": again.counts["indexed"]}
+            database_bytes.append(_database_bytes(settings))
             later = time.time() + 60
             files = [path for path in corpus.rglob("*") if path.is_file()]
             for path in files:
@@ -448,6 +451,11 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             rerun.update(touched_seconds=time.perf_counter() - began, touched_files=len(files),
                          touched_unchanged=touched.counts["unchanged"],
                          touched_indexed=touched.counts["indexed"], touched_duplicate=touched.counts["duplicate"])
+            database_bytes.append(_database_bytes(settings))
+            # What SQL keeps of each run over a folder that did not change: a folder re-indexed daily grows the
+            # database by this much per file per day, for good.
+            rerun["database_bytes"] = database_bytes
+            rerun["database_bytes_per_file_per_rerun"] = (database_bytes[-1] - database_bytes[0]) / (2 * len(files))
     finally:
         if profiler is not None:
             profiler.disable()
@@ -464,6 +472,14 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             "steady_pages_per_s": (timeline.pages - 1) / steady_span if steady_span > 0 else 0.0,
             "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5],
             "rerun": rerun}
+
+
+def _database_bytes(settings: Settings) -> int:
+    """The SQLite database's size on disk, its write-ahead log checkpointed into it first."""
+    path = Path(settings.database.url.removeprefix("sqlite:///"))
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path.stat().st_size
 
 
 def _busy_ms(run: dict[str, Any]) -> float:
@@ -554,6 +570,8 @@ def main(argv: list[str]) -> int:
                       f"{rerun['touched_duplicate']} duplicate (files/s)",
                       f"{rerun['touched_files'] / rerun['touched_seconds']:.1f}", "",
                       f"{rerun['touched_seconds']:.1f}")
+        table.add_row("  SQL database growth per file per re-run (bytes)",
+                      f"{rerun['database_bytes_per_file_per_rerun']:.1f}", "", "")
     for transfer, run in list(runs.items())[1:]:
         table.add_row(f"end-to-end, inputs through the {transfer}", f"{run['pages_per_s']:.1f}", str(run["pages"]),
                       f"{run['seconds']:.1f}")
