@@ -116,7 +116,8 @@ def _apply_metadata(services: Services, job_id: int, metadata: Mapping[str, Mapp
     from mmrag.documents import set_metadata
 
     with services.sessions() as session:
-        documents = repository.documents_of_items(session, job_id)
+        collection_id = repository.get_job(session, job_id).collection_id
+        documents = repository.documents_at_paths(session, collection_id, metadata)
     for path, fields in metadata.items():
         if path in documents and fields:
             set_metadata(services, [documents[path]], dict(fields))

@@ -175,6 +175,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A done job's final counts (repository.job_counts), kept here because its unchanged items are then deleted:
+    # a folder re-indexed daily would otherwise leave a row per file per run for good. None while it runs.
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
 
     items: Mapped[list[JobItem]] = relationship(back_populates="job", cascade="all, delete-orphan")
 

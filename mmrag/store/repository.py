@@ -276,6 +276,15 @@ def pending_items(session: Session, job_id: int) -> list[tuple[int, str]]:
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
+    """Files per item state and pages indexed: kept on the row of a done job (settle_job), counted from the items
+    of any other."""
+    job = session.get(Job, job_id)
+    if job is not None and job.counts is not None:
+        return {state.value: 0 for state in ItemState} | {"pages": 0} | job.counts
+    return _counted_items(session, job_id)
+
+
+def _counted_items(session: Session, job_id: int) -> dict[str, int]:
     rows = session.execute(
         select(JobItem.state, func.count(), func.coalesce(func.sum(JobItem.pages), 0))
         .where(JobItem.job_id == job_id)
@@ -309,6 +318,17 @@ def finish_job(session: Session, job: Job, state: JobState, error: str | None = 
     job.state = state
     job.error = error
     job.finished_at = utcnow()
+    if state == JobState.DONE:
+        settle_job(session, job)
+
+
+def settle_job(session: Session, job: Job) -> None:
+    """Keep a done job's counts on its row and delete its unchanged items. Every run over a folder writes an item
+    per file, for resuming; once the job is done an unchanged file's item tells nothing its count does not, and
+    keeping them grew the database by about 200 bytes per file per run (a million files re-indexed daily: 70 GB
+    a year). Indexed, duplicate and failed items stay: they are what the job did, and why a file failed."""
+    job.counts = _counted_items(session, job.id)
+    session.execute(delete(JobItem).where(JobItem.job_id == job.id, JobItem.state == ItemState.UNCHANGED))
 
 
 def started(job: Job, when: datetime | None = None) -> None:
@@ -400,15 +420,18 @@ def job_items(
     return [(item, item.document_id or document_id) for item, document_id in rows], total
 
 
-def documents_of_items(session: Session, job_id: int) -> dict[str, int]:
-    """Path → document id, for the job's items whose path holds a document now."""
-    job = get_job(session, job_id)
-    rows = session.execute(
-        select(JobItem.path, DocumentPath.document_id)
-        .join(DocumentPath, (DocumentPath.path == JobItem.path) & (DocumentPath.collection_id == job.collection_id))
-        .where(JobItem.job_id == job_id)
-    )
-    return {path: document_id for path, document_id in rows}
+def documents_at_paths(session: Session, collection_id: int, paths: Iterable[str]) -> dict[str, int]:
+    """Path → the document its bytes are now, for those of `paths` that hold one in the collection."""
+    wanted = list(dict.fromkeys(paths))
+    result: dict[str, int] = {}
+    for start in range(0, len(wanted), 1000):
+        rows = session.execute(
+            select(DocumentPath.path, DocumentPath.document_id).where(
+                DocumentPath.collection_id == collection_id, DocumentPath.path.in_(wanted[start : start + 1000])
+            )
+        )
+        result.update({path: document_id for path, document_id in rows})
+    return result
 
 
 def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[str, str], int]]:

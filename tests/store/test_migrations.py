@@ -1,13 +1,18 @@
-"""The Alembic migration creates exactly the ORM's schema, and downgrades cleanly, on SQLite and PostgreSQL."""
+"""The Alembic migrations create exactly the ORM's schema, migrate data, and downgrade cleanly, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
+from sqlalchemy.orm import Session
 
+from mmrag.store import repository
 from mmrag.store.db import build_engine, downgrade, upgrade
-from mmrag.store.models import Base
+from mmrag.store.models import Base, Job, JobItem
 
 
 def test_migration_matches_models(database_url: str) -> None:
@@ -21,4 +26,44 @@ def test_migration_matches_models(database_url: str) -> None:
     )
     downgrade(engine)
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+
+
+def test_upgrading_settles_the_jobs_that_are_done(database_url: str) -> None:
+    """0002 moves a done job's counts onto its row and deletes its unchanged items, as settle_job now does when a
+    job finishes; a job still running keeps every item (it resumes from them)."""
+    engine = build_engine(database_url)
+    upgrade(engine, "0001")
+    now = datetime.now(UTC)
+    items = {
+        1: [("a", "indexed", 2), ("b", "unchanged", 0), ("c", "unchanged", 0), ("d", "failed", 0)],
+        2: [("a", "unchanged", 0), ("e", "pending", 0)],
+    }
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO collections (id, name, created_at) VALUES (1, 'default', :now)"), {"now": now})
+        for job_id, state in ((1, "done"), (2, "running")):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, collection_id, state, roots, retrievers, created_at) "
+                    "VALUES (:id, 1, :state, '{}', '{}', :now)"
+                ),
+                {"id": job_id, "state": state, "now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job_items (job_id, path, state, attempts, pages, updated_at) "
+                    "VALUES (:job, :path, :state, 0, :pages, :now)"
+                ),
+                [{"job": job_id, "path": p, "state": s, "pages": n, "now": now} for p, s, n in items[job_id]],
+            )
+    upgrade(engine)
+    with Session(engine) as session:
+        assert repository.job_counts(session, 1) == {
+            "pending": 0, "indexed": 1, "unchanged": 2, "duplicate": 0, "failed": 1, "pages": 2
+        }
+        assert session.get(Job, 2).counts is None
+        left = session.execute(select(JobItem.job_id, JobItem.path).order_by(JobItem.job_id, JobItem.path)).all()
+        assert [tuple(row) for row in left] == [(1, "a"), (1, "d"), (2, "a"), (2, "e")]
+        assert repository.job_counts(session, 2)["unchanged"] == 1  # counted from its items
+    downgrade(engine)
     engine.dispose()
