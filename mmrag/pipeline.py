@@ -277,7 +277,12 @@ def _records(ids: np.ndarray, retriever: str, embedder: object, counts: list[int
 
 
 def _write_batch(
-    services: Services, stores: CollectionStores, embedders: Embedders, batch: _Batch, embedded: _Embedded
+    services: Services,
+    collection_id: int,
+    stores: CollectionStores,
+    embedders: Embedders,
+    batch: _Batch,
+    embedded: _Embedded,
 ) -> None:
     """Vectors into the stores, the stores flushed, then one SQL transaction vouches for them."""
     records = store_vectors(embedders, stores, embedded)
@@ -293,6 +298,7 @@ def _write_batch(
                 .where(Document.id.in_(batch.document_ids))
                 .values(status=DocumentStatus.INDEXED, indexed_at=now, updated_at=now)
             )
+            repository.bump_generation(session, collection_id)
         if batch.item_pages:
             items = JobItem.__table__
             session.connection().execute(
@@ -755,7 +761,7 @@ def _process_items(
     committer = _Committer(
         lambda batch: embed_pages(embedders, stores, batch.pages, services.data_dir, pool_factor=pool_factor,
                                   specs=specs),
-        lambda batch, embedded: _write_batch(services, stores, embedders, batch, embedded),
+        lambda batch, embedded: _write_batch(services, collection_id, stores, embedders, batch, embedded),
         stores,
         depth=settings.ingest.batches_ahead,
     )

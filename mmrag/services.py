@@ -109,7 +109,9 @@ class Services:
         self._embedders = embedders
         self._stores: dict[int, CollectionStores] = {}
         self._candidates: dict[int, tuple[int, np.ndarray, PooledCandidateIndex]] = {}
+        self._lexical: dict[int, tuple[int, LexicalIndex]] = {}  # collection → (its generation, BM25 index)
         self._lock = threading.Lock()
+        self._lexical_lock = threading.Lock()
 
     @property
     def data_dir(self) -> Path:
@@ -172,24 +174,45 @@ class Services:
             return cached[2]
 
     def lexical(self, collection_id: int) -> LexicalIndex:
-        """The BM25 index over the collection's page text, rebuilt from SQL when SQL has changed."""
+        """The BM25 index over the collection's page text, current with SQL.
+
+        Kept in memory from one call to the next while the collection's generation (one integer in SQL) is
+        unchanged, whichever process indexes or deletes. Reading SQL's pages and loading the index on every query
+        cost 104 ms at 10k pages and 423 ms at 50k, against 2-5 ms for the search itself."""
+        from mmrag.store import repository
+
+        with self.sessions() as session:
+            generation = repository.collection_generation(session, collection_id)
+        with self._lexical_lock:  # one load or rebuild at a time, not one per waiting query
+            cached = self._lexical.get(collection_id)
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+            # The generation is read first: a change landing during the load leaves this index newer than the
+            # generation it is kept under, and the next call loads again. Never older.
+            index = self._current_lexical(collection_id)
+            self._lexical[collection_id] = (generation, index)
+            return index
+
+    def _current_lexical(self, collection_id: int) -> LexicalIndex:
+        """The saved BM25 index when it covers SQL's indexed pages with text, else one rebuilt from them and saved."""
         from mmrag.index.lexical import Bm25Index, fingerprint_of
         from mmrag.store import repository
 
         directory = self.lexical_dir(collection_id)
         with self.sessions() as session:
-            pages = repository.page_texts(session, collection_id)
-        fingerprint = fingerprint_of(page_id for page_id, _ in pages)
-        index = None
-        if Bm25Index.saved_in(directory):
+            fingerprint = fingerprint_of(repository.text_page_ids(session, collection_id))
+        if Bm25Index.saved_fingerprint(directory) == fingerprint:
             try:
                 index = Bm25Index.load(directory)
+                if index.fingerprint == fingerprint:
+                    return index
             except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
                 log.warning("rebuilding the BM25 index of collection %s: %s", collection_id, exc)
-        if index is None or index.fingerprint != fingerprint:
-            index = Bm25Index()
-            index.rebuild(pages)
-            index.save(directory)
+        with self.sessions() as session:
+            pages = repository.page_texts(session, collection_id)
+        index = Bm25Index()
+        index.rebuild(pages)
+        index.save(directory)
         return index
 
     def refresh_lexical(self, collection_id: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
-from mmrag.pipeline import run_index
+from mmrag.pipeline import delete_documents, run_index
 from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
@@ -107,3 +107,33 @@ def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_co
         services.settings.index.multivector_search = "exact"
     assert [h.page_id for h in scalable] == [h.page_id for h in exact]
     assert [h.scores["colpali"] for h in scalable] == pytest.approx([h.scores["colpali"] for h in exact], abs=1e-4)
+
+
+def test_the_bm25_index_stays_loaded_and_follows_other_writers(
+    services: Services, tmp_path: Path, tiny_embedders: Embedders
+) -> None:
+    """The query service keeps its BM25 index between queries and reads no page from SQL while nothing changed;
+    a job or a delete in another process (another Services on the same database and data dir) is seen at the next
+    query, through the collection's generation."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    index = services.lexical(1)
+    assert any("pages.text !=" in sql for sql in statements)  # the first call checks SQL's pages with text
+    statements.clear()
+    assert services.lexical(1) is index
+    assert lexical(services, k=8) == [f"r{i}.pdf" for i in range(7, -1, -1)]
+    # Only the hits' pages were read (describe_pages), not the collection's pages with text (text_page_ids).
+    assert statements and not any("pages.text !=" in sql for sql in statements)
+
+    other = build_services(services.settings, embedders=tiny_embedders)  # as `mmrag index` beside `mmrag serve`
+    try:
+        extra = make_pdf(tmp_path / "later" / "r8.pdf", ["quarterly report " * 12])
+        run_index(other, [extra.parent])
+        assert lexical(services, k=1) == ["r8.pdf"] and len(services.lexical(1)) == len(index) + 1
+        delete_documents(other, "default", paths=[str(extra)])
+        assert lexical(services, k=1) == ["r7.pdf"]
+        assert len(services.lexical(1)) == len(index)  # not only filtered out of the hits: gone from the index
+    finally:
+        other.close()

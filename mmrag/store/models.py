@@ -76,6 +76,10 @@ class Collection(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Counts the changes to which pages are indexed (repository.bump_generation), in the same transaction as each:
+    # whoever keeps something derived from them (the query service's BM25 index) reads one integer per query, not
+    # the collection's pages, to know it is still current, whichever process wrote.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Document(Base):

@@ -74,8 +74,25 @@ def drop_pages(session: Session, document_ids: Iterable[int]) -> list[int]:
     return page_ids
 
 
+def bump_generation(session: Session, collection_id: int) -> None:
+    """Record a change to which pages of the collection are indexed (Collection.generation). Every such change
+    calls this in its own transaction: a batch of documents marked indexed, a document deleted."""
+    session.execute(
+        update(Collection).where(Collection.id == collection_id).values(generation=Collection.generation + 1)
+    )
+
+
+def collection_generation(session: Session, collection_id: int) -> int:
+    generation = session.scalar(select(Collection.generation).where(Collection.id == collection_id))
+    if generation is None:
+        raise NotFoundError(f"collection {collection_id} does not exist")
+    return generation
+
+
 def mark_deleted(session: Session, document: Document) -> list[int]:
     """Tombstone a document: its pages and paths go, the row stays (status deleted) for history."""
+    if document.status == DocumentStatus.INDEXED:
+        bump_generation(session, document.collection_id)
     page_ids = drop_pages(session, [document.id])
     session.execute(delete(DocumentPath).where(DocumentPath.document_id == document.id))
     document.status = DocumentStatus.DELETED
