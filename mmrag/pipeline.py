@@ -57,7 +57,7 @@ from mmrag.ingest.worker import (
 )
 from mmrag.services import CollectionStores, Embedders, Services
 from mmrag.store import repository
-from mmrag.store.db import transaction
+from mmrag.store.db import refresh_statistics, transaction
 from mmrag.store.models import Document, DocumentPath, Job, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import DocumentStatus, ItemState, JobState
 
@@ -713,6 +713,7 @@ def _index_with(
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
     services.refresh_lexical(collection_id)  # BM25 current now (a worker built it ahead), not at the first query
+    refresh_statistics(services.engine)  # query plans for the collection as it is now
     stages["finish"] = time.perf_counter() - finishing
     # CPU seconds of this process (all its threads, not the workers) from the first file to the end: at GPU speed
     # a bulk job is bound by this process's share of each page as soon as it nears one core.

@@ -12,7 +12,7 @@ from mmrag.pipeline import delete_documents, run_index
 from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
-from mmrag.store.db import transaction
+from mmrag.store.db import refresh_statistics, transaction
 from mmrag.types import Hit, SearchFilters
 from tests.factories import make_image, make_pdf
 
@@ -137,3 +137,47 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
         assert len(services.lexical(1)) == len(index)  # not only filtered out of the hits: gone from the index
     finally:
         other.close()
+
+
+def _hit_lookup_plan(services: Services, page_ids: list[int]) -> list[str]:
+    """SQLite's plan for describe_pages over these ids, as the search runs it."""
+    from sqlalchemy import event
+
+    statements: list[tuple[str, object]] = []
+
+    def remember(_connection, _cursor, sql, params, *_) -> None:  # noqa: ANN001
+        statements.append((sql, params))
+
+    event.listen(services.engine, "before_cursor_execute", remember)
+    with services.sessions() as session:
+        assert len(repository.describe_pages(session, page_ids)) == len(page_ids)
+    event.remove(services.engine, "before_cursor_execute", remember)
+    sql, params = statements[-1]
+    with services.engine.connect() as connection:
+        return [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+def test_statistics_keep_the_hit_lookup_on_the_hits_page_ids(tmp_path: Path, tiny_embedders: Embedders) -> None:
+    """Without statistics SQLite drives the hits' page lookup from the documents' status index, a scan of every
+    document (20 ms a query at 50k pages); with them, from the hits' page ids. A job ends by taking them."""
+    from bench.query import fill_collection
+
+    settings = Settings(data_dir=tmp_path / "data", database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'p.db'}"),
+                        ingest=IngestSettings(workers=0, ocr="never"))
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        fill_collection(services, 3000, words_per_page=5, vocabulary=100)  # straight into SQL, as a bulk job would
+        hits = list(range(1, 3000, 60))  # 50 hits, a search's depth
+        assert _hit_lookup_plan(services, hits)[0].startswith("SEARCH documents USING COVERING INDEX")
+        refresh_statistics(services.engine)
+        assert _hit_lookup_plan(services, hits)[0].startswith("SEARCH pages USING INTEGER PRIMARY KEY")
+
+        make_pdf(tmp_path / "corpus" / "d.pdf", ["one page"])
+        with services.engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM sqlite_stat1")
+        run_index(services, [tmp_path / "corpus"], collection="another")  # the filled one has no page images
+        with services.engine.connect() as connection:
+            analyzed = {row[0] for row in connection.exec_driver_sql("SELECT tbl FROM sqlite_stat1")}
+        assert {"pages", "documents", "document_paths"} <= analyzed
+    finally:
+        services.close()

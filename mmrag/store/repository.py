@@ -187,22 +187,22 @@ def describe_pages(
     """Page id → where it came from (first recorded path), for indexed pages that pass the filters."""
     result: dict[int, PageRow] = {}
     ids = list(page_ids)
+    # Correlated, so it looks up the hits' documents by index; a grouped subquery joined in was evaluated over every
+    # path of every collection on each query (80 ms of a search at 50k pages, 6.6 of them the BM25 search).
     first_path = (
-        select(DocumentPath.document_id, func.min(DocumentPath.path).label("path"))
-        .group_by(DocumentPath.document_id)
-        .subquery()
+        select(func.min(DocumentPath.path)).where(DocumentPath.document_id == Page.document_id).scalar_subquery()
     )
     for start in range(0, len(ids), 1000):  # bounded IN lists
         query = (
-            select(Page.id, Page.document_id, Page.page_number, first_path.c.path, Page.text)
-            .join(first_path, first_path.c.document_id == Page.document_id)
+            select(Page.id, Page.document_id, Page.page_number, first_path, Page.text)
             .join(Document, Document.id == Page.document_id)
             .where(Page.id.in_(ids[start : start + 1000]), Document.status == DocumentStatus.INDEXED)
         )
         if filters is not None:
             query = _filtered(query, filters)
         for r in session.execute(query):
-            result[r[0]] = PageRow(r[0], r[1], r[2], r[3], r[4])
+            if r[3] is not None:  # an indexed document always has a path; the join this replaces implied it
+                result[r[0]] = PageRow(r[0], r[1], r[2], r[3], r[4])
     return result
 
 
