@@ -29,7 +29,7 @@ from sqlalchemy import insert
 from mmrag.config import DatabaseSettings, IngestSettings, Settings
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
-from mmrag.store.db import refresh_statistics
+from mmrag.store.db import downgrade, refresh_statistics
 from mmrag.store.models import Collection, Document, DocumentPath, Page, utcnow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--words-per-page", type=int, default=150)
     parser.add_argument("--vocabulary", type=int, default=20_000)
     parser.add_argument("--database-url", default=None,
-                        help="SQLAlchemy URL of an empty database to use (default: SQLite in the work dir)")
+                        help="SQLAlchemy URL of an empty database to use, left empty (default: SQLite in the work dir)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where SQL and the index go (default: temp)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -113,6 +113,8 @@ def bench_size(args: argparse.Namespace, work: Path, size: int) -> dict:
             alone.append(time.perf_counter() - began)
             assert hits, query
     finally:
+        if args.database_url:
+            downgrade(services.engine)  # the given database empty again, for the next size
         services.close()
     return {"pages": size, "fill_s": fill_s, "statistics_s": statistics_s, "first_build_s": build_s,
             "reload_ms": 1000 * min(reload_s),

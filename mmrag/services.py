@@ -173,16 +173,17 @@ class Services:
                 self._candidates[collection_id] = cached
             return cached[2]
 
-    def lexical(self, collection_id: int) -> LexicalIndex:
-        """The BM25 index over the collection's page text, current with SQL.
+    def lexical(self, collection_id: int, *, generation: int | None = None) -> LexicalIndex:
+        """The BM25 index over the collection's page text, current with SQL as of `generation` (read here if None).
 
         Kept in memory from one call to the next while the collection's generation (one integer in SQL) is
         unchanged, whichever process indexes or deletes. Reading SQL's pages and loading the index on every query
         cost 104 ms at 10k pages and 423 ms at 50k, against 2-5 ms for the search itself."""
         from mmrag.store import repository
 
-        with self.sessions() as session:
-            generation = repository.collection_generation(session, collection_id)
+        if generation is None:
+            with self.sessions() as session:
+                generation = repository.collection_generation(session, collection_id)
         with self._lexical_lock:  # one load or rebuild at a time, not one per waiting query
             cached = self._lexical.get(collection_id)
             if cached is not None and cached[0] == generation:
