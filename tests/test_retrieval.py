@@ -102,7 +102,12 @@ def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_co
     services.settings.index.multivector_search = "candidates"
     try:
         scalable = search(services, "default", text="quarterly report", retrievers=["colpali"], k=5)
-        assert services.candidate_index(1) is not None and len(services.candidate_index(1)) == 9
+        candidates = services.candidate_index(1)
+        assert candidates is not None and len(candidates) == 9
+        assert services.candidate_index(1) is candidates  # kept while the store is unchanged
+        store = services.stores(1).colpali
+        store.remove([int(store.ids()[0])])
+        assert len(services.candidate_index(1)) == 8  # rebuilt after a change
     finally:
         services.settings.index.multivector_search = "exact"
     assert [h.page_id for h in scalable] == [h.page_id for h in exact]

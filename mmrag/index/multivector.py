@@ -168,6 +168,7 @@ class ShardedMultiVectorStore:
         self._maps: dict[int, np.memmap] = {}  # shard serial -> memmap of its first `rows` rows
         self._plan: list[tuple[int, int, int, np.ndarray, torch.Tensor]] | None = None
         self._dirty = False
+        self._version = 0
         if read_only:
             if not (self.directory / OFFSETS_FILE).exists():
                 raise IndexError_(f"{self.directory}: no multi-vector store to open read-only")
@@ -304,6 +305,13 @@ class ShardedMultiVectorStore:
             similarity = tokens @ torch.from_numpy(query).to(self.device).T
             lengths = torch.from_numpy(entries["n_tokens"].astype(np.int64)).to(self.device)
             return torch.segment_reduce(similarity, "max", lengths=lengths, axis=0).sum(dim=1).cpu().numpy()
+
+    @property
+    def version(self) -> int:
+        """Counts the changes to this store's live pages (add, remove) made through this object: what is derived
+        from them (a candidate index) is current while it is unchanged. Reading it is free; comparing ids() is not
+        (35 ms at a million pages)."""
+        return self._version
 
     def ids(self) -> np.ndarray:
         with self._lock:
@@ -554,6 +562,7 @@ class ShardedMultiVectorStore:
 
     def _changed(self) -> None:
         self._dirty = True
+        self._version += 1
         self._forget_layout()
 
     def _forget_layout(self) -> None:

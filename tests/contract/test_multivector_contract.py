@@ -92,6 +92,22 @@ def test_implements_the_protocol(tmp_path: Path, layout) -> None:
     assert isinstance(open_store(tmp_path, layout), MultiVectorStore)
 
 
+def test_version_counts_changes_to_the_live_pages(tmp_path: Path, layout, corpus) -> None:
+    pages = corpus[0][:4]
+    store = open_store(tmp_path, layout)
+    versions = [store.version]
+    store.add(page_ids(4), pages)
+    versions.append(store.version)
+    store.flush()
+    store.remove([1])  # not a page: nothing changed
+    versions.append(store.version)
+    store.remove(page_ids(1))
+    versions.append(store.version)
+    store.compact()  # the same live pages, rewritten
+    versions.append(store.version)
+    assert versions[0] < versions[1] == versions[2] < versions[3] == versions[4]
+
+
 def test_empty_store(tmp_path: Path, layout, queries) -> None:
     store = open_store(tmp_path, layout)
     assert len(store) == 0 and len(store.ids()) == 0
