@@ -86,6 +86,9 @@ class IndexSettings(BaseModel):
     multivector_shard_rows: int = Field(4_000_000, ge=1024)  # token rows per memory-mapped shard
     # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned).
     compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
+    # How often at most a query opens a collection's stores again after another process (an `mmrag index` beside
+    # `mmrag serve`) changed them: a bulk job changes them every batch, and reopening reads every vector from disk.
+    reader_refresh_seconds: float = Field(5.0, ge=0)
     # exact: MaxSim over every stored token (the fused kernel on CUDA). candidates: MaxSim over 8 centroids per
     # page (FAISS HNSW beyond 250k pages on CPU) picks this many candidates, exact MaxSim reranks them
     # (python -m bench search / bench gpu measure recall@10 against exact).

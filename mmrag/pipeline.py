@@ -640,7 +640,8 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
                 "wait for it to finish, or index into another collection"
             ) from None
         try:
-            yield
+            with services.writing(collection_id):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -44,7 +44,7 @@ def retrieve(
         raise ConfigError(f"unknown retrievers {sorted(unknown)}; known: {', '.join(RETRIEVER_NAMES)}")
     wanted = set(retrievers) if retrievers else set(RETRIEVER_NAMES)
     embedders = services.embedders()
-    stores = services.stores(collection_id)
+    stores = services.stores(collection_id, generation=generation)
     if image is not None:
         if embedders.clip is None or stores.clip is None:
             raise ConfigError(f"image search needs the CLIP retriever, which is off: {embedders.off.get('clip')}")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
@@ -71,11 +75,18 @@ class CollectionStores:
     clip: VectorIndex | None = None
     text: VectorIndex | None = None
     colpali: MultiVectorStore | None = None
+    # Opened by the collection's writer (Services.writing); a reader's multi-vector store is read-only.
+    writable: bool = True
+    # The collection's generation these stores are known to hold (Collection.generation), and when they were opened.
+    generation: int = 0
+    opened_at: float = 0.0
 
     def by_retriever(self) -> dict[str, VectorIndex | MultiVectorStore]:
         return {name: store for name in RETRIEVERS if (store := getattr(self, name)) is not None}
 
     def flush(self) -> None:
+        if not self.writable:
+            return  # a reader's stores hold nothing to write
         for store in self.by_retriever().values():
             store.flush()
 
@@ -109,6 +120,7 @@ class Services:
         self._stores: dict[int, CollectionStores] = {}
         self._candidates: dict[int, tuple[int, PooledCandidateIndex]] = {}  # collection → (store version, index)
         self._lexical: dict[int, tuple[int, LexicalIndex]] = {}  # collection → (its generation, BM25 index)
+        self._writing: set[int] = set()  # collections this process is writing (Services.writing)
         self._lock = threading.Lock()
         self._lexical_lock = threading.Lock()
 
@@ -125,36 +137,104 @@ class Services:
     def collection_dir(self, collection_id: int) -> Path:
         return self.data_dir / "collections" / str(collection_id)
 
-    def stores(self, collection_id: int) -> CollectionStores:
-        """Open (or create) the collection's stores for the loaded models; manifests are checked on open."""
-        from mmrag.index import build_vector_index, open_multivector_store
+    def stores(self, collection_id: int, *, generation: int | None = None) -> CollectionStores:
+        """The collection's vector stores for the loaded models; manifests are checked on open.
 
+        While this process writes the collection (inside `writing`), the stores it writes. Otherwise a reader's,
+        opened so as never to touch what another process is writing (the multi-vector store read-only: a writable
+        open truncates uncommitted rows and deletes unreferenced shards, which are another writer's work in
+        progress). Given `generation` (the collection's, just read), a reader's stores that another process has
+        changed since are opened again, at most every index.reader_refresh_seconds.
+        """
         embedders = self.embedders()
         with self._lock:
-            if collection_id in self._stores:
-                return self._stores[collection_id]
-            directory = self.collection_dir(collection_id) / "vectors"
-            directory.mkdir(parents=True, exist_ok=True)
-            stores = CollectionStores(directory=directory)
-            index_settings = self.settings.index
-            if embedders.clip is not None:
-                stores.clip = build_vector_index(
-                    index_settings, directory, name="clip", model=embedders.clip.model_id, dim=embedders.clip.dim
-                )
-            if embedders.text is not None:
-                stores.text = build_vector_index(
-                    index_settings, directory, name="text", model=embedders.text.model_id, dim=embedders.text.dim
-                )
-            if embedders.colpali is not None:
-                stores.colpali = open_multivector_store(
-                    index_settings,
-                    directory / "colpali",
-                    model=embedders.colpali.model_id,
-                    dim=embedders.colpali.dim,
-                    device=resolve_device(self.settings.embedders.device),
-                )
+            cached = self._stores.get(collection_id)
+            if cached is not None and (
+                collection_id in self._writing
+                or generation is None
+                or cached.generation == generation
+                or time.monotonic() - cached.opened_at < self.settings.index.reader_refresh_seconds
+            ):
+                return cached
+            if generation is None:
+                generation = self._generation(collection_id)
+            if cached is not None:
+                log.info("collection %s changed (generation %d -> %d): opening its stores again",
+                         collection_id, cached.generation, generation)
+            # Read before opening: a change landing meanwhile makes these stores newer than `generation`, and the
+            # next call opens them again; never older.
+            stores = self._open_stores(collection_id, embedders, writable=collection_id in self._writing)
+            stores.generation = generation
             self._stores[collection_id] = stores
+            self._candidates.pop(collection_id, None)  # derived from the stores just replaced
             return stores
+
+    @contextmanager
+    def writing(self, collection_id: int) -> Iterator[None]:
+        """This process writes the collection for the duration (its caller holds the collection's lock,
+        pipeline.collection_writer). Stores opened for reading, or before another process last wrote, are opened
+        again first: a writer working from a stale copy would overwrite the other's vectors (the next job's recovery
+        finds them lost and re-embeds every one) and its shard rows."""
+        generation = self._generation(collection_id)
+        with self._lock:
+            cached = self._stores.get(collection_id)
+            if cached is not None and (not cached.writable or cached.generation != generation):
+                del self._stores[collection_id]
+                self._candidates.pop(collection_id, None)
+            self._writing.add(collection_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writing.discard(collection_id)
+            # Everything written up to now was written through these stores: they hold the generation SQL has now.
+            try:
+                generation = self._generation(collection_id)
+            except SQLAlchemyError:
+                generation = -1  # unknown: the next reader or writer opens them again
+            with self._lock:
+                if (stores := self._stores.get(collection_id)) is not None:
+                    stores.generation = generation
+
+    def _generation(self, collection_id: int) -> int:
+        from mmrag.store import repository
+
+        with self.sessions() as session:
+            return repository.collection_generation(session, collection_id)
+
+    def _open_stores(self, collection_id: int, embedders: Embedders, *, writable: bool) -> CollectionStores:
+        from mmrag.index import build_vector_index, open_multivector_store
+
+        directory = self.collection_dir(collection_id) / "vectors"
+        directory.mkdir(parents=True, exist_ok=True)
+        stores = CollectionStores(directory=directory, writable=writable, opened_at=time.monotonic())
+        index_settings = self.settings.index
+        if embedders.clip is not None:
+            stores.clip = build_vector_index(
+                index_settings, directory, name="clip", model=embedders.clip.model_id, dim=embedders.clip.dim
+            )
+        if embedders.text is not None:
+            stores.text = build_vector_index(
+                index_settings, directory, name="text", model=embedders.text.model_id, dim=embedders.text.dim
+            )
+        if embedders.colpali is not None:
+            colpali_dir = directory / "colpali"
+            if writable or colpali_dir.exists():
+                try:
+                    stores.colpali = open_multivector_store(
+                        index_settings,
+                        colpali_dir,
+                        model=embedders.colpali.model_id,
+                        dim=embedders.colpali.dim,
+                        device=resolve_device(self.settings.embedders.device),
+                        read_only=not writable,
+                    )
+                except IndexError_:
+                    if writable:
+                        raise
+                    # Its writer has not committed it yet: nothing to search until the collection changes again.
+                    log.info("collection %s has no committed multi-vector store yet", collection_id)
+        return stores
 
     def candidate_index(self, collection_id: int) -> PooledCandidateIndex | None:
         """The scalable multi-vector path's centroid index (derived data, rebuilt when the store's pages change)."""
@@ -242,7 +322,7 @@ class Services:
 
     def close(self) -> None:
         for stores in self._stores.values():
-            stores.flush()
+            stores.flush()  # a writer's; a reader's hold nothing to write
         self._stores.clear()
         self.engine.dispose()
 
