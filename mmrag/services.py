@@ -90,6 +90,18 @@ class CollectionStores:
         for store in self.by_retriever().values():
             store.flush()
 
+    def catch_up(self, *, expect_colpali: bool) -> bool:
+        """A reader's stores follow what the collection's writer has made durable since, each reading only what is
+        new where it can (FaissIndex.catch_up, ShardedMultiVectorStore.catch_up). False when one cannot, or when the
+        multi-vector store that had not been committed at the open now may be: open them again then."""
+        if expect_colpali and self.colpali is None:
+            return False
+        for store in self.by_retriever().values():
+            catch_up = getattr(store, "catch_up", None)  # a backend that cannot follow (chroma) is opened again
+            if catch_up is None or not catch_up():
+                return False
+        return True
+
     def remove(self, page_ids: list[int]) -> None:
         """Drop these pages' vectors from every store (durable at the next flush)."""
         for store in self.by_retriever().values():
@@ -158,11 +170,14 @@ class Services:
                 return cached
             if generation is None:
                 generation = self._generation(collection_id)
+            # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
+            # newer than it says, and the next call looks again; never older.
+            if cached is not None and not cached.writable and cached.catch_up(expect_colpali=embedders.colpali is not None):
+                cached.generation, cached.opened_at = generation, time.monotonic()
+                return cached
             if cached is not None:
                 log.info("collection %s changed (generation %d -> %d): opening its stores again",
                          collection_id, cached.generation, generation)
-            # Read before opening: a change landing meanwhile makes these stores newer than `generation`, and the
-            # next call opens them again; never older.
             stores = self._open_stores(collection_id, embedders, writable=collection_id in self._writing)
             stores.generation = generation
             self._stores[collection_id] = stores

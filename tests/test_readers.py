@@ -44,8 +44,10 @@ def test_a_reader_sees_another_process_index_at_its_next_query(pair, tmp_path: P
 
     later = make_image(tmp_path / "b" / "b0.png", 40)
     run_index(writer, [tmp_path / "b"])
-    assert top_path(reader, later) == "b0.png"  # opened again: the generation moved
+    assert top_path(reader, later) == "b0.png"  # the generation moved: the reader followed
     assert len(reader.stores(1).clip) == 4
+    # It read only what was new: the same store objects, brought up to date from the journal and the offsets.
+    assert reader.stores(1) is stores and stores.colpali is not None and len(stores.colpali) == 4
 
 
 def test_a_reader_never_truncates_the_writers_uncommitted_rows(pair, tmp_path: Path) -> None:

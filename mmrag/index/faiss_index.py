@@ -146,6 +146,9 @@ class FaissIndex:
         self._snapshot_due = not on_disk
         self._journal_path = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
         self._journal_bytes = 0  # valid bytes of the journal file (a torn tail beyond them is cut off on append)
+        # What catch_up follows: the snapshot file read (device, inode, size, mtime) and the journal file replayed.
+        self._snapshot_identity: tuple[int, ...] | None = None
+        self._journal_identity: tuple[int, ...] | None = None
         self._use_gpu = use_gpu and self.kind in ("flat", "ivf") and _num_gpus() > 0
         self._gpu_resources: object | None = None
         self._gpu_index: faiss.Index | None = None
@@ -195,8 +198,10 @@ class FaissIndex:
             index = _new_index(kind, dim, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
             log.info("new %s faiss index at %s (model %s, dim %d)", kind, path, model, dim)
             return cls(path, manifest=manifest, index=index, tombstones=np.zeros(0, np.int64), on_disk=False, **params)
+        snapshot = _identity(path)  # before reading: a newer file read under an older identity only costs a reopen
         manifest, index, tombstones = _read_file(path, model=model, dim=dim, metric=metric, kind=kind)
         opened = cls(path, manifest=manifest, index=index, tombstones=tombstones, on_disk=True, **params)
+        opened._snapshot_identity = snapshot
         replayed = opened._replay_journal()
         log.info("opened %s faiss index at %s: %d vectors (%d journal records)", kind, path, len(opened), replayed)
         return opened
@@ -291,7 +296,10 @@ class FaissIndex:
         if len(replaced):
             self._remove_present(replaced)
         self._append(ids, vectors)
-        self._ids = np.union1d(self._ids, ids)  # replaced ids were already there: no duplicates
+        # Sorted insert of the new ids (replaced ones are there already): a copy of the array, not np.union1d's
+        # hash of it, which cost a bulk job's write thread 0.5 s a batch at a million vectors.
+        fresh = np.sort(ids[~_contains(self._ids, ids)])
+        self._ids = np.insert(self._ids, np.searchsorted(self._ids, fresh), fresh)
         self._dirty = True
         self._maybe_train_ivf()
         self._maybe_rebuild_hnsw()
@@ -301,7 +309,7 @@ class FaissIndex:
         if len(present) == 0:
             return 0
         self._remove_present(present)
-        self._ids = self._ids[~_contains(present, self._ids)]
+        self._ids = np.delete(self._ids, np.searchsorted(self._ids, np.unique(present)))
         self._dirty = True
         self._maybe_rebuild_hnsw()
         return len(present)
@@ -347,18 +355,61 @@ class FaissIndex:
         if created:
             fsync_dir(self.path.parent)
 
+    def catch_up(self) -> bool:
+        """Follow another process's writes: apply the journal records appended since this index was opened or last
+        caught up, reading only those. False, with nothing applied, when that cannot be done (the snapshot was
+        rewritten, the journal started over, or this index has changes of its own): open the index again then.
+
+        For a reader beside the collection's writer: reopening a million 512-d vectors took 6.6 s; a batch's
+        journal record is a few MB."""
+        with self._lock:
+            if self._dirty or self._changes or _identity(self.path) != self._snapshot_identity:
+                return False
+            try:
+                file = open(self._journal_path, "rb")  # noqa: SIM115 - closed below; the identity comes from it
+            except FileNotFoundError:
+                return self._journal_bytes == 0  # none yet (or one that never held a valid record)
+            with file:
+                journal = _identity_of(os.fstat(file.fileno()), content=False)
+                if self._journal_bytes and journal != self._journal_identity:
+                    return False  # another journal than the one this index replayed
+                start = self._journal_bytes if self._journal_bytes else 0
+                file.seek(start)
+                data = file.read()
+            if start == 0:
+                applied = self._apply_journal(data)
+            else:
+                applied = self._apply_records(data, start)
+            self._journal_identity = journal
+            if applied:
+                log.info("%s: caught up %d journal records, %d vectors now", self.path, applied, len(self._ids))
+            return True
+
     def _replay_journal(self) -> int:
         """Apply the journal's records onto the snapshot just read; returns how many were applied."""
-        if not self._journal_path.exists():
+        try:
+            file = open(self._journal_path, "rb")  # noqa: SIM115 - closed below; the identity comes from it
+        except FileNotFoundError:
             return 0
-        data = self._journal_path.read_bytes()
+        with file:
+            self._journal_identity = _identity_of(os.fstat(file.fileno()), content=False)
+            data = file.read()
+        return self._apply_journal(data)
+
+    def _apply_journal(self, data: bytes) -> int:
+        """Apply a whole journal file's records (header first)."""
         if len(data) < _JOURNAL_HEADER.size:
             return 0  # created, then a crash before its header was durable: nothing in it was ever vouched for
         magic, dim = _JOURNAL_HEADER.unpack_from(data)
         if magic != JOURNAL_MAGIC or dim != self.dim:
             raise IndexError_(f"{self._journal_path}: not a journal of this index (magic {magic!r}, dim {dim}); "
                               "rebuild the index from SQL")
-        offset = _JOURNAL_HEADER.size
+        return self._apply_records(data[_JOURNAL_HEADER.size :], _JOURNAL_HEADER.size)
+
+    def _apply_records(self, data: bytes, base: int) -> int:
+        """Apply the complete, intact records at the start of `data` (the journal's bytes from offset `base`);
+        stop at a torn or corrupt one. self._journal_bytes ends up just past the last one applied."""
+        offset = 0
         applied = 0
         while offset + _RECORD.size <= len(data):
             record_magic, op, n = _RECORD.unpack_from(data, offset)
@@ -378,9 +429,9 @@ class FaissIndex:
             offset = end
             applied += 1
         if offset < len(data):
-            log.warning("%s: ignored a torn or corrupt tail of %d bytes (a crash during a flush)",
-                        self._journal_path, len(data) - offset)
-        self._journal_bytes = offset
+            log.warning("%s: ignored a torn or corrupt tail of %d bytes (a crash during a flush, or one in progress "
+                        "in another process)", self._journal_path, len(data) - offset)
+        self._journal_bytes = base + offset
         # Replayed changes are already on disk (snapshot + journal): nothing is due until the next change, unless
         # replaying changed the layout (then the next flush writes a snapshot).
         self._dirty = False
@@ -533,6 +584,20 @@ class FaissIndex:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _identity_of(stat: os.stat_result, *, content: bool = True) -> tuple[int, ...]:
+    """A file's device and inode, and with `content` its size and mtime: a file replaced or rewritten differs."""
+    if content:
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return (stat.st_dev, stat.st_ino)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        return _identity_of(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _new_index(kind: str, dim: int, *, hnsw_m: int, hnsw_ef_construction: int) -> faiss.Index:

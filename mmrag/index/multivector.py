@@ -169,13 +169,16 @@ class ShardedMultiVectorStore:
         self._plan: list[tuple[int, int, int, np.ndarray, torch.Tensor]] | None = None
         self._dirty = False
         self._version = 0
+        self._offsets_seen: tuple[int, ...] | None = None  # the offsets file a read-only store loaded (catch_up)
         if read_only:
             if not (self.directory / OFFSETS_FILE).exists():
                 raise IndexError_(f"{self.directory}: no multi-vector store to open read-only")
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
         if (self.directory / OFFSETS_FILE).exists():
+            stat = (self.directory / OFFSETS_FILE).stat()  # before reading: newer content under it costs a reload
             self._load()
+            self._offsets_seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         else:
             self._dirty = True  # the first flush creates offsets.bin even when empty
             if not read_only:
@@ -420,6 +423,33 @@ class ShardedMultiVectorStore:
                 "shards": len(self._shards),
                 "rows": int(sum(shard.rows for shard in self._shards)),
             }
+
+    def catch_up(self) -> bool:
+        """A read-only store follows its writer: when the writer has committed since, read its entry table again
+        (shards are memory-mapped, so no token row is read). False for a writable store, which has no one to
+        follow: its own writes are what is on disk."""
+        if not self.read_only:
+            return False
+        with self._lock:
+            offsets = self.directory / OFFSETS_FILE
+            try:
+                stat = offsets.stat()
+            except FileNotFoundError:
+                return False
+            seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if seen == self._offsets_seen:
+                return True
+            self._load()
+            self._offsets_seen = seen
+            # Compaction may have replaced the shards: map the ones now committed at once (mapping reads nothing),
+            # so a later compaction deleting them leaves these maps valid.
+            self._maps.clear()
+            for shard in self._shards:
+                if shard.rows:
+                    self._map(shard.serial)
+            self._version += 1
+            self._forget_layout()
+            return True
 
     def close(self) -> None:
         """Release file handles and maps (does not flush)."""

@@ -343,6 +343,28 @@ def test_read_only_open_ignores_uncommitted_rows_and_refuses_writes(tmp_path: Pa
     assert len(open_store(tmp_path, layout, read_only=True)) == N_PAGES
 
 
+def test_a_read_only_store_catches_up_with_its_writer(tmp_path: Path, layout, corpus, queries) -> None:
+    """Commits, then a compaction that replaces the shards: the reader follows each, the same as a fresh open."""
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    writer = Checked(open_store(tmp_path, layout))
+    writer.add(ids[:30], pages[:30])
+    writer.store.flush()
+    reader = open_store(tmp_path, layout, read_only=True)
+    version = reader.version
+    assert reader.catch_up() and reader.version == version  # nothing committed since
+    writer.add(ids[30:], pages[30:])
+    writer.remove(ids[:20])
+    assert reader.catch_up() and len(reader) == 30  # not committed yet
+    writer.store.flush()
+    assert reader.catch_up() and reader.version > version
+    writer.reopened(reader).assert_matches(queries)
+    writer.store.compact()  # new shard files, the old ones deleted
+    assert reader.catch_up()
+    writer.reopened(reader).assert_matches(queries)
+    assert not writer.store.catch_up()  # a writer follows no one
+
+
 def test_add_rejects_malformed_pages(tmp_path: Path, layout, corpus) -> None:
     pages, _, _ = corpus
     store = open_store(tmp_path, layout)

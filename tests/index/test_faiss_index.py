@@ -293,3 +293,38 @@ def test_a_journal_of_another_index_is_refused(tmp_path: Path) -> None:
     _journal(path).write_bytes(faiss_index._JOURNAL_HEADER.pack(faiss_index.JOURNAL_MAGIC, DIM + 1))
     with pytest.raises(IndexError_, match="rebuild"):
         open_index(path)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_a_reader_catches_up_with_the_writers_journal(tmp_path: Path, kind: str) -> None:
+    """Another process's index on the same file follows each flush by reading only the new journal records, sees
+    a record that is still being written only once it is whole, and declines after a new snapshot (then reopen)."""
+    path = tmp_path / "clip.faiss"
+    vectors = clustered_vectors(400, DIM, seed=4)
+    queries = queries_near(vectors, 8)
+    writer = open_index(path, kind=kind, ivf_lists=2)
+    writer.add(np.arange(60), vectors[:60])
+    writer.flush()
+    reader = open_index(path, kind=kind, ivf_lists=2)
+    assert reader.catch_up() and _state(reader, queries) == _state(writer, queries)  # nothing new yet
+
+    writer.add(np.arange(60, 70), vectors[60:70])
+    writer.flush()
+    journal = _journal(path)
+    whole = journal.read_bytes()
+    writer.remove(np.array([2, 4]))  # few: hnsw rebuilds its graph (a new snapshot) past a share of tombstones
+    writer.add(np.array([3]), vectors[300:301])
+    writer.flush()
+    written = journal.read_bytes()
+    journal.write_bytes(written[: len(whole) + 20])  # the second flush still on its way to the disk
+    assert reader.catch_up() and _state(reader, queries)[0] == list(range(70))
+    journal.write_bytes(written)
+    assert reader.catch_up() and _state(reader, queries) == _state(writer, queries)
+
+    writer._snapshot_due = True  # the next flush rewrites the snapshot and deletes the journal
+    writer.add(np.arange(70, 80), vectors[70:80])
+    writer.flush()
+    assert not reader.catch_up()
+    assert _state(open_index(path, kind=kind, ivf_lists=2), queries) == _state(writer, queries)
+    writer.add(np.array([500]), vectors[399:400])
+    assert not writer.catch_up()  # changes of its own: a writer has no one to follow
