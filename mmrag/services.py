@@ -77,9 +77,10 @@ class CollectionStores:
     colpali: MultiVectorStore | None = None
     # Opened by the collection's writer (Services.writing); a reader's multi-vector store is read-only.
     writable: bool = True
-    # The collection's generation these stores are known to hold (Collection.generation), and when they were opened.
+    # The collection's generation these stores are known to hold (Collection.generation), and when they were opened
+    # or last caught up (index.reader_refresh_seconds counts from then).
     generation: int = 0
-    opened_at: float = 0.0
+    refreshed_at: float = 0.0
 
     def by_retriever(self) -> dict[str, VectorIndex | MultiVectorStore]:
         return {name: store for name in RETRIEVERS if (store := getattr(self, name)) is not None}
@@ -165,15 +166,16 @@ class Services:
                 collection_id in self._writing
                 or generation is None
                 or cached.generation == generation
-                or time.monotonic() - cached.opened_at < self.settings.index.reader_refresh_seconds
+                or time.monotonic() - cached.refreshed_at < self.settings.index.reader_refresh_seconds
             ):
                 return cached
             if generation is None:
                 generation = self._generation(collection_id)
             # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
             # newer than it says, and the next call looks again; never older.
-            if cached is not None and not cached.writable and cached.catch_up(expect_colpali=embedders.colpali is not None):
-                cached.generation, cached.opened_at = generation, time.monotonic()
+            expect_colpali = embedders.colpali is not None
+            if cached is not None and not cached.writable and cached.catch_up(expect_colpali=expect_colpali):
+                cached.generation, cached.refreshed_at = generation, time.monotonic()
                 return cached
             if cached is not None:
                 log.info("collection %s changed (generation %d -> %d): opening its stores again",
@@ -222,7 +224,7 @@ class Services:
 
         directory = self.collection_dir(collection_id) / "vectors"
         directory.mkdir(parents=True, exist_ok=True)
-        stores = CollectionStores(directory=directory, writable=writable, opened_at=time.monotonic())
+        stores = CollectionStores(directory=directory, writable=writable, refreshed_at=time.monotonic())
         index_settings = self.settings.index
         if embedders.clip is not None:
             stores.clip = build_vector_index(
