@@ -629,9 +629,9 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
     collection's vector stores in memory: two writers at once would destroy each other's work. The lock is
     an flock on a file in the collection's directory, released by the kernel even after kill -9.
     """
-    directory = services.collection_dir(collection_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "writer.lock", "a+") as handle:
+    path = services.writer_lock_path(collection_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
@@ -132,7 +133,8 @@ class Services:
         self._embedders = embedders
         self._stores: dict[int, CollectionStores] = {}
         self._candidates: dict[int, tuple[int, PooledCandidateIndex]] = {}  # collection → (store version, index)
-        self._lexical: dict[int, tuple[int, LexicalIndex]] = {}  # collection → (its generation, BM25 index)
+        # collection → (its generation, BM25 index, checked against SQL: False while another writer was at work)
+        self._lexical: dict[int, tuple[int, LexicalIndex, bool]] = {}
         self._writing: set[int] = set()  # collections this process is writing (Services.writing)
         self._lock = threading.Lock()
         self._lexical_lock = threading.Lock()
@@ -272,12 +274,18 @@ class Services:
                 self._candidates[collection_id] = cached
             return cached[1]
 
-    def lexical(self, collection_id: int, *, generation: int | None = None) -> LexicalIndex:
+    def lexical(self, collection_id: int, *, generation: int | None = None, writer: bool = False) -> LexicalIndex:
         """The BM25 index over the collection's page text, current with SQL as of `generation` (read here if None).
 
         Kept in memory from one call to the next while the collection's generation (one integer in SQL) is
         unchanged, whichever process indexes or deletes. Reading SQL's pages and loading the index on every query
-        cost 104 ms at 10k pages and 423 ms at 50k, against 2-5 ms for the search itself."""
+        cost 104 ms at 10k pages and 423 ms at 50k, against 2-5 ms for the search itself.
+
+        Only the collection's writer (`writer`: the caller holds its lock), or a caller that can take the lock at
+        once, rebuilds and saves it. While another process (or a job of this one) writes, the index its last job
+        saved serves, and is looked at again each call until the writer is done: a rebuild per batch of that job
+        would race the index the job itself saves when it ends.
+        """
         from mmrag.store import repository
 
         if generation is None:
@@ -285,23 +293,66 @@ class Services:
                 generation = repository.collection_generation(session, collection_id)
         with self._lexical_lock:  # one load or rebuild at a time, not one per waiting query
             cached = self._lexical.get(collection_id)
-            if cached is not None and cached[0] == generation:
+            if cached is not None and cached[0] == generation and cached[2]:
                 return cached[1]
             # The generation is read first: a change landing during the load leaves this index newer than the
             # generation it is kept under, and the next call loads again. Never older.
-            index = self._current_lexical(collection_id)
-            self._lexical[collection_id] = (generation, index)
+            with self._derived_data_writable(collection_id, writer=writer) as may_write:
+                index = self._current_lexical(collection_id, cached[1] if cached else None, may_write=may_write)
+            self._lexical[collection_id] = (generation, index, may_write)
             return index
 
-    def _current_lexical(self, collection_id: int) -> LexicalIndex:
-        """The saved BM25 index when it covers SQL's indexed pages with text, else one rebuilt from them and saved."""
+    @contextmanager
+    def _derived_data_writable(self, collection_id: int, *, writer: bool) -> Iterator[bool]:
+        """Whether this caller may rebuild and save what is derived from the collection (its BM25 index): it is the
+        collection's writer, or it holds the writer lock for the duration, taken without waiting."""
+        if writer:
+            yield True
+            return
+        if collection_id in self._writing:
+            yield False  # a job of this process is writing it, on another thread
+            return
+        path = self.writer_lock_path(collection_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                acquired = False
+            else:
+                acquired = True
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def writer_lock_path(self, collection_id: int) -> Path:
+        """The file whose flock makes a process the collection's one writer (pipeline.collection_writer)."""
+        return self.collection_dir(collection_id) / "writer.lock"
+
+    def _current_lexical(
+        self, collection_id: int, cached: LexicalIndex | None, *, may_write: bool
+    ) -> LexicalIndex:
+        """The saved BM25 index when it covers SQL's indexed pages with text, else one rebuilt from them and saved.
+        Without `may_write`: the saved one as it is (`cached` when that is it), or an empty one if none is saved."""
         from mmrag.index.lexical import Bm25Index, fingerprint_of
         from mmrag.store import repository
 
         directory = self.lexical_dir(collection_id)
+        saved = Bm25Index.saved_fingerprint(directory)
+        if not may_write:
+            if cached is not None and getattr(cached, "fingerprint", None) == saved:
+                return cached
+            if saved is not None:
+                try:
+                    return Bm25Index.load(directory)
+                except IndexError_ as exc:
+                    log.warning("BM25 index of collection %s unreadable while it is written: %s", collection_id, exc)
+            return Bm25Index()  # its writer's first job saves one when it ends
         with self.sessions() as session:
             fingerprint = fingerprint_of(repository.text_page_ids(session, collection_id))
-        if Bm25Index.saved_fingerprint(directory) == fingerprint:
+        if saved == fingerprint:
             try:
                 index = Bm25Index.load(directory)
                 if index.fingerprint == fingerprint:
@@ -318,13 +369,13 @@ class Services:
     def refresh_lexical(self, collection_id: int) -> None:
         """Rebuild and save the BM25 index unless the saved one already covers SQL's indexed pages with text,
         decided from page ids and the saved manifest alone (no index, no page text and not bm25s are loaded when it
-        does)."""
+        does). For the collection's writer, which holds its lock: a job calls it as it ends."""
         from mmrag.store import repository
 
         with self.sessions() as session:
             page_ids = repository.text_page_ids(session, collection_id)
         if not self.lexical_covers(collection_id, page_ids):
-            self.lexical(collection_id)
+            self.lexical(collection_id, writer=True)
 
     def lexical_covers(self, collection_id: int, page_ids: list[int]) -> bool:
         """Whether the collection's saved BM25 index covers exactly these pages with text; no index saved and no

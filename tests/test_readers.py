@@ -90,3 +90,36 @@ def test_a_job_in_the_reader_starts_from_the_stores_on_disk(pair, tmp_path: Path
         assert_stores_agree_with_sql(fresh)  # what is on disk, read by a third process
     finally:
         fresh.close()
+
+
+def test_bm25_is_neither_rebuilt_nor_saved_by_a_reader_while_another_process_writes(
+    pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a job runs elsewhere its pages are in SQL before its BM25 index is saved (at its end). A reader keeps
+    serving the saved index meanwhile (a rebuild per batch would race the writer's own save), looks again at each
+    query, and once the writer is gone brings the index up to date itself."""
+    import fcntl
+
+    from mmrag.index.lexical import Bm25Index
+    from tests.factories import make_pdf
+
+    reader, writer = pair
+    make_pdf(tmp_path / "a" / "a.pdf", ["alpha invoice 1001"])
+    run_index(writer, [tmp_path / "a"])
+    assert len(reader.lexical(1)) == 1
+
+    # A job whose end (the saved index) has not come yet: its pages are in SQL, the saved index is the old one.
+    monkeypatch.setattr(writer, "refresh_lexical", lambda collection_id: None)
+    monkeypatch.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
+    make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
+    run_index(writer, [tmp_path / "b"])
+    saved = Bm25Index.saved_fingerprint(reader.lexical_dir(1))
+    with open(writer.writer_lock_path(1), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the writer, still at work
+        assert len(reader.lexical(1)) == 1
+        assert [hit.path for hit in search(reader, "default", text="beta 2002", retrievers=["lexical"])] == []
+        assert Bm25Index.saved_fingerprint(reader.lexical_dir(1)) == saved  # nothing saved by the reader
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    # The writer is gone without saving (it crashed, say): the reader's next query brings the index up to date.
+    hits = search(reader, "default", text="beta 2002", retrievers=["lexical"])
+    assert [Path(hit.path).name for hit in hits] == ["b.pdf"] and len(reader.lexical(1)) == 2
