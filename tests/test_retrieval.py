@@ -137,9 +137,10 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
         extra = make_pdf(tmp_path / "later" / "r8.pdf", ["quarterly report " * 12])
         run_index(other, [extra.parent])
         assert lexical(services, k=1) == ["r8.pdf"] and len(services.lexical(1)) == len(index) + 1
+        with_r8 = services.lexical(1)
         delete_documents(other, "default", paths=[str(extra)])
         assert lexical(services, k=1) == ["r7.pdf"]
-        assert len(services.lexical(1)) == len(index)  # not only filtered out of the hits: gone from the index
+        assert services.lexical(1) is not with_r8  # the delete moved the generation: looked at again
     finally:
         other.close()
 
@@ -186,3 +187,24 @@ def test_statistics_keep_the_hit_lookup_on_the_hits_page_ids(tmp_path: Path, tin
         assert {"pages", "documents", "document_paths"} <= analyzed
     finally:
         services.close()
+
+
+def test_a_delete_does_not_rebuild_bm25_until_deleted_pages_pass_the_tombstone_ratio(services: Services) -> None:
+    """Hits of deleted pages are dropped against SQL, so the saved index serves on until they are more than
+    index.compact_tombstone_ratio (0.2) of it: a rebuild reads and analyzes every page's text."""
+    from mmrag.index.lexical import Bm25Index
+
+    full = services.lexical(1)
+    assert len(full) == 8
+    saved = Bm25Index.saved_fingerprint(services.lexical_dir(1))
+    delete_documents(services, "default", paths=[str(_corpus(services) / "legal" / "r0.pdf")])
+    assert services.lexical(1) is not full and len(services.lexical(1)) == 8  # loaded again, not rebuilt
+    assert Bm25Index.saved_fingerprint(services.lexical_dir(1)) == saved
+    assert "r0.pdf" not in lexical(services, k=8) and len(lexical(services, k=8)) == 7
+    delete_documents(services, "default", paths=[str(_corpus(services) / "legal" / "r2.pdf")])  # 2 of 8 deleted
+    assert len(services.lexical(1)) == 6 and Bm25Index.saved_fingerprint(services.lexical_dir(1)) != saved
+    assert sorted(lexical(services, k=8)) == sorted(f"r{i}.pdf" for i in (1, 3, 4, 5, 6, 7))
+
+
+def _corpus(services: Services) -> Path:
+    return Path(services.data_dir).parent / "corpus"

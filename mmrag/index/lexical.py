@@ -394,6 +394,17 @@ class Bm25Index:
         return fingerprint if isinstance(fingerprint, str) else None
 
     @staticmethod
+    def saved_ids(directory: Path) -> np.ndarray | None:
+        """The page ids of the index saved under `directory`, sorted, from its id file alone; None when there is
+        none or it cannot be read (check saved_fingerprint first: it also says whether the analyzer matches)."""
+        directory = Path(directory)
+        try:
+            source = directory / (directory / CURRENT_FILE).read_text().strip()
+            return np.sort(np.load(source / "page_ids.npy").astype(np.int64))
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
     def saved_in(directory: Path) -> bool:
         """Whether `save` has completed in `directory` (then `load` finds an index, or raises if it is damaged)."""
         return (Path(directory) / CURRENT_FILE).is_file()
