@@ -141,6 +141,45 @@ def test_recover_removes_orphans_and_repairs_lost_vectors(tmp_path: Path, servic
     assert_stores_agree_with_sql(services)
 
 
+def test_a_job_compares_sql_and_stores_only_when_something_changed_since_they_agreed(
+    tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last finished write notes that SQL and the stores agree; the next job compares them (every vouched id,
+    every stored id, every page for missing vectors) only if the generation or a store's files changed since:
+    here, a store file restored from an older copy while SQL moved on."""
+    import mmrag.store.repository as repo
+
+    compared: list[str] = []
+    real = repo.embedded_page_ids
+    monkeypatch.setattr(repo, "embedded_page_ids", lambda *args: (compared.append(args[2]), real(*args))[1])
+    corpus = tmp_path / "corpus"
+    make_image(corpus / "a" / "a0.png", 0)
+    run_index(services, [corpus / "a"])
+    clip_files = services.stores(1).clip.files()
+    saved = {path: path.read_bytes() for path in clip_files if path.exists()}
+    compared.clear()
+    make_image(corpus / "b" / "b0.png", 1)
+    second = run_index(services, [corpus / "b"])
+    assert compared == [] and second.recovered["lost_vectors"] == 0  # agreed, nothing changed since: no compare
+    services.close()
+
+    for path in clip_files:  # the clip index restored as it was after the first job
+        path.unlink(missing_ok=True)
+    for path, data in saved.items():
+        path.write_bytes(data)
+    again = build_services(services.settings, embedders=services.embedders())
+    try:
+        third = run_index(again, [corpus / "a"])
+        assert sorted(compared) == ["clip", "colpali", "text"]
+        assert third.recovered["lost_vectors"] == 1 and third.recovered["repaired_pages"] == 1  # b0's clip vector
+        assert_stores_agree_with_sql(again)
+        compared.clear()
+        run_index(again, [corpus / "a"])
+        assert compared == []  # agreed again
+    finally:
+        again.close()
+
+
 def stores_dim(services: Services) -> int:
     return services.embedders().clip.dim
 

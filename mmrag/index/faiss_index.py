@@ -250,6 +250,10 @@ class FaissIndex:
         with self._lock:
             return self._ids.copy()
 
+    def files(self) -> list[Path]:
+        """The files that hold this index on disk: its snapshot and its journal (either may not exist yet)."""
+        return [self.path, self._journal_path]
+
     def __len__(self) -> int:
         return len(self._ids)
 

@@ -309,6 +309,10 @@ class ShardedMultiVectorStore:
             lengths = torch.from_numpy(entries["n_tokens"].astype(np.int64)).to(self.device)
             return torch.segment_reduce(similarity, "max", lengths=lengths, axis=0).sum(dim=1).cpu().numpy()
 
+    def files(self) -> list[Path]:
+        """The file whose commit is this store's state on disk (it names the shards and their committed rows)."""
+        return [self.directory / OFFSETS_FILE]
+
     @property
     def version(self) -> int:
         """Counts the changes to this store's live pages (add, remove) made through this object: what is derived
