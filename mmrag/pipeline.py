@@ -767,10 +767,15 @@ def _index_with(
     gc.freeze()  # the models and stores loaded just now join the frozen objects (_run_locked thaws them all)
     stages = {"start": time.perf_counter() - began}  # walking the folders, models, recovery: before any file
     cpu_began = time.process_time()
-    pages_indexed = _process_items(services, collection_id, items, stores, embedders, progress, loader, stages)
+    pages_indexed, texts_changed = _process_items(
+        services, collection_id, items, stores, embedders, progress, loader, stages
+    )
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
-    services.refresh_lexical(collection_id)  # BM25 current now (a worker built it ahead), not at the first query
+    if texts_changed or recovered["incomplete_documents"]:
+        # BM25 current now (a worker built it ahead), not at the first query. A job of photos alone leaves it as it
+        # was, and skips reading the ids of every page with text (about 3 s at a million pages).
+        services.refresh_lexical(collection_id)
     refresh_statistics(services.engine)  # query plans for the collection as it is now
     stages["finish"] = time.perf_counter() - finishing
     # CPU seconds of this process (all its threads, not the workers) from the first file to the end: at GPU speed
@@ -810,10 +815,11 @@ def _process_items(
     progress: Progress,
     loader: _Loader,
     stages: dict[str, float],
-) -> int:
-    """Index `items`; fills `stages` with seconds: `files` (the whole loop), `waiting_on_workers` (this thread
-    idle until a worker task finished), `waiting_on_embed` (blocked on a full embed queue), and the `embed` and
-    `write` threads' busy time. Whichever wait dominates names the bottleneck."""
+) -> tuple[int, bool]:
+    """Index `items`; returns the pages indexed, and whether the collection's text changed (a page with text
+    indexed, or pages removed). Fills `stages` with seconds: `files` (the whole loop), `waiting_on_workers` (this
+    thread idle until a worker task finished), `waiting_on_embed` (blocked on a full embed queue), and the `embed`
+    and `write` threads' busy time. Whichever wait dominates names the bottleneck."""
     settings = services.settings
     specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(settings))
     spec_names = list(specs)
@@ -839,6 +845,7 @@ def _process_items(
     batch = _Batch()
     batch_pages = 0
     pages_indexed = 0
+    texts_changed = False  # pages with text indexed, or pages removed: BM25 has something to follow
 
     def finish(item_id: int, state: ItemState, *, document_id: int | None, error: str | None = None,
                pages: int = 0) -> None:
@@ -940,7 +947,7 @@ def _process_items(
 
     def hand_over() -> None:
         """Write the batch's pages to SQL (one transaction) and give it to the committer."""
-        nonlocal batch, batch_pages
+        nonlocal batch, batch_pages, texts_changed
         page_ids = _write_pages(services, batch.loaded)
         for (_, loaded), ids in zip(batch.loaded, page_ids, strict=True):
             batch.pages += [
@@ -948,6 +955,7 @@ def _process_items(
                 for pid, page in zip(ids, loaded.pages, strict=True)
             ]
         batch.loaded = []
+        texts_changed = texts_changed or any(page.text.strip() for page in batch.pages)
         committer.submit(batch)
         batch, batch_pages = _Batch(), 0
 
@@ -967,6 +975,7 @@ def _process_items(
                     if decision.removed_pages:
                         # SQL already forgot these pages; the stores follow (durable at the next flush).
                         committer.remove(list(decision.removed_pages))
+                        texts_changed = True
                     if decision.state is not None:
                         if decision.waits_for is not None and decision.waits_for in loading:
                             waiting_on.setdefault(decision.waits_for, []).append(item_id)
@@ -995,7 +1004,7 @@ def _process_items(
                 drain_one()
         if batch.loaded or batch.duplicate_item_ids:
             hand_over()
-        if pages_indexed:
+        if texts_changed:
             _build_lexical_ahead(services, collection_id, loader)
     finally:
         try:
@@ -1005,7 +1014,7 @@ def _process_items(
             committer.close()
             stages["files"] = time.perf_counter() - began
             stages.update(committer.seconds)
-    return pages_indexed
+    return pages_indexed, texts_changed
 
 
 def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader) -> None:

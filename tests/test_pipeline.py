@@ -180,6 +180,30 @@ def test_a_job_compares_sql_and_stores_only_when_something_changed_since_they_ag
         again.close()
 
 
+def test_a_job_of_photos_leaves_bm25_alone(tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a job that indexes a page with text, or removes pages, has BM25 follow it (reading the id of every page
+    with text, and rebuilding when they changed); photos have no text."""
+    import mmrag.store.repository as repo
+    from tests.factories import make_pdf
+
+    read: list[int] = []
+    real = repo.text_page_ids
+    monkeypatch.setattr(repo, "text_page_ids", lambda *args, **kwargs: (read.append(1), real(*args, **kwargs))[1])
+    make_pdf(tmp_path / "docs" / "d.pdf", ["quarterly report"])
+    run_index(services, [tmp_path / "docs"])
+    assert read  # built ahead and checked at the end
+    read.clear()
+    make_image(tmp_path / "photos" / "p.png", 3)
+    assert run_index(services, [tmp_path / "photos"]).counts["indexed"] == 1
+    assert read == []
+    assert [Path(h.path).name for h in search(services, "default", text="quarterly", retrievers=["lexical"])] == [
+        "d.pdf"
+    ]
+    make_pdf(tmp_path / "docs" / "d.pdf", ["annual report"])  # changed: its old page goes
+    run_index(services, [tmp_path / "docs"])
+    assert read and [h.path for h in search(services, "default", text="quarterly", retrievers=["lexical"])] == []
+
+
 def stores_dim(services: Services) -> int:
     return services.embedders().clip.dim
 
