@@ -16,7 +16,6 @@ stale vector can never be mistaken for a new page.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import gc
 import hashlib
 import json
@@ -682,24 +681,17 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
     """One writer per collection at a time, across processes on this host.
 
     A job's first step (recover) drops every pending document of its collection, and each process holds the
-    collection's vector stores in memory: two writers at once would destroy each other's work. The lock is
-    an flock on a file in the collection's directory, released by the kernel even after kill -9.
+    collection's vector stores in memory: two writers at once would destroy each other's work. The lock:
+    Services.writer_lock.
     """
-    path = services.writer_lock_path(collection_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with services.writer_lock(collection_id) as acquired:
+        if not acquired:
             raise CollectionBusyError(
                 f"collection {name!r} is being written by another process (indexing or deleting); "
                 "wait for it to finish, or index into another collection"
-            ) from None
-        try:
-            with services.writing(collection_id):
-                yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            )
+        with services.writing(collection_id):
+            yield
 
 
 @contextmanager

@@ -313,6 +313,14 @@ class Services:
         if collection_id in self._writing:
             yield False  # a job of this process is writing it, on another thread
             return
+        with self.writer_lock(collection_id) as acquired:
+            yield acquired
+
+    @contextmanager
+    def writer_lock(self, collection_id: int) -> Iterator[bool]:
+        """Try the collection's writer lock without waiting; yields whether this caller holds it, and releases it
+        after. An flock on a file in the collection's directory: one holder across processes on this host, and the
+        kernel releases it even after kill -9."""
         path = self.writer_lock_path(collection_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as handle:
