@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from mmrag.config import IngestSettings, Settings
 from mmrag.embedders.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, NotFoundError
-from mmrag.index.manifest import atomic_write_bytes
+from mmrag.index.manifest import atomic_write_bytes, file_identity
 from mmrag.ingest import check_ocr, discover, shared
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
 from mmrag.ingest.worker import (
@@ -155,18 +155,9 @@ def _agreement(services: Services, collection_id: int, stores: CollectionStores)
         paths = getattr(store, "files", None)
         if paths is None:
             return None
-        files[name] = [_file_identity(path) for path in paths()]
-    with services.sessions() as session:
-        generation = repository.collection_generation(session, collection_id)
-    return {"generation": generation, "retrievers": sorted(files), "files": files}
-
-
-def _file_identity(path: Path) -> list[int] | None:
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+        # lists, as the JSON it is compared with reads back
+        files[name] = [list(identity) if (identity := file_identity(path)) else None for path in paths()]
+    return {"generation": services.generation(collection_id), "retrievers": sorted(files), "files": files}
 
 
 def record_agreement(services: Services, collection_id: int, stores: CollectionStores) -> None:

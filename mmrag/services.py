@@ -173,7 +173,7 @@ class Services:
             ):
                 return cached
             if generation is None:
-                generation = self._generation(collection_id)
+                generation = self.generation(collection_id)
             # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
             # newer than it says, and the next call looks again; never older.
             expect_colpali = embedders.colpali is not None
@@ -195,7 +195,7 @@ class Services:
         pipeline.collection_writer). Stores opened for reading, or before another process last wrote, are opened
         again first: a writer working from a stale copy would overwrite the other's vectors (the next job's recovery
         finds them lost and re-embeds every one) and its shard rows."""
-        generation = self._generation(collection_id)
+        generation = self.generation(collection_id)
         with self._lock:
             cached = self._stores.get(collection_id)
             if cached is not None and (not cached.writable or cached.generation != generation):
@@ -209,14 +209,15 @@ class Services:
                 self._writing.discard(collection_id)
             # Everything written up to now was written through these stores: they hold the generation SQL has now.
             try:
-                generation = self._generation(collection_id)
+                generation = self.generation(collection_id)
             except SQLAlchemyError:
                 generation = -1  # unknown: the next reader or writer opens them again
             with self._lock:
                 if (stores := self._stores.get(collection_id)) is not None:
                     stores.generation = generation
 
-    def _generation(self, collection_id: int) -> int:
+    def generation(self, collection_id: int) -> int:
+        """The collection's generation now (Collection.generation)."""
         from mmrag.store import repository
 
         with self.sessions() as session:
@@ -287,11 +288,8 @@ class Services:
         saved serves, and is looked at again each call until the writer is done: a rebuild per batch of that job
         would race the index the job itself saves when it ends.
         """
-        from mmrag.store import repository
-
         if generation is None:
-            with self.sessions() as session:
-                generation = repository.collection_generation(session, collection_id)
+            generation = self.generation(collection_id)
         with self._lexical_lock:  # one load or rebuild at a time, not one per waiting query
             cached = self._lexical.get(collection_id)
             if cached is not None and cached[0] == generation and cached[2]:

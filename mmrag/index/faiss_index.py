@@ -59,7 +59,9 @@ from mmrag.index.manifest import (
     atomic_write,
     atomic_write_bytes,
     checked_batch,
+    file_identity,
     fsync_dir,
+    identity_of,
     remove_stale_tmp_files,
 )
 from mmrag.types import Hit
@@ -198,7 +200,7 @@ class FaissIndex:
             index = _new_index(kind, dim, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
             log.info("new %s faiss index at %s (model %s, dim %d)", kind, path, model, dim)
             return cls(path, manifest=manifest, index=index, tombstones=np.zeros(0, np.int64), on_disk=False, **params)
-        snapshot = _identity(path)  # before reading: a newer file read under an older identity only costs a reopen
+        snapshot = file_identity(path)  # before reading: a newer file read under an older identity only costs a reopen
         manifest, index, tombstones = _read_file(path, model=model, dim=dim, metric=metric, kind=kind)
         opened = cls(path, manifest=manifest, index=index, tombstones=tombstones, on_disk=True, **params)
         opened._snapshot_identity = snapshot
@@ -367,17 +369,17 @@ class FaissIndex:
         For a reader beside the collection's writer: reopening a million 512-d vectors took 6.6 s; a batch's
         journal record is a few MB."""
         with self._lock:
-            if self._dirty or self._changes or _identity(self.path) != self._snapshot_identity:
+            if self._dirty or self._changes or file_identity(self.path) != self._snapshot_identity:
                 return False
             try:
                 file = open(self._journal_path, "rb")  # noqa: SIM115 - closed below; the identity comes from it
             except FileNotFoundError:
                 return self._journal_bytes == 0  # none yet (or one that never held a valid record)
             with file:
-                journal = _identity_of(os.fstat(file.fileno()), content=False)
+                journal = identity_of(os.fstat(file.fileno()), content=False)
                 if self._journal_bytes and journal != self._journal_identity:
                     return False  # another journal than the one this index replayed
-                start = self._journal_bytes if self._journal_bytes else 0
+                start = self._journal_bytes
                 file.seek(start)
                 data = file.read()
             if start == 0:
@@ -396,7 +398,7 @@ class FaissIndex:
         except FileNotFoundError:
             return 0
         with file:
-            self._journal_identity = _identity_of(os.fstat(file.fileno()), content=False)
+            self._journal_identity = identity_of(os.fstat(file.fileno()), content=False)
             data = file.read()
         return self._apply_journal(data)
 
@@ -588,20 +590,6 @@ class FaissIndex:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _identity_of(stat: os.stat_result, *, content: bool = True) -> tuple[int, ...]:
-    """A file's device and inode, and with `content` its size and mtime: a file replaced or rewritten differs."""
-    if content:
-        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    return (stat.st_dev, stat.st_ino)
-
-
-def _identity(path: Path) -> tuple[int, ...] | None:
-    try:
-        return _identity_of(os.stat(path))
-    except FileNotFoundError:
-        return None
 
 
 def _new_index(kind: str, dim: int, *, hnsw_m: int, hnsw_ef_construction: int) -> faiss.Index:

@@ -148,6 +148,22 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def identity_of(stat: os.stat_result, *, content: bool = True) -> tuple[int, ...]:
+    """A file's device and inode, and with `content` its size and mtime: a file replaced or rewritten differs. How
+    a store's reader sees that its writer has written (catch_up), and a job that nothing has since (agreed.json)."""
+    if content:
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return (stat.st_dev, stat.st_ino)
+
+
+def file_identity(path: Path) -> tuple[int, ...] | None:
+    """identity_of the file at `path`, with its content; None when there is none."""
+    try:
+        return identity_of(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Replace `path` with what `write(file)` writes, so that after a crash it holds the old or the new content.
 

@@ -57,6 +57,7 @@ from mmrag.index.manifest import (
     as_page_ids,
     atomic_write,
     atomic_write_bytes,
+    file_identity,
     fsync_dir,
     last_occurrences,
     remove_stale_tmp_files,
@@ -176,9 +177,9 @@ class ShardedMultiVectorStore:
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
         if (self.directory / OFFSETS_FILE).exists():
-            stat = (self.directory / OFFSETS_FILE).stat()  # before reading: newer content under it costs a reload
+            seen = file_identity(self.directory / OFFSETS_FILE)  # before reading: newer content costs a reload
             self._load()
-            self._offsets_seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            self._offsets_seen = seen
         else:
             self._dirty = True  # the first flush creates offsets.bin even when empty
             if not read_only:
@@ -435,12 +436,9 @@ class ShardedMultiVectorStore:
         if not self.read_only:
             return False
         with self._lock:
-            offsets = self.directory / OFFSETS_FILE
-            try:
-                stat = offsets.stat()
-            except FileNotFoundError:
+            seen = file_identity(self.directory / OFFSETS_FILE)
+            if seen is None:
                 return False
-            seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if seen == self._offsets_seen:
                 return True
             self._load()
