@@ -1001,21 +1001,25 @@ def _process_items(
 
 
 def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader) -> None:
-    """Every page of the job is in SQL now, some batches still on the device: an idle worker builds and saves the
-    collection's BM25 index meanwhile (the end of the job used to spend seconds on it, the GPU idle). It covers
-    the pending documents too, which the last batches mark indexed; services.refresh_lexical() at the end keeps it
-    if its fingerprint matches SQL's indexed pages then, and rebuilds otherwise (a batch failed), so this only ever
-    saves time."""
-    from mmrag.index.lexical import build_and_save
+    """Every page of the job is in SQL now, some batches still on the device: an idle worker brings the collection's
+    BM25 index up to date and saves it meanwhile (the end of the job used to spend seconds on it, the GPU idle). Only
+    the pages it lacks are read and tokenized, added as a new segment. It covers the pending documents too, which the
+    last batches mark indexed; services.refresh_lexical() at the end keeps it if its fingerprint matches SQL's
+    indexed pages then, and updates it otherwise (a batch failed), so this only ever saves time."""
+    from mmrag.index.lexical import Bm25Index, id_changes, update_saved
 
+    directory = services.lexical_dir(collection_id)
     with services.sessions() as session:
-        if services.lexical_covers(collection_id, repository.text_page_ids(session, collection_id, with_pending=True)):
+        wanted = repository.text_page_ids(session, collection_id, with_pending=True)
+        if services.lexical_covers(collection_id, wanted):
             return  # the job added no page with text (photos): nothing to build
-        pages = repository.page_texts(session, collection_id, with_pending=True)
+        held = Bm25Index.saved_ids(directory) if Bm25Index.saved_fingerprint(directory) is not None else None
+        added, removed = id_changes(held if held is not None else np.zeros(0, np.int64), wanted)
+        pages = repository.page_texts(session, collection_id, with_pending=True, page_ids=added)
     try:
-        loader.submit(build_and_save, pages, str(services.lexical_dir(collection_id))).result()
-    except Exception:  # noqa: BLE001 - the rebuild at the end of the job covers it
-        log.warning("building the BM25 index ahead failed; it is rebuilt at the end of the job", exc_info=True)
+        loader.submit(update_saved, str(directory), pages, removed.tolist()).result()
+    except Exception:  # noqa: BLE001 - the update at the end of the job covers it
+        log.warning("updating the BM25 index ahead failed; it is updated at the end of the job", exc_info=True)
 
 
 FILES_PER_TASK = 16

@@ -341,9 +341,11 @@ class Services:
     def _current_lexical(
         self, collection_id: int, cached: LexicalIndex | None, *, may_write: bool
     ) -> LexicalIndex:
-        """The saved BM25 index when it covers SQL's indexed pages with text, else one rebuilt from them and saved.
-        Without `may_write`: the saved one as it is (`cached` when that is it), or an empty one if none is saved."""
-        from mmrag.index.lexical import Bm25Index
+        """The saved BM25 index when it covers SQL's indexed pages with text, else that index brought up to date
+        (the pages added since read from SQL and indexed, the ones gone deleted) and saved; rebuilt from SQL when none
+        is saved or it cannot be read. Without `may_write`: the saved one as it is (`cached` when that is it), or
+        an empty one if none is saved."""
+        from mmrag.index.lexical import Bm25Index, id_changes
         from mmrag.store import repository
 
         directory = self.lexical_dir(collection_id)
@@ -359,23 +361,32 @@ class Services:
             return Bm25Index()  # its writer's first job saves one when it ends
         with self.sessions() as session:
             page_ids = repository.text_page_ids(session, collection_id)
-        if saved is not None and self.lexical_covers(collection_id, page_ids):
-            try:
-                index = Bm25Index.load(directory)
-                if index.fingerprint == saved:
-                    return index
-            except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
-                log.warning("rebuilding the BM25 index of collection %s: %s", collection_id, exc)
+        index = None
+        if saved is not None:
+            if cached is not None and getattr(cached, "fingerprint", None) == saved:
+                index = cached
+            else:
+                try:
+                    index = Bm25Index.load(directory)
+                except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
+                    log.warning("rebuilding the BM25 index of collection %s: %s", collection_id, exc)
+        if index is not None and index.is_current(page_ids):
+            return index
+        if index is None:
+            index, added, removed = Bm25Index(), np.unique(np.asarray(page_ids, dtype=np.int64)), np.zeros(0, np.int64)
+        else:
+            added, removed = id_changes(index.ids(), page_ids)
+        # Only the pages added since the saved index are read and tokenized; deleted ones are flagged in it.
         with self.sessions() as session:
-            pages = repository.page_texts(session, collection_id)
-        index = Bm25Index()
-        index.rebuild(pages)
+            pages = repository.page_texts(session, collection_id, page_ids=added)
+        index.remove(removed)
+        index.add(pages)
         index.save(directory)
         return index
 
     def refresh_lexical(self, collection_id: int) -> None:
-        """Rebuild and save the BM25 index unless the saved one already covers SQL's indexed pages with text,
-        decided from page ids and the saved manifest alone (no index, no page text and not bm25s are loaded when it
+        """Bring the BM25 index up to date and save it unless the saved one already covers SQL's indexed pages
+        with text, decided from page ids and the saved commit alone (no index and no page text are loaded when it
         does). For the collection's writer, which holds its lock: a job calls it as it ends."""
         from mmrag.store import repository
 
@@ -385,24 +396,13 @@ class Services:
             self.lexical(collection_id, writer=True)
 
     def lexical_covers(self, collection_id: int, page_ids: list[int]) -> bool:
-        """Whether the collection's saved BM25 index can serve these pages with text (SQL's): it holds every one,
-        and besides them pages deleted since, up to index.compact_tombstone_ratio of it (a search drops their hits
-        against SQL). So a delete does not rebuild the index: rebuilding 50k pages took 37 s, a million would take
-        about 12 minutes. No index saved and no page with text (a photo collection) needs none either: the first
-        query builds an empty one."""
+        """Whether the collection's saved BM25 index covers exactly these pages with text (SQL's), from its commit
+        alone. No index saved and no page with text (a photo collection) needs none either: the first query builds
+        an empty one."""
         from mmrag.index.lexical import Bm25Index, fingerprint_of
 
-        directory = self.lexical_dir(collection_id)
-        saved = Bm25Index.saved_fingerprint(directory)
-        if saved is None:
-            return not page_ids
-        if saved == fingerprint_of(page_ids):
-            return True
-        held = Bm25Index.saved_ids(directory)
-        wanted = np.unique(np.asarray(page_ids, dtype=np.int64))
-        if held is None or not np.isin(wanted, held, assume_unique=True).all():
-            return False  # pages it lacks: new ones
-        return len(held) - len(wanted) <= self.settings.index.compact_tombstone_ratio * len(held)
+        saved = Bm25Index.saved_fingerprint(self.lexical_dir(collection_id))
+        return not page_ids if saved is None else saved == fingerprint_of(page_ids)
 
     def lexical_dir(self, collection_id: int) -> Path:
         return self.collection_dir(collection_id) / "lexical"

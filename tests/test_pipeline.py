@@ -19,7 +19,7 @@ from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import ItemState
-from tests.factories import add_bad_files, make_corpus, make_image
+from tests.factories import add_bad_files, make_corpus, make_image, make_pdf
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
@@ -184,7 +184,6 @@ def test_a_job_of_photos_leaves_bm25_alone(tmp_path: Path, services: Services, m
     """Only a job that indexes a page with text, or removes pages, has BM25 follow it (reading the id of every page
     with text, and rebuilding when they changed); photos have no text."""
     import mmrag.store.repository as repo
-    from tests.factories import make_pdf
 
     read: list[int] = []
     real = repo.text_page_ids
@@ -565,7 +564,7 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         report = run_index(services, [tmp_path / "corpus"])
         assert report.counts["indexed"] == 4
         directory = services.lexical_dir(1)
-        assert (directory / CURRENT_FILE).read_text() == "bm25-000001"  # built once, by the worker
+        assert (directory / CURRENT_FILE).read_text() == "commit-000001.json"  # built once, by the worker
         with services.sessions() as session:
             with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
             assert 0 < len(with_text) < len(session.scalars(select(Page.id)).all())  # the PDFs', not the images'
@@ -576,8 +575,16 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         for i in range(3):
             _photo_jpeg(tmp_path / "photos" / f"p{i}.jpg", i)
         assert run_index(services, [tmp_path / "photos"]).counts["indexed"] == 3
-        assert (directory / CURRENT_FILE).read_text() == "bm25-000001"
+        assert (directory / CURRENT_FILE).read_text() == "commit-000001.json"
         assert search(services, "default", text="invoice number 1001", k=3, retrievers=["lexical"]) == hits
+        # A job that adds pages with text saves one more commit, its pages added to the index the worker loaded.
+        make_pdf(tmp_path / "more" / "late.pdf", ["A late memo about the zeppelin hangar", "Its second page"])
+        assert run_index(services, [tmp_path / "more"]).counts["indexed"] == 1
+        assert (directory / CURRENT_FILE).read_text() == "commit-000002.json"
+        with services.sessions() as session:
+            with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
+        assert Bm25Index.load(directory).fingerprint == fingerprint_of(with_text)
+        assert search(services, "default", text="zeppelin hangar", k=1, retrievers=["lexical"])
         # A collection of photos alone has no index to build, ahead or at the end; a query finds nothing lexical.
         assert run_index(services, [tmp_path / "photos"], collection="photos").counts["indexed"] == 3
         assert not services.lexical_dir(2).exists()

@@ -122,6 +122,8 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
     query, through the collection's generation."""
     from sqlalchemy import event
 
+    from mmrag.index.lexical import Bm25Index
+
     statements: list[str] = []
     event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     index = services.lexical(1)
@@ -137,10 +139,13 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
         extra = make_pdf(tmp_path / "later" / "r8.pdf", ["quarterly report " * 12])
         run_index(other, [extra.parent])
         assert lexical(services, k=1) == ["r8.pdf"] and len(services.lexical(1)) == len(index) + 1
-        with_r8 = services.lexical(1)
+        r8_pages = set(services.lexical(1).ids().tolist()) - set(index.ids().tolist())
         delete_documents(other, "default", paths=[str(extra)])
         assert lexical(services, k=1) == ["r7.pdf"]
-        assert services.lexical(1) is not with_r8  # the delete moved the generation: looked at again
+        # The delete moved the generation: looked at again, and r8's page deleted from the index and the saved one.
+        assert len(r8_pages) == 1 and len(services.lexical(1)) == len(index)
+        assert not r8_pages & set(services.lexical(1).ids().tolist())
+        assert not r8_pages & set(Bm25Index.saved_ids(services.lexical_dir(1)).tolist())
     finally:
         other.close()
 
@@ -189,21 +194,34 @@ def test_statistics_keep_the_hit_lookup_on_the_hits_page_ids(tmp_path: Path, tin
         services.close()
 
 
-def test_a_delete_does_not_rebuild_bm25_until_deleted_pages_pass_the_tombstone_ratio(services: Services) -> None:
-    """Hits of deleted pages are dropped against SQL, so the saved index serves on until they are more than
-    index.compact_tombstone_ratio (0.2) of it: a rebuild reads and analyzes every page's text."""
-    from mmrag.index.lexical import Bm25Index
+def test_a_delete_flags_the_pages_in_bm25_and_reads_no_page_text(services: Services) -> None:
+    """A delete is applied to the saved index as flagged rows (a new commit naming the same segment), without
+    reading any page's text back from SQL: a rebuild would read and analyze every page's. The ranking is that of
+    an index over the pages left."""
+    from sqlalchemy import event
 
-    full = services.lexical(1)
-    assert len(full) == 8
-    saved = Bm25Index.saved_fingerprint(services.lexical_dir(1))
+    from mmrag.index.lexical import CURRENT_FILE, Bm25Index
+
+    directory = services.lexical_dir(1)
+    assert len(services.lexical(1)) == 8
+    segments = sorted(path.name for path in directory.glob("seg-*") if path.is_dir())
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     delete_documents(services, "default", paths=[str(_corpus(services) / "legal" / "r0.pdf")])
-    assert services.lexical(1) is not full and len(services.lexical(1)) == 8  # loaded again, not rebuilt
-    assert Bm25Index.saved_fingerprint(services.lexical_dir(1)) == saved
-    assert "r0.pdf" not in lexical(services, k=8) and len(lexical(services, k=8)) == 7
-    delete_documents(services, "default", paths=[str(_corpus(services) / "legal" / "r2.pdf")])  # 2 of 8 deleted
-    assert len(services.lexical(1)) == 6 and Bm25Index.saved_fingerprint(services.lexical_dir(1)) != saved
-    assert sorted(lexical(services, k=8)) == sorted(f"r{i}.pdf" for i in (1, 3, 4, 5, 6, 7))
+    assert len(services.lexical(1)) == 7
+    assert [sql for sql in statements if "pages.text" in sql] == [  # the ids of pages with text, not their text
+        sql for sql in statements if sql.startswith("SELECT pages.id \nFROM") and "pages.text !=" in sql
+    ]
+    assert sorted(path.name for path in directory.glob("seg-*") if path.is_dir()) == segments
+    commit = (directory / CURRENT_FILE).read_text()
+    assert len(list(directory.glob("seg-*.deleted-*.npy"))) == 1 and Bm25Index.load(directory).segment_sizes() == [7]
+    assert sorted(lexical(services, k=8)) == sorted(f"r{i}.pdf" for i in range(1, 8))
+    with services.sessions() as session:
+        rebuilt = Bm25Index()
+        rebuilt.rebuild(repository.page_texts(session, 1))
+    for query in ("quarterly report", "report 3", "invoice"):
+        assert services.lexical(1).search(query, 8) == rebuilt.search(query, 8)
+    assert (directory / CURRENT_FILE).read_text() == commit  # nothing changed since: nothing saved
 
 
 def _corpus(services: Services) -> Path:

@@ -1,18 +1,22 @@
-"""Bm25Index: the BM25 lexical index over page text (bm25s), its tokenizer, and its saved form.
+"""Bm25Index: the BM25 lexical index over page text, its tokenizer, and its saved form.
 
-Why bm25s rather than the database's full-text search: it is real BM25 (Lucene's variant: IDF, k1 saturation,
-length normalisation), it scores identically whether SQL is SQLite or PostgreSQL (their FTS engines rank
+Why BM25 of our own rather than the database's full-text search: it is real BM25 (Lucene's variant: IDF, k1
+saturation, length normalisation), it scores identically whether SQL is SQLite or PostgreSQL (their FTS engines rank
 differently and SQLite's FTS5 is not always compiled in), and it takes our own tokenizer, which matters because
-receipts and invoices are searched by numbers, dates and amounts that stock tokenizers split or stem away.
-It is a derived index: SQL holds the text, `rebuild` recreates it, and the saved manifest carries a fingerprint
-of the page ids so the caller can tell when it is stale.
+receipts and invoices are searched by numbers, dates and amounts that stock tokenizers split or stem away. It scores
+as bm25s's "lucene" method does (the tests compare the two), but in segments a job can add to (mmrag/index/bm25.py):
+bm25s bakes collection-wide statistics into every stored score, so each job rebuilt it from all the text in SQL.
+It is a derived index: SQL holds the text, `rebuild` recreates it, and the saved commit carries a fingerprint of the
+page ids so the caller can tell when it is stale.
 
 Saved layout
-    <dir>/CURRENT        name of the live generation directory; replaced atomically, so a crash mid-save leaves
-                         the previous generation live
-    <dir>/bm25-<n>/      bm25s files of the word model (params/vocab/csc arrays), page_ids.npy, manifest.json;
-                         grams/ holds the character n-gram model's bm25s files
-    <dir>/manifest.json  a readable copy of the live generation's manifest (never read back by load)
+    <dir>/CURRENT             name of the live commit file; replaced atomically, so a crash mid-save leaves the
+                              previous commit live
+    <dir>/commit-<n>.json     manifest, fingerprint, parameters and the segments: [{name, rows, deleted}]
+    <dir>/seg-<n>-<i>/        one segment, written once: page_ids.npy, and per model (words, grams) its terms (one
+                              per line) and postings arrays (indptr, rows, tfs, lengths .npy)
+    <dir>/seg-<n>-<i>.deleted-<m>.npy   the segment's deleted rows as of commit m (the latest one named is live)
+    <dir>/manifest.json       a readable copy of the live commit (never read back)
 """
 
 from __future__ import annotations
@@ -28,27 +32,16 @@ import shutil
 import threading
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-# bm25s runs a JAX top-k at import when JAX is installed, and JAX then takes 75% of the GPU's memory for itself
-# (seen on an H200 machine with jax[cuda]: 107 GB gone before a model or a store was loaded). mmrag never uses JAX,
-# so it stays on the CPU unless the deployment says otherwise.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mmrag.errors import IndexError_  # noqa: E402
-from mmrag.index.manifest import Manifest, atomic_write_bytes, fsync_dir  # noqa: E402
-from mmrag.types import Hit  # noqa: E402
-
-if TYPE_CHECKING:
-    import bm25s
-
-# bm25s itself (and JAX with it, where installed: 1.3 s on the H200 machine) is imported where an index is built or
-# loaded, not here: a process that only checks whether the saved index is current never pays for it.
+from mmrag.errors import IndexError_
+from mmrag.index.bm25 import Postings, Segment, rank, settle
+from mmrag.index.manifest import Manifest, atomic_write_bytes, fsync_dir
+from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +49,13 @@ log = logging.getLogger(__name__)
 # saved with another version then fails its manifest check on load (and Services.lexical rebuilds it from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
 ANALYZER_VERSION = "dates-ngram3-ocrdigits-1"
-MODEL = f"bm25s+{TOKENIZER_VERSION}+{ANALYZER_VERSION}"
+MODEL = f"mmrag-bm25+{TOKENIZER_VERSION}+{ANALYZER_VERSION}+segments-1"
 METRIC = "bm25"
 KIND = "bm25"
 CURRENT_FILE = "CURRENT"
-_GENERATION_PREFIX = "bm25-"
-_GRAMS_DIR = "grams"
+_COMMIT_PREFIX = "commit-"
+_SEGMENT_PREFIX = "seg-"
+_NUMBERED = re.compile(r"^(?:commit-|seg-)(\d{6,})")
 DATE_PREFIX = "date:"
 NGRAM = 3
 # The character n-gram ranking keeps only pages holding at least this share of the query's distinct n-grams
@@ -252,13 +246,23 @@ def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
     return tuple(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
 
 
-def build_and_save(pages: list[tuple[int, str]], directory: str) -> int:
-    """Build the BM25 index of `pages` and save it under `directory` (a bulk job runs this in a worker process while
-    its last batches are embedded); returns the number of pages. Loading checks the fingerprint against SQL."""
-    index = Bm25Index()
-    index.rebuild(pages)
-    index.save(Path(directory))
-    return len(pages)
+def update_saved(directory: str, pages: list[tuple[int, str]], removed: list[int]) -> int:
+    """Load the index saved under `directory` (an empty one where none is), add these pages, remove these ids and
+    save it (a bulk job runs this in a worker process while its last batches are embedded); returns the pages it
+    covers. Only the job's new pages are tokenized: the pages already indexed stay in their segments."""
+    path = Path(directory)
+    index = Bm25Index.load(path) if Bm25Index.saved_fingerprint(path) is not None else Bm25Index()
+    index.remove(removed)
+    index.add(pages)
+    index.save(path)
+    return len(index)
+
+
+def id_changes(held: np.ndarray, wanted: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids to add, ids to remove), sorted, to take an index holding `held` to exactly `wanted`."""
+    held = np.unique(np.asarray(held, dtype=np.int64))
+    wanted = np.unique(np.asarray(wanted if isinstance(wanted, np.ndarray) else list(wanted), dtype=np.int64))
+    return np.setdiff1d(wanted, held, assume_unique=True), np.setdiff1d(held, wanted, assume_unique=True)
 
 
 def fingerprint_of(ids: Iterable[int]) -> str:
@@ -270,13 +274,16 @@ def fingerprint_of(ids: Iterable[int]) -> str:
 
 
 class Bm25Index:
-    """A LexicalIndex: BM25 over page text, keyed by SQL page ids.
+    """A LexicalIndex: BM25 over page text, keyed by SQL page ids, in segments (mmrag/index/bm25.py).
 
     Two BM25 models over the same pages, merged by reciprocal rank: one over word terms (analyze()), precise, and
     one over their character 3-grams, which still matches a word that OCR misread by a letter or two ("SPEED MART
     $/B", "AE0N"). On the SROIE receipt scans the pair found the right receipt first for 0.908 of the questions, words
     alone 0.892 (bench/sroie.py). A hit's score is the merged reciprocal-rank score; `ngram=0` keeps words only,
     and then a hit's score is its BM25 score.
+
+    `add` and `remove` change it in place at the cost of the pages they touch; `save` then writes only the new
+    segments and deletions.
     """
 
     def __init__(self, *, k1: float = 1.5, b: float = 0.75, ngram: int = NGRAM) -> None:
@@ -284,26 +291,37 @@ class Bm25Index:
         self.b = b
         self.ngram = ngram
         self._lock = threading.RLock()
-        self._retriever: bm25s.BM25 | None = None  # None while no page has any token
-        self._grams: bm25s.BM25 | None = None  # None with ngram=0, or while no page has any token
-        self._page_ids = np.zeros(0, dtype=np.int64)
+        self._segments: list[Segment] = []  # replaced, never changed in place: a search works on its snapshot
+        self._fingerprint: str | None = None  # of the live ids, memoised until the next change
 
     # ----------------------------------------------------------------------------------------------- LexicalIndex
 
     def rebuild(self, pages: Iterable[tuple[int, str]]) -> None:
         """Replace the whole index with these (page_id, text) pairs; a repeated page id keeps its last text."""
-        texts: dict[int, str] = {}
-        for page_id, text in pages:
-            texts[int(page_id)] = text or ""
-        page_ids = np.fromiter(texts.keys(), dtype=np.int64, count=len(texts))
-        corpus_tokens = [analyze(text) for text in texts.values()]
-        retriever = self._build(corpus_tokens) if any(corpus_tokens) else None
-        grams = None
-        if retriever is not None and self.ngram:
-            grams = self._build([char_ngrams(tokens, self.ngram) for tokens in corpus_tokens])
+        segment = self._segment(pages)
         with self._lock:
-            self._retriever, self._grams, self._page_ids = retriever, grams, page_ids
-        log.info("BM25 index rebuilt over %d pages", len(page_ids))
+            self._segments, self._fingerprint = ([segment] if segment is not None else []), None
+        log.info("BM25 index rebuilt over %d pages", len(self))
+
+    def add(self, pages: Iterable[tuple[int, str]]) -> None:
+        """Index these (page_id, text) pairs in a new segment; a page id already held is replaced (its old row is
+        deleted), a repeated one keeps its last text. Costs the pages added, plus the merges that follow."""
+        segment = self._segment(pages)
+        if segment is None:
+            return
+        with self._lock:
+            segments = self._deleted(self._segments, segment.page_ids)
+            self._segments, self._fingerprint = settle([*segments, segment]), None
+
+    def remove(self, page_ids: Iterable[int]) -> int:
+        """Delete these pages (ids not held are ignored); returns how many were held."""
+        ids = np.unique(np.asarray(list(page_ids), dtype=np.int64))
+        if not len(ids):
+            return 0
+        with self._lock:
+            before = len(self)
+            self._segments, self._fingerprint = settle(self._deleted(self._segments, ids)), None
+            return before - len(self)
 
     def search(self, query: str, k: int) -> list[Hit]:
         """Top-k pages, best first; only pages sharing a word term with the query or NGRAM_MIN_MATCH of its n-grams."""
@@ -311,98 +329,124 @@ class Bm25Index:
             return []
         terms = query_terms(query)
         with self._lock:
-            retriever, grams, page_ids = self._retriever, self._grams, self._page_ids
-        if retriever is None or not terms:
+            segments = self._segments
+        if not segments or not terms:
             return []
-        words = _ranked(retriever, terms, k, page_ids)
-        if grams is None:
-            return [Hit(int(page_ids[row]), score) for row, score in words]
+        words = rank(segments, _WORDS, terms, k, k1=self.k1, b=self.b)
+        if not self.ngram:
+            return [Hit(page_id, score) for page_id, score in words]
         query_grams = list(dict.fromkeys(char_ngrams(terms, self.ngram)))
-        by_grams = _ranked(
-            grams, query_grams, k, page_ids, min_match=math.ceil(NGRAM_MIN_MATCH * len(query_grams))
-        )
+        by_grams = rank(segments, _GRAMS, query_grams, k, k1=self.k1, b=self.b,
+                        min_match=math.ceil(NGRAM_MIN_MATCH * len(query_grams)))
         fused: dict[int, float] = {}
         for ranking in (words, by_grams):
-            for rank, (row, _) in enumerate(ranking, start=1):
-                fused[row] = fused.get(row, 0.0) + 1.0 / (NGRAM_RRF_K + rank)
-        order = sorted(fused, key=lambda row: (-fused[row], page_ids[row]))[:k]
-        return [Hit(int(page_ids[row]), fused[row]) for row in order]
+            for position, (page_id, _) in enumerate(ranking, start=1):
+                fused[page_id] = fused.get(page_id, 0.0) + 1.0 / (NGRAM_RRF_K + position)
+        order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
+        return [Hit(page_id, fused[page_id]) for page_id in order]
 
     def __len__(self) -> int:
-        return len(self._page_ids)
+        with self._lock:
+            return sum(segment.live for segment in self._segments)
 
     def ids(self) -> np.ndarray:
-        return np.sort(self._page_ids)
+        with self._lock:
+            segments = self._segments
+        return np.sort(np.concatenate([segment.live_ids() for segment in segments] or [np.zeros(0, np.int64)]))
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of(self._page_ids)
+        with self._lock:
+            if self._fingerprint is None:
+                self._fingerprint = fingerprint_of(self.ids())
+            return self._fingerprint
 
     def is_current(self, ids: Iterable[int]) -> bool:
         """True when this index covers exactly these page ids (compare with the ids SQL has text for)."""
         return fingerprint_of(ids) == self.fingerprint
 
     def manifest(self) -> Manifest:
-        return Manifest(model=MODEL, dim=0, metric=METRIC, count=len(self._page_ids), kind=KIND)
+        return Manifest(model=MODEL, dim=0, metric=METRIC, count=len(self), kind=KIND)
+
+    def segment_sizes(self) -> list[int]:
+        """Live pages of each segment, oldest first."""
+        with self._lock:
+            return [segment.live for segment in self._segments]
 
     # ----------------------------------------------------------------------------------------------- persistence
 
     def save(self, directory: Path) -> None:
-        """Write a new generation under `directory`, then switch CURRENT to it atomically and delete the others."""
+        """Write the segments and deletions not saved yet and a new commit naming all of them, switch CURRENT to
+        it atomically, then delete what neither it nor the commit before it names (a reader still loading the
+        previous commit finds its files)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            retriever, grams, page_ids = self._retriever, self._grams, self._page_ids.copy()
-        generation = _next_generation(directory)
-        target = directory / generation
-        target.mkdir()
-        if retriever is not None:
-            retriever.save(str(target), show_progress=False)
-        if grams is not None:
-            grams.save(str(target / _GRAMS_DIR), show_progress=False)
-        np.save(target / "page_ids.npy", page_ids.astype("<i8"))
+            segments, fingerprint = list(self._segments), self.fingerprint
+        number = _next_commit(directory)
+        saved: list[Segment] = []
+        for position, segment in enumerate(segments):
+            if segment.name is None:
+                name = f"{_SEGMENT_PREFIX}{number:06d}-{position:03d}"
+                _write_segment(directory / name, segment)
+                segment = replace(segment, name=name, deleted_file=None)
+            if segment.deleted_file is None and segment.live != segment.rows:
+                deleted_file = f"{segment.name}.deleted-{number:06d}.npy"
+                with open(directory / deleted_file, "wb") as file:
+                    np.save(file, np.flatnonzero(segment.deleted).astype("<i4"))
+                    file.flush()
+                    os.fsync(file.fileno())
+                segment = replace(segment, deleted_file=deleted_file)
+            saved.append(segment)
         meta = {
-            "manifest": Manifest(model=MODEL, dim=0, metric=METRIC, count=len(page_ids), kind=KIND).to_dict(),
-            "fingerprint": fingerprint_of(page_ids),
+            "manifest": Manifest(
+                model=MODEL, dim=0, metric=METRIC, count=sum(s.live for s in saved), kind=KIND
+            ).to_dict(),
+            "fingerprint": fingerprint,
             "k1": self.k1,
             "b": self.b,
             "ngram": self.ngram,
-            "empty": retriever is None,
+            "segments": [{"name": s.name, "rows": s.rows, "deleted": s.deleted_file} for s in saved],
         }
-        (target / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _fsync_tree(target)
-        atomic_write_bytes(directory / CURRENT_FILE, generation.encode())
-        atomic_write_bytes(directory / "manifest.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-        for stale in directory.iterdir():
-            if stale.is_dir() and stale.name.startswith(_GENERATION_PREFIX) and stale.name != generation:
-                shutil.rmtree(stale, ignore_errors=True)
-        log.info("saved BM25 index (%d pages) to %s", len(page_ids), target)
+        body = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+        commit = f"{_COMMIT_PREFIX}{number:06d}.json"
+        previous = _current_commit(directory)
+        atomic_write_bytes(directory / commit, body)
+        fsync_dir(directory)
+        atomic_write_bytes(directory / CURRENT_FILE, commit.encode())
+        atomic_write_bytes(directory / "manifest.json", body)
+        with self._lock:
+            if self._segments == segments:  # unchanged meanwhile: keep the names, so the next save writes less
+                self._segments = saved
+        _remove_unreferenced(directory, keep=[commit, previous])
+        log.info("saved BM25 index (%d pages, %d segments) to %s", meta["manifest"]["count"], len(saved), directory)
 
     @staticmethod
     def saved_fingerprint(directory: Path) -> str | None:
-        """The fingerprint of the index saved under `directory`, from its manifest alone (no index is read); None
-        when there is none, it cannot be read, or it was built with another tokenizer or analyzer."""
-        directory = Path(directory)
-        try:
-            source = directory / (directory / CURRENT_FILE).read_text().strip()
-            meta = json.loads((source / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or (meta.get("manifest") or {}).get("model") != MODEL:
-            return None
-        fingerprint = meta.get("fingerprint")
+        """The fingerprint of the index saved under `directory`, from its commit alone (no index is read); None
+        when there is none, it cannot be read, or it was built with another tokenizer, analyzer or layout."""
+        meta = _read_commit(Path(directory))
+        fingerprint = meta.get("fingerprint") if meta is not None else None
         return fingerprint if isinstance(fingerprint, str) else None
 
     @staticmethod
     def saved_ids(directory: Path) -> np.ndarray | None:
-        """The page ids of the index saved under `directory`, sorted, from its id file alone; None when there is
-        none or it cannot be read (check saved_fingerprint first: it also says whether the analyzer matches)."""
+        """The page ids of the index saved under `directory`, sorted, from its id and deletion files alone; None when
+        there is none or it cannot be read."""
         directory = Path(directory)
-        try:
-            source = directory / (directory / CURRENT_FILE).read_text().strip()
-            return np.sort(np.load(source / "page_ids.npy").astype(np.int64))
-        except (OSError, ValueError):
+        meta = _read_commit(directory)
+        if meta is None:
             return None
+        try:
+            parts = []
+            for entry in meta["segments"]:
+                ids = np.load(directory / entry["name"] / "page_ids.npy").astype(np.int64)
+                if entry.get("deleted"):
+                    ids = np.delete(ids, np.load(directory / entry["deleted"]))
+                parts.append(ids)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        return np.sort(np.concatenate(parts or [np.zeros(0, np.int64)]))
 
     @staticmethod
     def saved_in(directory: Path) -> bool:
@@ -414,79 +458,123 @@ class Bm25Index:
         """Load what `save` wrote; ManifestMismatchError if it was built with another tokenizer or is damaged."""
         directory = Path(directory)
         try:
-            generation = (directory / CURRENT_FILE).read_text().strip()
+            commit = (directory / CURRENT_FILE).read_text().strip()
         except FileNotFoundError as exc:
             raise IndexError_(f"{directory}: no saved BM25 index ({CURRENT_FILE} missing)") from exc
-        source = directory / generation
         try:
-            meta = json.loads((source / "manifest.json").read_text())
-            page_ids = np.load(source / "page_ids.npy").astype(np.int64)
+            meta = json.loads((directory / commit).read_text())
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{source}: cannot read the saved BM25 index: {exc}") from exc
+            raise IndexError_(f"{directory / commit}: cannot read the saved BM25 index: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise IndexError_(f"{directory / commit}: not a BM25 index commit")
         manifest = Manifest.from_dict(meta.get("manifest"))
-        manifest.check(MODEL, 0, METRIC, where=source)
-        manifest.check_kind(KIND, where=source)
-        manifest.check_count(len(page_ids), where=source)
+        manifest.check(MODEL, 0, METRIC, where=directory / commit)
+        manifest.check_kind(KIND, where=directory / commit)
         index = cls(k1=float(meta.get("k1", 1.5)), b=float(meta.get("b", 0.75)), ngram=int(meta.get("ngram", 0)))
-        import bm25s
-
+        models = [_WORDS, _GRAMS] if index.ngram else [_WORDS]
+        segments = []
         try:
-            if not meta.get("empty", False):
-                index._retriever = bm25s.BM25.load(str(source), mmap=False, show_progress=False)
-                if index.ngram:
-                    index._grams = bm25s.BM25.load(str(source / _GRAMS_DIR), mmap=False, show_progress=False)
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"{source}: cannot read the saved BM25 index: {exc}") from exc
-        index._page_ids = page_ids
+            for entry in meta["segments"]:
+                source = directory / entry["name"]
+                page_ids = np.load(source / "page_ids.npy").astype(np.int64)
+                segment = Segment.build(page_ids, {model: Postings.load(source, model) for model in models})
+                if any(len(postings.lengths) != len(page_ids) for postings in segment.models.values()):
+                    raise ValueError(f"{source}: rows do not match its page ids")
+                segment = replace(segment, name=entry["name"])
+                if entry.get("deleted"):
+                    segment = replace(segment.with_deleted(np.load(directory / entry["deleted"])),
+                                      deleted_file=entry["deleted"])
+                segments.append(segment)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise IndexError_(f"{directory / commit}: cannot read the saved BM25 index: {exc}") from exc
+        index._segments = segments
+        manifest.check_count(len(index), where=directory / commit)
         if meta.get("fingerprint") != index.fingerprint:
-            raise IndexError_(f"{source}: page ids do not match the saved fingerprint; the index is damaged")
+            raise IndexError_(f"{directory / commit}: page ids do not match the saved fingerprint; it is damaged")
         return index
 
-    def _build(self, corpus_tokens: list[list[str]]) -> bm25s.BM25:
-        import bm25s
+    # ----------------------------------------------------------------------------------------------- internals
 
-        retriever = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        retriever.index(corpus_tokens, show_progress=False)
-        return retriever
+    def _segment(self, pages: Iterable[tuple[int, str]]) -> Segment | None:
+        texts: dict[int, str] = {}
+        for page_id, text in pages:
+            texts[int(page_id)] = text or ""
+        if not texts:
+            return None
+        corpus_tokens = [analyze(text) for text in texts.values()]
+        models = {_WORDS: Postings.build(corpus_tokens)}
+        if self.ngram:
+            models[_GRAMS] = Postings.build([char_ngrams(tokens, self.ngram) for tokens in corpus_tokens])
+        return Segment.build(np.fromiter(texts.keys(), dtype=np.int64, count=len(texts)), models)
 
-
-def _ranked(
-    retriever: bm25s.BM25, terms: list[str], k: int, page_ids: np.ndarray, *, min_match: int = 1
-) -> list[tuple[int, float]]:
-    """(row, BM25 score) of the top k rows holding at least `min_match` distinct terms; best first, then by page id."""
-    token_ids = retriever.get_tokens_ids(terms)
-    if not token_ids:
-        return []  # no query term occurs anywhere
-    scores = retriever.get_scores_from_ids(token_ids)
-    candidates = np.flatnonzero(scores > 0)
-    if min_match > 1 and len(candidates):
-        # Distinct terms each row holds, from the CSC score matrix (one column of rows per term): bm25s keeps it
-        # as data/indices/indptr arrays, in memory and on disk alike.
-        matrix = retriever.scores
-        held = np.zeros(len(scores), dtype=np.int32)
-        for token_id in set(token_ids):
-            held[matrix["indices"][matrix["indptr"][token_id] : matrix["indptr"][token_id + 1]]] += 1
-        candidates = candidates[held[candidates] >= min_match]
-    if len(candidates) > k:
-        candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-    order = np.lexsort((page_ids[candidates], -scores[candidates]))
-    return [(int(candidates[i]), float(scores[candidates[i]])) for i in order]
+    @staticmethod
+    def _deleted(segments: list[Segment], ids: np.ndarray) -> list[Segment]:
+        changed = []
+        for segment in segments:
+            rows = np.flatnonzero(np.isin(segment.page_ids, ids) & ~segment.deleted)
+            changed.append(segment.with_deleted(rows) if len(rows) else segment)
+        return changed
 
 
-def _next_generation(directory: Path) -> str:
-    numbers = [
-        int(path.name.removeprefix(_GENERATION_PREFIX))
-        for path in directory.iterdir()
-        if path.is_dir() and path.name.startswith(_GENERATION_PREFIX) and path.name[len(_GENERATION_PREFIX) :].isdigit()
-    ]
-    return f"{_GENERATION_PREFIX}{max(numbers, default=0) + 1:06d}"
+_WORDS = "words"
+_GRAMS = "grams"
 
 
-def _fsync_tree(directory: Path) -> None:
+def _write_segment(target: Path, segment: Segment) -> None:
+    target.mkdir()
+    np.save(target / "page_ids.npy", segment.page_ids.astype("<i8"))
+    for model, postings in segment.models.items():
+        postings.save(target, model)
+    for path in target.iterdir():
+        with path.open("rb") as file:
+            os.fsync(file.fileno())
+    fsync_dir(target)
+
+
+def _current_commit(directory: Path) -> str | None:
+    try:
+        commit = (directory / CURRENT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return commit if commit.startswith(_COMMIT_PREFIX) else None  # not the single directory of an older layout
+
+
+def _read_commit(directory: Path) -> dict | None:
+    """The live commit's JSON, or None when there is none, it cannot be read or another MODEL wrote it."""
+    commit = _current_commit(directory)
+    if commit is None:
+        return None
+    try:
+        meta = json.loads((directory / commit).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or (meta.get("manifest") or {}).get("model") != MODEL:
+        return None
+    return meta
+
+
+def _next_commit(directory: Path) -> int:
+    numbers = [int(match.group(1)) for path in directory.iterdir() if (match := _NUMBERED.match(path.name))]
+    return max(numbers, default=0) + 1
+
+
+def _remove_unreferenced(directory: Path, keep: list[str | None]) -> None:
+    """Delete every file and directory under `directory` that the `keep` commits do not name: older commits,
+    segments merged away, superseded deletion files, a save that died before switching CURRENT, and the single
+    directory of an older layout."""
+    named = {CURRENT_FILE, "manifest.json"}
+    for commit in filter(None, keep):
+        named.add(commit)
+        try:
+            meta = json.loads((directory / commit).read_text())
+            for entry in meta.get("segments", []):
+                named.update(filter(None, (entry.get("name"), entry.get("deleted"))))
+        except (OSError, ValueError, AttributeError):
+            continue
     for path in directory.iterdir():
-        if path.is_file():
-            with path.open("rb") as file:
-                os.fsync(file.fileno())
-        elif path.is_dir():
-            _fsync_tree(path)
-    fsync_dir(directory)
+        if path.name in named:
+            continue  # the rest, temporary files too, are a dead save's or superseded: saves hold the writer lock
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -161,15 +161,26 @@ def text_page_ids(session: Session, collection_id: int, *, with_pending: bool = 
                                                   with_text=True)))
 
 
-def page_texts(session: Session, collection_id: int, *, with_pending: bool = False) -> list[tuple[int, str]]:
+def page_texts(
+    session: Session, collection_id: int, *, with_pending: bool = False, page_ids: Sequence[int] | None = None
+) -> list[tuple[int, str]]:
     """(page id, text) of the collection's indexed documents that have text, and with `with_pending` of its pending
-    ones. Pages without text (photos) are left out: they match no query, and the BM25 index over a photo collection
+    ones, by page id; with `page_ids` of those pages only (a BM25 update reads the pages added since it was saved).
+    Pages without text (photos) are left out: they match no query, and the BM25 index over a photo collection
     would otherwise be rebuilt, every page read back, after each job that added photos."""
-    rows = session.execute(
-        _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending, with_text=True)
-        .order_by(Page.id)
-    )
-    return [(page_id, text) for page_id, text in rows]
+    query = _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending, with_text=True)
+    if page_ids is None:
+        return [(page_id, text) for page_id, text in session.execute(query.order_by(Page.id))]
+    ids = sorted({int(page_id) for page_id in page_ids})
+    pages: list[tuple[int, str]] = []
+    for start in range(0, len(ids), PAGE_TEXTS_CHUNK):
+        chunk = ids[start : start + PAGE_TEXTS_CHUNK]
+        rows = session.execute(query.where(Page.id.in_(chunk)).order_by(Page.id))
+        pages.extend((page_id, text) for page_id, text in rows)
+    return pages
+
+
+PAGE_TEXTS_CHUNK = 5000  # ids per IN list: well under SQLite's 32,766 bound parameters
 
 
 @dataclass(frozen=True)
