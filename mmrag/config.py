@@ -84,8 +84,8 @@ class IndexSettings(BaseModel):
     hnsw_ef_search: int = Field(128, ge=1)
     use_gpu: bool = True  # move FAISS indexes to the GPU when faiss sees one
     multivector_shard_rows: int = Field(4_000_000, ge=1024)  # token rows per memory-mapped shard
-    # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned); rebuild the BM25 index
-    # once deleted pages are this share of it (until then their hits are dropped against SQL).
+    # Rewrite multi-vector shards once this share of their pages is deleted (tombstoned). (BM25 flags deleted pages
+    # at once and rewrites a segment past half deleted: mmrag/index/bm25.py.)
     compact_tombstone_ratio: float = Field(0.2, gt=0, le=1)
     # How often at most a query opens a collection's stores again after another process (an `mmrag index` beside
     # `mmrag serve`) changed them: a bulk job changes them every batch, and reopening reads every vector from disk.

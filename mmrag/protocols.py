@@ -104,7 +104,7 @@ class MultiVectorStore(Protocol):
 
 @runtime_checkable
 class LexicalIndex(Protocol):
-    """A lexical (BM25) index over page text, derived from SQL and rebuilt from it."""
+    """A lexical (BM25) index over page text, derived from SQL (rebuilt from it, or updated with what changed)."""
 
     def rebuild(self, pages: Iterable[tuple[int, str]]) -> None: ...
 

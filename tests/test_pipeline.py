@@ -553,7 +553,7 @@ def _image_path(services, page_id: int) -> str:  # noqa: ANN001
 
 def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: Path, tiny_embedders: Embedders) -> None:
     """The index built ahead (pending documents included) is the one the job ends with: its fingerprint matches
-    SQL's indexed pages, so the end of the job loads it instead of building a second generation."""
+    SQL's indexed pages, so the end of the job keeps it instead of building it again."""
     from mmrag.index.lexical import CURRENT_FILE, Bm25Index, fingerprint_of
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'ahead.db'}")
@@ -564,7 +564,11 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         report = run_index(services, [tmp_path / "corpus"])
         assert report.counts["indexed"] == 4
         directory = services.lexical_dir(1)
-        assert (directory / CURRENT_FILE).read_text() == "commit-000001.json"  # built once, by the worker
+        # Built once, by the worker (one segment); the end of the job found it current and marked it so with the
+        # collection's generation (a second commit naming the same segment).
+        assert sorted(path.name for path in directory.glob("seg-*")) == ["seg-000001-000"]
+        assert (directory / CURRENT_FILE).read_text() == "commit-000002.json"
+        assert Bm25Index.saved_generation(directory) == services.generation(1)
         with services.sessions() as session:
             with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
             assert 0 < len(with_text) < len(session.scalars(select(Page.id)).all())  # the PDFs', not the images'
@@ -575,12 +579,13 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         for i in range(3):
             _photo_jpeg(tmp_path / "photos" / f"p{i}.jpg", i)
         assert run_index(services, [tmp_path / "photos"]).counts["indexed"] == 3
-        assert (directory / CURRENT_FILE).read_text() == "commit-000001.json"
+        assert (directory / CURRENT_FILE).read_text() == "commit-000002.json"
         assert search(services, "default", text="invoice number 1001", k=3, retrievers=["lexical"]) == hits
-        # A job that adds pages with text saves one more commit, its pages added to the index the worker loaded.
+        # A job that adds pages with text: the worker loads the saved index and adds them, and the job ends with it
+        # marked current.
         make_pdf(tmp_path / "more" / "late.pdf", ["A late memo about the zeppelin hangar", "Its second page"])
         assert run_index(services, [tmp_path / "more"]).counts["indexed"] == 1
-        assert (directory / CURRENT_FILE).read_text() == "commit-000002.json"
+        assert Bm25Index.saved_generation(directory) == services.generation(1)
         with services.sessions() as session:
             with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
         assert Bm25Index.load(directory).fingerprint == fingerprint_of(with_text)

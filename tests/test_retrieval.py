@@ -127,7 +127,9 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
     statements: list[str] = []
     event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     index = services.lexical(1)
-    assert any("pages.text !=" in sql for sql in statements)  # the first call checks SQL's pages with text
+    # The job that filled the collection marked its index current with the collection's generation: the first
+    # query loads it without reading the id of every page with text from SQL.
+    assert statements and not any("pages.text !=" in sql for sql in statements)
     statements.clear()
     assert services.lexical(1) is index
     assert lexical(services, k=8) == [f"r{i}.pdf" for i in range(7, -1, -1)]
@@ -138,14 +140,23 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
     try:
         extra = make_pdf(tmp_path / "later" / "r8.pdf", ["quarterly report " * 12])
         run_index(other, [extra.parent])
+        statements.clear()
         assert lexical(services, k=1) == ["r8.pdf"] and len(services.lexical(1)) == len(index) + 1
+        assert not any("pages.text !=" in sql for sql in statements)  # that job marked its index current
         r8_pages = set(services.lexical(1).ids().tolist()) - set(index.ids().tolist())
         delete_documents(other, "default", paths=[str(extra)])
+        statements.clear()
         assert lexical(services, k=1) == ["r7.pdf"]
         # The delete moved the generation: looked at again, and r8's page deleted from the index and the saved one.
         assert len(r8_pages) == 1 and len(services.lexical(1)) == len(index)
         assert not r8_pages & set(services.lexical(1).ids().tolist())
         assert not r8_pages & set(Bm25Index.saved_ids(services.lexical_dir(1)).tolist())
+        assert any("pages.text !=" in sql for sql in statements)  # the delete left no mark: SQL's ids were read
+        # It was saved marked with the delete's generation: another process's first query reads no id either.
+        statements.clear()
+        event.listen(other.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        assert other.lexical(1).fingerprint == services.lexical(1).fingerprint
+        assert statements and not any("pages.text !=" in sql for sql in statements)
     finally:
         other.close()
 

@@ -32,7 +32,7 @@ DELETED_SHARE = 0.5  # rewrite a segment once more than this share of its rows a
 _ARRAYS = ("indptr", "rows", "tfs", "lengths")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Postings:
     """One segment's inverted index for one analyzer: for term id t, rows[indptr[t]:indptr[t+1]] are the segment rows
     holding it (ascending) and tfs the number of times each holds it; lengths[row] is the row's number of terms."""
@@ -125,7 +125,7 @@ class Postings:
         return cls(terms, dict(zip(terms, range(len(terms)))), **arrays)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a segment's arrays are its content
 class Segment:
     """Pages indexed together: row r is page page_ids[r]; `deleted` flags rows removed since. `name` is the
     directory it was saved to (None until saved); `deleted_file` the file holding its deletions as saved."""
@@ -135,7 +135,7 @@ class Segment:
     deleted: np.ndarray  # (rows,) bool
     name: str | None = None
     deleted_file: str | None = None
-    _live_lengths: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)  # a segment never changes: see with_deleted
 
     @classmethod
     def build(cls, page_ids: np.ndarray, models: dict[str, Postings]) -> Segment:
@@ -147,20 +147,34 @@ class Segment:
 
     @property
     def live(self) -> int:
-        return self.rows - int(self.deleted.sum())
+        if "live" not in self._memo:
+            self._memo["live"] = self.rows - int(self.deleted.sum())
+        return self._memo["live"]
 
     def live_length(self, model: str) -> int:
-        """Total terms of the live rows under `model` (memoised: a segment is immutable, deletions make a new one)."""
-        if model not in self._live_lengths:
+        """Total terms of the live rows under `model`."""
+        key = ("length", model)
+        if key not in self._memo:
             lengths = self.models[model].lengths
-            self._live_lengths[model] = int(lengths.sum(dtype=np.int64) - lengths[self.deleted].sum(dtype=np.int64))
-        return self._live_lengths[model]
+            self._memo[key] = int(lengths.sum(dtype=np.int64) - lengths[self.deleted].sum(dtype=np.int64))
+        return self._memo[key]
+
+    def norms(self, model: str, k1: float, b: float, average_length: float) -> np.ndarray:
+        """k1 * (1 - b + b * length / average_length) of each row, float32: BM25's length normalisation, kept
+        for the last average (it changes only when the collection does)."""
+        key = ("norms", model)
+        cached = self._memo.get(key)
+        if cached is None or cached[0] != (k1, b, average_length):
+            lengths = self.models[model].lengths.astype(np.float64)
+            norms = (k1 * ((1 - b) + b * lengths / average_length)).astype(np.float32)
+            self._memo[key] = cached = ((k1, b, average_length), norms)
+        return cached[1]
 
     def with_deleted(self, rows: np.ndarray) -> Segment:
         """A copy with these rows also deleted (readers of the old one keep a consistent view)."""
         deleted = self.deleted.copy()
         deleted[rows] = True
-        return replace(self, deleted=deleted, deleted_file=None, _live_lengths={})
+        return replace(self, deleted=deleted, deleted_file=None, _memo={})
 
     def live_ids(self) -> np.ndarray:
         return self.page_ids[~self.deleted]
@@ -203,7 +217,8 @@ def rank(
     if average_length == 0:
         return []
     weight = Counter(terms)
-    # Each term's postings in each segment, deleted rows dropped: the document frequencies come from these too.
+    # Each term's postings in each segment, as stored: deleted rows are left in (copying the postings without them
+    # cost more than the rest of the search) and are only subtracted from the document frequencies, then zeroed.
     hits: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
     frequency: Counter[str] = Counter()
     for segment in segments:
@@ -214,33 +229,37 @@ def rank(
             if term_id is None:
                 continue
             start, end = postings.indptr[term_id], postings.indptr[term_id + 1]
-            rows, tfs = postings.rows[start:end], postings.tfs[start:end]
+            rows = postings.rows[start:end]
+            found[term] = (rows, postings.tfs[start:end])
+            frequency[term] += len(rows)
             if segment.live != segment.rows:
-                alive = ~segment.deleted[rows]
-                rows, tfs = rows[alive], tfs[alive]
-            if len(rows):
-                found[term] = (rows, tfs)
-                frequency[term] += len(rows)
+                frequency[term] -= int(np.count_nonzero(segment.deleted[rows]))
         hits.append(found)
     idf = {term: math.log(1 + (live_pages - df + 0.5) / (df + 0.5)) for term, df in frequency.items()}
     page_ids, scores = [], []
     for segment, found in zip(segments, hits):
         if not found:
             continue
-        postings = segment.models[model]
-        score = np.zeros(segment.rows, dtype=np.float64)
-        held = np.zeros(segment.rows, dtype=np.int32) if min_match > 1 else None
-        for term, (rows, tfs) in found.items():
-            norm = k1 * ((1 - b) + b * postings.lengths[rows] / average_length)
-            score[rows] += weight[term] * idf[term] * (tfs / (norm + tfs))
-            if held is not None:
-                held[rows] += 1
-        candidates = np.flatnonzero(score > 0) if held is None else np.flatnonzero((score > 0) & (held >= min_match))
+        norms = segment.norms(model, k1, b, average_length)
+        # All the query terms' postings at once: one gather, one pass of arithmetic and one bincount per segment.
+        rows = np.concatenate([rows for rows, _ in found.values()])
+        tfs = np.concatenate([tfs for _, tfs in found.values()])
+        weights = np.repeat(
+            np.array([weight[term] * idf[term] for term in found], dtype=np.float32),
+            [len(term_rows) for term_rows, _ in found.values()],
+        )
+        score = np.bincount(rows, weights=tfs / (norms[rows] + tfs) * weights, minlength=segment.rows)
+        if segment.live != segment.rows:
+            score[segment.deleted] = 0
+        if min_match > 1:
+            candidates = np.flatnonzero((score > 0) & (np.bincount(rows, minlength=segment.rows) >= min_match))
+        else:
+            candidates = np.flatnonzero(score > 0)
         page_ids.append(segment.page_ids[candidates])
         scores.append(score[candidates])
     if not page_ids:
         return []
-    ids, values = np.concatenate(page_ids), np.concatenate(scores).astype(np.float32)
+    ids, values = np.concatenate(page_ids), np.concatenate(scores)
     if len(ids) > k:
         top = np.argpartition(-values, k - 1)[:k]
         # Rows tied with the k-th score outside `top` would make the cut arbitrary: keep every row at that score.

@@ -375,10 +375,11 @@ class Bm25Index:
 
     # ----------------------------------------------------------------------------------------------- persistence
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, *, generation: int | None = None) -> None:
         """Write the segments and deletions not saved yet and a new commit naming all of them, switch CURRENT to
         it atomically, then delete what neither it nor the commit before it names (a reader still loading the
-        previous commit finds its files)."""
+        previous commit finds its files). `generation`: the collection's generation (SQL) this index is known to
+        be current with, or None (see saved_generation)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -407,19 +408,33 @@ class Bm25Index:
             "b": self.b,
             "ngram": self.ngram,
             "segments": [{"name": s.name, "rows": s.rows, "deleted": s.deleted_file} for s in saved],
+            "generation": generation,
         }
-        body = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-        commit = f"{_COMMIT_PREFIX}{number:06d}.json"
-        previous = _current_commit(directory)
-        atomic_write_bytes(directory / commit, body)
-        fsync_dir(directory)
-        atomic_write_bytes(directory / CURRENT_FILE, commit.encode())
-        atomic_write_bytes(directory / "manifest.json", body)
+        _commit(directory, number, meta)
         with self._lock:
-            if self._segments == segments:  # unchanged meanwhile: keep the names, so the next save writes less
+            if self._segments == segments:  # unchanged meanwhile (the same objects): keep the names for the next save
                 self._segments = saved
-        _remove_unreferenced(directory, keep=[commit, previous])
         log.info("saved BM25 index (%d pages, %d segments) to %s", meta["manifest"]["count"], len(saved), directory)
+
+    @staticmethod
+    def saved_generation(directory: Path) -> int | None:
+        """The collection generation the saved index was last known to be current with (save's or mark_current's),
+        from its commit alone; None when not known. While SQL's generation still equals it, the index is current
+        without reading a page id: every change to the indexed pages moves the generation."""
+        meta = _read_commit(Path(directory))
+        generation = meta.get("generation") if meta is not None else None
+        return generation if isinstance(generation, int) else None
+
+    @staticmethod
+    def mark_current(directory: Path, generation: int) -> None:
+        """Record in a new commit (naming the same files) that the saved index is current with this generation:
+        the caller has checked its fingerprint against SQL's pages read after reading `generation`."""
+        directory = Path(directory)
+        meta = _read_commit(directory)
+        if meta is None:
+            raise IndexError_(f"{directory}: no saved BM25 index to mark")
+        if meta.get("generation") != generation:
+            _commit(directory, _next_commit(directory), {**meta, "generation": generation})
 
     @staticmethod
     def saved_fingerprint(directory: Path) -> str | None:
@@ -454,8 +469,11 @@ class Bm25Index:
         return (Path(directory) / CURRENT_FILE).is_file()
 
     @classmethod
-    def load(cls, directory: Path) -> Bm25Index:
-        """Load what `save` wrote; ManifestMismatchError if it was built with another tokenizer or is damaged."""
+    def load(cls, directory: Path, *, reuse: Bm25Index | None = None) -> Bm25Index:
+        """Load what `save` wrote; ManifestMismatchError if it was built with another tokenizer or is damaged.
+
+        With `reuse` (an index loaded or saved here before), the segments it already holds are taken from it, not
+        read again: a reader following a writer reads only the segments and deletion files of the jobs since."""
         directory = Path(directory)
         try:
             commit = (directory / CURRENT_FILE).read_text().strip()
@@ -471,19 +489,19 @@ class Bm25Index:
         manifest.check(MODEL, 0, METRIC, where=directory / commit)
         manifest.check_kind(KIND, where=directory / commit)
         index = cls(k1=float(meta.get("k1", 1.5)), b=float(meta.get("b", 0.75)), ngram=int(meta.get("ngram", 0)))
-        models = [_WORDS, _GRAMS] if index.ngram else [_WORDS]
+        held: dict[str, Segment] = {}
+        if reuse is not None and reuse.ngram == index.ngram:
+            with reuse._lock:
+                held = {segment.name: segment for segment in reuse._segments if segment.name is not None}
         segments = []
         try:
             for entry in meta["segments"]:
-                source = directory / entry["name"]
-                page_ids = np.load(source / "page_ids.npy").astype(np.int64)
-                segment = Segment.build(page_ids, {model: Postings.load(source, model) for model in models})
-                if any(len(postings.lengths) != len(page_ids) for postings in segment.models.values()):
-                    raise ValueError(f"{source}: rows do not match its page ids")
-                segment = replace(segment, name=entry["name"])
-                if entry.get("deleted"):
-                    segment = replace(segment.with_deleted(np.load(directory / entry["deleted"])),
-                                      deleted_file=entry["deleted"])
+                segment = held.get(entry["name"]) or _read_segment(directory, entry["name"], index.ngram)
+                if entry.get("deleted") != segment.deleted_file:
+                    base = replace(Segment.build(segment.page_ids, segment.models), name=entry["name"])
+                    segment = base if not entry.get("deleted") else replace(
+                        base.with_deleted(np.load(directory / entry["deleted"])), deleted_file=entry["deleted"]
+                    )
                 segments.append(segment)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise IndexError_(f"{directory / commit}: cannot read the saved BM25 index: {exc}") from exc
@@ -520,6 +538,15 @@ _WORDS = "words"
 _GRAMS = "grams"
 
 
+def _read_segment(directory: Path, name: str, ngram: int) -> Segment:
+    source = directory / name
+    page_ids = np.load(source / "page_ids.npy").astype(np.int64)
+    models = {model: Postings.load(source, model) for model in ([_WORDS, _GRAMS] if ngram else [_WORDS])}
+    if any(len(postings.lengths) != len(page_ids) for postings in models.values()):
+        raise ValueError(f"{source}: rows do not match its page ids")
+    return replace(Segment.build(page_ids, models), name=name)
+
+
 def _write_segment(target: Path, segment: Segment) -> None:
     target.mkdir()
     np.save(target / "page_ids.npy", segment.page_ids.astype("<i8"))
@@ -529,6 +556,18 @@ def _write_segment(target: Path, segment: Segment) -> None:
         with path.open("rb") as file:
             os.fsync(file.fileno())
     fsync_dir(target)
+
+
+def _commit(directory: Path, number: int, meta: dict) -> None:
+    """Write commit `number`, switch CURRENT to it, and delete what neither it nor the commit before names."""
+    body = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+    commit = f"{_COMMIT_PREFIX}{number:06d}.json"
+    previous = _current_commit(directory)
+    atomic_write_bytes(directory / commit, body)
+    fsync_dir(directory)
+    atomic_write_bytes(directory / CURRENT_FILE, commit.encode())
+    atomic_write_bytes(directory / "manifest.json", body)
+    _remove_unreferenced(directory, keep=[commit, previous])
 
 
 def _current_commit(directory: Path) -> str | None:

@@ -150,3 +150,20 @@ def test_a_mostly_deleted_segment_is_rewritten_and_an_emptied_one_dropped() -> N
     assert index.segment_sizes() == [45]
     index.remove(range(200))
     assert len(index) == 0 and index.segment_sizes() == [] and index.search("w1 total", 5) == []
+
+
+def test_a_reader_catching_up_reads_only_the_segments_it_lacks(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    writer = Bm25Index()
+    writer.rebuild([(i, _page(rng)) for i in range(1, 201)])
+    writer.save(tmp_path)
+    reader = Bm25Index.load(tmp_path)
+    writer.add([(i, _page(rng)) for i in range(201, 206)])
+    writer.remove([3])
+    writer.save(tmp_path)
+    caught = Bm25Index.load(tmp_path, reuse=reader)
+    assert caught._segments[0].models is reader._segments[0].models  # the big segment was not read again
+    assert not reader._segments[0].deleted.any() and caught._segments[0].deleted[2]  # the reader's copy untouched
+    assert caught.segment_sizes() == [199, 5] and caught.fingerprint == writer.fingerprint
+    _assert_same_results(caught, Bm25Index.load(tmp_path), rng)
+    assert Bm25Index.load(tmp_path, reuse=caught)._segments[0] is caught._segments[0]  # nothing new: all reused

@@ -193,3 +193,19 @@ def test_saved_fingerprint_reads_the_manifest_only(tmp_path: Path) -> None:
     current = (tmp_path / "lexical" / lexical.CURRENT_FILE).read_text()
     (tmp_path / "lexical" / current).write_text("{not json")
     assert Bm25Index.saved_fingerprint(tmp_path / "lexical") is None
+
+
+def test_a_saved_index_carries_the_generation_it_is_current_with(index: Bm25Index, tmp_path: Path) -> None:
+    assert Bm25Index.saved_generation(tmp_path) is None
+    with pytest.raises(IndexError_, match="no saved BM25 index"):
+        Bm25Index.mark_current(tmp_path, 3)
+    index.save(tmp_path, generation=4)
+    assert Bm25Index.saved_generation(tmp_path) == 4
+    Bm25Index.mark_current(tmp_path, 4)  # already so: no new commit
+    assert (tmp_path / lexical.CURRENT_FILE).read_text() == "commit-000001.json"
+    Bm25Index.mark_current(tmp_path, 9)  # a new commit naming the same segment
+    assert Bm25Index.saved_generation(tmp_path) == 9 and (tmp_path / lexical.CURRENT_FILE).read_text() == "commit-000002.json"
+    assert Bm25Index.load(tmp_path).fingerprint == index.fingerprint
+    index.add([(16, "a page added without knowing the generation")])
+    index.save(tmp_path)
+    assert Bm25Index.saved_generation(tmp_path) is None
