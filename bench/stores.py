@@ -4,8 +4,10 @@ query process following it.
 `python -m bench stores` prints a table and writes bench/results/stores.json. Per size N (vectors already in the
 store), median over a few batches:
   - FaissIndex.add of a 512-vector batch (512-d flat, CLIP ViT-B/32's shape) and flush (a journal append);
-  - ShardedMultiVectorStore add + flush of a 32-page batch (its commit rewrites the entry table);
-  - a reader on the same files: FaissIndex.catch_up after one flushed batch, next to opening the index again.
+  - ShardedMultiVectorStore add + flush of a 32-page batch (a journal append; before, a rewrite of the whole entry
+    table);
+  - a reader on the same files: FaissIndex.catch_up and ShardedMultiVectorStore.catch_up after one flushed batch,
+    next to opening each again.
 Random vectors: these are costs of bookkeeping and I/O, not of search quality. CPU (faiss on the CPU).
 """
 
@@ -84,15 +86,25 @@ def bench_multivector(size: int, batches: int, work: Path) -> dict:
         count = min(50_000, size - start)
         store.add(list(range(start + 1, start + count + 1)), [page] * count)
     store.flush()
-    times = []
+    reader = ShardedMultiVectorStore(store.directory, 16, "bench", read_only=True)
+    times, catch_up = [], []
     for batch in range(batches):
         ids = list(range(size + 1 + 32 * batch, size + 33 + 32 * batch))
         began = time.perf_counter()
         store.add(ids, [page] * 32)
         store.flush()
         times.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        reader.catch_up()
+        catch_up.append(time.perf_counter() - began)
+        assert len(reader) == len(store)
+    began = time.perf_counter()
+    ShardedMultiVectorStore(store.directory, 16, "bench", read_only=True).close()
+    reopen = time.perf_counter() - began
+    reader.close()
     store.close()
-    return {"add_flush_32_pages_ms": 1000 * float(np.median(times))}
+    return {"add_flush_32_pages_ms": 1000 * float(np.median(times)),
+            "multivector_catch_up_ms": 1000 * float(np.median(catch_up)), "multivector_reopen_ms": 1000 * reopen}
 
 
 def main(argv: list[str]) -> int:
@@ -114,11 +126,13 @@ def main(argv: list[str]) -> int:
     table = Table(title=f"one batch against a store of N (CPU; faiss flat {args.dim}-d, batches of 512 vectors; "
                         "multi-vector batches of 32 pages)")
     for column in ("N", "faiss add ms", "faiss flush ms", "reader catch_up ms", "reader reopen ms",
+                   "multi-vector reader catch_up ms", "multi-vector reader reopen ms",
                    "multi-vector add+flush ms"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(f"{row['size']:,}", f"{row['add_ms']:.1f}", f"{row['flush_ms']:.1f}", f"{row['catch_up_ms']:.1f}",
-                      f"{row['reopen_ms']:.0f}", f"{row['add_flush_32_pages_ms']:.1f}")
+                      f"{row['reopen_ms']:.0f}", f"{row['multivector_catch_up_ms']:.1f}",
+                      f"{row['multivector_reopen_ms']:.0f}", f"{row['add_flush_32_pages_ms']:.1f}")
     console.print(table)
     report = {"benchmark": "stores", "when": datetime.now(UTC).isoformat(),
               "machine": {"platform": platform.platform(), "processor": platform.processor()},

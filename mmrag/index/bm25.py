@@ -29,6 +29,7 @@ import numpy as np
 
 MERGE_FACTOR = 2  # merge the newest segment into the previous one while newest * MERGE_FACTOR >= previous
 DELETED_SHARE = 0.5  # rewrite a segment once more than this share of its rows are deleted
+_MEMO_TERMS = 100_000  # deleted-row counts kept per segment and analyzer
 _ARRAYS = ("indptr", "rows", "tfs", "lengths")
 
 
@@ -119,7 +120,9 @@ class Postings:
     def load(cls, directory: Path, prefix: str) -> Postings:
         text = (directory / f"{prefix}.terms").read_text(encoding="utf-8")
         terms = text.split("\n") if text else []
-        arrays = {name: np.load(directory / f"{prefix}.{name}.npy") for name in _ARRAYS}
+        # Memory-mapped, read-only: a collection's postings need not fit in RAM (the page cache keeps what queries
+        # touch), and a file a later save deletes stays readable while mapped.
+        arrays = {name: np.load(directory / f"{prefix}.{name}.npy", mmap_mode="r") for name in _ARRAYS}
         if len(arrays["indptr"]) != len(terms) + 1 or arrays["indptr"][-1] != len(arrays["rows"]):
             raise ValueError(f"{directory}: {prefix} postings do not match their terms")
         return cls(terms, dict(zip(terms, range(len(terms)))), **arrays)
@@ -169,6 +172,17 @@ class Segment:
             norms = (k1 * ((1 - b) + b * lengths / average_length)).astype(np.float32)
             self._memo[key] = cached = ((k1, b, average_length), norms)
         return cached[1]
+
+    def deleted_holding(self, model: str, term: str, rows: np.ndarray) -> int:
+        """How many deleted rows hold `term` (`rows`: its postings), memoised per term: queries repeat their common
+        terms, whose long postings made this count a third of a search's time."""
+        counts = self._memo.setdefault(("deleted", model), {})
+        count = counts.get(term)
+        if count is None:
+            if len(counts) >= _MEMO_TERMS:
+                counts.clear()
+            count = counts[term] = int(np.count_nonzero(self.deleted[rows]))
+        return count
 
     def with_deleted(self, rows: np.ndarray) -> Segment:
         """A copy with these rows also deleted (readers of the old one keep a consistent view)."""
@@ -233,7 +247,7 @@ def rank(
             found[term] = (rows, postings.tfs[start:end])
             frequency[term] += len(rows)
             if segment.live != segment.rows:
-                frequency[term] -= int(np.count_nonzero(segment.deleted[rows]))
+                frequency[term] -= segment.deleted_holding(model, term, rows)
         hits.append(found)
     idf = {term: math.log(1 + (live_pages - df + 0.5) / (df + 0.5)) for term, df in frequency.items()}
     page_ids, scores = [], []

@@ -379,3 +379,141 @@ def test_add_rejects_malformed_pages(tmp_path: Path, layout, corpus) -> None:
     with pytest.raises(ValueError):
         store.search(pages[0][0], K)  # a query is a (tokens, dim) matrix
     assert len(store) == 0
+
+
+def _journal(directory: Path) -> Path:
+    return directory / multivector.JOURNAL_FILE
+
+
+def _changes_in_flushes(checked: Checked, pages: list[np.ndarray], ids: list[int], flushes: int) -> None:
+    """Per flush: new pages, a removal and a re-add with other tokens (the old entry tombstoned)."""
+    for step in range(flushes):
+        first = 40 + 10 * step
+        checked.add(ids[first : first + 10], pages[first : first + 10])
+        checked.remove([ids[step]])
+        checked.add([ids[first - 1]], [pages[(first + 57) % len(pages)]])
+        checked.store.flush()
+
+
+def test_flushes_append_to_the_journal_and_opening_replays_it(tmp_path: Path, layout, corpus, queries) -> None:
+    from mmrag.index.manifest import file_identity
+
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    checked = Checked(open_store(tmp_path, layout))
+    checked.add(ids[:40], pages[:40])
+    checked.store.flush()  # the first flush writes the snapshot
+    snapshot = file_identity(tmp_path / OFFSETS_FILE)
+    assert not _journal(tmp_path).exists()
+    sizes = []
+    for flushes in range(4):
+        _changes_in_flushes(checked, pages[10 * flushes :] + pages[: 10 * flushes], ids[10 * flushes :], 1)
+        sizes.append(_journal(tmp_path).stat().st_size)
+    assert file_identity(tmp_path / OFFSETS_FILE) == snapshot  # not rewritten: each flush appended a record
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+    checked.assert_matches(queries)
+    for read_only in (False, True):
+        reopened = checked.reopened(open_store(tmp_path, layout, read_only=read_only))
+        assert len(reopened.store) == len(checked.store)
+        reopened.assert_matches(queries)
+
+
+def test_a_torn_or_corrupt_journal_record_is_not_committed(tmp_path: Path, layout, corpus, queries) -> None:
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    checked = Checked(open_store(tmp_path, layout))
+    checked.add(ids[:40], pages[:40])
+    checked.store.flush()
+    _changes_in_flushes(checked, pages, ids, 1)
+    committed = _journal(tmp_path).stat().st_size
+    state = checked.reopened(open_store(tmp_path, layout, read_only=True))  # the oracle as of that record
+    state = Checked(state.store, MaxSimOracle(as_stored=True), MaxSimOracle(as_stored=False))
+    for page_id in state.store.ids():
+        state.as_stored.add([int(page_id)], [state.store.tokens(int(page_id))])
+        state.exact.add([int(page_id)], [state.store.tokens(int(page_id)).astype(np.float32)])
+    for damage in ("torn", "corrupt"):
+        store = open_store(tmp_path, layout)
+        store.add(ids[60:70], pages[60:70])
+        store.remove(ids[:3])
+        store.flush()
+        data = _journal(tmp_path).read_bytes()
+        assert len(data) > committed
+        if damage == "torn":
+            data = data[:-7]  # the last record's end never reached the disk
+        else:
+            data = data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:]  # nor did one byte of it, right
+        _journal(tmp_path).write_bytes(data)
+        del store
+        gc.collect()
+        reader = state.reopened(open_store(tmp_path, layout, read_only=True))
+        assert len(reader.store) == len(state.store.ids())
+        reader.assert_matches(queries)
+        writer = state.reopened(open_store(tmp_path, layout))  # cuts the damaged record off
+        assert _journal(tmp_path).stat().st_size == committed
+        writer.assert_matches(queries)
+    writer.add(ids[70:80], pages[70:80])  # and appends after the last good record
+    writer.store.flush()
+    writer.reopened(open_store(tmp_path, layout, read_only=True)).assert_matches(queries)
+
+
+def test_a_journal_of_an_older_snapshot_is_ignored(tmp_path: Path, layout, corpus, queries) -> None:
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    checked = Checked(open_store(tmp_path, layout))
+    checked.add(ids[:40], pages[:40])
+    checked.store.flush()
+    _changes_in_flushes(checked, pages, ids, 2)
+    old_journal = _journal(tmp_path).read_bytes()
+    checked.store.compact()  # a new snapshot; its journal starts empty
+    assert not _journal(tmp_path).exists()
+    _journal(tmp_path).write_bytes(old_journal)  # as if the crash came before the old journal's deletion
+    checked.reopened(open_store(tmp_path, layout, read_only=True)).assert_matches(queries)
+    reopened = checked.reopened(open_store(tmp_path, layout))
+    assert not _journal(tmp_path).exists()  # the writer removes it
+    reopened.assert_matches(queries)
+
+
+def test_a_journal_outgrowing_its_snapshot_is_folded_into_a_new_one(
+    tmp_path: Path, layout, corpus, queries, monkeypatch
+) -> None:
+    from mmrag.index.manifest import file_identity
+
+    monkeypatch.setattr(multivector, "JOURNAL_MIN_BYTES", 0)
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    checked = Checked(open_store(tmp_path, layout))
+    checked.add(ids[:40], pages[:40])
+    checked.store.flush()
+    snapshot = file_identity(tmp_path / OFFSETS_FILE)
+    snapshots = 0
+    for step in range(6):
+        _changes_in_flushes(checked, pages[10 * step :] + pages[: 10 * step], ids[10 * step :], 1)
+        if file_identity(tmp_path / OFFSETS_FILE) != snapshot:
+            snapshot, snapshots = file_identity(tmp_path / OFFSETS_FILE), snapshots + 1
+            assert not _journal(tmp_path).exists()
+        else:
+            assert _journal(tmp_path).stat().st_size <= (tmp_path / OFFSETS_FILE).stat().st_size
+    assert snapshots >= 1
+    checked.reopened(open_store(tmp_path, layout)).assert_matches(queries)
+
+
+def test_a_reader_follows_the_journal_without_reading_the_snapshot_again(
+    tmp_path: Path, layout, corpus, queries, monkeypatch
+) -> None:
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    writer = Checked(open_store(tmp_path, layout))
+    writer.add(ids[:40], pages[:40])
+    writer.store.flush()
+    reader = open_store(tmp_path, layout, read_only=True)
+
+    def no_full_load() -> None:
+        raise AssertionError("the reader read the whole entry table again")
+
+    monkeypatch.setattr(reader, "_load", no_full_load)
+    for step in range(3):
+        _changes_in_flushes(writer, pages, ids, step + 1)
+        version = reader.version
+        assert reader.catch_up() and reader.version > version
+        writer.reopened(reader).assert_matches(queries)
+        assert reader.catch_up() and reader.version == version + 1  # nothing new: nothing read

@@ -167,3 +167,21 @@ def test_a_reader_catching_up_reads_only_the_segments_it_lacks(tmp_path: Path) -
     assert caught.segment_sizes() == [199, 5] and caught.fingerprint == writer.fingerprint
     _assert_same_results(caught, Bm25Index.load(tmp_path), rng)
     assert Bm25Index.load(tmp_path, reuse=caught)._segments[0] is caught._segments[0]  # nothing new: all reused
+
+
+def test_a_loaded_index_maps_its_postings_and_serves_after_the_writer_deletes_their_files(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    writer = Bm25Index()
+    writer.rebuild([(i, _page(rng)) for i in range(1, 101)])
+    writer.save(tmp_path)
+    reader = Bm25Index.load(tmp_path)
+    assert isinstance(reader._segments[0].models["words"].rows, np.memmap)
+    before = [reader.search(query, 10) for query in ("w1 w2", "total 12.50", "receipt")]
+    for first in (101, 201):  # each merges everything into a new segment; the second save deletes the first's files
+        writer.add([(i, _page(rng)) for i in range(first, first + 100)])
+        writer.save(tmp_path)
+    assert not (tmp_path / "seg-000001-000").exists()
+    assert [reader.search(query, 10) for query in ("w1 w2", "total 12.50", "receipt")] == before
+    merged = Bm25Index.load(tmp_path, reuse=reader)  # merges read mapped arrays too
+    merged.add([(1000, "w1 w2 total")])
+    assert len(merged) == 301 and merged.search("w1 w2 total", 1)
