@@ -258,7 +258,7 @@ class Services:
         return stores
 
     def candidate_index(self, collection_id: int) -> PooledCandidateIndex | None:
-        """The scalable multi-vector path's centroid index (derived data, rebuilt when the store's pages change)."""
+        """The scalable multi-vector path's centroid index (derived data, updated when the store's pages change)."""
         from mmrag.index.candidates import PooledCandidateIndex
 
         store = self.stores(collection_id).colpali
@@ -270,9 +270,16 @@ class Services:
             # twenty times the search. Read before the build: a page added meanwhile means one more build, never a
             # stale index.
             version = store.version
-            if cached is None or cached[0] != version:
+            if cached is None:
                 log.info("building the candidate index of collection %s (%d pages)", collection_id, len(store))
                 cached = (version, PooledCandidateIndex.build(store))
+                self._candidates[collection_id] = cached
+            elif cached[0] != version:
+                # Brought up to date, reading only the pages added since: building it again read every stored token
+                # (about 3 ms a page on CPU), after every job and every catch-up of a reader.
+                added, removed = cached[1].update(store)
+                log.info("candidate index of collection %s: %d pages added, %d removed", collection_id, added, removed)
+                cached = (version, cached[1])
                 self._candidates[collection_id] = cached
             return cached[1]
 

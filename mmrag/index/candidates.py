@@ -74,6 +74,10 @@ class PooledCandidateIndex:
                                 mmrag.index.maxsim (the fused kernel on CUDA, chunked torch on CPU)
       HNSW (hnsw_m=M)           FAISS HNSW over all centroids, per query token the `per_token` nearest, with the
                                 XTR-style imputation for pages that did not come back (sublinear on CPU)
+
+    It follows its store with `update`, which reads the tokens of the pages added since and drops the pages gone:
+    building it reads every stored token (about 3 ms a page on a 2-core CPU, most of an hour at a million pages),
+    and it used to be built again after every change to the store.
     """
 
     def __init__(
@@ -90,17 +94,24 @@ class PooledCandidateIndex:
             inner.hnsw.efSearch = ef_search
             self._index = faiss.IndexIDMap2(inner)
         self._lock = threading.Lock()
-        self._pages: set[int] = set()
-        self._blocks: list[tuple[np.ndarray, np.ndarray]] = []  # exhaustive: (page ids, (pages, k, dim) centroids)
-        self._packed: tuple[np.ndarray, torch.Tensor] | None = None
+        self._position: dict[int, int] = {}  # live page id -> its slot (exhaustive) or -1 (HNSW)
+        self._hnsw_dropped: set[int] = set()  # HNSW: pages removed whose centroids are still in the graph
+        # Exhaustive: slot i holds page _ids[i]'s centroids in rows [i*k, (i+1)*k) of _rows (grown by doubling, on
+        # the device), _alive[i] whether it is still live; _dead_mask caches ~_alive on the device.
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._rows: torch.Tensor | None = None
+        self._slots = 0
+        self._dead_mask: torch.Tensor | None = None
+        self._keys = np.zeros(0, dtype=np.int64)  # the store's live entries as of the last update (see update)
 
     def __len__(self) -> int:
-        return len(self._pages)
+        return len(self._position)
 
     def add(self, ids: Sequence[int], token_matrices: Sequence[np.ndarray]) -> None:
         for page_id in ids:
-            if int(page_id) in self._pages:
-                raise ValueError(f"page {page_id} is already indexed (the candidate index is rebuilt, not updated)")
+            if int(page_id) in self._position:
+                raise ValueError(f"page {page_id} is already indexed (remove it first)")
         centroids = page_centroids(token_matrices, self.vectors_per_page)
         if not centroids:
             return
@@ -109,13 +120,52 @@ class PooledCandidateIndex:
                 vector_ids = [int(p) * self.vectors_per_page + np.arange(len(c), dtype=np.int64)
                               for p, c in zip(ids, centroids, strict=True)]  # fmt: skip
                 self._index.add_with_ids(np.concatenate(centroids).astype(np.float32), np.concatenate(vector_ids))
-            else:
-                # Pad pages with fewer tokens than centroids by repeating one: a max over copies is unchanged.
-                k = self.vectors_per_page
-                padded = np.stack([np.concatenate([c, np.repeat(c[-1:], k - len(c), axis=0)]) for c in centroids])
-                self._blocks.append((np.asarray(ids, dtype=np.int64), padded.astype(np.float16)))
-                self._packed = None
-            self._pages.update(int(i) for i in ids)
+                for page_id in ids:
+                    self._position[int(page_id)] = -1
+                    self._hnsw_dropped.discard(int(page_id))
+                return
+            # Pad pages with fewer tokens than centroids by repeating one: a max over copies is unchanged.
+            k = self.vectors_per_page
+            padded = np.stack([np.concatenate([c, np.repeat(c[-1:], k - len(c), axis=0)]) for c in centroids])
+            self._append_slots(np.asarray(ids, dtype=np.int64), padded)
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Drop these pages (unknown ids are ignored); returns how many were held."""
+        removed = 0
+        with self._lock:
+            for page_id in ids:
+                slot = self._position.pop(int(page_id), None)
+                if slot is None:
+                    continue
+                removed += 1
+                if self._index is not None:
+                    self._hnsw_dropped.add(int(page_id))
+                else:
+                    self._alive[slot] = False
+            if removed and self._index is None:
+                self._dead_mask = None
+                if self._slots - len(self._position) > 0.25 * self._slots:
+                    self._compact_slots()
+        return removed
+
+    def update(self, store: ShardedMultiVectorStore) -> tuple[int, int]:
+        """Bring the index to the store's live pages: centroids for the pages added (or added again) since the last
+        update, read from the store, and the pages gone dropped. Returns (added, removed). A page is known by its
+        store entry, so a compacted store (its entries renumbered) is read again whole."""
+        page_ids, rows = store.live_entries()
+        keys = (page_ids << 32) | rows
+        with self._lock:
+            held = self._keys
+        fresh = page_ids[~np.isin(keys, held)]
+        gone = np.setdiff1d(held[~np.isin(held, keys)] >> 32, fresh)
+        removed = self.remove(gone.tolist())
+        self.remove(fresh.tolist())  # those added again under the same id: their old centroids go
+        for start in range(0, len(fresh), 1024):
+            chunk = [int(page_id) for page_id in fresh[start : start + 1024]]
+            self.add(chunk, [store.tokens(page_id) for page_id in chunk])
+        with self._lock:
+            self._keys = keys
+        return len(fresh), removed
 
     @classmethod
     def build(cls, store: ShardedMultiVectorStore, **options: object) -> PooledCandidateIndex:
@@ -126,21 +176,19 @@ class PooledCandidateIndex:
             options["hnsw_m"] = 32 if large else None
         options.setdefault("device", store.device)
         index = cls(store.dim, **options)  # type: ignore[arg-type]
-        ids = [int(i) for i in store.ids()]
-        for start in range(0, len(ids), 1024):
-            chunk = ids[start : start + 1024]
-            index.add(chunk, [store.tokens(page_id) for page_id in chunk])
+        index.update(store)
         return index
 
     def candidates(self, query: np.ndarray, count: int, *, per_token: int = 1024) -> np.ndarray:
         """Page ids of the `count` best pages by the centroid approximation of MaxSim."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         with self._lock:
-            if not self._pages:
+            if not self._position:
                 return np.zeros(0, dtype=np.int64)
             if self._index is None:
                 return self._exhaustive(query, count)
             similarities, vector_ids = self._index.search(query, min(per_token, self._index.ntotal))
+            dropped = np.fromiter(self._hnsw_dropped, dtype=np.int64, count=len(self._hnsw_dropped))
         found = vector_ids >= 0
         pages = np.where(found, vector_ids // self.vectors_per_page, -1)
         # Per query token: the best similarity per page, and the cut-off imputed for pages that did not come back.
@@ -150,23 +198,61 @@ class PooledCandidateIndex:
         rows = np.nonzero(found)[0]
         np.maximum.at(best, (rows, column), similarities[found])
         approximate = best.sum(axis=0)
+        if len(dropped):
+            live = ~np.isin(unique_pages, dropped)
+            unique_pages, approximate = unique_pages[live], approximate[live]
         if len(unique_pages) > count:
             keep = np.argpartition(-approximate, count - 1)[:count]
             return unique_pages[keep]
         return unique_pages
 
     def _exhaustive(self, query: np.ndarray, count: int) -> np.ndarray:
-        """MaxSim of the query over every page's centroids; the top `count` page ids (caller holds the lock)."""
-        if self._packed is None:
-            page_ids = np.concatenate([ids for ids, _ in self._blocks])
-            centroids = np.concatenate([c for _, c in self._blocks]).reshape(-1, self.dim)
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32  # CPU matmuls are float32
-            self._packed = (page_ids, torch.from_numpy(centroids).to(self.device, dtype))
-        page_ids, rows = self._packed
+        """MaxSim of the query over every live page's centroids; the top `count` page ids (caller holds the lock)."""
+        k = self.vectors_per_page
+        assert self._rows is not None
         with torch.inference_mode():
-            scores = maxsim_fixed(rows, self.vectors_per_page, pack_queries([query], self.device))[:, 0]
-            best = torch.topk(scores, min(count, len(page_ids))).indices.cpu().numpy()
-        return page_ids[best]
+            scores = maxsim_fixed(self._rows[: self._slots * k], k, pack_queries([query], self.device))[:, 0]
+            if len(self._position) < self._slots:
+                if self._dead_mask is None:
+                    self._dead_mask = torch.from_numpy(~self._alive[: self._slots]).to(self.device)
+                scores = scores.masked_fill(self._dead_mask, -torch.inf)
+            best = torch.topk(scores, min(count, len(self._position))).indices.cpu().numpy()
+        return self._ids[best]
+
+    def _append_slots(self, ids: np.ndarray, centroids: np.ndarray) -> None:
+        """Append pages' (pages, k, dim) centroids in place, growing the slots by doubling (caller holds the lock):
+        an update costs the pages it adds, not a copy of every page's centroids."""
+        k, used, need = self.vectors_per_page, self._slots, self._slots + len(ids)
+        capacity = len(self._ids)
+        if need > capacity:
+            capacity = max(need, 2 * capacity, 1024)
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32  # CPU matmuls are float32
+            rows = torch.empty((capacity * k, self.dim), dtype=dtype, device=self.device)
+            if self._rows is not None:
+                rows[: used * k] = self._rows[: used * k]
+            self._rows = rows
+            self._ids = np.concatenate([self._ids[:used], np.zeros(capacity - used, dtype=np.int64)])
+            self._alive = np.concatenate([self._alive[:used], np.zeros(capacity - used, dtype=bool)])
+        assert self._rows is not None
+        block = torch.from_numpy(centroids.reshape(-1, self.dim).astype(np.float16))  # as stored: fp16
+        self._rows[used * k : need * k] = block.to(self.device, self._rows.dtype)
+        self._ids[used:need] = ids
+        self._alive[used:need] = True
+        for offset, page_id in enumerate(ids.tolist()):
+            self._position[page_id] = used + offset
+        self._slots = need
+        self._dead_mask = None
+
+    def _compact_slots(self) -> None:
+        """Keep only live slots (caller holds the lock), once a quarter of them are dead."""
+        assert self._rows is not None
+        k, live = self.vectors_per_page, np.flatnonzero(self._alive[: self._slots])
+        gather = (torch.from_numpy(live)[:, None] * k + torch.arange(k)[None, :]).reshape(-1).to(self.device)
+        self._rows = self._rows[gather].clone()
+        self._ids, self._alive = self._ids[live].copy(), np.ones(len(live), dtype=bool)
+        self._position = {int(page_id): slot for slot, page_id in enumerate(self._ids)}
+        self._slots = len(live)
+        self._dead_mask = None
 
     def search(
         self, query: np.ndarray, store: ShardedMultiVectorStore, k: int, *, candidates: int = 256, per_token: int = 1024

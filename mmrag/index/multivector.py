@@ -394,6 +394,13 @@ class ShardedMultiVectorStore:
         with self._lock:
             return np.sort(np.fromiter(self._live.keys(), dtype=np.int64, count=len(self._live)))
 
+    def live_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(page ids, entry rows) of the live pages, in entry order: a page added again gets a new row, so what is
+        derived from its tokens can tell (a compaction renumbers every row)."""
+        with self._lock:
+            rows = np.flatnonzero(self._table["deleted"] == 0)
+            return self._table["page_id"][rows].astype(np.int64), rows.astype(np.int64)
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -89,3 +89,58 @@ def test_exhaustive_candidates_rank_pages_by_maxsim_over_their_centroids(tmp_pat
     assert set(index.candidates(query, 3)) == set(expected[:3])
     with pytest.raises(ValueError, match="already indexed"):
         index.add([12], [pages[1]])
+
+
+def _counting_tokens(store: ShardedMultiVectorStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    read: list[int] = []
+    tokens = store.tokens
+
+    def counted(page_id: int) -> np.ndarray:
+        read.append(page_id)
+        return tokens(page_id)
+
+    monkeypatch.setattr(store, "tokens", counted)
+    return read
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 8])
+def test_update_follows_the_store_reading_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hnsw_m: int | None
+) -> None:
+    rng = np.random.default_rng(3)
+    pages = {i: rng.normal(size=(int(rng.integers(3, 40)), 16)).astype(np.float32) for i in range(1, 91)}
+    store = ShardedMultiVectorStore(tmp_path / "mv", 16, "m")
+    store.add(list(range(1, 61)), [pages[i] for i in range(1, 61)])
+    index = PooledCandidateIndex.build(store, vectors_per_page=4, hnsw_m=hnsw_m)
+    read = _counting_tokens(store, monkeypatch)
+    store.add(list(range(61, 91)), [pages[i] for i in range(61, 91)])
+    store.remove(list(range(1, 11)))
+    store.add([20, 21], [rng.normal(size=(9, 16)).astype(np.float32) for _ in range(2)])  # again, other tokens
+    assert index.update(store) == (32, 10)
+    assert sorted(read) == [20, 21, *range(61, 91)]  # the 48 pages unchanged were not read again
+    assert len(index) == 80 and index.update(store) == (0, 0)
+    fresh = PooledCandidateIndex.build(store, vectors_per_page=4, hnsw_m=hnsw_m)
+    for seed in range(5):
+        query = np.random.default_rng(seed).normal(size=(6, 16)).astype(np.float32)
+        got = index.candidates(query, 80, per_token=400)
+        assert not set(got.tolist()) & set(range(1, 11))  # removed pages never come back
+        if hnsw_m is None:
+            assert list(got) == list(fresh.candidates(query, 80))  # the same centroids, the same order
+        else:
+            assert set(got.tolist()) <= set(range(11, 91))
+
+
+def test_update_compacts_slots_and_rereads_a_compacted_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    store = ShardedMultiVectorStore(tmp_path / "mv", 16, "m")
+    store.add(list(range(1, 101)), [rng.normal(size=(12, 16)).astype(np.float32) for _ in range(100)])
+    index = PooledCandidateIndex.build(store, vectors_per_page=4)
+    store.remove(list(range(1, 41)))
+    assert index.update(store) == (0, 40)
+    assert index._slots == 60  # 40% dead: the slots were compacted
+    store.compact()  # renumbers every entry: each page counts as new
+    read = _counting_tokens(store, monkeypatch)
+    assert index.update(store) == (60, 0) and len(read) == 60 and len(index) == 60
+    query = rng.normal(size=(6, 16)).astype(np.float32)
+    fresh = PooledCandidateIndex.build(store, vectors_per_page=4)
+    assert list(index.candidates(query, 60)) == list(fresh.candidates(query, 60))
