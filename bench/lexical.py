@@ -15,19 +15,16 @@ All on the same machine, one after the other, in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import shutil
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.report import rows_by_size, write_report
 from mmrag.index.bm25 import rank
 from mmrag.index.lexical import (
     NGRAM,
@@ -213,16 +210,7 @@ def bench_size(args: argparse.Namespace, work: Path, size: int) -> dict:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console(width=200)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="mmrag-bench-lexical-"))
-    work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    try:
-        for size in args.sizes:
-            rows.append(bench_size(args, work, size))
-            console.print(rows[-1])
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    rows = rows_by_size(args, "lexical", bench_size, console)
     largest = max(args.job_pages)
     table = Table(title=f"BM25 per job: bm25s eager (rebuilt from all text) vs segmented; {args.queries} queries of "
                         f"3 words, top 10; {args.words_per_page} words/page; CPU")
@@ -241,14 +229,5 @@ def main(argv: list[str]) -> int:
             f"{row['bm25s_bytes'] / 1e6:.0f} / {row['segmented_bytes'] / 1e6:.0f}",
         )
     console.print(table)
-    report = {
-        "benchmark": "lexical",
-        "when": datetime.now(UTC).isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out}")
+    write_report("lexical", args, rows, console)
     return 0

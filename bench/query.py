@@ -13,12 +13,7 @@ generation, every query paid it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shutil
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
 
+from bench.report import rows_by_size, write_report
 from mmrag.config import DatabaseSettings, IngestSettings, Settings
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
@@ -125,15 +121,7 @@ def bench_size(args: argparse.Namespace, work: Path, size: int) -> dict:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="mmrag-bench-query-"))
-    rows = []
-    try:
-        for size in args.sizes:
-            rows.append(bench_size(args, work, size))
-            console.print(rows[-1])
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    rows = rows_by_size(args, "query", bench_size, console)
     table = Table(title=f"search(), BM25 retriever, {args.queries} queries of 3 words (CPU, SQLite unless "
                         "--database-url)")
     for column in ("pages", "search() p50 ms", "search() p95 ms", "BM25 alone p50 ms",
@@ -143,14 +131,5 @@ def main(argv: list[str]) -> int:
         table.add_row(str(row["pages"]), f"{row['search_p50_ms']:.1f}", f"{row['search_p95_ms']:.1f}",
                       f"{row['bm25_alone_p50_ms']:.1f}", f"{row['reload_ms']:.0f}", f"{row['first_build_s']:.1f}")
     console.print(table)
-    report = {
-        "benchmark": "query",
-        "when": datetime.now(UTC).isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out}")
+    write_report("query", args, rows, console)
     return 0

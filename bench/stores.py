@@ -14,18 +14,16 @@ Random vectors: these are costs of bookkeeping and I/O, not of search quality. C
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.report import write_report
 from mmrag.index.faiss_index import FaissIndex
 from mmrag.index.multivector import ShardedMultiVectorStore
 
@@ -134,10 +132,5 @@ def main(argv: list[str]) -> int:
                       f"{row['reopen_ms']:.0f}", f"{row['multivector_catch_up_ms']:.1f}",
                       f"{row['multivector_reopen_ms']:.0f}", f"{row['add_flush_32_pages_ms']:.1f}")
     console.print(table)
-    report = {"benchmark": "stores", "when": datetime.now(UTC).isoformat(),
-              "machine": {"platform": platform.platform(), "processor": platform.processor()},
-              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out}")
+    write_report("stores", args, rows, console)
     return 0

@@ -385,6 +385,16 @@ def _journal(directory: Path) -> Path:
     return directory / multivector.JOURNAL_FILE
 
 
+def _forty_pages_flushed(tmp_path: Path, layout, corpus) -> tuple[Checked, list[np.ndarray], list[int]]:  # noqa: ANN001
+    """A store whose first flush (its snapshot) holds 40 pages, with its oracles; the corpus pages and ids."""
+    pages, _, _ = corpus
+    ids = page_ids(N_PAGES)
+    checked = Checked(open_store(tmp_path, layout))
+    checked.add(ids[:40], pages[:40])
+    checked.store.flush()
+    return checked, pages, ids
+
+
 def _changes_in_flushes(checked: Checked, pages: list[np.ndarray], ids: list[int], flushes: int) -> None:
     """Per flush: new pages, a removal and a re-add with other tokens (the old entry tombstoned)."""
     for step in range(flushes):
@@ -398,11 +408,7 @@ def _changes_in_flushes(checked: Checked, pages: list[np.ndarray], ids: list[int
 def test_flushes_append_to_the_journal_and_opening_replays_it(tmp_path: Path, layout, corpus, queries) -> None:
     from mmrag.index.manifest import file_identity
 
-    pages, _, _ = corpus
-    ids = page_ids(N_PAGES)
-    checked = Checked(open_store(tmp_path, layout))
-    checked.add(ids[:40], pages[:40])
-    checked.store.flush()  # the first flush writes the snapshot
+    checked, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)  # the first flush writes the snapshot
     snapshot = file_identity(tmp_path / OFFSETS_FILE)
     assert not _journal(tmp_path).exists()
     sizes = []
@@ -419,11 +425,7 @@ def test_flushes_append_to_the_journal_and_opening_replays_it(tmp_path: Path, la
 
 
 def test_a_torn_or_corrupt_journal_record_is_not_committed(tmp_path: Path, layout, corpus, queries) -> None:
-    pages, _, _ = corpus
-    ids = page_ids(N_PAGES)
-    checked = Checked(open_store(tmp_path, layout))
-    checked.add(ids[:40], pages[:40])
-    checked.store.flush()
+    checked, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)
     _changes_in_flushes(checked, pages, ids, 1)
     committed = _journal(tmp_path).stat().st_size
     state = checked.reopened(open_store(tmp_path, layout, read_only=True))  # the oracle as of that record
@@ -457,11 +459,7 @@ def test_a_torn_or_corrupt_journal_record_is_not_committed(tmp_path: Path, layou
 
 
 def test_a_journal_of_an_older_snapshot_is_ignored(tmp_path: Path, layout, corpus, queries) -> None:
-    pages, _, _ = corpus
-    ids = page_ids(N_PAGES)
-    checked = Checked(open_store(tmp_path, layout))
-    checked.add(ids[:40], pages[:40])
-    checked.store.flush()
+    checked, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)
     _changes_in_flushes(checked, pages, ids, 2)
     old_journal = _journal(tmp_path).read_bytes()
     checked.store.compact()  # a new snapshot; its journal starts empty
@@ -479,11 +477,7 @@ def test_a_journal_outgrowing_its_snapshot_is_folded_into_a_new_one(
     from mmrag.index.manifest import file_identity
 
     monkeypatch.setattr(multivector, "JOURNAL_MIN_BYTES", 0)
-    pages, _, _ = corpus
-    ids = page_ids(N_PAGES)
-    checked = Checked(open_store(tmp_path, layout))
-    checked.add(ids[:40], pages[:40])
-    checked.store.flush()
+    checked, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)
     snapshot = file_identity(tmp_path / OFFSETS_FILE)
     snapshots = 0
     for step in range(6):
@@ -500,11 +494,7 @@ def test_a_journal_outgrowing_its_snapshot_is_folded_into_a_new_one(
 def test_a_reader_follows_the_journal_without_reading_the_snapshot_again(
     tmp_path: Path, layout, corpus, queries, monkeypatch
 ) -> None:
-    pages, _, _ = corpus
-    ids = page_ids(N_PAGES)
-    writer = Checked(open_store(tmp_path, layout))
-    writer.add(ids[:40], pages[:40])
-    writer.store.flush()
+    writer, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)
     reader = open_store(tmp_path, layout, read_only=True)
 
     def no_full_load() -> None:

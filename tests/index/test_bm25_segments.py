@@ -152,12 +152,17 @@ def test_a_mostly_deleted_segment_is_rewritten_and_an_emptied_one_dropped() -> N
     assert len(index) == 0 and index.segment_sizes() == [] and index.search("w1 total", 5) == []
 
 
+def _saved_and_loaded(directory: Path, rng: random.Random, pages: int) -> tuple[Bm25Index, Bm25Index]:
+    """A writer's index of pages 1..`pages`, saved, and a reader's load of it."""
+    writer = Bm25Index()
+    writer.rebuild([(i, _page(rng)) for i in range(1, pages + 1)])
+    writer.save(directory)
+    return writer, Bm25Index.load(directory)
+
+
 def test_a_reader_catching_up_reads_only_the_segments_it_lacks(tmp_path: Path) -> None:
     rng = random.Random(7)
-    writer = Bm25Index()
-    writer.rebuild([(i, _page(rng)) for i in range(1, 201)])
-    writer.save(tmp_path)
-    reader = Bm25Index.load(tmp_path)
+    writer, reader = _saved_and_loaded(tmp_path, rng, 200)
     writer.add([(i, _page(rng)) for i in range(201, 206)])
     writer.remove([3])
     writer.save(tmp_path)
@@ -171,10 +176,7 @@ def test_a_reader_catching_up_reads_only_the_segments_it_lacks(tmp_path: Path) -
 
 def test_a_loaded_index_maps_its_postings_and_serves_after_the_writer_deletes_their_files(tmp_path: Path) -> None:
     rng = random.Random(8)
-    writer = Bm25Index()
-    writer.rebuild([(i, _page(rng)) for i in range(1, 101)])
-    writer.save(tmp_path)
-    reader = Bm25Index.load(tmp_path)
+    writer, reader = _saved_and_loaded(tmp_path, rng, 100)
     assert isinstance(reader._segments[0].models["words"].rows, np.memmap)
     before = [reader.search(query, 10) for query in ("w1 w2", "total 12.50", "receipt")]
     for first in (101, 201):  # each merges everything into a new segment; the second save deletes the first's files
