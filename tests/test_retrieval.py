@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
@@ -107,11 +108,34 @@ def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_co
         assert services.candidate_index(1) is candidates  # kept while the store is unchanged
         store = services.stores(1).colpali
         store.remove([int(store.ids()[0])])
-        assert len(services.candidate_index(1)) == 8  # rebuilt after a change
+        assert services.candidate_index(1) is candidates and len(candidates) == 8  # updated after a change
     finally:
         services.settings.index.multivector_search = "exact"
     assert [h.page_id for h in scalable] == [h.page_id for h in exact]
     assert [h.scores["colpali"] for h in scalable] == pytest.approx([h.scores["colpali"] for h in exact], abs=1e-4)
+
+
+def test_the_candidate_index_is_saved_and_another_process_loads_it_reading_no_token(
+    services: Services, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmrag.services as services_module
+    from mmrag.index.multivector import ShardedMultiVectorStore
+
+    monkeypatch.setattr(services_module, "CANDIDATES_SAVE_MIN_PAGES", 0)
+    built = services.candidate_index(1)
+    assert built is not None and services.candidates_path(1).is_file()  # built here, and saved
+    read: list[int] = []
+    tokens = ShardedMultiVectorStore.tokens
+    monkeypatch.setattr(ShardedMultiVectorStore, "tokens", lambda store, page_id: read.append(page_id) or tokens(
+        store, page_id))
+    other = build_services(services.settings, embedders=tiny_embedders)  # the query service starting
+    try:
+        loaded = other.candidate_index(1)
+        assert loaded is not None and len(loaded) == len(built) and read == []
+        query = np.random.default_rng(0).normal(size=(4, built.dim)).astype(np.float32)
+        assert list(loaded.candidates(query, 9)) == list(built.candidates(query, 9))
+    finally:
+        other.close()
 
 
 def test_the_bm25_index_stays_loaded_and_follows_other_writers(

@@ -13,14 +13,18 @@ approximate (measured as recall@10 against exact search by `python -m bench sear
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from mmrag.index.manifest import atomic_write
 from mmrag.index.maxsim import maxsim_fixed, pack_queries
 from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.types import Hit
@@ -64,6 +68,7 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 6) -> torch.Tens
 # beyond the centroids themselves); beyond it, on CPU, from an HNSW graph over the centroids. On CUDA the fused
 # kernel scores a million pages' centroids in about a millisecond, so it stays exhaustive.
 EXHAUSTIVE_MAX_PAGES_CPU = 250_000
+SAVED_FORMAT = "mmrag-candidates-1"
 
 
 class PooledCandidateIndex:
@@ -177,6 +182,60 @@ class PooledCandidateIndex:
         options.setdefault("device", store.device)
         index = cls(store.dim, **options)  # type: ignore[arg-type]
         index.update(store)
+        return index
+
+    def save(self, path: Path, *, source: str) -> None:
+        """Write the index to one file, atomically, tagged with `source` (its store's uid): the centroids (or the
+        HNSW graph) and the store entries they stand for, so that `load` + `update` reads only what changed since."""
+        with self._lock:
+            arrays: dict[str, np.ndarray] = {"keys": self._keys}
+            if self._index is None:
+                assert self._rows is not None or not self._slots
+                live = np.flatnonzero(self._alive[: self._slots])
+                k = self.vectors_per_page
+                arrays["ids"] = self._ids[live]
+                arrays["centroids"] = (
+                    self._rows[: self._slots * k].reshape(self._slots, k, self.dim)[torch.from_numpy(live)]
+                    .to(torch.float16).cpu().numpy()
+                    if self._rows is not None else np.zeros((0, k, self.dim), dtype=np.float16)
+                )
+            else:
+                arrays["ids"] = np.fromiter(self._position, dtype=np.int64, count=len(self._position))
+                arrays["dropped"] = np.fromiter(self._hnsw_dropped, dtype=np.int64, count=len(self._hnsw_dropped))
+                arrays["hnsw"] = faiss.serialize_index(self._index)
+            meta = {"format": SAVED_FORMAT, "source": source, "dim": self.dim, "mode": self.mode,
+                    "vectors_per_page": self.vectors_per_page}
+            arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda file: np.savez(file, **arrays))
+
+    @classmethod
+    def load(
+        cls, path: Path, store: ShardedMultiVectorStore, *, vectors_per_page: int = 8
+    ) -> PooledCandidateIndex | None:
+        """The index `save` wrote at `path` from this very store (its uid) with these options, as it was saved: its
+        update(store) then reads only the pages changed since. None when there is none, it is unreadable, or it was
+        saved from another store or with other options."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            meta = json.loads(arrays["meta"].tobytes())
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            if Path(path).exists():
+                log.warning("%s: saved candidate index unreadable (%s); building it again", path, exc)
+            return None
+        if meta != {**meta, "format": SAVED_FORMAT, "source": store.uid, "dim": store.dim,
+                    "vectors_per_page": vectors_per_page}:  # fmt: skip
+            return None
+        index = cls(store.dim, vectors_per_page=vectors_per_page, device=store.device)
+        if meta.get("mode") == "hnsw":
+            index.mode = "hnsw"
+            index._index = faiss.deserialize_index(arrays["hnsw"])
+            index._position = {int(page_id): -1 for page_id in arrays["ids"]}
+            index._hnsw_dropped = {int(page_id) for page_id in arrays["dropped"]}
+        elif len(arrays["ids"]):
+            index._append_slots(arrays["ids"].astype(np.int64), arrays["centroids"])
+        index._keys = arrays["keys"].astype(np.int64)
         return index
 
     def candidates(self, query: np.ndarray, count: int, *, per_token: int = 1024) -> np.ndarray:

@@ -224,6 +224,7 @@ class ShardedMultiVectorStore:
         self._table = np.zeros(0, dtype=ENTRY_DTYPE)  # a view of the first rows of _buffer (grown by doubling)
         self._buffer = self._table
         self._snapshot_id: str | None = None  # of the offsets.bin loaded or written; None before the first
+        self._uid = os.urandom(8).hex()  # this store's identity, kept in every snapshot (see uid)
         self._snapshot_bytes = 0
         self._journal_bytes = 0  # valid bytes of the journal (header included), read or written
         self._committed = 0  # table rows on disk (snapshot + journal)
@@ -393,6 +394,12 @@ class ShardedMultiVectorStore:
     def ids(self) -> np.ndarray:
         with self._lock:
             return np.sort(np.fromiter(self._live.keys(), dtype=np.int64, count=len(self._live)))
+
+    @property
+    def uid(self) -> str:
+        """Random, made when the store is created and kept for its life: what is derived from it and saved (the
+        candidate index) tells this store from another at the same path (deleted and indexed again)."""
+        return self._uid
 
     def live_entries(self) -> tuple[np.ndarray, np.ndarray]:
         """(page ids, entry rows) of the live pages, in entry order: a page added again gets a new row, so what is
@@ -828,6 +835,7 @@ class ShardedMultiVectorStore:
             "next_serial": self._next_serial,
             "entries": len(table),
             "snapshot": snapshot_id,
+            "store": self._uid,
         }
         header_bytes = json.dumps(header, sort_keys=True).encode()
         table_bytes = np.ascontiguousarray(table, dtype=ENTRY_DTYPE).tobytes()
@@ -884,6 +892,8 @@ class ShardedMultiVectorStore:
         manifest.check_count(int((table["deleted"] == 0).sum()), where=self.directory)
         next_serial = int(header["next_serial"])
         snapshot_id = header.get("snapshot")
+        if isinstance(header.get("store"), str):
+            self._uid = header["store"]  # a store from before uids gets the one made at open, at its next snapshot
         journal_bytes = 0
         journal = self.directory / JOURNAL_FILE
         if isinstance(snapshot_id, str) and journal.exists():

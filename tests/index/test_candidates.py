@@ -144,3 +144,49 @@ def test_update_compacts_slots_and_rereads_a_compacted_store(tmp_path: Path, mon
     query = rng.normal(size=(6, 16)).astype(np.float32)
     fresh = PooledCandidateIndex.build(store, vectors_per_page=4)
     assert list(index.candidates(query, 60)) == list(fresh.candidates(query, 60))
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 8])
+def test_a_saved_index_loads_and_updates_reading_only_the_pages_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hnsw_m: int | None
+) -> None:
+    rng = np.random.default_rng(5)
+    store = ShardedMultiVectorStore(tmp_path / "mv", 16, "m")
+    store.add(list(range(1, 61)), [rng.normal(size=(20, 16)).astype(np.float32) for _ in range(60)])
+    store.flush()
+    index = PooledCandidateIndex.build(store, vectors_per_page=4, hnsw_m=hnsw_m)
+    store.remove([1, 2])
+    index.update(store)  # a dead slot, or a dropped HNSW page, in what is saved
+    path = tmp_path / "candidates.npz"
+    index.save(path, source=store.uid)
+    store.add([61, 62], [rng.normal(size=(20, 16)).astype(np.float32) for _ in range(2)])
+    store.remove([3])
+    store.flush()
+    read = _counting_tokens(store, monkeypatch)
+    loaded = PooledCandidateIndex.load(path, store, vectors_per_page=4)
+    assert loaded is not None and loaded.mode == index.mode and len(loaded) == 58
+    assert loaded.update(store) == (2, 1) and sorted(read) == [61, 62]
+    query = rng.normal(size=(6, 16)).astype(np.float32)
+    got = loaded.candidates(query, 59, per_token=400)
+    assert set(got.tolist()) <= set(range(4, 63)) and not {1, 2, 3} & set(got.tolist())
+    if hnsw_m is None:
+        fresh = PooledCandidateIndex.build(store, vectors_per_page=4)
+        assert list(got) == list(fresh.candidates(query, 59))
+    # Not for another store at that path (deleted and indexed again), other options, or a damaged file.
+    other = ShardedMultiVectorStore(tmp_path / "other", 16, "m")
+    assert PooledCandidateIndex.load(path, other, vectors_per_page=4) is None
+    assert PooledCandidateIndex.load(path, store, vectors_per_page=8) is None
+    assert PooledCandidateIndex.load(tmp_path / "none.npz", store, vectors_per_page=4) is None
+    path.write_bytes(path.read_bytes()[:100])
+    assert PooledCandidateIndex.load(path, store, vectors_per_page=4) is None
+
+
+def test_a_store_keeps_its_uid_across_snapshots_and_reopening(tmp_path: Path) -> None:
+    store = ShardedMultiVectorStore(tmp_path / "mv", 16, "m")
+    store.add([1], [np.ones((3, 16), dtype=np.float32)])
+    store.flush()
+    uid = store.uid
+    store.remove([1])
+    store.compact()  # a new snapshot
+    assert store.uid == uid == ShardedMultiVectorStore(tmp_path / "mv", 16, "m", read_only=True).uid
+    assert ShardedMultiVectorStore(tmp_path / "new", 16, "m").uid != uid
