@@ -204,7 +204,8 @@ def test_a_saved_index_carries_the_generation_it_is_current_with(index: Bm25Inde
     Bm25Index.mark_current(tmp_path, 4)  # already so: no new commit
     assert (tmp_path / lexical.CURRENT_FILE).read_text() == "commit-000001.json"
     Bm25Index.mark_current(tmp_path, 9)  # a new commit naming the same segment
-    assert Bm25Index.saved_generation(tmp_path) == 9 and (tmp_path / lexical.CURRENT_FILE).read_text() == "commit-000002.json"
+    assert Bm25Index.saved_generation(tmp_path) == 9
+    assert (tmp_path / lexical.CURRENT_FILE).read_text() == "commit-000002.json"
     assert Bm25Index.load(tmp_path).fingerprint == index.fingerprint
     index.add([(16, "a page added without knowing the generation")])
     index.save(tmp_path)
