@@ -893,7 +893,7 @@ class ShardedMultiVectorStore:
         next_serial = int(header["next_serial"])
         snapshot_id = header.get("snapshot")
         if isinstance(header.get("store"), str):
-            self._uid = header["store"]  # a store from before uids gets the one made at open, at its next snapshot
+            self._uid = header["store"]
         journal_bytes = 0
         journal = self.directory / JOURNAL_FILE
         if isinstance(snapshot_id, str) and journal.exists():
@@ -923,6 +923,8 @@ class ShardedMultiVectorStore:
         self._snapshot_id = snapshot_id if isinstance(snapshot_id, str) else None
         self._snapshot_bytes, self._journal_bytes = _HEADER.size + header_len + len(table_bytes), journal_bytes
         self._committed, self._tombstoned_since = len(table), []
+        if not isinstance(header.get("store"), str) and not self.read_only:
+            self._snapshot_id = None  # a store from before uids: its writer's next flush is a snapshot that names one
         if not self.read_only:
             self._discard_uncommitted_rows()
             self._remove_unreferenced_shards()

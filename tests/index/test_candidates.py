@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,24 @@ def test_a_store_keeps_its_uid_across_snapshots_and_reopening(tmp_path: Path) ->
     store.compact()  # a new snapshot
     assert store.uid == uid == ShardedMultiVectorStore(tmp_path / "mv", 16, "m", read_only=True).uid
     assert ShardedMultiVectorStore(tmp_path / "new", 16, "m").uid != uid
+
+
+def test_a_store_from_before_uids_gets_one_at_its_writers_next_flush(tmp_path: Path) -> None:
+    from mmrag.index.multivector import _HEADER, OFFSETS_FILE
+
+    store = ShardedMultiVectorStore(tmp_path, 16, "m")
+    store.add([1], [np.ones((3, 16), dtype=np.float32)])
+    store.flush()
+    data = (tmp_path / OFFSETS_FILE).read_bytes()  # rewritten as an older version wrote it: no "store" key
+    magic, header_len = _HEADER.unpack_from(data)
+    header = json.loads(data[_HEADER.size : _HEADER.size + header_len])
+    del header["store"]
+    body = json.dumps(header, sort_keys=True).encode()
+    (tmp_path / OFFSETS_FILE).write_bytes(_HEADER.pack(magic, len(body)) + body + data[_HEADER.size + header_len :])
+    readers = {ShardedMultiVectorStore(tmp_path, 16, "m", read_only=True).uid for _ in range(2)}
+    assert len(readers) == 2  # none on disk yet: each process makes its own
+    writer = ShardedMultiVectorStore(tmp_path, 16, "m")
+    writer.add([2], [np.ones((3, 16), dtype=np.float32)])
+    writer.flush()  # a snapshot, not a journal record: it names the writer's uid
+    assert ShardedMultiVectorStore(tmp_path, 16, "m", read_only=True).uid == writer.uid
+    assert len(ShardedMultiVectorStore(tmp_path, 16, "m", read_only=True)) == 2
