@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mmrag.documents import index_sizes
+from mmrag.documents import IndexSizes, index_sizes
 from mmrag.qa import Observer
 from mmrag.services import Services
 
@@ -54,10 +54,13 @@ class Metrics:
 
 
 class _IndexSizes:
-    """Read from SQL at scrape time (SQL is the source of truth for what each store holds)."""
+    """Read from SQL at scrape time (SQL is the source of truth for what each store holds), at most every
+    api.metrics_sizes_seconds: in between, a scrape reports the sizes last read."""
 
-    def __init__(self, services: Callable[[], Services | None]) -> None:
+    def __init__(self, services: Callable[[], Services | None], clock: Callable[[], float] = time.monotonic) -> None:
         self.services = services
+        self.clock = clock
+        self._last: tuple[float, IndexSizes] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # sizes are read at scrape time only, never at registration
@@ -66,11 +69,16 @@ class _IndexSizes:
         services = self.services()
         if services is None:
             return
-        try:
-            sizes = index_sizes(services)
-        except SQLAlchemyError as exc:
-            log.warning("index sizes unavailable for /metrics: %s", exc)
-            return
+        now = self.clock()
+        if self._last is not None and now - self._last[0] < services.settings.api.metrics_sizes_seconds:
+            sizes = self._last[1]
+        else:
+            try:
+                sizes = index_sizes(services)
+            except SQLAlchemyError as exc:
+                log.warning("index sizes unavailable for /metrics: %s", exc)
+                return
+            self._last = (now, sizes)
         documents = GaugeMetricFamily("mmrag_index_documents", "Documents by collection and status",
                                       labels=["collection", "status"])  # fmt: skip
         for (collection, status), n in sorted(sizes.documents.items()):
