@@ -144,6 +144,9 @@ class Services:
         self._writing: set[int] = set()  # collections this process is writing (Services.writing)
         self._lock = threading.Lock()
         self._lexical_lock = threading.Lock()
+        # Its own lock: an update of the candidate index reads the new pages' tokens (seconds for a large job), and
+        # searches that do not use it (every one takes _lock for its stores) must not wait for it.
+        self._candidates_lock = threading.Lock()
 
     @property
     def data_dir(self) -> Path:
@@ -269,7 +272,7 @@ class Services:
         store = self.stores(collection_id).colpali
         if store is None:
             return None
-        with self._lock:
+        with self._candidates_lock:
             cached = self._candidates.get(collection_id)
             # By the store's version, not by comparing its page ids: that cost every query 37 ms at a million pages,
             # twenty times the search. Read before the build: a page added meanwhile means one more build, never a

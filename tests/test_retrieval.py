@@ -261,3 +261,36 @@ def test_a_delete_flags_the_pages_in_bm25_and_reads_no_page_text(services: Servi
 
 def _corpus(services: Services) -> Path:
     return Path(services.data_dir).parent / "corpus"
+
+
+def test_a_search_does_not_wait_for_the_candidate_index_to_update(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from mmrag.index.candidates import PooledCandidateIndex
+
+    assert services.candidate_index(1) is not None
+    store = services.stores(1).colpali
+    store.remove([int(store.ids()[0])])  # the next call updates the index
+    updating, release = threading.Event(), threading.Event()
+    update = PooledCandidateIndex.update
+
+    def slow_update(index: PooledCandidateIndex, changed_store) -> tuple[int, int]:  # noqa: ANN001
+        updating.set()
+        release.wait(30)
+        return update(index, changed_store)
+
+    monkeypatch.setattr(PooledCandidateIndex, "update", slow_update)
+    updater = threading.Thread(target=services.candidate_index, args=(1,))
+    updater.start()
+    try:
+        assert updating.wait(30)
+        began = time.monotonic()
+        hits = search(services, "default", text="quarterly report", retrievers=["lexical", "colpali"], k=3)
+        assert hits and time.monotonic() - began < 10  # served while the update still reads pages (held for 30 s)
+    finally:
+        release.set()
+        updater.join(30)
+    assert len(services.candidate_index(1)) == 8
