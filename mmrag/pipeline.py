@@ -1013,7 +1013,7 @@ def _build_lexical_ahead(services: Services, collection_id: int, loader: _Loader
         wanted = repository.text_page_ids(session, collection_id, with_pending=True)
         if services.lexical_covers(collection_id, wanted):
             return  # the job added no page with text (photos): nothing to build
-        held = Bm25Index.saved_ids(directory) if Bm25Index.saved_fingerprint(directory) is not None else None
+        held = Bm25Index.saved_ids(directory)  # None where none can be read: update_saved starts an empty one
         added, removed = id_changes(held if held is not None else np.zeros(0, np.int64), wanted)
         pages = repository.page_texts(session, collection_id, with_pending=True, page_ids=added)
     try:

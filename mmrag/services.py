@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -275,7 +274,7 @@ class Services:
         with self._candidates_lock:
             cached = self._candidates.get(collection_id)
             # By the store's version, not by comparing its page ids: that cost every query 37 ms at a million pages,
-            # twenty times the search. Read before the build: a page added meanwhile means one more build, never a
+            # twenty times the search. Read before the update: a page added meanwhile means one more update, never a
             # stale index.
             version = store.version
             if cached is None:
@@ -406,9 +405,8 @@ class Services:
                 Bm25Index.mark_current(directory, generation)
             return index
         if index is None:
-            index, added, removed = Bm25Index(), np.unique(np.asarray(page_ids, dtype=np.int64)), np.zeros(0, np.int64)
-        else:
-            added, removed = id_changes(index.ids(), page_ids)
+            index = Bm25Index()
+        added, removed = id_changes(index.ids(), page_ids)
         # Only the pages added since the saved index are read and tokenized; deleted ones are flagged in it.
         with self.sessions() as session:
             pages = repository.page_texts(session, collection_id, page_ids=added)

@@ -68,6 +68,7 @@ class Postings:
         rows first. Terms left with no row are dropped."""
         lookup: dict[str, int] = {}
         n_rows = int(sum(int(keep.sum()) for _, keep in parts))
+        stride = max(n_rows, 1)  # keys are term_id * stride + row
         keys, tfs, lengths = [], [], []
         offset = 0
         for postings, keep in parts:
@@ -77,17 +78,18 @@ class Postings:
             )
             term_of = np.repeat(np.arange(len(postings.terms), dtype=np.int64), np.diff(postings.indptr))
             live = keep[postings.rows]
-            keys.append(remap[term_of[live]] * max(n_rows, 1) + new_row[postings.rows[live]])
+            keys.append(remap[term_of[live]] * stride + new_row[postings.rows[live]])
             tfs.append(postings.tfs[live])
             lengths.append(postings.lengths[keep])
             offset += int(keep.sum())
         all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         order = np.argsort(all_keys)
+        sorted_keys = all_keys[order]
         all_terms = list(lookup)
-        term_ids = all_keys[order] // max(n_rows, 1)
+        term_ids = sorted_keys // stride
         used = np.unique(term_ids)  # terms whose every row was deleted go
         terms = [all_terms[i] for i in used]
-        renumbered = np.searchsorted(used, term_ids) * max(n_rows, 1) + all_keys[order] % max(n_rows, 1)
+        renumbered = np.searchsorted(used, term_ids) * stride + sorted_keys % stride
         return cls._from_keys(
             terms,
             dict(zip(terms, range(len(terms)))),

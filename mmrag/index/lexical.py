@@ -40,7 +40,7 @@ import numpy as np
 
 from mmrag.errors import IndexError_
 from mmrag.index.bm25 import Postings, Segment, rank, settle
-from mmrag.index.manifest import Manifest, atomic_write_bytes, fsync_dir
+from mmrag.index.manifest import Manifest, atomic_write, atomic_write_bytes, fsync_dir
 from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
@@ -393,10 +393,8 @@ class Bm25Index:
                 segment = replace(segment, name=name, deleted_file=None)
             if segment.deleted_file is None and segment.live != segment.rows:
                 deleted_file = f"{segment.name}.deleted-{number:06d}.npy"
-                with open(directory / deleted_file, "wb") as file:
-                    np.save(file, np.flatnonzero(segment.deleted).astype("<i4"))
-                    file.flush()
-                    os.fsync(file.fileno())
+                rows = np.flatnonzero(segment.deleted).astype("<i4")
+                atomic_write(directory / deleted_file, lambda file: np.save(file, rows))
                 segment = replace(segment, deleted_file=deleted_file)
             saved.append(segment)
         meta = {

@@ -531,12 +531,8 @@ class ShardedMultiVectorStore:
                 return True
             self._load()
             self._offsets_seen = seen
-            # Compaction may have replaced the shards: map the ones now committed at once (mapping reads nothing),
-            # so a later compaction deleting them leaves these maps valid.
-            self._maps.clear()
-            for shard in self._shards:
-                if shard.rows:
-                    self._map(shard.serial)
+            self._maps.clear()  # compaction may have replaced the shards
+            self._map_committed_shards()
             self._version += 1
             self._forget_layout()
             return True
@@ -663,6 +659,13 @@ class ShardedMultiVectorStore:
         self._plan = plan
         return plan
 
+    def _map_committed_shards(self) -> None:
+        """A reader maps every committed shard as soon as it learns of it (mapping reads nothing), so a later
+        compaction deleting the files leaves these maps valid."""
+        for shard in self._shards:
+            if shard.rows:
+                self._map(shard.serial)
+
     def _map(self, serial: int) -> np.memmap:
         shard = next(shard for shard in self._shards if shard.serial == serial)
         existing = self._maps.get(serial)
@@ -753,9 +756,7 @@ class ShardedMultiVectorStore:
             if self._live.get(page_id) == row:
                 del self._live[page_id]
         self._shards, self._next_serial = read.shards, read.next_serial
-        for shard in self._shards:  # mapped now (reads nothing), so a compaction deleting them leaves these valid
-            if shard.rows:
-                self._map(shard.serial)
+        self._map_committed_shards()
         self._journal_bytes = start + read.used
         self._version += 1
         self._forget_layout()

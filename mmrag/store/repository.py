@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -143,6 +143,15 @@ def forget_embeddings(session: Session, page_ids: Iterable[int], retriever: str)
         )
 
 
+IN_LIST = 1000  # values per IN (...) list: bounded, whatever the number asked for
+
+
+def _in_lists(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """`values` in slices of at most IN_LIST, one statement each."""
+    for start in range(0, len(values), IN_LIST):
+        yield values[start : start + IN_LIST]
+
+
 def _collection_pages(
     query: Select[Any], collection_id: int, *, with_pending: bool = False, with_text: bool = False
 ) -> Select[Any]:
@@ -171,16 +180,11 @@ def page_texts(
     query = _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending, with_text=True)
     if page_ids is None:
         return [(page_id, text) for page_id, text in session.execute(query.order_by(Page.id))]
-    ids = sorted({int(page_id) for page_id in page_ids})
     pages: list[tuple[int, str]] = []
-    for start in range(0, len(ids), PAGE_TEXTS_CHUNK):
-        chunk = ids[start : start + PAGE_TEXTS_CHUNK]
+    for chunk in _in_lists(sorted({int(page_id) for page_id in page_ids})):
         rows = session.execute(query.where(Page.id.in_(chunk)).order_by(Page.id))
         pages.extend((page_id, text) for page_id, text in rows)
     return pages
-
-
-PAGE_TEXTS_CHUNK = 5000  # ids per IN list: well under SQLite's 32,766 bound parameters
 
 
 @dataclass(frozen=True)
@@ -203,11 +207,11 @@ def describe_pages(
     first_path = (
         select(func.min(DocumentPath.path)).where(DocumentPath.document_id == Page.document_id).scalar_subquery()
     )
-    for start in range(0, len(ids), 1000):  # bounded IN lists
+    for chunk in _in_lists(ids):
         query = (
             select(Page.id, Page.document_id, Page.page_number, first_path, Page.text)
             .join(Document, Document.id == Page.document_id)
-            .where(Page.id.in_(ids[start : start + 1000]), Document.status == DocumentStatus.INDEXED)
+            .where(Page.id.in_(chunk), Document.status == DocumentStatus.INDEXED)
         )
         if filters is not None:
             query = _filtered(query, filters)
@@ -397,10 +401,10 @@ def paths_of_documents(session: Session, document_ids: Sequence[int]) -> dict[in
     """Document id → every path its bytes were seen at, sorted."""
     result: dict[int, list[str]] = {document_id: [] for document_id in document_ids}
     ids = list(document_ids)
-    for start in range(0, len(ids), 1000):
+    for chunk in _in_lists(ids):
         rows = session.execute(
             select(DocumentPath.document_id, DocumentPath.path)
-            .where(DocumentPath.document_id.in_(ids[start : start + 1000]))
+            .where(DocumentPath.document_id.in_(chunk))
             .order_by(DocumentPath.path)
         )
         for document_id, path in rows:
@@ -452,10 +456,10 @@ def documents_at_paths(session: Session, collection_id: int, paths: Iterable[str
     """Path → the document its bytes are now, for those of `paths` that hold one in the collection."""
     wanted = list(dict.fromkeys(paths))
     result: dict[str, int] = {}
-    for start in range(0, len(wanted), 1000):
+    for chunk in _in_lists(wanted):
         rows = session.execute(
             select(DocumentPath.path, DocumentPath.document_id).where(
-                DocumentPath.collection_id == collection_id, DocumentPath.path.in_(wanted[start : start + 1000])
+                DocumentPath.collection_id == collection_id, DocumentPath.path.in_(chunk)
             )
         )
         result.update({path: document_id for path, document_id in rows})
