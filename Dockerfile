@@ -8,7 +8,6 @@ RUN pip install --no-cache-dir -r requirements.lock
 COPY mmrag ./mmrag
 COPY indexer ./indexer
 COPY api ./api
-COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps -e .
 ENV MMRAG_DATA_DIR=/data HF_HUB_OFFLINE=1
 VOLUME ["/data", "/models"]

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The migrations ship inside the package (package data), so an installed wheel finds them wherever it runs from;
+# Alembic resolves "package:path" through importlib.resources. alembic.ini names the same location.
+MIGRATIONS = "mmrag:migrations"
 
 
 def build_engine(url: str, *, echo: bool = False) -> Engine:
@@ -37,7 +43,7 @@ def refresh_statistics(engine: Engine) -> None:
     PostgreSQL: this schema's tables only, its default sample). A bulk job calls this when it ends.
 
     Without statistics both planners drove a search's page lookup from the documents' status index, a hash or scan
-    over every document, instead of from the hits' page ids: 20 ms a query at 50k pages on SQLite and growing.
+    over every document, instead of from the hits' page ids, a cost that grows with the collection.
     PostgreSQL's autovacuum analyzes on its own, late, and not where it is off.
     """
     from mmrag.store.models import Base
@@ -63,24 +69,26 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.attributes["connection"] = connection
+    return config
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` with Alembic (the only place tables are created)."""
     from alembic import command
-    from alembic.config import Config
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
+    """Take the schema back to `revision` (tests; a rollback by hand)."""
     from alembic import command
-    from alembic.config import Config
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+        command.downgrade(_alembic_config(connection), revision)
