@@ -25,8 +25,8 @@ from mmrag.answer.prompt import (
     load_page_image,
     not_answered,
 )
-from mmrag.embedders.colpali import select_dtype
-from mmrag.embedders.device import locate_checkpoint, resolve_device
+from mmrag.device import resolve_device, select_dtype
+from mmrag.embedders.runtime import locate_checkpoint
 from mmrag.errors import ModelUnavailableError
 from mmrag.types import Answer, RetrievedPage
 
