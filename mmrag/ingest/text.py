@@ -10,7 +10,7 @@ import numpy as np
 import pytesseract
 from PIL import Image
 
-from mmrag.errors import BackendUnavailableError, ConfigError, MmragError
+from mmrag.errors import ConfigError, MissingToolError
 from mmrag.types import TextSource
 
 OcrMode = Literal["auto", "always", "never"]
@@ -31,18 +31,6 @@ OCR_MAX_PIXELS = 25_000_000  # an enlarged image stays under this: Tesseract's t
 # taken for a photo. Measured on ../shared/data: SROIE receipt scans 0-23.3 (99th percentile 11), COCO photos median
 # 35; at 25, 108 of 159 COCO photos and none of the 200 receipts count as photos.
 PHOTO_COLOURFULNESS = 25.0
-
-
-class MissingToolError(BackendUnavailableError):
-    """A system program that ingestion runs (tesseract, poppler's pdftoppm) is not installed.
-
-    A BackendUnavailableError, so callers and the API treat it as one; it belongs in mmrag/errors.py.
-    """
-
-    def __init__(self, message: str) -> None:
-        # BackendUnavailableError's message names a pip extra; these come from the system's package manager.
-        # One plain message argument also keeps the error picklable across worker processes.
-        MmragError.__init__(self, message)
 
 
 def normalize_text(text: str) -> str:
