@@ -163,7 +163,7 @@ def _restore_arrays(value: Any, mapped: mmap.mmap) -> Any:
             object.__setattr__(value, "inputs", tuple(_restore_arrays(v, mapped) for v in value.inputs))
         return value
     if isinstance(value, SharedArray):
-        # A view, not a copy: copying 150 KB into fresh heap memory cost more than the pipe saved (page faults);
+        # A view, not a copy: copying a photo's pixels into fresh heap memory costs more than the pipe (page faults);
         # the batch's collation reads the pixels once, off the GIL.
         count = math.prod(value.shape)
         return np.frombuffer(mapped, dtype=value.dtype, count=count, offset=value.offset).reshape(value.shape)

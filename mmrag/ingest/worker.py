@@ -96,7 +96,7 @@ def warm_up(modules: tuple[str, ...]) -> None:
 def page_image_path(sha256: str, page_number: int) -> str:
     """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent. Two
     levels of 256 directories hold every page: a directory per document (the layout before; SQL keeps each page's
-    path, so those pages stay where they are) cost a mkdir per photo, a seventh of a worker's time."""
+    path, so those pages stay where they are) cost a mkdir per photo, a noticeable share of a worker's time."""
     return f"pages/{sha256[:2]}/{sha256[2:4]}/{sha256}-{page_number:05d}.jpg"
 
 
