@@ -1,5 +1,4 @@
-"""What a worker process does with one file: sniff, decode or render, extract text, store the page images, and make
-the embedders' inputs.
+"""What a worker process does with one file: sniff, decode, extract text, store page images, make model inputs.
 
 Kept apart from mmrag.pipeline so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
 bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds. (A
