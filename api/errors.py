@@ -11,7 +11,7 @@ Every error response, ours or FastAPI's own (validation, unknown route, wrong me
      ├── RequestTooLarge       413  the request body is over MMRAG_API__MAX_REQUEST_BYTES
      └── ServiceUnavailable    503  a part the request needs is not loaded (no answerer)
 
-The answer server's failures (mmrag.answer.AnswererError) map to gateway statuses: unreachable 503, timeout 504,
+The answer server's failures (mmrag.errors.AnswererError) map to gateway statuses: unreachable 503, timeout 504,
 rejected or broken replies 502.
 """
 
@@ -25,14 +25,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmrag.answer import (
+from mmrag.errors import (
     AnswererError,
     AnswererRejectedError,
     AnswererServerError,
     AnswererTimeoutError,
     AnswererUnreachableError,
-)
-from mmrag.errors import (
     BackendUnavailableError,
     CollectionBusyError,
     ConfigError,

@@ -38,11 +38,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
+from mmrag.device import resolve_device
 from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
-from mmrag.embedders.device import resolve_device
 from mmrag import pipeline
-from mmrag.ingest.worker import LoadedFile, StoredPage, load_files, page_image_path
+from mmrag.ingest.results import LoadedFile, StoredPage
+from mmrag.ingest.worker import load_files, page_image_path
 from mmrag.pipeline import colpali_inputs_in_workers, input_specs, run_index, start_worker_server
 from mmrag.services import Embedders, build_services
 

@@ -25,16 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.report import rows_by_size, write_report
+from mmrag.analysis import NGRAM, analyze, char_ngrams, query_terms
 from mmrag.index.bm25 import rank
-from mmrag.index.lexical import (
-    NGRAM,
-    NGRAM_MIN_MATCH,
-    NGRAM_RRF_K,
-    Bm25Index,
-    analyze,
-    char_ngrams,
-    query_terms,
-)
+from mmrag.index.lexical import NGRAM_MIN_MATCH, NGRAM_RRF_K, Bm25Index
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "lexical.json"

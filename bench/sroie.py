@@ -191,7 +191,7 @@ def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question
 
 def ocr_check(services, data: Path) -> dict:  # noqa: ANN001 - Services
     """Share of annotated words the OCR found, and of receipts whose OCR holds the annotated total and date."""
-    from mmrag.index.lexical import date_keys, tokenize
+    from mmrag.analysis import date_keys, tokenize
 
     with services.sessions() as session:
         collection_id = repository.get_collection(session, "default").id

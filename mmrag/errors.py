@@ -5,6 +5,7 @@
      │    └── UnknownNameError       a registry lookup failed (lists the known names)
      ├── ModelUnavailableError       a model's weights cannot be loaded (says how to provide them)
      ├── BackendUnavailableError     an optional package is not installed (says which extra)
+     │    └── MissingToolError       a system program ingestion runs (tesseract, pdftoppm) is not installed
      ├── InputError                  one input file is unusable; the job records it and goes on
      │    ├── EmptyFileError
      │    ├── UnsupportedTypeError
@@ -14,9 +15,16 @@
      ├── IndexError_                 a vector index is inconsistent with its manifest or SQL
      │    └── ManifestMismatchError
      ├── NotFoundError               a document, page or job id that does not exist
-     └── CollectionBusyError         another process is writing the collection (one writer at a time)
+     ├── CollectionBusyError         another process is writing the collection (one writer at a time)
+     └── AnswererError               an answer backend failed; the message names the server URL or the model
+          ├── AnswererUnreachableError   no connection to the server (after retries)
+          ├── AnswererTimeoutError       the server or the stream went silent for longer than timeout_s
+          ├── AnswererRejectedError      the server refused the request (4xx other than 429): not retried
+          └── AnswererServerError        5xx/429 after retries, an error event mid-stream, or a reply that is not
+                                         a chat completion
 
-The API maps these classes to HTTP statuses in one table.
+A model that cannot be loaded raises ModelUnavailableError at build time, not an AnswererError. The API maps these
+classes to HTTP statuses in one table (api/errors.py).
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ class ModelUnavailableError(MmragError):
 class BackendUnavailableError(MmragError):
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed; install it with: pip install 'mmrag[{extra}]'")
+
+
+class MissingToolError(BackendUnavailableError):
+    """A system program that ingestion runs (tesseract, poppler's pdftoppm) is not installed.
+
+    A BackendUnavailableError, so callers and the API treat it as one.
+    """
+
+    def __init__(self, message: str) -> None:
+        # BackendUnavailableError's message names a pip extra; these come from the system's package manager.
+        # One plain message argument also keeps the error picklable across worker processes.
+        MmragError.__init__(self, message)
 
 
 class InputError(MmragError):
@@ -90,4 +110,27 @@ class NotFoundError(MmragError):
 
 
 class CollectionBusyError(MmragError):
+    pass
+
+
+class AnswererError(MmragError):
+    def __init__(self, where: str, reason: str, status_code: int | None = None) -> None:
+        self.where = where  # the server URL or the model id
+        self.status_code = status_code  # the HTTP status that ended it, when there was one
+        super().__init__(f"answerer {where}: {reason}")
+
+
+class AnswererUnreachableError(AnswererError):
+    pass
+
+
+class AnswererTimeoutError(AnswererError):
+    pass
+
+
+class AnswererRejectedError(AnswererError):
+    pass
+
+
+class AnswererServerError(AnswererError):
     pass

@@ -41,15 +41,14 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.config import IngestSettings, Settings
-from mmrag.embedders.device import is_cuda_device, resolve_device
+from mmrag.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, NotFoundError
 from mmrag.index.manifest import atomic_write_bytes, file_identity
 from mmrag.ingest import check_ocr, discover, shared
 from mmrag.ingest.prepare import InputSpec, prepare_from_file
+from mmrag.ingest.results import FileFailure, LoadedFile
 from mmrag.ingest.worker import (
-    FileFailure,
     FileTask,
-    LoadedFile,
     init_worker,
     load_file,
     load_files,

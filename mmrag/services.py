@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
-from mmrag.embedders.device import resolve_device
+from mmrag.device import resolve_device
 from mmrag.errors import IndexError_, ModelUnavailableError
 from mmrag.protocols import ImageEmbedder, LexicalIndex, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
 from mmrag.store.db import build_engine, build_sessionmaker, upgrade

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mmrag.analysis import tokenize  # the BM25 tokenizer, so "distinctive" means what it means to BM25
 from mmrag.evaluation import Question, Relevant
 from mmrag.services import Services
 from mmrag.store import repository
@@ -50,14 +51,6 @@ class Passage:
     text: str
     score: float  # summed idf of its distinct tokens
     tokens: frozenset[str]
-
-
-def _tokenize(text: str) -> list[str]:
-    # The lexical index's tokenizer, so "distinctive" means what it means to BM25; imported late because
-    # mmrag.index's package __init__ pulls in torch.
-    from mmrag.index.lexical import tokenize
-
-    return tokenize(text)
 
 
 def passages(text: str, *, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> list[str]:
@@ -103,7 +96,7 @@ def best_passages(
     for passage in passages(text, min_words=min_words, max_words=max_words):
         if not is_clean(passage):
             continue
-        tokens = frozenset(_tokenize(passage))
+        tokens = frozenset(tokenize(passage))
         if tokens:
             scored.append(Passage(passage, sum(idf.get(token, 0.0) for token in tokens), tokens))
     scored.sort(key=lambda p: -p.score)
@@ -149,7 +142,7 @@ def generate_from_pages(
     max_words: int = MAX_WORDS,
 ) -> list[Question]:
     """Known-item questions from (page id, path, page number, text) rows; the page is the one relevant item."""
-    page_tokens = {page_id: frozenset(_tokenize(text)) for page_id, _, _, text in pages}
+    page_tokens = {page_id: frozenset(tokenize(text)) for page_id, _, _, text in pages}
     postings: dict[str, set[int]] = {}
     for page_id, tokens in page_tokens.items():
         for token in tokens:

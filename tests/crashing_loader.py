@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrag.errors import CorruptFileError
-from mmrag.ingest.worker import LoadedFile, load_file
+from mmrag.ingest.results import LoadedFile
+from mmrag.ingest.worker import load_file
 
 
 def load_or_crash(path: str, sha256: str, *args: Any, **kwargs: Any) -> LoadedFile:

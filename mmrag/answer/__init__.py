@@ -1,4 +1,4 @@
-"""Answerers by kind, the one factory that builds them, and the errors their backends raise.
+"""Answerers by kind and the one factory that builds them.
 
     ANSWERERS.create(kind, settings)          → Answerer; kinds: extractive, transformers, openai
     build_answerer(settings)                  → the configured Answerer, or ModelUnavailableError
@@ -8,15 +8,8 @@ Implementations: extractive (quotes page lines, no model), vlm (transformers ima
 openai_compat (HTTP chat completions); prompt holds the shared prompt and the citation checker. Factories import
 their modules when called, so importing this package stays light (no torch, no transformers).
 
-Errors raised while answering, under mmrag.errors.MmragError:
-
-    AnswererError                 an answer backend failed; the message names the server URL or the model
-     ├── AnswererUnreachableError   no connection to the server (after retries)
-     ├── AnswererTimeoutError       the server or the stream went silent for longer than timeout_s
-     ├── AnswererRejectedError      the server refused the request (4xx other than 429): not retried
-     └── AnswererServerError        5xx/429 after retries, an error event mid-stream, or a reply that is not a
-                                    chat completion
-A model that cannot be loaded raises mmrag.errors.ModelUnavailableError instead, at build time.
+Answer backends raise mmrag.errors.AnswererError and its subclasses; a model that cannot be loaded raises
+mmrag.errors.ModelUnavailableError instead, at build time.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mmrag.config import AnswererSettings
-from mmrag.errors import MmragError, ModelUnavailableError
+from mmrag.errors import ModelUnavailableError
 from mmrag.protocols import Answerer
 from mmrag.registry import Registry
 
@@ -36,11 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWERERS",
-    "AnswererError",
-    "AnswererRejectedError",
-    "AnswererServerError",
-    "AnswererTimeoutError",
-    "AnswererUnreachableError",
     "build_answerer",
     "build_answerer_or_extractive",
 ]
@@ -48,29 +36,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ANSWERERS: Registry[Answerer] = Registry("answerer kind")
-
-
-class AnswererError(MmragError):
-    def __init__(self, where: str, reason: str, status_code: int | None = None) -> None:
-        self.where = where  # the server URL or the model id
-        self.status_code = status_code  # the HTTP status that ended it, when there was one
-        super().__init__(f"answerer {where}: {reason}")
-
-
-class AnswererUnreachableError(AnswererError):
-    pass
-
-
-class AnswererTimeoutError(AnswererError):
-    pass
-
-
-class AnswererRejectedError(AnswererError):
-    pass
-
-
-class AnswererServerError(AnswererError):
-    pass
 
 
 def build_answerer(settings: AnswererSettings) -> Answerer:

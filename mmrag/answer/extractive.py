@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from itertools import pairwise
 
+from mmrag.analysis import date_keys, tokenize
 from mmrag.answer.prompt import (
     STOPWORDS,
     bm25_idf,
@@ -37,7 +38,6 @@ from mmrag.answer.prompt import (
     content_terms,
     not_answered,
     page_segments,
-    tokenize,
     trim_quote,
 )
 from mmrag.types import Answer, RetrievedPage
@@ -242,8 +242,6 @@ def _holds_value(text: str, kind: str, question: str) -> bool:
     """Whether `text` holds a value of `kind` that the question itself does not contain."""
     if kind == "amount":
         return any(value not in question for value in AMOUNT_PATTERN.findall(text))
-    from mmrag.index.lexical import date_keys
-
     return bool(set(date_keys(text)) - set(date_keys(question)))
 
 

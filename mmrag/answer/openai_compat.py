@@ -20,13 +20,6 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
-from mmrag.answer import (
-    AnswererError,
-    AnswererRejectedError,
-    AnswererServerError,
-    AnswererTimeoutError,
-    AnswererUnreachableError,
-)
 from mmrag.answer.prompt import (
     PromptImage,
     PromptText,
@@ -35,6 +28,13 @@ from mmrag.answer.prompt import (
     checked_stream,
     load_page_image,
     not_answered,
+)
+from mmrag.errors import (
+    AnswererError,
+    AnswererRejectedError,
+    AnswererServerError,
+    AnswererTimeoutError,
+    AnswererUnreachableError,
 )
 from mmrag.types import Answer, RetrievedPage
 

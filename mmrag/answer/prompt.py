@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mmrag.analysis import tokenize
 from mmrag.types import Answer, Citation, RetrievedPage
 
 if TYPE_CHECKING:
@@ -53,15 +54,6 @@ _MARKER_PREFIX = re.compile(r"\[[\w\s,;]*\Z")
 _MARKER_MAX_CHARS = 32
 _CANNOT_DETERMINE = re.compile(r"cannot[\s_-]*determine", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+")
-
-
-def tokenize(text: str) -> list[str]:
-    """The lexical index's tokenizer (numbers, dates and amounts kept whole), imported when first used."""
-    # Imported here, not at module top: mmrag.index's package __init__ imports torch, and `import mmrag.answer`
-    # must stay light for the API and CLI.
-    from mmrag.index.lexical import tokenize as lexical_tokenize
-
-    return lexical_tokenize(text)
 
 
 def content_terms(text: str) -> list[str]:

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from mmrag.answer import AnswererError
 from mmrag.answer.prompt import (
     PromptImage,
     PromptText,
@@ -25,9 +24,9 @@ from mmrag.answer.prompt import (
     load_page_image,
     not_answered,
 )
-from mmrag.embedders.colpali import select_dtype
-from mmrag.embedders.device import locate_checkpoint, resolve_device
-from mmrag.errors import ModelUnavailableError
+from mmrag.device import resolve_device, select_dtype
+from mmrag.embedders.runtime import locate_checkpoint
+from mmrag.errors import AnswererError, ModelUnavailableError
 from mmrag.types import Answer, RetrievedPage
 
 if TYPE_CHECKING:

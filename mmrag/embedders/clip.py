@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders.device import LOCAL_DIR_PREFIX, encode_in_batches, is_cuda_device, resolve_device
+from mmrag.device import is_cuda_device, resolve_device
+from mmrag.embedders.runtime import LOCAL_DIR_PREFIX, encode_in_batches
 from mmrag.errors import ModelUnavailableError
 from mmrag.ingest.prepare import ClipPixels
 

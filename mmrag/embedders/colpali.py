@@ -13,14 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders.device import (
-    LocatedCheckpoint,
-    encode_in_batches,
-    is_cuda_device,
-    locate_checkpoint,
-    resolve_device,
-)
-from mmrag.errors import ConfigError, MmragError, ModelUnavailableError
+from mmrag.device import is_cuda_device, resolve_device, select_dtype
+from mmrag.embedders.runtime import LocatedCheckpoint, encode_in_batches, locate_checkpoint
+from mmrag.errors import MmragError, ModelUnavailableError
 from mmrag.ingest.prepare import ProcessorInputs, QwenPage, QwenPixels, TensorData
 
 if TYPE_CHECKING:
@@ -341,22 +336,6 @@ def family_for_config(model: str, config: dict[str, Any]) -> ColPaliFamily:
         # if the retrieval head is absent, so this only warns.
         log.warning("%s: config architectures %s, loading as %s", model, architectures, family.model_class)
     return family
-
-
-def select_dtype(dtype: str, device: str) -> torch.dtype:
-    """The weights' dtype: `auto` is bf16 on CUDA (fp16 where the GPU lacks bf16) and fp32 on CPU."""
-    import torch
-
-    if dtype == "auto":
-        if not is_cuda_device(device):
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    named = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in named:
-        raise ConfigError(f"unknown dtype {dtype!r}; known: auto, {', '.join(named)}")
-    if not is_cuda_device(device) and dtype != "float32":
-        log.warning("dtype %s on %s is slow and less precise than float32", dtype, device)
-    return named[dtype]
 
 
 def attention_for(device: str) -> str:

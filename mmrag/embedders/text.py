@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mmrag.embedders.device import LOCAL_DIR_PREFIX, locate_checkpoint, resolve_device
+from mmrag.device import resolve_device
+from mmrag.embedders.runtime import LOCAL_DIR_PREFIX, locate_checkpoint
 from mmrag.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)

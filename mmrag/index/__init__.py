@@ -18,7 +18,8 @@ from mmrag.config import IndexSettings
 from mmrag.errors import ConfigError
 from mmrag.index.chroma_index import ChromaIndex
 from mmrag.index.faiss_index import FaissIndex
-from mmrag.index.lexical import Bm25Index, fingerprint_of, tokenize
+from mmrag.analysis import tokenize
+from mmrag.index.lexical import Bm25Index, fingerprint_of
 from mmrag.index.manifest import Manifest, atomic_write_bytes
 from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.protocols import VectorIndex

@@ -1,4 +1,4 @@
-"""Bm25Index: the BM25 lexical index over page text, its tokenizer, and its saved form.
+"""Bm25Index: the BM25 lexical index over page text and its saved form (the analyzer is mmrag.analysis).
 
 Why BM25 of our own rather than the database's full-text search: it is real BM25 (Lucene's variant: IDF, k1
 saturation, length normalisation), it scores identically whether SQL is SQLite or PostgreSQL (their FTS engines rank
@@ -21,7 +21,6 @@ Saved layout
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -30,14 +29,13 @@ import os
 import re
 import shutil
 import threading
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from mmrag.analysis import ANALYZER_VERSION, NGRAM, TOKENIZER_VERSION, analyze, char_ngrams, query_terms
 from mmrag.errors import IndexError_
 from mmrag.index.bm25 import Postings, Segment, rank, settle
 from mmrag.index.manifest import Manifest, atomic_write, atomic_write_bytes, fsync_dir
@@ -45,10 +43,9 @@ from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
 
-# Bump when tokenize() changes, ANALYZER_VERSION when analyze(), char_ngrams() or the saved layout change: an index
-# saved with another version then fails its manifest check on load (and Services.lexical rebuilds it from SQL).
-TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-1"
+# The analyzer's versions (mmrag.analysis) and the saved layout's are in MODEL: an index saved with another
+# version then fails its manifest check on load (and Services.lexical rebuilds it from SQL). Bump the "segments-"
+# part when the saved layout changes.
 MODEL = f"mmrag-bm25+{TOKENIZER_VERSION}+{ANALYZER_VERSION}+segments-1"
 METRIC = "bm25"
 KIND = "bm25"
@@ -56,195 +53,11 @@ CURRENT_FILE = "CURRENT"
 _COMMIT_PREFIX = "commit-"
 _SEGMENT_PREFIX = "seg-"
 _NUMBERED = re.compile(r"^(?:commit-|seg-)(\d{6,})")
-DATE_PREFIX = "date:"
-NGRAM = 3
 # The character n-gram ranking keeps only pages holding at least this share of the query's distinct n-grams
 # (Lucene's minimum_should_match): a page sharing "ing" with "zeppelin hiring" is no match.
 NGRAM_MIN_MATCH = 0.3
-# Reciprocal-rank constant for merging the word and n-gram rankings (the usual 60; on SROIE any k in 1..60
-# gave the same recall, see bench/sroie.py).
+# Reciprocal-rank constant for merging the word and n-gram rankings: the usual 60 (recall is insensitive to it).
 NGRAM_RRF_K = 60
-
-_TOKEN = re.compile(
-    r"""
-      (?P<number>\d+(?:[.,/:\-]\d+)*)             # 12.50  1,234.56  2018-03-04  03/04/2018  10:30
-    | (?P<glued>[^\W\d_]+\d+(?:[.,]\d+)*)         # letters glued to an amount: RM9.00  USD12  A4
-    | (?P<word>[^\W_]+)                           # any other run of letters/digits, in any script
-    """,
-    re.VERBOSE,
-)
-_LETTERS_THEN_NUMBER = re.compile(r"([^\W\d_]+)(.*)")
-_COMPOUND_SEPARATORS = re.compile(r"[/:\-]")
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into lowercase search tokens, keeping numbers, dates and amounts whole.
-
-    - NFKC-normalised and case-folded, so full-width digits, ligatures and case do not matter.
-    - Words are runs of Unicode letters/digits; punctuation separates them ("e-mail" -> "e", "mail").
-    - A number keeps its inner separators: "12.50", "1,234.56", "2018-03-04", "03/04/2018", "10:30" stay single
-      tokens. Dates, times and ranges ("-", "/", ":") also yield their parts ("2018", "03", "04") so a query for
-      the year finds them; amounts ("." and ",") do not, as "12" and "50" would match unrelated prices.
-    - Letters glued to a number yield the whole token plus both halves: "RM9.00" -> "rm9.00", "rm", "9.00".
-    - No stemming and no stop words: BM25's IDF already discounts common words, and stemmers mangle numbers.
-    """
-    tokens: list[str] = []
-    # No token spans whitespace, so the text's whitespace-separated chunks are tokenized one by one, and a chunk
-    # seen before (pages repeat their words) comes from a cache: most of a BM25 rebuild's time went here.
-    for chunk in unicodedata.normalize("NFKC", text).casefold().split():
-        tokens.extend(_tokenize_chunk(chunk))
-    return tokens
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _tokenize_chunk(chunk: str) -> tuple[str, ...]:
-    tokens: list[str] = []
-    for match in _TOKEN.finditer(chunk):
-        token = match.group(0)
-        tokens.append(token)
-        if match.lastgroup == "number":
-            if _COMPOUND_SEPARATORS.search(token):
-                tokens.extend(part for part in re.split(r"[.,/:\-]", token) if part)
-        elif match.lastgroup == "glued":
-            letters_then_number = _LETTERS_THEN_NUMBER.match(token)
-            assert letters_then_number is not None
-            tokens.extend(letters_then_number.groups())
-    return tuple(tokens)
-
-
-# English months, full and abbreviated; longest alternatives first so "sept" is not read as "sep" + "t".
-_MONTHS = {
-    name: number
-    for number, names in enumerate(
-        (
-            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
-            ("july", "jul"), ("august", "aug"), ("september", "sept", "sep"), ("october", "oct"),
-            ("november", "nov"), ("december", "dec"),
-        ),
-        start=1,
-    )
-    for name in names
-}
-_MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")(?![^\W\d_])\.?"
-_NUMERIC_DATE = re.compile(r"(?<![\d.,/:\-])(\d{1,4})([./\-])(\d{1,2})\2(\d{4}|\d{2})(?!\d|[.,/:\-]\d)")
-_DAY_MONTH_YEAR = re.compile(
-    r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]*" + _MONTH + r"[\s.,/\-]*(\d{4}|\d{2})(?!\d)"
-)
-_MONTH_DAY_YEAR = re.compile(
-    r"(?<![^\W\d_])" + _MONTH + r"[\s.,/\-]*(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]+(\d{4}|\d{2})(?!\d)"
-)
-
-# Query words that say how a question is asked, not what it is about. Removed from queries only: BM25's idf already
-# discounts them in long documents, but on short pages (receipts, forms) "did", "at" or "i" are rare enough to
-# outweigh a company name. A query made only of these words keeps them.
-QUERY_STOPWORDS = frozenset(
-    """
-    a about above after again against all am an and any are as at be been before being below between both but by
-    can could did do does doing down during each few for from further had has have having he her here hers herself
-    him himself his how i if in into is it its itself just me more most my myself no nor not now of off on once only
-    or other our ours ourselves out over own please same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were what when where which
-    while who whom whose why will with would you your yours yourself yourselves much many
-    """.split()
-)
-
-
-def _year(text: str) -> int:
-    if len(text) == 4:
-        return int(text)
-    return 2000 + int(text) if int(text) < 69 else 1900 + int(text)  # POSIX strptime's %y pivot
-
-
-def _date_key(year: int, month: int, day: int) -> str | None:
-    try:
-        return f"{DATE_PREFIX}{date(year, month, day).isoformat()}"
-    except ValueError:
-        return None
-
-
-def date_keys(text: str) -> list[str]:
-    """One "date:YYYY-MM-DD" term per reading of each date in `text`, whatever its format.
-
-    "10-03-2018", "10/03/18", "10.03.2018", "10 Mar 2018", "March 10th, 2018" and "2018-03-10" all yield
-    "date:2018-03-10", so a query and a page that write one date differently still share a term. A numeric date
-    whose first two parts could both be the month ("03/04/2018") yields both readings (day-month and month-day):
-    the order is a locale convention no text declares, and both sides of the match get the same pair of terms.
-    Two-digit years pivot like strptime's %y. Impossible dates (31/02, 1.234.567) yield nothing.
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    keys: list[str] = []
-    for first, _, middle, last in _NUMERIC_DATE.findall(text):
-        if len(first) == 4:
-            readings = [(int(first), int(middle), int(last))] if len(last) <= 2 else []
-        elif len(first) <= 2:
-            year = _year(last)
-            readings = [(year, int(middle), int(first)), (year, int(first), int(middle))]
-        else:
-            readings = []
-        keys.extend(dict.fromkeys(key for reading in readings if (key := _date_key(*reading))))
-    for day, month, year in _DAY_MONTH_YEAR.findall(text):
-        if key := _date_key(_year(year), _MONTHS[month], int(day)):
-            keys.append(key)
-    for month, day, year in _MONTH_DAY_YEAR.findall(text):
-        if key := _date_key(_year(year), _MONTHS[month], int(day)):
-            keys.append(key)
-    return keys
-
-
-_LOOKALIKES = str.maketrans({"o": "0", "O": "0", "D": "0", "l": "1", "I": "1", "i": "1", "S": "5", "s": "5",
-                              "B": "8", "Z": "2", "z": "2"})
-_NUMERIC_LOOKING = re.compile(r"(?<![\w])(?=[\w.,/:-]*\d[\w.,/:-]*\d)[0-9oODlIiSsBZz]+(?:[.,/:-][0-9oODlIiSsBZz]+)+(?![\w])")
-
-
-def repair_ocr_digits(text: str) -> str:
-    """Numbers and dates with OCR's letter-for-digit slips read as digits ("O7/03/2O18" → "07/03/2018").
-
-    Only inside runs that already hold two digits and separators (dates, amounts, codes), so words are untouched.
-    """
-    return _NUMERIC_LOOKING.sub(lambda match: match.group(0).translate(_LOOKALIKES), text)
-
-
-def analyze(text: str) -> list[str]:
-    """The word terms BM25 indexes and searches: tokenize()'s tokens plus one key per reading of each date.
-
-    Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
-    dates with OCR letter-for-digit slips also yield their repaired reading's terms.
-    """
-    terms = tokenize(text) + date_keys(text)
-    repaired = repair_ocr_digits(text)
-    if repaired != text:
-        seen = set(terms)
-        terms += [term for term in tokenize(repaired) + date_keys(repaired) if term not in seen]
-    return terms
-
-
-def query_terms(text: str) -> list[str]:
-    """analyze() without QUERY_STOPWORDS, unless nothing else is left."""
-    terms = analyze(text)
-    content = [term for term in terms if term not in QUERY_STOPWORDS]
-    return content or terms
-
-
-def char_ngrams(terms: Iterable[str], n: int = NGRAM) -> list[str]:
-    """Character n-grams of each term, padded with "#" at both ends ("total" → "#to", "tot", "ota", "tal", "al#").
-
-    Date keys stay whole: they are already normalised, and their digits would match every other date.
-    """
-    grams: list[str] = []
-    for term in terms:
-        if term.startswith(DATE_PREFIX):
-            grams.append(term)
-            continue
-        grams.extend(_term_ngrams(term, n))
-    return grams
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
-    # Cached: a collection repeats its words page after page (this was most of a BM25 rebuild's time).
-    padded = f"#{term}#"
-    return tuple(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
-
 
 def update_saved(directory: str, pages: list[tuple[int, str]], removed: list[int]) -> int:
     """Load the index saved under `directory` (an empty one where none is), add these pages, remove these ids and
@@ -278,9 +91,8 @@ class Bm25Index:
 
     Two BM25 models over the same pages, merged by reciprocal rank: one over word terms (analyze()), precise, and
     one over their character 3-grams, which still matches a word that OCR misread by a letter or two ("SPEED MART
-    $/B", "AE0N"). On the SROIE receipt scans the pair found the right receipt first for 0.908 of the questions, words
-    alone 0.892 (bench/sroie.py). A hit's score is the merged reciprocal-rank score; `ngram=0` keeps words only,
-    and then a hit's score is its BM25 score.
+    $/B", "AE0N"): on receipt scans the pair finds the right page first more often than words alone. A hit's score
+    is the merged reciprocal-rank score; `ngram=0` keeps words only, and then a hit's score is its BM25 score.
 
     `add` and `remove` change it in place at the cost of the pages they touch; `save` then writes only the new
     segments and deletions.

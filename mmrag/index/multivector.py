@@ -63,6 +63,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from mmrag.device import resolve_device
 from mmrag.errors import ConfigError, IndexError_
 from mmrag.index.maxsim import maxsim_triton, pack_queries, triton_available
 from mmrag.index.manifest import (
@@ -172,19 +173,6 @@ def _close_all(fds: dict[int, int]) -> None:
             os.close(fd)
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when torch sees it; an explicit CUDA device that is not there is a config error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown torch device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but torch sees no CUDA device")
-    return resolved
-
-
 class ShardedMultiVectorStore:
     """A MultiVectorStore over memory-mapped fp16 shards. One writer at a time; `read_only=True` opens for readers
     (another process may be writing): nothing is truncated or deleted, and add/remove/flush/compact are refused."""
@@ -207,7 +195,7 @@ class ShardedMultiVectorStore:
         self.dim = dim
         self.model_id = model_id
         self.shard_rows = shard_rows
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self.chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS.get(self.device.type, DEFAULT_CHUNK_ROWS["cpu"])
         self.read_only = read_only
         if kernel not in ("auto", "triton", "torch"):

@@ -29,12 +29,11 @@ from mmrag.ingest.pdf import (
     page_count,
     render_page,
 )
-from mmrag.ingest.text import MissingToolError, check_ocr, choose_text, normalize_text, ocr
+from mmrag.ingest.text import check_ocr, choose_text, normalize_text, ocr
 from mmrag.types import DocumentKind, PageContent, SourceFile
 
 __all__ = [
     "IMAGE_MIMES",
-    "MissingToolError",
     "PDF_MIME",
     "PDF_RENDERERS",
     "PdfPageInfo",

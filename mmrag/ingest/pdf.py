@@ -16,8 +16,8 @@ import pypdfium2.raw as pdfium_c
 from pdf2image import exceptions as poppler_errors
 from PIL import Image
 
-from mmrag.errors import CorruptFileError, EncryptedPdfError, TooLargeError
-from mmrag.ingest.text import MissingToolError, normalize_text
+from mmrag.errors import CorruptFileError, EncryptedPdfError, MissingToolError, TooLargeError
+from mmrag.ingest.text import normalize_text
 from mmrag.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -46,16 +46,15 @@ class ClipPixels:
 
     The geometry of torchvision's Resize(int) + CenterCrop, which open_clip's preprocess runs on a PIL image; the
     resampling is torch's native uint8 kernel (antialiased, as PIL's), which torchvision uses for uint8 tensors:
-    1.5x faster than PIL's in a worker (the resize was a third of a photo's cost there), and within 1 of PIL's
+    faster than PIL's in a worker, where the resize is a large share of a photo's cost, and within 1 of PIL's
     value for every pixel (tests hold it). Channels first, as the resize leaves them and the model takes them
-    (handing back channels last cost 0.2-0.4 ms of transposing per photo). Normalising (x/255 - mean)/std
-    happens on the device.
+    (channels last would cost a transpose per photo). Normalising (x/255 - mean)/std happens on the device.
     """
 
     size: int
     interpolation: str = "bicubic"
     # A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Image.draft) when that still leaves at least
-    # `size` pixels on the short side: 2-3x less decode and resize work for photos larger than the model input.
+    # `size` pixels on the short side: much less decode and resize work for photos larger than the model input.
     draft: bool = True
 
     def from_image(self, image: Image.Image) -> np.ndarray:

@@ -2,12 +2,11 @@
 
 A worker task's results carry the pixels of its pages: 150 KB per photo for CLIP, about 2 MB per page for a
 Qwen2-VL-based ColPali model. Through the executor's result pipe each byte is copied about four times with the main
-process's GIL held (64 KB pipe reads, joining them, unpickling): measured at 0.33 ms of main-process CPU per CLIP
-photo, more than everything else the main process does for it, and the main process is what bounds a bulk job at
-GPU speed. Here the worker writes all of a task's arrays into one file in /dev/shm (tmpfs: memory, not disk) and
-only their offsets cross the pipe; the main process maps the file, unlinks it at once and hands out views into
-the mapping: 0.05 ms per photo in the same measurement, collation included. The memory is freed when the last
-array of the task is (the embed thread has used the batch).
+process's GIL held (64 KB pipe reads, joining them, unpickling), which costs the main process more CPU per photo
+than everything else it does for it, and the main process is what bounds a bulk job at GPU speed. Here the worker
+writes all of a task's arrays into one file in /dev/shm (tmpfs: memory, not disk) and only their offsets cross the
+pipe; the main process maps the file, unlinks it at once and hands out views into the mapping. The memory is freed
+when the last array of the task is (the embed thread has used the batch).
 
 Every failure to share (no /dev/shm, tmpfs full: a container's default /dev/shm is 64 MB) falls back to the pipe
 for that task; nothing is lost either way. Files are named `<prefix>-<worker pid>-<n>`, the prefix naming the main
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmrag.ingest.results import LoadedFile, StoredPage
 
 SHM_DIR = Path("/dev/shm")
 NAME_STEM = "mmrag-inputs"
@@ -107,8 +108,6 @@ def _aligned(nbytes: int) -> int:
 def _replace_arrays(value: Any, arrays: list[tuple[int, np.ndarray]], end: list[int]) -> Any:
     """`value` with each array of its page inputs replaced by a SharedArray at offset `end[0]` (then moved past
     it); appends (offset, array) to `arrays`, in file order."""
-    from mmrag.ingest.worker import LoadedFile, StoredPage
-
     if isinstance(value, LoadedFile):
         return dataclasses.replace(value, pages=[_replace_arrays(page, arrays, end) for page in value.pages])
     if isinstance(value, StoredPage):
@@ -153,10 +152,8 @@ def receive(shared: SharedResults) -> list[Any]:
 
 def _restore_arrays(value: Any, mapped: mmap.mmap) -> Any:
     """`value` with its SharedArrays replaced by views into `mapped`. The results were unpickled just now and are
-    this process's alone, so pages get their inputs in place: dataclasses.replace on two objects per photo was
-    most of this function's cost."""
-    from mmrag.ingest.worker import LoadedFile, StoredPage
-
+    this process's alone, so pages get their inputs in place rather than through dataclasses.replace, which would
+    copy two objects per photo."""
     if isinstance(value, LoadedFile):
         for page in value.pages:
             _restore_arrays(page, mapped)
@@ -166,7 +163,7 @@ def _restore_arrays(value: Any, mapped: mmap.mmap) -> Any:
             object.__setattr__(value, "inputs", tuple(_restore_arrays(v, mapped) for v in value.inputs))
         return value
     if isinstance(value, SharedArray):
-        # A view, not a copy: copying 150 KB into fresh heap memory cost more than the pipe saved (page faults);
+        # A view, not a copy: copying a photo's pixels into fresh heap memory costs more than the pipe (page faults);
         # the batch's collation reads the pixels once, off the GIL.
         count = math.prod(value.shape)
         return np.frombuffer(mapped, dtype=value.dtype, count=count, offset=value.offset).reshape(value.shape)

@@ -10,7 +10,7 @@ import numpy as np
 import pytesseract
 from PIL import Image
 
-from mmrag.errors import BackendUnavailableError, ConfigError, MmragError
+from mmrag.errors import ConfigError, MissingToolError
 from mmrag.types import TextSource
 
 OcrMode = Literal["auto", "always", "never"]
@@ -21,28 +21,16 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 
 # Text-line height (pixels, ascender to descender) that small print is enlarged to before OCR. Tesseract's LSTM
-# models read text at about this size best; phone photos and low-dpi scans of small print come in at 10-20 px. Chosen
-# on data (the SROIE receipt scans, see bench/sroie.py): enlarging lines under 32 px raised the share of ground-truth
-# words found and of totals and dates read exactly; enlarging every image 2x lowered both for large print.
+# models read text at about this size best; phone photos and low-dpi scans of small print come in smaller. Chosen on
+# receipt scans (bench/sroie.py): enlarging lines under this height raised the share of ground-truth words found and
+# of totals and dates read exactly, while enlarging every image lowered both for large print.
 OCR_LINE_HEIGHT = 32
 OCR_MAX_UPSCALE = 3.0
 OCR_MAX_PIXELS = 25_000_000  # an enlarged image stays under this: Tesseract's time and memory grow with pixels
 # Colourfulness (Hasler and Suesstrunk's metric, 0 for grey) above which an image with no lines of text found is
-# taken for a photo. Measured on ../shared/data: SROIE receipt scans 0-23.3 (99th percentile 11), COCO photos median
-# 35; at 25, 108 of 159 COCO photos and none of the 200 receipts count as photos.
+# taken for a photo. Chosen between the two kinds of image it separates: receipt scans stay below it, most ordinary
+# photos are above it, and a photo it misses is only OCRed needlessly.
 PHOTO_COLOURFULNESS = 25.0
-
-
-class MissingToolError(BackendUnavailableError):
-    """A system program that ingestion runs (tesseract, poppler's pdftoppm) is not installed.
-
-    A BackendUnavailableError, so callers and the API treat it as one; it belongs in mmrag/errors.py.
-    """
-
-    def __init__(self, message: str) -> None:
-        # BackendUnavailableError's message names a pip extra; these come from the system's package manager.
-        # One plain message argument also keeps the error picklable across worker processes.
-        MmragError.__init__(self, message)
 
 
 def normalize_text(text: str) -> str:
@@ -60,8 +48,8 @@ def count_chars(text: str) -> int:
 
 def ocr(image: Image.Image, lang: str = "eng") -> str:
     """Tesseract's text for `image`, normalised. Raises MissingToolError or ConfigError (unknown lang)."""
-    # Tesseract's OpenMP threads spin against each other and against our other workers: on this project's 2-core
-    # machines one 150 dpi page took 12.6 s with the default and 1.9 s with one thread. Tesseract's own docs advise
+    # Tesseract's OpenMP threads spin against each other and against our other workers, which makes a page several
+    # times slower on a small machine than with one thread. Tesseract's own docs advise
     # a limit of 1 when pages are processed in parallel, as the pipeline does. A value set by the user wins;
     # pytesseract offers no per-call environment, hence the process-wide default.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -116,7 +104,7 @@ def colourfulness(image: Image.Image) -> float:
 
 def looks_like_photo(image: Image.Image) -> bool:
     """Colourful and without a single band of rows that could be a line of text: a photo, not a document, a slide
-    or a poster (ocr_skip_photos). Both tests are cheap (~1 ms and ~1-10 ms) next to OCR (0.25-1.5 s an image)."""
+    or a poster (ocr_skip_photos). Both tests are cheap next to OCR."""
     return colourfulness(image) > PHOTO_COLOURFULNESS and len(_line_heights(image)) == 0
 
 

@@ -1,5 +1,4 @@
-"""What a worker process does with one file: sniff, decode or render, extract text, store the page images, and make
-the embedders' inputs.
+"""What a worker process does with one file: sniff, decode, extract text, store page images, make model inputs.
 
 Kept apart from mmrag.pipeline so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
 bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds. (A
@@ -13,7 +12,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from mmrag.ingest import count_pages, describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.ingest.prepare import InputSpec
+from mmrag.ingest.results import FileFailure, LoadedFile, StoredPage
 from mmrag.ingest.shared import SharedResults, export
 from mmrag.types import DocumentKind, TextSource
 
@@ -32,44 +31,6 @@ from mmrag.types import DocumentKind, TextSource
 # bytes a file's pages come back without inputs, and the main process makes them from the stored page images.
 MAX_INPUT_BYTES_PER_FILE = 128 * 1024 * 1024
 EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class StoredPage:
-    """A decoded page as a worker hands it back: its image is already on disk, so only the path crosses processes,
-    with the embedders' inputs (one per requested spec, in order) when they were asked for."""
-
-    page_number: int
-    width: int  # as rendered or decoded
-    height: int
-    text: str
-    text_source: str
-    image_path: str  # relative to the data dir
-    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
-
-    def without_inputs(self) -> StoredPage:
-        """This page with no model inputs: the embedding thread makes them from the stored image instead."""
-        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path)
-
-
-@dataclass(frozen=True)
-class LoadedFile:
-    """What a worker hands back: the file's identity and its pages."""
-
-    path: str
-    sha256: str
-    kind: str
-    mime: str
-    pages: list[StoredPage]
-    # Pages in the whole document when this holds a range of them (load_file's `pages`); 0: it holds them all.
-    page_total: int = 0
-
-
-@dataclass(frozen=True)
-class FileFailure:
-    """Why one file of a worker task could not be loaded (the task's other files go on)."""
-
-    reason: str
 
 
 FileTask = tuple[str, str] | tuple[str, str, tuple[int, int] | None]  # path, sha256[, a PDF's page range]
@@ -134,7 +95,7 @@ def warm_up(modules: tuple[str, ...]) -> None:
 def page_image_path(sha256: str, page_number: int) -> str:
     """Where a page image lives, relative to the data dir; content-addressed so rewrites are idempotent. Two
     levels of 256 directories hold every page: a directory per document (the layout before; SQL keeps each page's
-    path, so those pages stay where they are) cost a mkdir per photo, a seventh of a worker's time."""
+    path, so those pages stay where they are) cost a mkdir per photo, a noticeable share of a worker's time."""
     return f"pages/{sha256[:2]}/{sha256[2:4]}/{sha256}-{page_number:05d}.jpg"
 
 

@@ -18,14 +18,14 @@ from typing import Any, Self
 import pytest
 from PIL import Image
 
-from mmrag.answer import (
+from mmrag.answer.openai_compat import OpenAICompatAnswerer
+from mmrag.answer.prompt import CANNOT_DETERMINE, NOT_ANSWERED
+from mmrag.errors import (
     AnswererRejectedError,
     AnswererServerError,
     AnswererTimeoutError,
     AnswererUnreachableError,
 )
-from mmrag.answer.openai_compat import OpenAICompatAnswerer
-from mmrag.answer.prompt import CANNOT_DETERMINE, NOT_ANSWERED
 from mmrag.protocols import Answerer
 from mmrag.types import Answer, RetrievedPage
 

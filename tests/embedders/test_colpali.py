@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrag.embedders.colpali import FAMILIES, ColPaliEmbedder, family_for_config, load_colpali, select_dtype
+from mmrag.device import select_dtype
+from mmrag.embedders.colpali import FAMILIES, ColPaliEmbedder, family_for_config, load_colpali
 from mmrag.embedders.tiny import build_tiny_colpali_embedder, build_tiny_colqwen2
 from mmrag.errors import ConfigError, ModelUnavailableError
 from mmrag.protocols import MultiVectorEmbedder

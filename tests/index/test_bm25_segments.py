@@ -10,9 +10,10 @@ import bm25s
 import numpy as np
 import pytest
 
+from mmrag.analysis import analyze, query_terms
 from mmrag.index import bm25
 from mmrag.index.bm25 import rank
-from mmrag.index.lexical import Bm25Index, analyze, query_terms
+from mmrag.index.lexical import Bm25Index
 
 WORDS = [f"w{i}" for i in range(200)] + ["total", "12.50", "RM9.00", "2018-03-04", "receipt", "invoice", "café"]
 

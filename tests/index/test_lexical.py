@@ -1,8 +1,6 @@
-"""Bm25Index and its tokenizer: numbers, dates and amounts survive; ranking; save/load; staleness fingerprint."""
+"""Bm25Index: ranking, save/load and the staleness fingerprint (the tokenizer's tests are in tests/test_analysis.py)."""
 
 from __future__ import annotations
-
-import unicodedata
 
 from pathlib import Path
 
@@ -10,35 +8,8 @@ import pytest
 
 from mmrag.errors import IndexError_, ManifestMismatchError
 from mmrag.index import lexical
-from mmrag.index.lexical import Bm25Index, fingerprint_of, tokenize
+from mmrag.index.lexical import Bm25Index, fingerprint_of
 from mmrag.protocols import LexicalIndex
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Total: 12.50", ["total", "12.50"]),
-        ("paid 1,234.56 EUR", ["paid", "1,234.56", "eur"]),
-        ("on 2018-03-04.", ["on", "2018-03-04", "2018", "03", "04"]),
-        ("03/04/2018", ["03/04/2018", "03", "04", "2018"]),
-        ("at 10:30", ["at", "10:30", "10", "30"]),
-        ("RM9.00", ["rm9.00", "rm", "9.00"]),
-        ("$12.50", ["12.50"]),
-        ("Invoice No. 4711", ["invoice", "no", "4711"]),
-        ("Café STRASSE Straße", ["café", "strasse", "strasse"]),
-        ("ＴＯＴＡＬ １２.５０", ["total", "12.50"]),  # full-width forms, common in OCR output
-        ("e-mail, well-known", ["e", "mail", "well", "known"]),
-        ("", []),
-    ],
-)
-def test_tokenize(text: str, expected: list[str]) -> None:
-    assert tokenize(text) == expected
-
-
-def test_an_amount_is_not_split_into_parts() -> None:
-    tokens = tokenize("Total RM9.00 and 12.50")
-    assert "9.00" in tokens and "12.50" in tokens
-    assert not {"9", "00", "12", "50"} & set(tokens)
 
 
 PAGES = [
@@ -165,23 +136,6 @@ def test_fingerprint_tells_when_the_index_is_stale(index: Bm25Index) -> None:
     assert not index.is_current([*ids, 16])
     assert fingerprint_of([1, 2]) != fingerprint_of([1, 3])
     assert fingerprint_of([]) == fingerprint_of(())
-
-
-def test_tokenize_by_chunks_equals_one_pass_over_the_text() -> None:
-    """tokenize() works chunk by chunk (cached), which is only right because no token spans whitespace: the
-    regex run over the whole normalised text must give the same tokens, in order, for every kind of token."""
-    from mmrag.index.lexical import _tokenize_chunk
-
-    texts = [
-        "TOTAL RM9.00 on 2018-03-04 at 10:30, ref A4/12-B\tnet 1,234.56\u00a0USD12 e-mail",
-        "Ｆｕｌｌ－ｗｉｄｔｈ １２.５０ ﬁnance\u2003Straße ΣΊΣΥΦΟΣ 東京 2018\u3000年 03/04/2018",
-        "line one\nline two\r\n\x1c\x1dsep\u2028para\u2029end  ..  --  12.  .5 a_b_c 9a9 x1.2.3",
-    ]
-    for text in texts:
-        normalised = unicodedata.normalize("NFKC", text).casefold()
-        whole = list(_tokenize_chunk.__wrapped__(normalised))
-        assert tokenize(text) == whole
-        assert tokenize(text) == tokenize(text)  # the cached second pass
 
 
 def test_saved_fingerprint_reads_the_manifest_only(tmp_path: Path) -> None:

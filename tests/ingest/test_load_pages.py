@@ -16,10 +16,11 @@ from mmrag.errors import (
     EmptyFileError,
     EncryptedPdfError,
     InputError,
+    MissingToolError,
     TooLargeError,
     UnsupportedTypeError,
 )
-from mmrag.ingest import MissingToolError, count_pages, describe, iter_pages, load_pages
+from mmrag.ingest import count_pages, describe, iter_pages, load_pages
 from mmrag.types import DocumentKind, PageContent, TextSource
 from tests.ingest.samples import encrypted_pdf, scanned_pdf, text_image, text_pdf
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from fpdf import FPDF
 
-from mmrag.errors import CorruptFileError, EncryptedPdfError, TooLargeError, UnknownNameError
+from mmrag.errors import CorruptFileError, EncryptedPdfError, MissingToolError, TooLargeError, UnknownNameError
 from mmrag.ingest import (
     PDF_RENDERERS,
-    MissingToolError,
     PdfRenderer,
     build_renderer,
     fit_dpi,

@@ -15,7 +15,8 @@ import pytest
 from mmrag.config import IngestSettings
 from mmrag.ingest import shared
 from mmrag.ingest.prepare import ClipPixels, QwenPixels
-from mmrag.ingest.worker import FileFailure, LoadedFile, load_files, load_files_shared
+from mmrag.ingest.results import FileFailure, LoadedFile
+from mmrag.ingest.worker import load_files, load_files_shared
 from tests.factories import make_image, make_pdf
 
 pytestmark = pytest.mark.skipif(not shared.available(), reason="this system has no writable /dev/shm")
@@ -138,7 +139,7 @@ def test_a_processors_tensors_by_name_are_shared_too(tmp_path: Path) -> None:
     import torch
 
     from mmrag.ingest.prepare import TensorData
-    from mmrag.ingest.worker import StoredPage
+    from mmrag.ingest.results import StoredPage
 
     values = {"pixel_values": TensorData.of(torch.rand(2, 3, 64, 64).to(torch.bfloat16)),
               "input_ids": TensorData.of(torch.arange(300)), "mask": None}

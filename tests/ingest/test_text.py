@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrag.errors import ConfigError
-from mmrag.ingest import MissingToolError, check_ocr, choose_text, normalize_text, ocr
+from mmrag.errors import ConfigError, MissingToolError
+from mmrag.ingest import check_ocr, choose_text, normalize_text, ocr
 from mmrag.ingest import text as text_module
 from mmrag.ingest.text import PHOTO_COLOURFULNESS, colourfulness, looks_like_photo
 from mmrag.types import TextSource

@@ -1,4 +1,4 @@
-"""Device choice, offline checkpoint lookup and the OOM batch backoff."""
+"""Offline checkpoint lookup and the OOM batch backoff."""
 
 from __future__ import annotations
 
@@ -8,19 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrag.embedders.device import encode_in_batches, locate_checkpoint, resolve_device
-from mmrag.errors import ConfigError, ModelUnavailableError
-
-
-def test_auto_device_follows_torch() -> None:
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == "cpu"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="cuda:1"):
-        resolve_device("cuda:1")
+from mmrag.embedders.runtime import encode_in_batches, locate_checkpoint
+from mmrag.errors import ModelUnavailableError
 
 
 class OomAbove:

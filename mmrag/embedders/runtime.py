@@ -1,4 +1,7 @@
-"""Runtime plumbing the embedders share: device choice, offline checkpoint lookup, and OOM batch backoff."""
+"""Model-loading plumbing the embedders and answerers share: offline checkpoint lookup and the OOM batch backoff.
+
+Device and dtype choice is mmrag.device's.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +20,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 LOCAL_DIR_PREFIX = "local-dir:"
-
-
-def resolve_device(device: str = "auto") -> str:
-    """The torch device to run on: `auto` is CUDA when torch sees a GPU, else CPU; a named CUDA device must exist."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but torch sees no CUDA device (torch {torch.__version__})")
-    return device
-
-
-def is_cuda_device(device: str) -> bool:
-    return device.startswith("cuda")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,201 @@
+"""Text analysis shared by the BM25 index, the answerers and the test sets: tokens, dates, OCR digit repair, n-grams.
+
+Kept out of the index layer so that callers that only need tokens (mmrag.answer, mmrag.testsets) import this light
+module (standard library only), not the indexes and their numpy/torch dependencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable
+from datetime import date
+
+# Bump TOKENIZER_VERSION when tokenize() changes, ANALYZER_VERSION when analyze() or char_ngrams() change: the BM25
+# index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
+# is rebuilt from SQL).
+TOKENIZER_VERSION = "mmrag-tokenize-1"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-1"
+DATE_PREFIX = "date:"
+NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
+
+_TOKEN = re.compile(
+    r"""
+      (?P<number>\d+(?:[.,/:\-]\d+)*)             # 12.50  1,234.56  2018-03-04  03/04/2018  10:30
+    | (?P<glued>[^\W\d_]+\d+(?:[.,]\d+)*)         # letters glued to an amount: RM9.00  USD12  A4
+    | (?P<word>[^\W_]+)                           # any other run of letters/digits, in any script
+    """,
+    re.VERBOSE,
+)
+_LETTERS_THEN_NUMBER = re.compile(r"([^\W\d_]+)(.*)")
+_COMPOUND_SEPARATORS = re.compile(r"[/:\-]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text into lowercase search tokens, keeping numbers, dates and amounts whole.
+
+    - NFKC-normalised and case-folded, so full-width digits, ligatures and case do not matter.
+    - Words are runs of Unicode letters/digits; punctuation separates them ("e-mail" -> "e", "mail").
+    - A number keeps its inner separators: "12.50", "1,234.56", "2018-03-04", "03/04/2018", "10:30" stay single
+      tokens. Dates, times and ranges ("-", "/", ":") also yield their parts ("2018", "03", "04") so a query for
+      the year finds them; amounts ("." and ",") do not, as "12" and "50" would match unrelated prices.
+    - Letters glued to a number yield the whole token plus both halves: "RM9.00" -> "rm9.00", "rm", "9.00".
+    - No stemming and no stop words: BM25's IDF already discounts common words, and stemmers mangle numbers.
+    """
+    tokens: list[str] = []
+    # No token spans whitespace, so the text's whitespace-separated chunks are tokenized one by one, and a chunk
+    # seen before (pages repeat their words) comes from a cache: tokenizing dominates a BM25 rebuild.
+    for chunk in unicodedata.normalize("NFKC", text).casefold().split():
+        tokens.extend(_tokenize_chunk(chunk))
+    return tokens
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tokenize_chunk(chunk: str) -> tuple[str, ...]:
+    tokens: list[str] = []
+    for match in _TOKEN.finditer(chunk):
+        token = match.group(0)
+        tokens.append(token)
+        if match.lastgroup == "number":
+            if _COMPOUND_SEPARATORS.search(token):
+                tokens.extend(part for part in re.split(r"[.,/:\-]", token) if part)
+        elif match.lastgroup == "glued":
+            letters_then_number = _LETTERS_THEN_NUMBER.match(token)
+            assert letters_then_number is not None
+            tokens.extend(letters_then_number.groups())
+    return tuple(tokens)
+
+
+# English months, full and abbreviated; longest alternatives first so "sept" is not read as "sep" + "t".
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
+            ("july", "jul"), ("august", "aug"), ("september", "sept", "sep"), ("october", "oct"),
+            ("november", "nov"), ("december", "dec"),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")(?![^\W\d_])\.?"
+_NUMERIC_DATE = re.compile(r"(?<![\d.,/:\-])(\d{1,4})([./\-])(\d{1,2})\2(\d{4}|\d{2})(?!\d|[.,/:\-]\d)")
+_DAY_MONTH_YEAR = re.compile(
+    r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]*" + _MONTH + r"[\s.,/\-]*(\d{4}|\d{2})(?!\d)"
+)
+_MONTH_DAY_YEAR = re.compile(
+    r"(?<![^\W\d_])" + _MONTH + r"[\s.,/\-]*(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]+(\d{4}|\d{2})(?!\d)"
+)
+
+# Query words that say how a question is asked, not what it is about. Removed from queries only: BM25's idf already
+# discounts them in long documents, but on short pages (receipts, forms) "did", "at" or "i" are rare enough to
+# outweigh a company name. A query made only of these words keeps them.
+QUERY_STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be been before being below between both but by
+    can could did do does doing down during each few for from further had has have having he her here hers herself
+    him himself his how i if in into is it its itself just me more most my myself no nor not now of off on once only
+    or other our ours ourselves out over own please same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were what when where which
+    while who whom whose why will with would you your yours yourself yourselves much many
+    """.split()
+)
+
+
+def _year(text: str) -> int:
+    if len(text) == 4:
+        return int(text)
+    return 2000 + int(text) if int(text) < 69 else 1900 + int(text)  # POSIX strptime's %y pivot
+
+
+def _date_key(year: int, month: int, day: int) -> str | None:
+    try:
+        return f"{DATE_PREFIX}{date(year, month, day).isoformat()}"
+    except ValueError:
+        return None
+
+
+def date_keys(text: str) -> list[str]:
+    """One "date:YYYY-MM-DD" term per reading of each date in `text`, whatever its format.
+
+    "10-03-2018", "10/03/18", "10.03.2018", "10 Mar 2018", "March 10th, 2018" and "2018-03-10" all yield
+    "date:2018-03-10", so a query and a page that write one date differently still share a term. A numeric date
+    whose first two parts could both be the month ("03/04/2018") yields both readings (day-month and month-day):
+    the order is a locale convention no text declares, and both sides of the match get the same pair of terms.
+    Two-digit years pivot like strptime's %y. Impossible dates (31/02, 1.234.567) yield nothing.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    keys: list[str] = []
+    for first, _, middle, last in _NUMERIC_DATE.findall(text):
+        if len(first) == 4:
+            readings = [(int(first), int(middle), int(last))] if len(last) <= 2 else []
+        elif len(first) <= 2:
+            year = _year(last)
+            readings = [(year, int(middle), int(first)), (year, int(first), int(middle))]
+        else:
+            readings = []
+        keys.extend(dict.fromkeys(key for reading in readings if (key := _date_key(*reading))))
+    for day, month, year in _DAY_MONTH_YEAR.findall(text):
+        if key := _date_key(_year(year), _MONTHS[month], int(day)):
+            keys.append(key)
+    for month, day, year in _MONTH_DAY_YEAR.findall(text):
+        if key := _date_key(_year(year), _MONTHS[month], int(day)):
+            keys.append(key)
+    return keys
+
+
+_LOOKALIKES = str.maketrans({"o": "0", "O": "0", "D": "0", "l": "1", "I": "1", "i": "1", "S": "5", "s": "5",
+                              "B": "8", "Z": "2", "z": "2"})
+_NUMERIC_LOOKING = re.compile(r"(?<![\w])(?=[\w.,/:-]*\d[\w.,/:-]*\d)[0-9oODlIiSsBZz]+(?:[.,/:-][0-9oODlIiSsBZz]+)+(?![\w])")
+
+
+def repair_ocr_digits(text: str) -> str:
+    """Numbers and dates with OCR's letter-for-digit slips read as digits ("O7/03/2O18" → "07/03/2018").
+
+    Only inside runs that already hold two digits and separators (dates, amounts, codes), so words are untouched.
+    """
+    return _NUMERIC_LOOKING.sub(lambda match: match.group(0).translate(_LOOKALIKES), text)
+
+
+def analyze(text: str) -> list[str]:
+    """The word terms BM25 indexes and searches: tokenize()'s tokens plus one key per reading of each date.
+
+    Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
+    dates with OCR letter-for-digit slips also yield their repaired reading's terms.
+    """
+    terms = tokenize(text) + date_keys(text)
+    repaired = repair_ocr_digits(text)
+    if repaired != text:
+        seen = set(terms)
+        terms += [term for term in tokenize(repaired) + date_keys(repaired) if term not in seen]
+    return terms
+
+
+def query_terms(text: str) -> list[str]:
+    """analyze() without QUERY_STOPWORDS, unless nothing else is left."""
+    terms = analyze(text)
+    content = [term for term in terms if term not in QUERY_STOPWORDS]
+    return content or terms
+
+
+def char_ngrams(terms: Iterable[str], n: int = NGRAM) -> list[str]:
+    """Character n-grams of each term, padded with "#" at both ends ("total" → "#to", "tot", "ota", "tal", "al#").
+
+    Date keys stay whole: they are already normalised, and their digits would match every other date.
+    """
+    grams: list[str] = []
+    for term in terms:
+        if term.startswith(DATE_PREFIX):
+            grams.append(term)
+            continue
+        grams.extend(_term_ngrams(term, n))
+    return grams
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _term_ngrams(term: str, n: int) -> tuple[str, ...]:
+    # Cached: a collection repeats its words page after page.
+    padded = f"#{term}#"
+    return tuple(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))

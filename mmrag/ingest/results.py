@@ -1,0 +1,48 @@
+"""What a worker hands back for a file: the loaded file and its stored pages, or why it failed (plain frozen data).
+
+Kept apart from the worker so that the shared-memory transport (mmrag.ingest.shared), which the worker imports,
+can name these types without importing the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    """A decoded page as a worker hands it back: its image is already on disk, so only the path crosses processes,
+    with the embedders' inputs (one per requested spec, in order) when they were asked for."""
+
+    page_number: int
+    width: int  # as rendered or decoded
+    height: int
+    text: str
+    text_source: str
+    image_path: str  # relative to the data dir
+    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+
+    def without_inputs(self) -> StoredPage:
+        """This page with no model inputs: the embedding thread makes them from the stored image instead."""
+        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path)
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """What a worker hands back: the file's identity and its pages."""
+
+    path: str
+    sha256: str
+    kind: str
+    mime: str
+    pages: list[StoredPage]
+    # Pages in the whole document when this holds a range of them (load_file's `pages`); 0: it holds them all.
+    page_total: int = 0
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """Why one file of a worker task could not be loaded (the task's other files go on)."""
+
+    reason: str

@@ -1,0 +1,103 @@
+"""The text analyzer: tokens keep numbers, dates and amounts whole; date keys; stop words; n-grams; OCR digit repair."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from mmrag.analysis import _tokenize_chunk, analyze, char_ngrams, date_keys, query_terms, repair_ocr_digits, tokenize
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Total: 12.50", ["total", "12.50"]),
+        ("paid 1,234.56 EUR", ["paid", "1,234.56", "eur"]),
+        ("on 2018-03-04.", ["on", "2018-03-04", "2018", "03", "04"]),
+        ("03/04/2018", ["03/04/2018", "03", "04", "2018"]),
+        ("at 10:30", ["at", "10:30", "10", "30"]),
+        ("RM9.00", ["rm9.00", "rm", "9.00"]),
+        ("$12.50", ["12.50"]),
+        ("Invoice No. 4711", ["invoice", "no", "4711"]),
+        ("Café STRASSE Straße", ["café", "strasse", "strasse"]),
+        ("ＴＯＴＡＬ １２.５０", ["total", "12.50"]),  # full-width forms, common in OCR output
+        ("e-mail, well-known", ["e", "mail", "well", "known"]),
+        ("", []),
+    ],
+)
+def test_tokenize(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+def test_an_amount_is_not_split_into_parts() -> None:
+    tokens = tokenize("Total RM9.00 and 12.50")
+    assert "9.00" in tokens and "12.50" in tokens
+    assert not {"9", "00", "12", "50"} & set(tokens)
+
+
+def test_tokenize_by_chunks_equals_one_pass_over_the_text() -> None:
+    """tokenize() works chunk by chunk (cached), which is only right because no token spans whitespace: the
+    regex run over the whole normalised text must give the same tokens, in order, for every kind of token."""
+    texts = [
+        "TOTAL RM9.00 on 2018-03-04 at 10:30, ref A4/12-B\tnet 1,234.56\u00a0USD12 e-mail",
+        "Ｆｕｌｌ－ｗｉｄｔｈ １２.５０ ﬁnance\u2003Straße ΣΊΣΥΦΟΣ 東京 2018\u3000年 03/04/2018",
+        "line one\nline two\r\n\x1c\x1dsep\u2028para\u2029end  ..  --  12.  .5 a_b_c 9a9 x1.2.3",
+    ]
+    for text in texts:
+        normalised = unicodedata.normalize("NFKC", text).casefold()
+        whole = list(_tokenize_chunk.__wrapped__(normalised))
+        assert tokenize(text) == whole
+        assert tokenize(text) == tokenize(text)  # the cached second pass
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10-03-2018", "10/03/18", "10.03.2018", "10 Mar 2018", "10MAR18", "March 10th, 2018", "Mar. 10, 2018",
+     "2018-03-10", "Date: 10/03/2018 18:22"],
+)
+def test_one_date_written_many_ways_shares_a_key(text: str) -> None:
+    assert "date:2018-03-10" in date_keys(text)
+
+
+def test_date_keys_read_both_orders_only_when_both_are_dates() -> None:
+    assert date_keys("03/04/2018") == ["date:2018-04-03", "date:2018-03-04"]  # day-month and month-day
+    assert date_keys("19/02/2018") == ["date:2018-02-19"]  # 19 cannot be a month
+    assert date_keys("5 Feb 2018") == ["date:2018-02-05"]  # a month name settles it
+    assert date_keys("30 DEC 17") == ["date:2017-12-30"]
+    assert date_keys("01/02/70") == ["date:1970-02-01", "date:1970-01-02"]  # %y pivot: 69-99 → 19xx
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["31/02/2018", "total 12.50", "1.234.567", "10:30", "12 market 2018", "page 3 of 12", "v1.2.3", "2018"],
+)
+def test_things_that_are_not_dates_get_no_key(text: str) -> None:
+    assert date_keys(text) == []
+
+
+def test_analyze_keeps_tokenize_tokens_and_adds_date_keys() -> None:
+    assert analyze("Paid 9.00 on 05-02-18") == [
+        "paid", "9.00", "on", "05-02-18", "05", "02", "18", "date:2018-02-05", "date:2018-05-02",
+    ]
+
+
+def test_query_stop_words_go_unless_nothing_else_is_left() -> None:
+    assert query_terms("How much did I pay at ACME on 05/02/2018?")[:2] == ["pay", "acme"]
+    assert "did" not in query_terms("how much did I pay")
+    assert query_terms("what is it") == ["what", "is", "it"]
+
+
+def test_char_ngrams_pad_words_and_keep_date_keys_whole() -> None:
+    assert char_ngrams(["total", "a", "date:2018-03-10"]) == [
+        "#to", "tot", "ota", "tal", "al#", "#a#", "date:2018-03-10",
+    ]
+
+
+def test_ocr_letter_for_digit_slips_are_read_as_digits_in_numbers_only() -> None:
+    assert repair_ocr_digits("Date: 2O/O3/2018 TOTAL 1O.5O") == "Date: 20/03/2018 TOTAL 10.50"
+    assert repair_ocr_digits("Island 12 bolts, Boss SDN BHD") == "Island 12 bolts, Boss SDN BHD"  # words untouched
+    terms = analyze("Date: 2O/O3/2018")
+    assert "date:2018-03-20" in terms and "20/03/2018" in terms  # the repaired reading joins the original terms
+    clean = "Total 12.50 on 20/03/2018"
+    assert analyze(clean) == tokenize(clean) + date_keys(clean)  # nothing to repair: no extra terms
