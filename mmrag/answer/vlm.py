@@ -25,7 +25,7 @@ from mmrag.answer.prompt import (
     not_answered,
 )
 from mmrag.device import resolve_device, select_dtype
-from mmrag.embedders.runtime import locate_checkpoint
+from mmrag.checkpoints import locate_checkpoint
 from mmrag.errors import AnswererError, ModelUnavailableError
 from mmrag.types import Answer, RetrievedPage
 

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from mmrag.device import is_cuda_device, resolve_device
-from mmrag.embedders.runtime import LOCAL_DIR_PREFIX, encode_in_batches
+from mmrag.checkpoints import LOCAL_DIR_PREFIX
+from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import ModelUnavailableError
 from mmrag.ingest.prepare import ClipPixels
 

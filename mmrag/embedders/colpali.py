@@ -14,12 +14,13 @@ import numpy as np
 from PIL import Image
 
 from mmrag.device import is_cuda_device, resolve_device, select_dtype
-from mmrag.embedders.runtime import LocatedCheckpoint, encode_in_batches, locate_checkpoint
+from mmrag.checkpoints import LocatedCheckpoint, locate_checkpoint
+from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import MmragError, ModelUnavailableError
 from mmrag.ingest.prepare import ProcessorInputs, QwenPage, QwenPixels, TensorData
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Model-loading plumbing the embedders and answerers share: offline checkpoint lookup and the OOM batch backoff.
+"""The embedders' batch plumbing: encoding in batches that halve on CUDA out-of-memory.
 
-Device and dtype choice is mmrag.device's.
+Device and dtype choice is mmrag.device's; checkpoint lookup mmrag.checkpoints'.
 """
 
 from __future__ import annotations
@@ -8,54 +8,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from mmrag.errors import ConfigError, ModelUnavailableError
+from mmrag.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-LOCAL_DIR_PREFIX = "local-dir:"
-
-
-@dataclass(frozen=True)
-class LocatedCheckpoint:
-    """A checkpoint found on this machine, without touching the network."""
-
-    path: Path
-    revision: str  # HF commit hash for a cache snapshot, "local" for a plain directory
-    is_local_dir: bool
-
-
-def locate_checkpoint(model: str) -> LocatedCheckpoint:
-    """Find `model` (a local directory, `local-dir:/path`, or an HF id) on disk; never downloads.
-
-    Raises ModelUnavailableError naming `model` when it is neither an existing directory nor in the HF cache.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
-
-    explicit_dir = model.startswith(LOCAL_DIR_PREFIX)
-    candidate = Path(model.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
-    if candidate.is_dir():
-        return LocatedCheckpoint(path=candidate.resolve(), revision="local", is_local_dir=True)
-    if explicit_dir or model.startswith(("/", "./", "../", "~")):
-        raise ModelUnavailableError(model, f"directory {str(candidate)!r} does not exist")
-    try:
-        validate_repo_id(model)
-    except HFValidationError as error:
-        raise ModelUnavailableError(model, f"not an existing directory and not a valid Hugging Face id ({error})")
-    try:
-        # local_files_only: serving must never block on (or silently depend on) the network.
-        snapshot = Path(snapshot_download(model, local_files_only=True))
-    except LocalEntryNotFoundError:
-        raise ModelUnavailableError(model, "it is not in the local Hugging Face cache") from None
-    return LocatedCheckpoint(path=snapshot, revision=snapshot.name, is_local_dir=False)
 
 
 def _release_cuda_cache() -> None:

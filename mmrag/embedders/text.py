@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from mmrag.device import resolve_device
-from mmrag.embedders.runtime import LOCAL_DIR_PREFIX, locate_checkpoint
+from mmrag.checkpoints import LOCAL_DIR_PREFIX, locate_checkpoint
 from mmrag.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)

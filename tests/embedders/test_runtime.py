@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrag.embedders.runtime import encode_in_batches, locate_checkpoint
+from mmrag.checkpoints import locate_checkpoint
+from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import ModelUnavailableError
 
 
