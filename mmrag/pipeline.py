@@ -45,7 +45,7 @@ from mmrag.device import is_cuda_device, resolve_device
 from mmrag.errors import CollectionBusyError, NotFoundError
 from mmrag.index.manifest import atomic_write_bytes, file_identity
 from mmrag.ingest import check_ocr, discover, shared
-from mmrag.ingest.prepare import InputSpec, prepare_from_file
+from mmrag.inputs import InputSpec, prepare_from_file
 from mmrag.ingest.results import FileFailure, LoadedFile
 from mmrag.ingest.worker import (
     FileTask,

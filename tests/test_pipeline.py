@@ -340,7 +340,7 @@ def _photo_jpeg(path: Path, seed: int, size: tuple[int, int] = (320, 240)) -> Pa
 def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_embedders: Embedders) -> None:
     """Workers make the model inputs (plain JPEGs stored verbatim and decoded at reduced DCT scale, other pages
     from their stored JPEG); every vector equals what `repair` would make from the stored page image."""
-    from mmrag.ingest.prepare import prepare_from_file
+    from mmrag.inputs import prepare_from_file
     from mmrag.pipeline import input_specs
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inputs.db'}")

@@ -16,7 +16,7 @@ from mmrag.device import is_cuda_device, resolve_device
 from mmrag.checkpoints import LOCAL_DIR_PREFIX
 from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import ModelUnavailableError
-from mmrag.ingest.prepare import ClipPixels
+from mmrag.inputs import ClipPixels
 
 if TYPE_CHECKING:
     import torch

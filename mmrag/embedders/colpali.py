@@ -17,7 +17,7 @@ from mmrag.device import is_cuda_device, resolve_device, select_dtype
 from mmrag.checkpoints import LocatedCheckpoint, locate_checkpoint
 from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import MmragError, ModelUnavailableError
-from mmrag.ingest.prepare import ProcessorInputs, QwenPage, QwenPixels, TensorData
+from mmrag.inputs import ProcessorInputs, QwenPage, QwenPixels, TensorData
 
 if TYPE_CHECKING:
     pass

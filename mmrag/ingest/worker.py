@@ -22,7 +22,7 @@ from mmrag.errors import CorruptFileError, InputError
 from mmrag.ingest import count_pages, describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
-from mmrag.ingest.prepare import InputSpec
+from mmrag.inputs import InputSpec
 from mmrag.ingest.results import FileFailure, LoadedFile, StoredPage
 from mmrag.ingest.shared import SharedResults, export
 from mmrag.types import DocumentKind, TextSource

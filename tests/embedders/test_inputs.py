@@ -38,7 +38,7 @@ def test_colpali_inputs_made_page_by_page_give_the_vectors_of_a_padded_batch(
     tiny_colidefics3: ColPaliEmbedder, pages: list[Image.Image], tmp_path: Path
 ) -> None:
     """Pages of different sizes need padding: collating the per-page outputs equals the processor's own batch."""
-    from mmrag.ingest.prepare import ProcessorInputs, _processor
+    from mmrag.inputs import ProcessorInputs, _processor
 
     tiny_multivector = tiny_colidefics3  # not a Qwen2-VL processor: its own outputs travel from the workers
     spec = tiny_multivector.input_spec(tmp_path)
@@ -70,7 +70,7 @@ QWEN_SIZES = [(300, 200), (200, 310), (56, 84), (20, 30), (1000, 700), (40, 1100
 def test_qwen_pixels_give_exactly_the_processors_inputs(tiny_colqwen2: ColPaliEmbedder, tmp_path: Path) -> None:
     """Resized in the worker, normalised and cut into patches by the embedder: every tensor process_images makes
     (pixels, grid, token ids, masks) is equal, for pages of several sizes in one padded batch."""
-    from mmrag.ingest.prepare import QwenPixels
+    from mmrag.inputs import QwenPixels
 
     spec = tiny_colqwen2.input_spec(tmp_path)
     assert isinstance(spec, QwenPixels)

@@ -14,7 +14,7 @@ import pytest
 
 from mmrag.config import IngestSettings
 from mmrag.ingest import shared
-from mmrag.ingest.prepare import ClipPixels, QwenPixels
+from mmrag.inputs import ClipPixels, QwenPixels
 from mmrag.ingest.results import FileFailure, LoadedFile
 from mmrag.ingest.worker import load_files, load_files_shared
 from tests.factories import make_image, make_pdf
@@ -138,7 +138,7 @@ def test_a_processors_tensors_by_name_are_shared_too(tmp_path: Path) -> None:
     """ProcessorInputs (ColPali families other than Qwen2-VL) hand back a dict of TensorData per page."""
     import torch
 
-    from mmrag.ingest.prepare import TensorData
+    from mmrag.inputs import TensorData
     from mmrag.ingest.results import StoredPage
 
     values = {"pixel_values": TensorData.of(torch.rand(2, 3, 64, 64).to(torch.bfloat16)),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmrag.config import IngestSettings
 from mmrag.errors import CorruptFileError
-from mmrag.ingest.prepare import ClipPixels, prepare_from_file
+from mmrag.inputs import ClipPixels, prepare_from_file
 from mmrag.ingest.worker import load_file
 from tests.factories import make_image
 

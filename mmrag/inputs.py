@@ -1,4 +1,6 @@
-"""Model inputs made in the worker processes: a page decoded (JPEGs at reduced DCT scale) and resized for a model.
+"""Model input specs: what an embedder asks the ingest workers to make from a page (decoded, resized for a model).
+
+The embedders declare them and the workers run them, so they live below both.
 
 The main process of a bulk job has a fraction of a millisecond per image at GPU speed, so everything per-pixel
 happens here, beside the decode: a worker hands back a compact uint8 array (CLIP, Qwen2-VL-based ColPali models) or
