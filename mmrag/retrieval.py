@@ -44,7 +44,8 @@ def retrieve(
         raise ConfigError(f"unknown retrievers {sorted(unknown)}; known: {', '.join(RETRIEVER_NAMES)}")
     wanted = set(retrievers) if retrievers else set(RETRIEVER_NAMES)
     embedders = services.embedders()
-    stores = services.stores(collection_id, generation=generation)
+    collections = services.collections
+    stores = collections.stores(collection_id, generation=generation)
     if image is not None:
         if embedders.clip is None or stores.clip is None:
             raise ConfigError(f"image search needs the CLIP retriever, which is off: {embedders.off.get('clip')}")
@@ -57,7 +58,8 @@ def retrieve(
     if "colpali" in wanted and embedders.colpali is not None and stores.colpali is not None:
         query = embedders.colpali.embed_queries([text])[0]
         index_settings = services.settings.index
-        candidates = services.candidate_index(collection_id) if index_settings.multivector_search == "candidates" else None
+        use_candidates = index_settings.multivector_search == "candidates"
+        candidates = collections.derived.candidate_index(collection_id) if use_candidates else None
         if candidates is not None:
             count = max(index_settings.multivector_candidates, depth)
             hits = candidates.search(query, stores.colpali, depth, candidates=count)
@@ -67,7 +69,7 @@ def retrieve(
     if "text" in wanted and embedders.text is not None and stores.text is not None:
         results.append(RetrieverHits("text", stores.text.search(embedders.text.embed_texts([text]), depth)[0]))
     if "lexical" in wanted:
-        index = services.lexical(collection_id, generation=generation)
+        index = collections.derived.lexical(collection_id, generation=generation)
         results.append(RetrieverHits("lexical", index.search(text, depth)))
     return results
 

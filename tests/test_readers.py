@@ -4,6 +4,12 @@ runs later starts from the stores on disk, not from its stale copy. SQLite and P
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,7 @@ from mmrag.ingest import load_image
 from mmrag.pipeline import collection_writer, run_index
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
+from mmrag.store import repository
 from tests.factories import make_image
 from tests.test_pipeline import assert_stores_agree_with_sql, make_settings
 
@@ -92,14 +99,12 @@ def test_a_job_in_the_reader_starts_from_the_stores_on_disk(pair, tmp_path: Path
         fresh.close()
 
 
-def test_bm25_is_neither_rebuilt_nor_saved_by_a_reader_while_another_process_writes(
+def test_a_reader_follows_a_writer_at_work_in_memory_saving_nothing(
     pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While a job runs elsewhere its pages are in SQL before its BM25 index is saved (at its end). A reader keeps
-    serving the saved index meanwhile (a rebuild per batch would race the writer's own save), looks again at each
-    query, and once the writer is gone brings the index up to date itself."""
-    import fcntl
-
+    """While a job runs elsewhere its pages are in SQL before its BM25 index is saved (at its end). A reader brings
+    its copy of the saved index up to date in memory at its next query, without waiting for the writer and without
+    saving anything; the writer's next job saves it."""
     from mmrag.index.lexical import Bm25Index
     from tests.factories import make_pdf
 
@@ -109,17 +114,111 @@ def test_bm25_is_neither_rebuilt_nor_saved_by_a_reader_while_another_process_wri
     assert len(reader.lexical(1)) == 1
 
     # A job whose end (the saved index) has not come yet: its pages are in SQL, the saved index is the old one.
-    monkeypatch.setattr(writer, "refresh_lexical", lambda collection_id: None)
-    monkeypatch.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
-    make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
-    run_index(writer, [tmp_path / "b"])
+    with monkeypatch.context() as patches:
+        patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
+        patches.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
+        make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
+        run_index(writer, [tmp_path / "b"])
     saved = Bm25Index.saved_fingerprint(reader.lexical_dir(1))
-    with open(writer.writer_lock_path(1), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the writer, still at work
-        assert len(reader.lexical(1)) == 1
-        assert [hit.path for hit in search(reader, "default", text="beta 2002", retrievers=["lexical"])] == []
-        assert Bm25Index.saved_fingerprint(reader.lexical_dir(1)) == saved  # nothing saved by the reader
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    # The writer is gone without saving (it crashed, say): the reader's next query brings the index up to date.
-    hits = search(reader, "default", text="beta 2002", retrievers=["lexical"])
-    assert [Path(hit.path).name for hit in hits] == ["b.pdf"] and len(reader.lexical(1)) == 2
+    before = data_files(reader)
+    with lock_held_elsewhere(writer.writer_lock_path(1)):  # the writer, still at work
+        hits = search(reader, "default", text="beta 2002", retrievers=["lexical"])
+        assert [Path(hit.path).name for hit in hits] == ["b.pdf"] and len(reader.lexical(1)) == 2
+    assert Bm25Index.saved_fingerprint(reader.lexical_dir(1)) == saved and data_files(reader) == before
+    # The writer's next job saves it, covering the pages its last one left out.
+    make_pdf(tmp_path / "c" / "c.pdf", ["gamma invoice 3003"])
+    run_index(writer, [tmp_path / "c"])
+    assert len(Bm25Index.saved_ids(reader.lexical_dir(1))) == 3
+    assert [Path(hit.path).name for hit in search(reader, "default", text="gamma 3003", retrievers=["lexical"])] == [
+        "c.pdf"
+    ]
+
+
+def data_files(services: Services) -> dict[str, tuple[int, int]]:
+    """Every file and directory under the data dir with its mtime and size: a process that writes none leaves it
+    equal."""
+    root = services.data_dir
+    return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size) for path in root.rglob("*")}
+
+
+@contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process holds the collection's writer lock (its flock) for the duration, and this process records
+    every flock it calls meanwhile: a search that took the lock would wait for that process, or find it busy."""
+    import fcntl
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; lock = open(sys.argv[1], 'a+'); fcntl.flock(lock, fcntl.LOCK_EX); "
+         "print('held', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    flock, calls = fcntl.flock, []
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        fcntl.flock = lambda *args: calls.append(args) or flock(*args)
+        began = time.monotonic()
+        yield
+        assert time.monotonic() - began < 30 and calls == []  # the lock was never taken, nor tried
+    finally:
+        fcntl.flock = flock
+        holder.communicate("", timeout=30)
+
+
+@pytest.mark.parametrize("saved", ["stale", "none"])
+def test_a_search_on_stale_derived_indexes_is_right_and_only_reads(
+    pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: str
+) -> None:
+    """The BM25 and candidate indexes saved behind what SQL and the multi-vector store hold (a job that died before
+    its end), or none saved at all (a collection from before they were saved): a search's hits are those of indexes
+    built from scratch, while another process holds the writer lock, and it writes no file; the next writer saves
+    them."""
+    import mmrag.derived
+    from mmrag.index.candidates import PooledCandidateIndex
+    from mmrag.index.lexical import Bm25Index
+    from tests.factories import make_pdf
+
+    reader, writer = pair
+    for services in pair:
+        services.settings.index.multivector_search = "candidates"
+    monkeypatch.setattr(mmrag.derived, "CANDIDATES_SAVE_MIN_PAGES", 0)
+    for i in range(3):
+        make_pdf(tmp_path / "a" / f"a{i}.pdf", [f"alpha invoice {1000 + i}"])
+    run_index(writer, [tmp_path / "a"])
+    assert writer.candidates_path(1).is_file() and len(Bm25Index.saved_ids(writer.lexical_dir(1))) == 3
+    assert search(reader, "default", text="alpha", k=3)  # the reader holds the saved ones, then they fall behind
+    with monkeypatch.context() as patches:  # a job that dies before its end saves neither
+        patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
+        patches.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
+        patches.setattr(writer.collections.derived, "after_writing", lambda collection_id: None)
+        make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
+        run_index(writer, [tmp_path / "b"])
+    if saved == "none":
+        shutil.rmtree(writer.lexical_dir(1))
+        writer.candidates_path(1).unlink()
+        reader.close()
+        reader = build_services(writer.settings, embedders=writer.embedders())  # a query service starting
+
+    before = data_files(reader)
+    with lock_held_elsewhere(writer.writer_lock_path(1)):
+        lexical = search(reader, "default", text="beta invoice 2002", retrievers=["lexical"], k=4)
+        scalable = search(reader, "default", text="beta invoice 2002", retrievers=["colpali"], k=4)
+    assert data_files(reader) == before
+    store = reader.stores(1).colpali
+    with reader.sessions() as session:
+        rebuilt = Bm25Index()
+        rebuilt.rebuild(repository.page_texts(session, 1))
+    assert [hit.page_id for hit in lexical] == [hit.page_id for hit in rebuilt.search("beta invoice 2002", 4)]
+    assert Path(lexical[0].path).name == "b.pdf"
+    assert len(reader.candidate_index(1)) == len(store) == 4  # the page the saved one lacks too
+    reader.settings.index.multivector_search = "exact"
+    exact = search(reader, "default", text="beta invoice 2002", retrievers=["colpali"], k=4)
+    assert [hit.page_id for hit in scalable] == [hit.page_id for hit in exact] and len(exact) == 4
+
+    # The next writer saves them, current with what SQL and the store hold.
+    with collection_writer(writer, 1, "default"):
+        writer.refresh_lexical(1)
+    with writer.sessions() as session:
+        assert Bm25Index.saved_ids(writer.lexical_dir(1)).tolist() == sorted(repository.text_page_ids(session, 1))
+    assert len(PooledCandidateIndex.load(writer.candidates_path(1), store)) == 4
+    if saved == "none":
+        reader.close()

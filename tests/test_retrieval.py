@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
-from mmrag.pipeline import delete_documents, run_index
+from mmrag.pipeline import collection_writer, delete_documents, run_index
 from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
@@ -118,12 +118,15 @@ def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_co
 def test_the_candidate_index_is_saved_and_another_process_loads_it_reading_no_token(
     services: Services, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmrag.services as services_module
+    import mmrag.derived
     from mmrag.index.multivector import ShardedMultiVectorStore
 
-    monkeypatch.setattr(services_module, "CANDIDATES_SAVE_MIN_PAGES", 0)
+    monkeypatch.setattr(mmrag.derived, "CANDIDATES_SAVE_MIN_PAGES", 0)
     built = services.candidate_index(1)
-    assert built is not None and services.candidates_path(1).is_file()  # built here, and saved
+    assert built is not None and not services.candidates_path(1).exists()  # built here; a search saves nothing
+    with collection_writer(services, 1, "default"):
+        pass  # the collection's writer (a job or a delete) as it ends
+    assert services.candidates_path(1).is_file() and services.candidate_index(1) is built  # saved by the writer
     read: list[int] = []
     tokens = ShardedMultiVectorStore.tokens
     monkeypatch.setattr(ShardedMultiVectorStore, "tokens", lambda store, page_id: read.append(page_id) or tokens(
@@ -175,7 +178,8 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
         assert len(r8_pages) == 1 and len(services.lexical(1)) == len(index)
         assert not r8_pages & set(services.lexical(1).ids().tolist())
         assert not r8_pages & set(Bm25Index.saved_ids(services.lexical_dir(1)).tolist())
-        assert any("pages.text !=" in sql for sql in statements)  # the delete left no mark: SQL's ids were read
+        # The delete (the writer) saved it marked current with its generation: no id read by this query either.
+        assert not any("pages.text !=" in sql for sql in statements)
         # It was saved marked with the delete's generation: another process's first query reads no id either.
         statements.clear()
         event.listen(other.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))

@@ -1,0 +1,259 @@
+"""Collections: each one's open stores, a reader's refresh by generation, the writer lock and the writing context."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mmrag.config import Settings
+from mmrag.derived import DerivedIndexes
+from mmrag.device import resolve_device
+from mmrag.errors import IndexError_
+from mmrag.protocols import ImageEmbedder, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
+
+log = logging.getLogger(__name__)
+
+RETRIEVERS = ("clip", "colpali", "text")  # the retrievers with a vector store of their own
+
+
+class LoadedModels(Protocol):
+    """What opening a collection's stores needs of the loaded models (services.Embedders): a model per store, or
+    None for a retriever that is off."""
+
+    clip: ImageEmbedder | None
+    colpali: MultiVectorEmbedder | None
+    text: TextEmbedder | None
+
+
+@dataclass
+class CollectionStores:
+    """The vector stores of one collection, each keyed by SQL page ids."""
+
+    directory: Path
+    clip: VectorIndex | None = None
+    text: VectorIndex | None = None
+    colpali: MultiVectorStore | None = None
+    # Opened by the collection's writer (Collections.writing); a reader's multi-vector store is read-only.
+    writable: bool = True
+    # The collection's generation these stores are known to hold (Collection.generation), and when they were opened
+    # or last caught up (index.reader_refresh_seconds counts from then).
+    generation: int = 0
+    refreshed_at: float = 0.0
+    # Pages removed through these stores since the BM25 index was last refreshed: the writer brings that index up
+    # to date before it lets go of the collection (DerivedIndexes.after_writing).
+    pages_removed: bool = False
+
+    def by_retriever(self) -> dict[str, VectorIndex | MultiVectorStore]:
+        return {name: store for name in RETRIEVERS if (store := getattr(self, name)) is not None}
+
+    def flush(self) -> None:
+        if not self.writable:
+            return  # a reader's stores hold nothing to write
+        for store in self.by_retriever().values():
+            store.flush()
+
+    def catch_up(self, *, expect_colpali: bool) -> bool:
+        """A reader's stores follow what the collection's writer has made durable since, each reading only what is
+        new where it can (FaissIndex.catch_up, ShardedMultiVectorStore.catch_up). False when one cannot, or when the
+        multi-vector store that had not been committed at the open now may be: open them again then."""
+        if expect_colpali and self.colpali is None:
+            return False
+        for store in self.by_retriever().values():
+            catch_up = getattr(store, "catch_up", None)  # a backend that cannot follow (chroma) is opened again
+            if catch_up is None or not catch_up():
+                return False
+        return True
+
+    def remove(self, page_ids: list[int]) -> None:
+        """Drop these pages' vectors from every store (durable at the next flush)."""
+        for store in self.by_retriever().values():
+            store.remove(page_ids)
+        self.pages_removed = self.pages_removed or bool(page_ids)
+
+    def compact_if_worthwhile(self, tombstone_ratio: float) -> bool:
+        """Rewrite the multi-vector shards when deleted pages take more than `tombstone_ratio` of them."""
+        if self.colpali is None:
+            return False
+        stats = self.colpali.stats()
+        total = stats["pages"] + stats["tombstoned_pages"]
+        if total == 0 or stats["tombstoned_pages"] / total <= tombstone_ratio:
+            return False
+        self.colpali.compact()
+        return True
+
+
+@contextmanager
+def try_flock(path: Path) -> Iterator[bool]:
+    """Try an exclusive flock on `path` without waiting; yields whether this caller holds it, and releases it after.
+    One holder across processes on this host, and the kernel releases it even after kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            acquired = False
+        else:
+            acquired = True
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Collections:
+    """The collections this process has open: their stores (a writer's or a reader's), the writer lock, and their
+    derived indexes (`derived`: BM25 and the candidate index, saved by writers only)."""
+
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], models: Callable[[], LoadedModels]
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._models = models  # loads them at the first call (Services.embedders)
+        self._stores: dict[int, CollectionStores] = {}
+        self._writing: set[int] = set()  # collections this process is writing (Collections.writing)
+        self._lock = threading.Lock()
+        self.derived = DerivedIndexes(self)
+
+    def directory(self, collection_id: int) -> Path:
+        return self.settings.data_dir / "collections" / str(collection_id)
+
+    def generation(self, collection_id: int) -> int:
+        """The collection's generation now (Collection.generation)."""
+        from mmrag.store import repository
+
+        with self.sessions() as session:
+            return repository.collection_generation(session, collection_id)
+
+    def cached_stores(self, collection_id: int) -> CollectionStores | None:
+        """The stores this process has open for the collection, as they are (no refresh)."""
+        with self._lock:
+            return self._stores.get(collection_id)
+
+    def stores(self, collection_id: int, *, generation: int | None = None) -> CollectionStores:
+        """The collection's vector stores for the loaded models; manifests are checked on open.
+
+        While this process writes the collection (inside `writing`), the stores it writes. Otherwise a reader's,
+        opened so as never to touch what another process is writing (the multi-vector store read-only: a writable
+        open truncates uncommitted rows and deletes unreferenced shards, which are another writer's work in
+        progress). Given `generation` (the collection's, just read), a reader's stores that another process has
+        changed since are opened again, at most every index.reader_refresh_seconds.
+        """
+        models = self._models()
+        with self._lock:
+            cached = self._stores.get(collection_id)
+            if cached is not None and (
+                collection_id in self._writing
+                or generation is None
+                or cached.generation == generation
+                or time.monotonic() - cached.refreshed_at < self.settings.index.reader_refresh_seconds
+            ):
+                return cached
+            if generation is None:
+                generation = self.generation(collection_id)
+            # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
+            # newer than it says, and the next call looks again; never older.
+            expect_colpali = models.colpali is not None
+            if cached is not None and not cached.writable and cached.catch_up(expect_colpali=expect_colpali):
+                cached.generation, cached.refreshed_at = generation, time.monotonic()
+                return cached
+            if cached is not None:
+                log.info("collection %s changed (generation %d -> %d): opening its stores again",
+                         collection_id, cached.generation, generation)
+            # The candidate index derived from the stores replaced here is dropped at its next use (it knows its store).
+            stores = self._open_stores(collection_id, models, writable=collection_id in self._writing)
+            stores.generation = generation
+            self._stores[collection_id] = stores
+            return stores
+
+    @contextmanager
+    def writing(self, collection_id: int) -> Iterator[None]:
+        """This process writes the collection for the duration (its caller holds the collection's lock,
+        pipeline.collection_writer). Stores opened for reading, or before another process last wrote, are opened
+        again first: a writer working from a stale copy would overwrite the other's vectors (the next job's recovery
+        finds them lost and re-embeds every one) and its shard rows. When the work ends without an error, the
+        writer brings the derived indexes up to date and saves them (DerivedIndexes.after_writing): readers never
+        save them."""
+        generation = self.generation(collection_id)
+        with self._lock:
+            cached = self._stores.get(collection_id)
+            if cached is not None and (not cached.writable or cached.generation != generation):
+                del self._stores[collection_id]
+            self._writing.add(collection_id)
+        try:
+            yield
+            self.derived.after_writing(collection_id)
+        finally:
+            with self._lock:
+                self._writing.discard(collection_id)
+            # Everything written up to now was written through these stores: they hold the generation SQL has now.
+            try:
+                generation = self.generation(collection_id)
+            except SQLAlchemyError:
+                generation = -1  # unknown: the next reader or writer opens them again
+            with self._lock:
+                if (stores := self._stores.get(collection_id)) is not None:
+                    stores.generation = generation
+
+    @contextmanager
+    def writer_lock(self, collection_id: int) -> Iterator[bool]:
+        """Try the collection's writer lock without waiting; yields whether this caller holds it, and releases it
+        after (an flock on a file in the collection's directory). Only writers take it: a search never does."""
+        with try_flock(self.writer_lock_path(collection_id)) as acquired:
+            yield acquired
+
+    def writer_lock_path(self, collection_id: int) -> Path:
+        """The file whose flock makes a process the collection's one writer (pipeline.collection_writer)."""
+        return self.directory(collection_id) / "writer.lock"
+
+    def close(self) -> None:
+        with self._lock:
+            for stores in self._stores.values():
+                stores.flush()  # a writer's; a reader's hold nothing to write
+            self._stores.clear()
+
+    def _open_stores(self, collection_id: int, models: LoadedModels, *, writable: bool) -> CollectionStores:
+        from mmrag.index import build_vector_index, open_multivector_store
+
+        directory = self.directory(collection_id) / "vectors"
+        if writable:
+            directory.mkdir(parents=True, exist_ok=True)  # a reader writes nothing: its stores open empty
+        stores = CollectionStores(directory=directory, writable=writable, refreshed_at=time.monotonic())
+        index_settings = self.settings.index
+        if models.clip is not None:
+            stores.clip = build_vector_index(
+                index_settings, directory, name="clip", model=models.clip.model_id, dim=models.clip.dim
+            )
+        if models.text is not None:
+            stores.text = build_vector_index(
+                index_settings, directory, name="text", model=models.text.model_id, dim=models.text.dim
+            )
+        if models.colpali is not None:
+            colpali_dir = directory / "colpali"
+            if writable or colpali_dir.exists():
+                try:
+                    stores.colpali = open_multivector_store(
+                        index_settings,
+                        colpali_dir,
+                        model=models.colpali.model_id,
+                        dim=models.colpali.dim,
+                        device=resolve_device(self.settings.embedders.device),
+                        read_only=not writable,
+                    )
+                except IndexError_:
+                    if writable:
+                        raise
+                    # Its writer has not committed it yet: nothing to search until the collection changes again.
+                    log.info("collection %s has no committed multi-vector store yet", collection_id)
+        return stores

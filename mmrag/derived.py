@@ -1,0 +1,260 @@
+"""A collection's derived indexes (BM25 over page text, the multi-vector candidate index): freshness, loading,
+bringing them up to date, and saving, which only the collection's writer does.
+
+Both are derived data: SQL (BM25) and the multi-vector store (candidates) are the truth, and either index can be
+built again from them. A reader (a search) loads what its writer saved and brings an in-memory copy up to date,
+reading only the pages added since; it never takes the writer lock and never writes a file. The writer saves them:
+a job as it ends (refresh_lexical, and after_writing as it lets go of the collection) and a delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmrag.errors import IndexError_
+from mmrag.protocols import LexicalIndex
+
+if TYPE_CHECKING:
+    from mmrag.collections import Collections
+    from mmrag.index.lexical import Bm25Index
+    from mmrag.index.candidates import PooledCandidateIndex
+    from mmrag.index.multivector import ShardedMultiVectorStore
+
+log = logging.getLogger(__name__)
+
+# A writer saves the candidate index once this many of its pages changed since it was saved (and this share of
+# it): saving writes every page's centroids, while a reader loading it instead of building it saves reading every
+# stored token.
+CANDIDATES_SAVE_MIN_PAGES = 1000
+CANDIDATES_SAVE_SHARE = 0.1
+
+
+@dataclass
+class _Lexical:
+    """A BM25 index held in memory, current with SQL as of `generation`."""
+
+    generation: int
+    index: LexicalIndex
+    # The fingerprint of the saved index it was loaded from (then brought up to date in memory), or None: while
+    # the saved one is still that, a reader keeps its copy instead of loading the saved one again.
+    base: str | None
+
+
+@dataclass
+class _Candidates:
+    """A candidate index held in memory, derived from one multi-vector store object as of its `version`."""
+
+    store: weakref.ref  # the store it derives from: stores opened again mean an index loaded again
+    version: int
+    index: PooledCandidateIndex
+    unsaved: int  # pages changed since it was last saved (or loaded)
+
+
+class DerivedIndexes:
+    """The BM25 and candidate indexes of the collections of one Collections, kept in memory from one call to the
+    next while what they derive from is unchanged."""
+
+    def __init__(self, collections: Collections) -> None:
+        self.collections = collections
+        self._lexical: dict[int, _Lexical] = {}
+        self._candidates: dict[int, _Candidates] = {}
+        self._lexical_lock = threading.Lock()  # one load or update at a time, not one per waiting query
+        # Its own lock: an update of the candidate index reads the new pages' tokens (seconds for a large job), and
+        # searches that do not use it must not wait for it.
+        self._candidates_lock = threading.Lock()
+
+    def lexical_dir(self, collection_id: int) -> Path:
+        return self.collections.directory(collection_id) / "lexical"
+
+    def candidates_path(self, collection_id: int) -> Path:
+        """Where the candidate index is saved (tagged with its store's uid)."""
+        return self.collections.directory(collection_id) / "candidates.npz"
+
+    # ----------------------------------------------------------------------------------------------- BM25
+
+    def lexical(self, collection_id: int, *, generation: int | None = None, writer: bool = False) -> LexicalIndex:
+        """The BM25 index over the collection's page text, current with SQL as of `generation` (read here if None).
+
+        Kept in memory from one call to the next while the collection's generation (one integer in SQL) is
+        unchanged, whichever process indexes or deletes: reading SQL's pages and loading the index on every query
+        would cost far more than the search itself.
+
+        A reader (the default) loads the index the collection's writer saved and brings its copy up to date in
+        memory (the pages added since read from SQL, the ones gone deleted); it saves nothing and takes no lock
+        but this object's, so it never waits for a writer. `writer` (the caller holds the collection's writer lock)
+        also saves it, marked current with `generation`.
+        """
+        if generation is None:
+            generation = self.collections.generation(collection_id)
+        with self._lexical_lock:
+            cached = self._lexical.get(collection_id)
+            if cached is not None and cached.generation == generation and not writer:
+                return cached.index
+            # The generation is read first: a change landing during the update leaves this index newer than the
+            # generation it is kept under, and the next call looks again. Never older.
+            current = self._current_lexical(collection_id, cached, generation=generation, writer=writer)
+            self._lexical[collection_id] = current
+            return current.index
+
+    def _current_lexical(
+        self, collection_id: int, cached: _Lexical | None, *, generation: int, writer: bool
+    ) -> _Lexical:
+        """`cached` (or the saved index) brought up to date with SQL's indexed pages with text as of `generation`,
+        and for a writer saved. Built from SQL when none is saved or it cannot be read.
+
+        A saved index marked current with `generation` is taken as it is: reading the id of every page with text
+        is the costly part, at the first query after each job."""
+        from mmrag.index.lexical import Bm25Index
+
+        directory = self.lexical_dir(collection_id)
+        saved = Bm25Index.saved_fingerprint(directory)
+        index = cached.index if cached is not None and isinstance(cached.index, Bm25Index) else None
+        base = cached.base if cached is not None else None
+        # A writer saving must start from the saved index itself; a reader keeps its copy of the one it loaded.
+        stale_base = writer or saved != base
+        if saved is not None and (index is None or (index.fingerprint != saved and stale_base)):
+            try:
+                index = Bm25Index.load(directory, reuse=index)  # reads only the segments it does not hold
+            except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
+                log.warning("BM25 index of collection %s unreadable: %s", collection_id, exc)
+                index = None if writer else index
+            base = saved  # a damaged one is not read again until a writer saves another
+        if index is not None and index.fingerprint == saved and Bm25Index.saved_generation(directory) == generation:
+            return _Lexical(generation, index, base)  # marked current with this very generation: no page id read
+        index = self._lexical_following_sql(collection_id, index)
+        if writer:
+            if index.fingerprint == saved:
+                Bm25Index.mark_current(directory, generation)
+            else:
+                index.save(directory, generation=generation)
+            base = index.fingerprint
+        return _Lexical(generation, index, base)
+
+    def _lexical_following_sql(self, collection_id: int, index: Bm25Index | None) -> Bm25Index:
+        """`index` (an empty one if None) holding exactly SQL's indexed pages with text: only the pages it lacks
+        are read and tokenized, and deleted ones are flagged in it. In memory: saving is the caller's."""
+        from mmrag.index.lexical import Bm25Index, id_changes
+        from mmrag.store import repository
+
+        with self.collections.sessions() as session:
+            page_ids = repository.text_page_ids(session, collection_id)
+        if index is None:
+            index = Bm25Index()
+        if index.is_current(page_ids):
+            return index
+        added, removed = id_changes(index.ids(), page_ids)
+        with self.collections.sessions() as session:
+            pages = repository.page_texts(session, collection_id, page_ids=added)
+        index.remove(removed)
+        index.add(pages)
+        return index
+
+    def refresh_lexical(self, collection_id: int) -> None:
+        """Bring the BM25 index up to date and save it unless the saved one already covers SQL's indexed pages
+        with text, decided from page ids and the saved commit alone (no index and no page text are loaded when it
+        does), and mark it current with the collection's generation, so that the first query after the job reads
+        no page id. For the collection's writer, which holds its lock: a job calls it as it ends."""
+        from mmrag.index.lexical import Bm25Index
+        from mmrag.store import repository
+
+        if (stores := self.collections.cached_stores(collection_id)) is not None:
+            stores.pages_removed = False  # the pages removed so far are covered by what follows
+        generation = self.collections.generation(collection_id)  # before the ids: see _current_lexical
+        with self.collections.sessions() as session:
+            page_ids = repository.text_page_ids(session, collection_id)
+        if not self.lexical_covers(collection_id, page_ids):
+            self.lexical(collection_id, generation=generation, writer=True)
+        elif Bm25Index.saved_in(self.lexical_dir(collection_id)):
+            Bm25Index.mark_current(self.lexical_dir(collection_id), generation)
+
+    def lexical_covers(self, collection_id: int, page_ids: list[int]) -> bool:
+        """Whether the collection's saved BM25 index covers exactly these pages with text (SQL's), from its commit
+        alone. No index saved and no page with text (a photo collection) needs none either: a search finds an
+        empty one."""
+        from mmrag.index.lexical import Bm25Index, fingerprint_of
+
+        saved = Bm25Index.saved_fingerprint(self.lexical_dir(collection_id))
+        return not page_ids if saved is None else saved == fingerprint_of(page_ids)
+
+    # ----------------------------------------------------------------------------------------------- candidates
+
+    def candidate_index(self, collection_id: int) -> PooledCandidateIndex | None:
+        """The scalable multi-vector path's centroid index over the collection's multi-vector store, current with
+        the store: loaded from what a writer saved, or built, and brought up to date in memory. Never saved here:
+        a search calls it."""
+        store = self.collections.stores(collection_id).colpali
+        if store is None:
+            return None
+        with self._candidates_lock:
+            return self._current_candidates(collection_id, store).index
+
+    def _current_candidates(self, collection_id: int, store: ShardedMultiVectorStore) -> _Candidates:
+        from mmrag.index.candidates import PooledCandidateIndex
+
+        cached = self._candidates.get(collection_id)
+        # By the store's version, not by comparing its page ids, which costs more than the search. Read before the
+        # update: a page added meanwhile means one more update, never a stale index.
+        version = store.version
+        if cached is None or cached.store() is not store:
+            # Saved by a writer: then only the pages changed since are read.
+            index = PooledCandidateIndex.load(self.candidates_path(collection_id), store)
+            if index is None:
+                log.info("building the candidate index of collection %s (%d pages)", collection_id, len(store))
+                index = PooledCandidateIndex.build(store)
+                unsaved = len(index)
+            else:
+                unsaved = sum(index.update(store))
+            cached = _Candidates(weakref.ref(store), version, index, unsaved)
+        elif cached.version != version:
+            # Brought up to date, reading only the pages added since: building it again reads every stored token.
+            added, removed = cached.index.update(store)
+            log.info("candidate index of collection %s: %d pages added, %d removed", collection_id, added, removed)
+            cached.version, cached.unsaved = version, cached.unsaved + added + removed
+        self._candidates[collection_id] = cached
+        return cached
+
+    def save_candidates(self, collection_id: int) -> bool:
+        """For the collection's writer: bring the candidate index up to date with the store and save it once enough
+        of it changed since it was saved (CANDIDATES_SAVE_*), when one is in use: searches use candidates, this
+        process holds one, or one is saved. Returns whether it saved."""
+        stores = self.collections.cached_stores(collection_id)  # none open: this process changed nothing
+        store = stores.colpali if stores is not None else None
+        path = self.candidates_path(collection_id)
+        in_use = (
+            self.collections.settings.index.multivector_search == "candidates"
+            or collection_id in self._candidates
+            or path.is_file()
+        )
+        if store is None or not in_use:
+            return False
+        with self._candidates_lock:
+            cached = self._current_candidates(collection_id, store)
+            if cached.unsaved <= max(CANDIDATES_SAVE_MIN_PAGES, CANDIDATES_SAVE_SHARE * len(cached.index)):
+                return False
+            try:
+                cached.index.save(path, source=store.uid)
+            except OSError as exc:  # derived data: readers build it in memory, the next writer saves it
+                log.warning("could not save the candidate index of collection %s: %s", collection_id, exc)
+                return False
+            cached.unsaved = 0
+            return True
+
+    # ----------------------------------------------------------------------------------------------- the writer
+
+    def after_writing(self, collection_id: int) -> None:
+        """The collection's writer, done with its work and still holding the lock: the BM25 index follows pages
+        removed through the stores (a delete) that no refresh_lexical covered, and the candidate index is saved
+        when enough of it changed. A failure leaves them as they were: readers still answer correctly (they bring
+        their copies up to date in memory) and the next writer saves them."""
+        stores = self.collections.cached_stores(collection_id)
+        try:
+            if stores is not None and stores.pages_removed:
+                self.refresh_lexical(collection_id)
+            self.save_candidates(collection_id)
+        except (OSError, IndexError_) as exc:
+            log.warning("derived indexes of collection %s not saved: %s", collection_id, exc)
