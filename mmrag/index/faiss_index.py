@@ -75,7 +75,6 @@ JOURNAL_MAGIC = b"MMRAGFJ1"
 _JOURNAL_HEADER = struct.Struct("<8sI")
 _RECORD_MAGIC = b"FJR1"
 _RECORD = struct.Struct("<4sB3xQ")  # then the ids, and for an add the vectors; TrailingCrc adds a u32 crc32
-_CRC_BYTES = 4
 _ADD, _REMOVE = 1, 2
 
 IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
@@ -335,7 +334,8 @@ class FaissIndex:
         return self._record_bytes(op, n)
 
     def _journal_too_big(self) -> bool:
-        pending = sum(self._record_bytes(op, len(ids)) + _CRC_BYTES for op, ids, _ in self._changes)
+        framing = self._journal.framing
+        pending = sum(framing.framed_size(self._record_bytes(op, len(ids))) for op, ids, _ in self._changes)
         return self._journal.outgrows(pending, self.path.stat().st_size)
 
     def _append_journal(self) -> None:

@@ -41,6 +41,10 @@ class Framing(Protocol):
         """The record's bytes as appended to the journal."""
         ...
 
+    def framed_size(self, payload_size: int) -> int:
+        """How many bytes a payload of this size takes in the journal."""
+        ...
+
     def next_record(self, data: memoryview, offset: int) -> tuple[memoryview, int] | None:
         """(payload, end offset) of the record at `offset`, or None when it is torn or fails its checksum."""
         ...
@@ -51,6 +55,9 @@ class LengthPrefixed:
 
     def frame(self, payload: bytes) -> bytes:
         return _LENGTH_AND_CRC.pack(len(payload), zlib.crc32(payload)) + payload
+
+    def framed_size(self, payload_size: int) -> int:
+        return _LENGTH_AND_CRC.size + payload_size
 
     def next_record(self, data: memoryview, offset: int) -> tuple[memoryview, int] | None:
         if offset + _LENGTH_AND_CRC.size > len(data):
@@ -72,6 +79,9 @@ class TrailingCrc:
 
     def frame(self, payload: bytes) -> bytes:
         return payload + _U32.pack(zlib.crc32(payload))
+
+    def framed_size(self, payload_size: int) -> int:
+        return payload_size + _U32.size
 
     def next_record(self, data: memoryview, offset: int) -> tuple[memoryview, int] | None:
         size = self.payload_size(data, offset)
@@ -130,7 +140,9 @@ class Journal:
         """Frame and append these records after the known-good bytes (cutting off anything beyond them: a torn
         record), the head first when there are none, then fsync: the commit. A failed append leaves `size` where it
         was, and the next one cuts off what it wrote."""
-        started = self.size == 0
+        started = self.size == 0 or not self.path.exists()
+        if started:
+            self.size = 0
         records = b"".join(self.framing.frame(payload) for payload in payloads)
         data = head + records if started else records
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
