@@ -40,7 +40,6 @@ harmlessly.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 from collections.abc import Iterable

@@ -158,13 +158,6 @@ class Journal:
             fsync_dir(self.path.parent)
         self.size += len(data)
 
-    def cut_torn_tail(self) -> int:
-        """Truncate the file to its known-good bytes (a writer opening a store); returns the bytes cut."""
-        extra = self.path.stat().st_size - self.size
-        if extra > 0:
-            os.truncate(self.path, self.size)
-        return max(extra, 0)
-
     def outgrows(self, pending: int, snapshot_bytes: int) -> bool:
         """Whether appending `pending` bytes takes the journal past the snapshot's size: a new snapshot is due."""
         return self.size + pending > max(JOURNAL_MIN_BYTES, snapshot_bytes)
