@@ -1,8 +1,8 @@
 """Segmented BM25: inverted indexes in immutable segments with per-segment deletions, scored at query time.
 
 Why not bm25s's eager index: it stores each (term, page) pair's final BM25 score, and that score depends on the
-whole collection (the term's document frequency, the average page length). So adding a hundred pages to a million
-meant rebuilding everything from the text in SQL (0.7-1.2 ms a page: twelve to twenty minutes after every job).
+whole collection (the term's document frequency, the average page length). So adding a hundred pages to a large
+collection meant rebuilding everything from the text in SQL after every job.
 Here a segment stores term frequencies and page lengths only; the collection-wide statistics are summed over the
 segments at query time, for the query's terms alone. A job adds one small segment; a delete flags rows.
 

@@ -1,14 +1,14 @@
 """The scalable multi-vector path: a few centroids per page pick candidates, exact MaxSim reranks them.
 
-Exact MaxSim reads every stored token per query (≈256 KB a page in fp16), which is what makes it slow at a
-million pages. Here each page is also folded into `vectors_per_page` centroids (spherical k-means over its
-tokens). A page's approximate score is the query's MaxSim over its centroids, computed either for every page
-(exhaustive: 8 vectors a page instead of ~1030, through the same kernel as exact search) or, on CPU for very large
-collections, from an HNSW graph over all centroids: a query token's `per_token` nearest centroids give each page
-that came back its best similarity, and pages that did not come back get the lowest similarity that did (the
-XTR-style imputation: the page cannot be better than what was cut off). The top `candidates` pages by that score
-are re-scored exactly from the store, so the final scores are exact MaxSim and only the candidate set is
-approximate (measured as recall@10 against exact search by `python -m bench search` and `python -m bench gpu`).
+Exact MaxSim reads every stored token per query, which is what makes it slow on a large collection. Here each page
+is also folded into `vectors_per_page` centroids (spherical k-means over its tokens). A page's approximate score is
+the query's MaxSim over its centroids, computed either for every page (exhaustive: 8 vectors a page instead of
+~1030, through the same kernel as exact search) or, on CPU for very large collections, from an HNSW graph over all
+centroids: a query token's `per_token` nearest centroids give each page that came back its best similarity, and
+pages that did not come back get the lowest similarity that did (the XTR-style imputation: the page cannot be better
+than what was cut off). The top `candidates` pages by that score are re-scored exactly from the store, so the final
+scores are exact MaxSim and only the candidate set is approximate (measured as recall@10 against exact search by
+`python -m bench search` and `python -m bench gpu`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 6) -> torch.Tens
 
 # Up to this many pages, candidates come from MaxSim over every page's centroids (exhaustive: no approximation
 # beyond the centroids themselves); beyond it, on CPU, from an HNSW graph over the centroids. On CUDA the fused
-# kernel scores a million pages' centroids in about a millisecond, so it stays exhaustive.
+# kernel scores even a very large collection's centroids quickly, so it stays exhaustive.
 EXHAUSTIVE_MAX_PAGES_CPU = 250_000
 SAVED_FORMAT = "mmrag-candidates-1"
 
@@ -81,8 +81,8 @@ class PooledCandidateIndex:
                                 XTR-style imputation for pages that did not come back (sublinear on CPU)
 
     It follows its store with `update`, which reads the tokens of the pages added since and drops the pages gone:
-    building it reads every stored token (about 3 ms a page on a 2-core CPU, most of an hour at a million pages),
-    and it used to be built again after every change to the store.
+    building it reads every stored token, so building it again after every change to the store would cost as much
+    as the store is large.
     """
 
     def __init__(

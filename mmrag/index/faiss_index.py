@@ -29,22 +29,19 @@ a human-readable copy for operators and is never read back.
 The journal `<name>.faiss.journal`: the changes made since the snapshot, appended (and fsynced) by flush():
     b"MMRAGFJ1" | u32 dim,  then records of  b"FJR1" | u8 op (1 add, 2 remove) | 3 pad | u64 n
                                               | n int64 ids | (add) n*dim float32 | u32 crc32 of all before it
-A bulk job flushes after every batch; rewriting the whole snapshot each time wrote O(N^2) bytes over a job (a
-1M-vector CLIP index is 2 GB). flush() appends instead, and writes a new snapshot (then deletes the journal) only
-when the journal has grown past the snapshot's size (JOURNAL_MIN_BYTES at least), or the index's layout changed
-(IVF trained, HNSW rebuilt): bytes written stay within a small multiple of the index. open() replays the journal
-onto the snapshot and stops at a torn or corrupt record, which a crash mid-flush leaves and no SQL row can vouch
-for. Replaying is idempotent (last change per id wins), so a crash between a new snapshot and the journal's
-deletion replays changes the snapshot already holds, harmlessly.
+The framing, appending and snapshot replacement are mmrag/index/journal.py's (TrailingCrc). flush() appends,
+and writes a new snapshot (then deletes the journal) when the journal outgrows the snapshot or the index's layout
+changed (IVF trained, HNSW rebuilt). open() replays the journal onto the snapshot and stops at a torn or corrupt
+record, which a crash mid-flush leaves and no SQL row can vouch for. Replaying is idempotent (last change per id
+wins), so a crash between a new snapshot and the journal's deletion replays changes the snapshot already holds,
+harmlessly.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -53,15 +50,13 @@ import faiss
 import numpy as np
 
 from mmrag.errors import ConfigError, IndexError_
+from mmrag.index.journal import Journal, TrailingCrc, replace_snapshot
 from mmrag.index.manifest import (
     Manifest,
     as_page_ids,
-    atomic_write,
     atomic_write_bytes,
     checked_batch,
     file_identity,
-    fsync_dir,
-    identity_of,
     remove_stale_tmp_files,
 )
 from mmrag.types import Hit
@@ -78,10 +73,8 @@ JOURNAL_SUFFIX = ".journal"
 JOURNAL_MAGIC = b"MMRAGFJ1"
 _JOURNAL_HEADER = struct.Struct("<8sI")
 _RECORD_MAGIC = b"FJR1"
-_RECORD = struct.Struct("<4sB3xQ")
-_CRC = struct.Struct("<I")
+_RECORD = struct.Struct("<4sB3xQ")  # then the ids, and for an add the vectors; TrailingCrc adds a u32 crc32
 _ADD, _REMOVE = 1, 2
-JOURNAL_MIN_BYTES = 64 * 1024 * 1024  # below this a journal never forces a new snapshot
 
 IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 IVF_MAX_TRAIN_POINTS_PER_LIST = 256  # faiss subsamples to this anyway; sampling ourselves avoids its warning
@@ -146,8 +139,7 @@ class FaissIndex:
         # changed or there is no snapshot yet.
         self._changes: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self._snapshot_due = not on_disk
-        self._journal_path = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
-        self._journal_bytes = 0  # valid bytes of the journal file (a torn tail beyond them is cut off on append)
+        self._journal = Journal(self.path.with_name(self.path.name + JOURNAL_SUFFIX), TrailingCrc(self._payload_size))
         # What catch_up follows: the snapshot file read (device, inode, size, mtime) and the journal file replayed.
         self._snapshot_identity: tuple[int, ...] | None = None
         self._journal_identity: tuple[int, ...] | None = None
@@ -254,7 +246,7 @@ class FaissIndex:
 
     def files(self) -> list[Path]:
         """The files that hold this index on disk: its snapshot and its journal (either may not exist yet)."""
-        return [self.path, self._journal_path]
+        return [self.path, self._journal.path]
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -303,7 +295,7 @@ class FaissIndex:
             self._remove_present(replaced)
         self._append(ids, vectors)
         # Sorted insert of the new ids (replaced ones are there already): a copy of the array, not np.union1d's
-        # hash of it, which cost a bulk job's write thread 0.5 s a batch at a million vectors.
+        # sort of all of it, which grew with the index on every batch of a bulk job.
         fresh = np.sort(ids[~_contains(self._ids, ids)])
         self._ids = np.insert(self._ids, np.searchsorted(self._ids, fresh), fresh)
         self._dirty = True
@@ -325,82 +317,63 @@ class FaissIndex:
     def _write_snapshot(self, manifest: Manifest) -> None:
         """The whole index as a new snapshot file, then the journal it supersedes deleted."""
         tombstones = np.flatnonzero(~self._alive).astype("<i8") if self.kind == "hnsw" else np.zeros(0, "<i8")
-        atomic_write(self.path, lambda file: _write_file(file, manifest, self._index, tombstones))
-        if self._journal_path.exists():
-            self._journal_path.unlink()
-            fsync_dir(self.path.parent)
-        self._journal_bytes = 0
+        replace_snapshot(self.path, lambda file: _write_file(file, manifest, self._index, tombstones), self._journal)
 
     def _record_bytes(self, op: int, n: int) -> int:
         """A journal record's header and ids, and for an add its vectors (the CRC after it not included)."""
         return _RECORD.size + n * 8 + (n * self.dim * 4 if op == _ADD else 0)
 
+    def _payload_size(self, data: memoryview, offset: int) -> int | None:
+        """The size of the record starting at `offset` (for TrailingCrc); None when its header is not a record's."""
+        if offset + _RECORD.size > len(data):
+            return None
+        record_magic, op, n = _RECORD.unpack_from(data, offset)
+        if record_magic != _RECORD_MAGIC or op not in (_ADD, _REMOVE):
+            return None
+        return self._record_bytes(op, n)
+
     def _journal_too_big(self) -> bool:
-        pending = sum(self._record_bytes(op, len(ids)) + _CRC.size for op, ids, _ in self._changes)
-        journal = self._journal_bytes + pending
-        return journal > max(JOURNAL_MIN_BYTES, self.path.stat().st_size)
+        framing = self._journal.framing
+        pending = sum(framing.framed_size(self._record_bytes(op, len(ids))) for op, ids, _ in self._changes)
+        return self._journal.outgrows(pending, self.path.stat().st_size)
 
     def _append_journal(self) -> None:
-        created = not self._journal_path.exists()
-        with open(self._journal_path, "r+b" if not created else "w+b") as file:
-            if created or self._journal_bytes == 0:
-                file.truncate(0)
-                file.write(_JOURNAL_HEADER.pack(JOURNAL_MAGIC, self.dim))
-            else:
-                file.truncate(self._journal_bytes)  # a torn record a crash left after the last valid one
-                file.seek(self._journal_bytes)
-            for op, ids, vectors in self._changes:
-                body = _RECORD.pack(_RECORD_MAGIC, op, len(ids)) + ids.astype("<i8").tobytes()
-                if vectors is not None:
-                    body += vectors.tobytes()
-                file.write(body)
-                file.write(_CRC.pack(zlib.crc32(body)))
-            file.flush()
-            os.fsync(file.fileno())
-            self._journal_bytes = file.tell()
-        if created:
-            fsync_dir(self.path.parent)
+        payloads = []
+        for op, ids, vectors in self._changes:
+            body = _RECORD.pack(_RECORD_MAGIC, op, len(ids)) + ids.astype("<i8").tobytes()
+            payloads.append(body + vectors.tobytes() if vectors is not None else body)
+        self._journal.append(_JOURNAL_HEADER.pack(JOURNAL_MAGIC, self.dim), payloads)
 
     def catch_up(self) -> bool:
         """Follow another process's writes: apply the journal records appended since this index was opened or last
         caught up, reading only those. False, with nothing applied, when that cannot be done (the snapshot was
         rewritten, the journal started over, or this index has changes of its own): open the index again then.
 
-        For a reader beside the collection's writer: reopening a million 512-d vectors took 6.6 s; a batch's
-        journal record is a few MB."""
+        For a reader beside the collection's writer: reopening reads the whole index, a batch's journal record
+        only that batch.
+        """
         with self._lock:
             if self._dirty or self._changes or file_identity(self.path) != self._snapshot_identity:
                 return False
-            try:
-                file = open(self._journal_path, "rb")  # noqa: SIM115 - closed below; the identity comes from it
-            except FileNotFoundError:
-                return self._journal_bytes == 0  # none yet (or one that never held a valid record)
-            with file:
-                journal = identity_of(os.fstat(file.fileno()), content=False)
-                if self._journal_bytes and journal != self._journal_identity:
-                    return False  # another journal than the one this index replayed
-                start = self._journal_bytes
-                file.seek(start)
-                data = file.read()
-            if start == 0:
-                applied = self._apply_journal(data)
-            else:
-                applied = self._apply_records(data, start)
-            self._journal_identity = journal
+            start = self._journal.size
+            read = self._journal.read(head_size=0, start=start)
+            if read is None:
+                return start == 0  # none yet (or one that never held a valid record)
+            if start and read.identity != self._journal_identity:
+                return False  # another journal than the one this index replayed
+            applied = self._apply_journal(read.data) if start == 0 else self._apply_records(read.data, start)
+            self._journal_identity = read.identity
             if applied:
                 log.info("%s: caught up %d journal records, %d vectors now", self.path, applied, len(self._ids))
             return True
 
     def _replay_journal(self) -> int:
         """Apply the journal's records onto the snapshot just read; returns how many were applied."""
-        try:
-            file = open(self._journal_path, "rb")  # noqa: SIM115 - closed below; the identity comes from it
-        except FileNotFoundError:
+        read = self._journal.read(head_size=0, start=0)
+        if read is None:
             return 0
-        with file:
-            self._journal_identity = identity_of(os.fstat(file.fileno()), content=False)
-            data = file.read()
-        return self._apply_journal(data)
+        self._journal_identity = read.identity
+        return self._apply_journal(read.data)
 
     def _apply_journal(self, data: bytes) -> int:
         """Apply a whole journal file's records (header first)."""
@@ -408,27 +381,20 @@ class FaissIndex:
             return 0  # created, then a crash before its header was durable: nothing in it was ever vouched for
         magic, dim = _JOURNAL_HEADER.unpack_from(data)
         if magic != JOURNAL_MAGIC or dim != self.dim:
-            raise IndexError_(f"{self._journal_path}: not a journal of this index (magic {magic!r}, dim {dim}); "
+            raise IndexError_(f"{self._journal.path}: not a journal of this index (magic {magic!r}, dim {dim}); "
                               "rebuild the index from SQL")
         return self._apply_records(data[_JOURNAL_HEADER.size :], _JOURNAL_HEADER.size)
 
     def _apply_records(self, data: bytes, base: int) -> int:
-        """Apply the complete, intact records at the start of `data` (the journal's bytes from offset `base`);
-        stop at a torn or corrupt one. self._journal_bytes ends up just past the last one applied."""
+        """Apply the committed records at the start of `data` (the journal's bytes from offset `base`); stop at a
+        torn or corrupt one. The journal's known-good size ends up just past the last one applied."""
         offset = 0
         applied = 0
-        while offset + _RECORD.size <= len(data):
-            record_magic, op, n = _RECORD.unpack_from(data, offset)
-            size = self._record_bytes(op, n)
-            end = offset + size + _CRC.size
-            if record_magic != _RECORD_MAGIC or op not in (_ADD, _REMOVE) or end > len(data):
-                break
-            body = data[offset : offset + size]
-            if _CRC.unpack_from(data, offset + size)[0] != zlib.crc32(body):
-                break
-            ids = np.frombuffer(body, dtype="<i8", count=n, offset=_RECORD.size).astype(np.int64)
+        for payload, end in self._journal.records(data):
+            _, op, n = _RECORD.unpack_from(payload)
+            ids = np.frombuffer(payload, dtype="<i8", count=n, offset=_RECORD.size).astype(np.int64)
             if op == _ADD:
-                vectors = np.frombuffer(body, dtype="<f4", offset=_RECORD.size + n * 8).reshape(n, self.dim)
+                vectors = np.frombuffer(payload, dtype="<f4", offset=_RECORD.size + n * 8).reshape(n, self.dim)
                 self._add(ids, np.ascontiguousarray(vectors, dtype=np.float32))
             else:
                 self._remove(ids)
@@ -436,8 +402,8 @@ class FaissIndex:
             applied += 1
         if offset < len(data):
             log.warning("%s: ignored a torn or corrupt tail of %d bytes (a crash during a flush, or one in progress "
-                        "in another process)", self._journal_path, len(data) - offset)
-        self._journal_bytes = base + offset
+                        "in another process)", self._journal.path, len(data) - offset)
+        self._journal.size = base + offset
         # Replayed changes are already on disk (snapshot + journal): nothing is due until the next change, unless
         # replaying changed the layout (then the next flush writes a snapshot).
         self._dirty = False

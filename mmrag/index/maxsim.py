@@ -6,7 +6,7 @@ page p owns rows[starts[p] : starts[p] + lengths[p]]. Pages may have different t
 score(query, page) = sum over query tokens of max over page tokens of <q, t>.
 
 Why a kernel: the obvious `einsum` writes the whole (page tokens x query tokens) similarity tensor to memory and
-reads it back for the max, so one query over 100k ColPali pages moves ≈ 2x the bytes it needs. The kernel below
+reads it back for the max, so a query moves about twice the bytes it needs. The kernel below
 reads each page's tokens once, multiplies them by the query tile held in registers (tensor cores, fp32
 accumulate), keeps a running max per query token in registers and writes one float per (page, query). It is
 memory-bound by design: its floor is the time to read the stored tokens once (measured by `python -m bench gpu`).
@@ -47,14 +47,14 @@ def triton_available(device: torch.device) -> bool:
 
 @functools.cache
 def _kernel():  # type: ignore[no-untyped-def]
-    """Imported on first use: importing triton costs ~1 s, and TRITON_INTERPRET is read when the kernel is built."""
+    """Imported on first use: importing triton is slow, and TRITON_INTERPRET is read when the kernel is built."""
     from mmrag.index.maxsim_kernel import maxsim_kernel
 
     return maxsim_kernel
 
 
-# (BLOCK_T, num_warps, STAGES). `python -m bench gpu` swept 10 configs on an H200, 100k pages: 5.77-7.15 ms; this
-# one ran 5.87 ms, within run-to-run noise of the best.
+# (BLOCK_T, num_warps, STAGES): chosen by the configuration sweep of `python -m bench gpu`, within run-to-run noise
+# of the best.
 DEFAULT_CONFIG = (64, 4, 3)
 
 

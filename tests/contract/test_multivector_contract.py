@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mmrag.errors import IndexError_, ManifestMismatchError
-from mmrag.index import multivector
-from mmrag.index.multivector import OFFSETS_FILE, ShardedMultiVectorStore
+from mmrag.index import journal
+from mmrag.index.multivector import ShardedMultiVectorStore
+from mmrag.index.multivector_codec import JOURNAL_FILE, OFFSETS_FILE, ShardFiles
 from mmrag.protocols import MultiVectorStore
 from tests.contract.oracles import MaxSimOracle, topic_pages, topic_query
 
@@ -272,7 +273,7 @@ def test_a_crash_during_compaction_keeps_the_old_state(tmp_path: Path, layout, c
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(multivector, "atomic_write", crash)  # new shards written, the commit never happens
+    monkeypatch.setattr(journal, "atomic_write", crash)  # new shards written, the commit never happens
     with pytest.raises(OSError, match="disk vanished"):
         store.compact()
     monkeypatch.undo()
@@ -297,10 +298,10 @@ def test_a_crash_after_the_compaction_commit_keeps_the_new_state(
     store.flush()
     old_shards = {path.name for path in tmp_path.glob("shard-*.f16")}
 
-    def crash(self: ShardedMultiVectorStore, serial: int) -> None:
+    def crash(self: ShardFiles, serial: int) -> None:
         raise KeyboardInterrupt  # killed right after the commit, before the old shards are deleted
 
-    monkeypatch.setattr(ShardedMultiVectorStore, "_forget_shard", crash)
+    monkeypatch.setattr(ShardFiles, "delete", crash)
     with pytest.raises(KeyboardInterrupt):
         store.compact()
     monkeypatch.undo()
@@ -382,7 +383,7 @@ def test_add_rejects_malformed_pages(tmp_path: Path, layout, corpus) -> None:
 
 
 def _journal(directory: Path) -> Path:
-    return directory / multivector.JOURNAL_FILE
+    return directory / JOURNAL_FILE
 
 
 def _forty_pages_flushed(tmp_path: Path, layout, corpus) -> tuple[Checked, list[np.ndarray], list[int]]:  # noqa: ANN001
@@ -476,7 +477,7 @@ def test_a_journal_outgrowing_its_snapshot_is_folded_into_a_new_one(
 ) -> None:
     from mmrag.index.manifest import file_identity
 
-    monkeypatch.setattr(multivector, "JOURNAL_MIN_BYTES", 0)
+    monkeypatch.setattr(journal, "JOURNAL_MIN_BYTES", 0)
     checked, pages, ids = _forty_pages_flushed(tmp_path, layout, corpus)
     snapshot = file_identity(tmp_path / OFFSETS_FILE)
     snapshots = 0

@@ -194,7 +194,8 @@ def test_a_store_keeps_its_uid_across_snapshots_and_reopening(tmp_path: Path) ->
 
 
 def test_a_store_from_before_uids_gets_one_at_its_writers_next_flush(tmp_path: Path) -> None:
-    from mmrag.index.multivector import _HEADER, OFFSETS_FILE
+    from mmrag.index.multivector_codec import OFFSETS_FILE
+    from mmrag.index.multivector_codec import SNAPSHOT_HEADER as _HEADER
 
     store = ShardedMultiVectorStore(tmp_path, 16, "m")
     store.add([1], [np.ones((3, 16), dtype=np.float32)])

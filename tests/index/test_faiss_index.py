@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmrag.errors import ConfigError, IndexError_, ManifestMismatchError
-from mmrag.index import faiss_index
+from mmrag.index import faiss_index, journal
 from mmrag.index.faiss_index import FILE_MAGIC, IVF_MIN_POINTS_PER_LIST, FaissIndex
 from tests.contract.oracles import VectorOracle, clustered_vectors, queries_near
 
@@ -255,10 +255,10 @@ def test_a_torn_journal_tail_is_ignored_and_cut_off_by_the_next_flush(tmp_path: 
 
 def test_a_new_snapshot_replaces_the_journal_once_it_outgrows_the_snapshot(tmp_path: Path, monkeypatch) -> None:
     """Bytes written over a job stay linear in the index size: snapshots are rewritten geometrically rarely."""
-    monkeypatch.setattr(faiss_index, "JOURNAL_MIN_BYTES", 0)
+    monkeypatch.setattr(journal, "JOURNAL_MIN_BYTES", 0)
     snapshots = []
-    real_write = faiss_index.atomic_write
-    monkeypatch.setattr(faiss_index, "atomic_write",
+    real_write = journal.atomic_write
+    monkeypatch.setattr(journal, "atomic_write",
                         lambda path, write: (snapshots.append(path), real_write(path, write))[1])
     path = tmp_path / "clip.faiss"
     vectors = clustered_vectors(6400, DIM, seed=3)

@@ -119,7 +119,7 @@ def test_store_serves_search_through_the_kernel(interpreted, tmp_path: Path) -> 
         assert_same_hits(fused.search_batch(queries, 5), plain.search_batch(queries, 5))
 
     both(lambda store: store.add(ids[:20], pages[:20]))
-    assert fused._resident is not None and len(fused._resident.entries) == 20
+    assert fused._search.resident is not None and len(fused._search.resident.entries) == 20
     both(lambda store: store.add(ids[20:], pages[20:]))  # more shards; the resident copy is rebuilt
     both(lambda store: store.remove(ids[::3]))
     both(lambda store: store.add([ids[1]], [pages[5]]))  # re-add tombstones the old rows
@@ -128,7 +128,7 @@ def test_store_serves_search_through_the_kernel(interpreted, tmp_path: Path) -> 
     assert_same_hits([fused.score_subset(queries[0], subset)], [plain.score_subset(queries[0], subset)])
     both(lambda store: store.compact())
     fused.close()
-    assert fused._resident is None
+    assert fused._search.resident is None
 
 
 def test_triton_kernel_refused_where_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrag.index.multivector import (
-    ENTRY_DTYPE,
-    FILE_MAGIC,
-    OFFSETS_FILE,
-    ShardedMultiVectorStore,
-    shard_file_name,
-)
+from mmrag.index.multivector import ShardedMultiVectorStore
+from mmrag.index.multivector_codec import ENTRY_DTYPE, FILE_MAGIC, OFFSETS_FILE, shard_file_name
 from tests.contract.oracles import MaxSimOracle, topic_pages, topic_query
 
 DIM = 128
