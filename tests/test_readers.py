@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmrag.ingest import load_image
-from mmrag.pipeline import collection_writer, run_index
+from mmrag.indexing import JobStages, collection_writer, run_index
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
 from tests.factories import make_image
@@ -110,9 +110,8 @@ def test_bm25_is_neither_rebuilt_nor_saved_by_a_reader_while_another_process_wri
 
     # A job whose end (the saved index) has not come yet: its pages are in SQL, the saved index is the old one.
     monkeypatch.setattr(writer, "refresh_lexical", lambda collection_id: None)
-    monkeypatch.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
     make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
-    run_index(writer, [tmp_path / "b"])
+    run_index(writer, [tmp_path / "b"], stages=JobStages(lexical_ahead=lambda *args: None))
     saved = Bm25Index.saved_fingerprint(reader.lexical_dir(1))
     with open(writer.writer_lock_path(1), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the writer, still at work
