@@ -778,3 +778,28 @@ def test_a_pdf_failing_after_its_first_range_fails_whole_and_alone(
     assert path.endswith("late-fail.pdf") and ("page 9: cannot" in reason or "page 17: cannot" in reason)
     assert pages == 10 == report.pages_indexed  # nothing of the failed PDF, all of the other
 
+
+def test_each_file_is_hashed_once_per_job(
+    tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning hashes every new file; the worker that loads it is handed that digest and does not read the file
+    through again (describe hashes only when no digest is given)."""
+    import importlib
+
+    discovery = importlib.import_module("mmrag.ingest.discover")  # the package's `discover` is the function
+
+    def no_second_hash() -> object:
+        raise AssertionError("a file was hashed a second time")
+
+    monkeypatch.setattr(discovery, "new_digest", no_second_hash)
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, images=3, pdfs=2)
+    report = run_index(services, [corpus])
+    assert report.counts["indexed"] == 5 and report.counts["failed"] == 0
+    with services.sessions() as session:
+        from mmrag.digest import sha256_of
+
+        recorded = {row.path: row.sha256 for row in session.execute(
+            select(DocumentPath.path, Document.sha256).join(Document, Document.id == DocumentPath.document_id)
+        )}
+    assert recorded and all(sha256_of(path) == sha for path, sha in recorded.items())

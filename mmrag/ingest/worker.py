@@ -176,7 +176,8 @@ def load_file(
         fast = _load_plain_jpeg(path, sha256, settings, data_dir, inputs)
         if fast is not None:
             return fast
-    source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
+    # hashed by the job already (the sha256 passed in): not read through again here
+    source = describe(Path(path), max_file_bytes=settings.max_file_bytes, sha256=sha256)
     numbers = None
     total = 0
     if pages is not None and source.kind == DocumentKind.PDF:
