@@ -1,7 +1,7 @@
 """What a worker process does with one file: sniff, decode or render, extract text, store the page images, and make
 the embedders' inputs.
 
-Kept apart from mmrag.pipeline so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
+Kept apart from mmrag.indexing so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
 bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds. (A
 ColPali-family input spec imports colpali-engine in the worker when first used: its processor runs here.)
 """
