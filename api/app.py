@@ -85,7 +85,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.api.job_roots:
         # This service runs index jobs: their workers' fork server imports torch beside the model loading below,
         # not at the first job.
-        from mmrag.pipeline import start_worker_server
+        from mmrag.indexing import start_worker_server
 
         start_worker_server(services.settings)
     embedders = await run_in_threadpool(services.embedders)  # load every model now, not at the first request

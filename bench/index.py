@@ -3,7 +3,7 @@
 `python -m bench index --kind clip|colpali` builds a corpus (JPEG photos for clip, multi-page PDFs for colpali),
 then measures, side by side in one run, on one device:
   raw      the model's forward alone on inputs decoded, preprocessed and moved to the device beforehand (the ceiling),
-  e2e      `mmrag.pipeline.run_index` from files: sniff, hash, decode/render in worker processes, store page
+  e2e      `mmrag.indexing.run_index` from files: sniff, hash, decode/render in worker processes, store page
            images, preprocess, forward, store writes (FAISS / multi-vector) + SQL,
 and prints their ratio. The models are real-size but RANDOM-INIT (open_clip ViT-B-32 built without weights;
 ColQwen2 on a Qwen2-VL-2B-shaped config with an in-memory byte-level tokenizer): throughput only, never quality.
@@ -25,11 +25,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -41,10 +39,9 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Set
 from mmrag.device import resolve_device
 from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
-from mmrag import pipeline
 from mmrag.ingest.results import LoadedFile, StoredPage
 from mmrag.ingest.worker import load_files, page_image_path
-from mmrag.pipeline import colpali_inputs_in_workers, input_specs, run_index, start_worker_server
+from mmrag.indexing import JobStages, colpali_inputs_in_workers, input_specs, run_index, start_worker_server
 from mmrag.services import Embedders, build_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -431,10 +428,9 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
     try:
         if profiler is not None:
             profiler.enable()  # the job's own thread only: workers, embed and write threads are not in it
-        # the seam the tests use to swap what a worker runs per file (mmrag.pipeline looks load_file up per task)
-        replaying = mock.patch.object(pipeline, "load_file", replayed_photo) if args.replay_workers else nullcontext()
-        with replaying:
-            report = run_index(services, [corpus], progress=timeline)
+        # what a worker runs per file, swapped as the tests swap it
+        stages = JobStages(load_file=replayed_photo) if args.replay_workers else None
+        report = run_index(services, [corpus], progress=timeline, stages=stages)
         rerun = None
         if args.rerun:
             database_bytes = [_database_bytes(settings)]

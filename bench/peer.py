@@ -33,7 +33,7 @@ from bench.index import make_corpus
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
 from mmrag.embedders.colpali import load_colpali
 from mmrag.embedders.tiny import save_tiny_colqwen2
-from mmrag.pipeline import run_index
+from mmrag.indexing import run_index
 from mmrag.services import Embedders, build_services
 
 REPO = Path(__file__).resolve().parents[1]

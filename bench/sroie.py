@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if args.index:
-            from mmrag.pipeline import run_index
+            from mmrag.indexing import run_index
 
             job = run_index(services, [args.data / "img"])
             summary["index"] = {

@@ -71,7 +71,7 @@ def index(
     profile: ProfileOption = None,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
-    from mmrag.pipeline import run_index, start_worker_server
+    from mmrag.indexing import run_index, start_worker_server
 
     services = _services(profile)
     start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
@@ -119,39 +119,33 @@ def index(
 @app.command()
 def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
     """Show a job's state, counts and failures, and the size of each collection."""
-    from mmrag.store import repository
+    from mmrag.documents import collection_names, index_sizes
+    from mmrag.jobs import job_status, latest_job_status
 
     services = _services()
     try:
-        with services.sessions() as session:
-            row = repository.get_job(session, job) if job is not None else repository.latest_job(session)
-            if row is not None:
-                counts = repository.job_counts(session, row.id)
-                console.print(
-                    f"job {row.id}: {row.state} · started {row.started_at} · finished {row.finished_at or '-'}"
-                )
-                console.print(
-                    "  " + " · ".join(f"{k} {v}" for k, v in counts.items() if k != "pending" or v)
-                )
-                retrievers = row.retrievers or {}
-                console.print(f"  retrievers on: {', '.join(retrievers.get('on', [])) or 'none'}")
-                for name, reason in (retrievers.get("off") or {}).items():
-                    console.print(f"  retriever off: {name}: {reason}", style="yellow")
-                for path, reason in repository.job_failures(session, row.id):
-                    console.print(f"  failed: {path}: {reason}", style="red")
-            else:
-                console.print("no jobs yet")
-            table = Table(title="collections")
-            for column in ("collection", "indexed", "failed", "deleted", "pages"):
-                table.add_column(column, justify="right")
-            documents, pages, _ = repository.collection_sizes(session)
-            for collection in repository.list_collections(session):
-                name = collection.name
-                table.add_row(
-                    name, *(str(documents.get((name, status), 0)) for status in ("indexed", "failed", "deleted")),
-                    str(pages.get(name, 0)),
-                )
-            console.print(table)
+        found = job_status(services, job, None, items_limit=0) if job is not None else latest_job_status(services)
+        if found is not None:
+            finished = found.finished_at or "-"
+            console.print(f"job {found.id}: {found.state} · started {found.started_at} · finished {finished}")
+            console.print("  " + " · ".join(f"{k} {v}" for k, v in found.counts.items() if k != "pending" or v))
+            console.print(f"  retrievers on: {', '.join(found.retrievers_on) or 'none'}")
+            for name, reason in found.retrievers_off.items():
+                console.print(f"  retriever off: {name}: {reason}", style="yellow")
+            for path, reason in found.failures:
+                console.print(f"  failed: {path}: {reason}", style="red")
+        else:
+            console.print("no jobs yet")
+        table = Table(title="collections")
+        for column in ("collection", "indexed", "failed", "deleted", "pages"):
+            table.add_column(column, justify="right")
+        sizes = index_sizes(services)
+        for name in collection_names(services):
+            table.add_row(
+                name, *(str(sizes.documents.get((name, status), 0)) for status in ("indexed", "failed", "deleted")),
+                str(sizes.pages.get(name, 0)),
+            )
+        console.print(table)
     finally:
         services.close()
 
@@ -164,7 +158,7 @@ def delete(
     profile: ProfileOption = None,
 ) -> None:
     """Delete documents (their pages and vectors) by id or by path."""
-    from mmrag.pipeline import delete_documents
+    from mmrag.indexing import delete_documents
 
     if not document and not path:
         raise typer.BadParameter("give --document ID or --path PATH")

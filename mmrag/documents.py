@@ -8,7 +8,6 @@ other collections hold.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy.orm import Session
 
+from mmrag.digest import new_digest
 from mmrag.errors import (
     CorruptFileError,
     InputError,
@@ -31,9 +31,9 @@ from mmrag.errors import (
     TooLargeError,
     UnsupportedTypeError,
 )
+from mmrag.indexing import delete_documents
 from mmrag.ingest import load_image, page_count, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
-from mmrag.pipeline import delete_documents
 from mmrag.retrieval import search
 from mmrag.services import Services
 from mmrag.store import repository
@@ -165,7 +165,7 @@ def get_document(
 
 
 def delete_document(services: Services, document_id: int, collections: Names[str] | None) -> None:
-    """Delete one document, its pages and their vectors (see pipeline.delete_documents)."""
+    """Delete one document, its pages and their vectors (see mmrag.indexing.delete_documents)."""
     with services.sessions() as session:
         _, collection = _visible_document(session, document_id, collections)
     delete_documents(services, collection, document_ids=[document_id])
@@ -343,7 +343,7 @@ def store_upload(services: Services, source: BinaryIO, *, name: str, max_bytes: 
     fd, tmp_name = tempfile.mkstemp(dir=incoming, suffix=".part")
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
+        digest = new_digest()
         size = 0
         head = b""
         with os.fdopen(fd, "wb") as out:

@@ -1,5 +1,5 @@
 """Background index jobs for a long-running process (the API): created at once so their id is a handle to poll,
-then run one at a time on a worker thread through pipeline.run_index.
+then run one at a time on a worker thread through mmrag.indexing.run_index.
 
 One at a time, because run_index starts by recovering its collection from a crash, which drops documents another
 job still has pending. A job is a row in SQL before it runs, with its files as items, so one that a restart
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.ingest import discover
-from mmrag.pipeline import JobReport, run_index
+from mmrag.indexing import JobReport, JobSummary, run_index
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -41,20 +42,20 @@ class JobItemInfo:
 
 
 @dataclass(frozen=True)
-class JobStatus:
-    id: int
-    collection: str
+class JobStatus(JobSummary):
+    """A job as a client polling it sees it: the summary a report gives, its state and times, a page of items."""
+
     state: str
-    counts: dict[str, int]
-    failures: list[tuple[str, str]]
-    retrievers_on: list[str]
-    retrievers_off: dict[str, str]
     error: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     items: list[JobItemInfo]
     items_total: int
+
+    @property
+    def id(self) -> int:
+        return self.job_id
 
 
 def create_job(services: Services, paths: Sequence[Path], collection: str) -> int:
@@ -140,23 +141,37 @@ def job_status(
             collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
         if job is None or (collections is not None and collection not in collections):
             raise NotFoundError(f"job {job_id} does not exist")
-        items, total = repository.job_items(session, job_id, limit=items_limit, offset=items_offset)
-        retrievers = job.retrievers or {}
-        return JobStatus(
-            id=job.id,
-            collection=collection,
-            state=job.state,
-            counts=repository.job_counts(session, job_id),
-            failures=repository.job_failures(session, job_id),
-            retrievers_on=list(retrievers.get("on", [])),
-            retrievers_off=dict(retrievers.get("off") or {}),
-            error=job.error,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error) for i, document_id in items],
-            items_total=total,
-        )
+        return _status(session, job, collection, items_limit, items_offset)
+
+
+def latest_job_status(services: Services, *, items_limit: int = 0) -> JobStatus | None:
+    """The status of the job created last, in any collection; None before the first."""
+    with services.sessions() as session:
+        job = repository.latest_job(session)
+        if job is None:
+            return None
+        collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
+        return _status(session, job, collection, items_limit, 0)
+
+
+def _status(session: Session, job: Job, collection: str, items_limit: int, items_offset: int) -> JobStatus:
+    items, total = repository.job_items(session, job.id, limit=items_limit, offset=items_offset)
+    retrievers = job.retrievers or {}
+    return JobStatus(
+        job_id=job.id,
+        collection=collection,
+        state=job.state,
+        counts=repository.job_counts(session, job.id),
+        failures=repository.job_failures(session, job.id),
+        retrievers_on=list(retrievers.get("on", [])),
+        retrievers_off=dict(retrievers.get("off") or {}),
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error) for i, document_id in items],
+        items_total=total,
+    )
 
 
 class JobRunner:

@@ -1,6 +1,8 @@
-"""Worker entry points that misbehave for some files, swapped in for load_file (which they call otherwise).
+"""Worker entry points that misbehave for some files, injected as the job's load_file (JobStages(load_file=...)),
+which they call otherwise.
 
-Their own small module, so the spawned worker that imports it stays as light as the real one.
+Their own small module, so the worker that imports it (by name, as the pool pickles it) stays as light as the
+real one.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from mmrag.evaluation import (
     summarize,
     write_questions,
 )
-from mmrag.pipeline import run_index
+from mmrag.indexing import run_index
 from mmrag.services import Embedders, Services, build_services
 from mmrag.testsets import best_passages, generate_questions, is_clean, passages
 from tests.factories import make_image, make_pdf

@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
-from mmrag.pipeline import delete_documents, run_index
+from mmrag.indexing import JobStages, delete_documents, run_index
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
@@ -262,7 +262,7 @@ def test_chroma_backend_runs_the_same_job(tmp_path: Path, tiny_embedders: Embedd
 
 def test_one_writer_per_collection(tmp_path: Path, services: Services) -> None:
     from mmrag.errors import CollectionBusyError
-    from mmrag.pipeline import collection_writer
+    from mmrag.indexing import collection_writer
     from mmrag.store.models import JobItem
 
     corpus = tmp_path / "corpus"
@@ -303,13 +303,9 @@ def test_pooled_page_tokens_take_less_space_and_still_search(tmp_path: Path, tin
     assert rows[2] <= rows[1] // 2 + 3
 
 
-def test_a_file_that_kills_its_worker_fails_alone(
-    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import mmrag.pipeline
+def test_a_file_that_kills_its_worker_fails_alone(tmp_path: Path, tiny_embedders: Embedders) -> None:
     from tests.crashing_loader import load_or_crash
 
-    monkeypatch.setattr(mmrag.pipeline, "load_file", load_or_crash)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'crash.db'}")
     settings.ingest.workers = 2  # real worker processes: the dead one breaks its pool
     services = build_services(settings, embedders=tiny_embedders)
@@ -317,7 +313,7 @@ def test_a_file_that_kills_its_worker_fails_alone(
         corpus = tmp_path / "corpus"
         make_corpus(corpus, images=5, pdfs=0)
         make_image(corpus / "images" / "crash-me.png", 77)
-        report = run_index(services, [corpus])
+        report = run_index(services, [corpus], stages=JobStages(load_file=load_or_crash))
     finally:
         services.close()
     assert report.counts["indexed"] == 5 and report.counts["failed"] == 1
@@ -341,7 +337,7 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
     """Workers make the model inputs (plain JPEGs stored verbatim and decoded at reduced DCT scale, other pages
     from their stored JPEG); every vector equals what `repair` would make from the stored page image."""
     from mmrag.inputs import prepare_from_file
-    from mmrag.pipeline import input_specs
+    from mmrag.indexing import input_specs
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inputs.db'}")
     settings.ingest.workers = 2
@@ -407,14 +403,12 @@ def test_copies_of_one_file_across_batches_index_it_once(tmp_path: Path, tiny_em
 
 
 def test_files_decided_in_chunks_while_the_next_chunk_hashes(
-    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_embedders: Embedders
 ) -> None:
     """The job plans the next chunk of files (unchanged ones settled, the rest hashing) before it decides this one:
     copies spread over several chunks, unchanged files on a re-run, and a changed file with a new copy of it all
     come out as when each chunk was decided alone."""
-    import mmrag.pipeline
-
-    monkeypatch.setattr(mmrag.pipeline, "DECIDE_CHUNK_FILES", 3)
+    stages = JobStages(decide_chunk_files=3)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'chunks.db'}")
     settings.ingest.workers = 1  # chunks of max(3, two tasks in flight per worker x 2) = 4 files
     services = build_services(settings, embedders=tiny_embedders)
@@ -424,10 +418,10 @@ def test_files_decided_in_chunks_while_the_next_chunk_hashes(
         for i in range(1, 6):  # sorted names interleave the copies with other files over four chunks
             shutil.copy(original, corpus / f"a-{i}.jpg")
             make_image(corpus / f"a-{i}-other.png", 20 + i)
-        first = run_index(services, [corpus])
+        first = run_index(services, [corpus], stages=stages)
         assert (first.counts["indexed"], first.counts["duplicate"], first.counts["failed"]) == (6, 5, 0)
         rerun_began = utcnow()
-        again = run_index(services, [corpus])
+        again = run_index(services, [corpus], stages=stages)
         assert again.counts["unchanged"] == 11 and again.pages_indexed == 0
         with services.sessions() as session:  # what the chunk's bulk statements recorded for unchanged files
             # SQLite hands timestamps back naive (in UTC), PostgreSQL aware
@@ -440,12 +434,12 @@ def test_files_decided_in_chunks_while_the_next_chunk_hashes(
             assert sorted(first_items) == [ItemState.DUPLICATE] * 5 + [ItemState.INDEXED] * 6
         make_image(corpus / "a-3-other.png", 99)  # changed
         shutil.copy(corpus / "a-3-other.png", corpus / "z-copy-of-changed.png")  # in a later chunk
-        changed = run_index(services, [corpus])
+        changed = run_index(services, [corpus], stages=stages)
         assert (changed.counts["indexed"], changed.counts["duplicate"], changed.counts["unchanged"]) == (1, 1, 10)
         # Touched (a new mtime, the same bytes): unchanged, not a duplicate of itself, and SQL takes the new mtime.
         touched = corpus / "a-1-other.png"
         os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 60))
-        after_touch = run_index(services, [corpus])
+        after_touch = run_index(services, [corpus], stages=stages)
         assert (after_touch.counts["unchanged"], after_touch.counts["duplicate"]) == (12, 0)
         with services.sessions() as session:
             recorded = session.scalar(select(DocumentPath.mtime).where(DocumentPath.path == str(touched.resolve())))
@@ -510,7 +504,7 @@ def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
 def test_colpali_inputs_are_made_in_workers_only_where_the_gpu_needs_feeding(tmp_path: Path) -> None:
     """auto: workers run the ColPali processor (and import colpali-engine) only when the models run on CUDA; on
     a CPU the job starts at once and the embedding thread makes the inputs from the stored page images."""
-    from mmrag.pipeline import colpali_inputs_in_workers
+    from mmrag.indexing import colpali_inputs_in_workers
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'choice.db'}")
     settings.embedders.device = "cpu"
@@ -660,7 +654,7 @@ import time
 import torch  # as in any process that runs models: resolving the device "auto" imports it
 from multiprocessing import forkserver
 from mmrag.config import IngestSettings, Settings
-from mmrag.pipeline import start_worker_server
+from mmrag.indexing import start_worker_server
 began = time.perf_counter()
 start_worker_server(Settings(data_dir={str(tmp_path)!r}, ingest=IngestSettings(workers={workers})))
 print(time.perf_counter() - began)
@@ -694,28 +688,27 @@ def test_shared_memory_off_sends_inputs_through_the_pipe(
 
 
 def test_a_small_job_spreads_its_files_over_every_worker(
-    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_embedders: Embedders
 ) -> None:
     """Six photos and three workers: three tasks of two, not one task of six (a worker per task)."""
-    from mmrag.pipeline import FILES_PER_TASK, _files_per_task, _Loader
+    from mmrag.indexing.loading import FILES_PER_TASK, Loader, files_per_task
 
-    assert _files_per_task(6, 3) == 2 and _files_per_task(7, 3) == 3 and _files_per_task(1, 14) == 1
-    assert _files_per_task(10_000, 14) == FILES_PER_TASK and _files_per_task(5, 0) == 5
+    assert files_per_task(6, 3) == 2 and files_per_task(7, 3) == 3 and files_per_task(1, 14) == 1
+    assert files_per_task(10_000, 14) == FILES_PER_TASK and files_per_task(5, 0) == 5
     sizes: list[int] = []
-    load = _Loader.load
 
-    def recording_load(self: _Loader, files: list[tuple[str, str]], *args: object) -> object:
-        sizes.append(len(files))
-        return load(self, files, *args)
+    class RecordingLoader(Loader):
+        def load(self, files: list[tuple[str, str]], *args: object) -> object:  # type: ignore[override]
+            sizes.append(len(files))
+            return super().load(files, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_Loader, "load", recording_load)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'spread.db'}")
     settings.ingest.workers = 3
     services = build_services(settings, embedders=tiny_embedders)
     try:
         for i in range(6):
             _photo_jpeg(tmp_path / "corpus" / f"{i}.jpg", seed=i)
-        report = run_index(services, [tmp_path / "corpus"])
+        report = run_index(services, [tmp_path / "corpus"], stages=JobStages(loader=RecordingLoader))
     finally:
         services.close()
     assert report.counts["indexed"] == 6
@@ -724,30 +717,29 @@ def test_a_small_job_spreads_its_files_over_every_worker(
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_long_pdf_is_rendered_in_ranges_by_several_workers(
-    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, tiny_embedders: Embedders, workers: int
 ) -> None:
     """A 20-page PDF: the first 8 pages tell the page count, then 9-16 and 17-20 go out at once; the document
     is committed whole, its pages in order, as a single worker would have made it."""
     from mmrag.ingest.worker import load_files
-    from mmrag.pipeline import PDF_PAGES_PER_TASK, _Loader
+    from mmrag.indexing.loading import PDF_PAGES_PER_TASK, Loader
     from tests.factories import make_pdf
 
     assert PDF_PAGES_PER_TASK == 8
     asked: list[tuple[int, int] | None] = []
-    load = _Loader.load
 
-    def recording_load(self: _Loader, files: list[tuple], *args: object) -> object:
-        asked.extend(f[2] for f in files)
-        return load(self, files, *args)
+    class RecordingLoader(Loader):
+        def load(self, files: list[tuple], *args: object) -> object:  # type: ignore[override]
+            asked.extend(f[2] for f in files)
+            return super().load(files, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_Loader, "load", recording_load)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / f'ranges-{workers}.db'}")
     settings.ingest.workers = workers
     services = build_services(settings, embedders=tiny_embedders)
     pdf = make_pdf(tmp_path / "corpus" / "long.pdf", [f"page {n} of the long report" for n in range(1, 21)])
     make_pdf(tmp_path / "corpus" / "short.pdf", ["a short one"])
     try:
-        report = run_index(services, [tmp_path / "corpus"])
+        report = run_index(services, [tmp_path / "corpus"], stages=JobStages(loader=RecordingLoader))
         with services.sessions() as session:
             rows = session.execute(
                 select(Page.page_number, Page.text, Page.image_path).join(Document).where(Document.page_count == 20)
@@ -763,20 +755,20 @@ def test_a_long_pdf_is_rendered_in_ranges_by_several_workers(
 
 
 def test_a_pdf_failing_after_its_first_range_fails_whole_and_alone(
-    tmp_path: Path, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_embedders: Embedders
 ) -> None:
-    import mmrag.pipeline
     from tests.crashing_loader import load_or_fail_after_first_range
     from tests.factories import make_pdf
 
-    monkeypatch.setattr(mmrag.pipeline, "load_file", load_or_fail_after_first_range)
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'late.db'}")
     settings.ingest.workers = 2
     services = build_services(settings, embedders=tiny_embedders)
     make_pdf(tmp_path / "corpus" / "late-fail.pdf", [f"page {n}" for n in range(1, 26)])
     make_pdf(tmp_path / "corpus" / "fine.pdf", [f"page {n}" for n in range(1, 11)])
     try:
-        report = run_index(services, [tmp_path / "corpus"])
+        report = run_index(
+            services, [tmp_path / "corpus"], stages=JobStages(load_file=load_or_fail_after_first_range)
+        )
         with services.sessions() as session:
             pages = session.scalar(select(func.count()).select_from(Page))
     finally:
@@ -785,3 +777,29 @@ def test_a_pdf_failing_after_its_first_range_fails_whole_and_alone(
     [(path, reason)] = report.failures
     assert path.endswith("late-fail.pdf") and ("page 9: cannot" in reason or "page 17: cannot" in reason)
     assert pages == 10 == report.pages_indexed  # nothing of the failed PDF, all of the other
+
+
+def test_each_file_is_hashed_once_per_job(
+    tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning hashes every new file; the worker that loads it is handed that digest and does not read the file
+    through again (describe hashes only when no digest is given)."""
+    import importlib
+
+    discovery = importlib.import_module("mmrag.ingest.discover")  # the package's `discover` is the function
+
+    def no_second_hash() -> object:
+        raise AssertionError("a file was hashed a second time")
+
+    monkeypatch.setattr(discovery, "new_digest", no_second_hash)
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, images=3, pdfs=2)
+    report = run_index(services, [corpus])
+    assert report.counts["indexed"] == 5 and report.counts["failed"] == 0
+    with services.sessions() as session:
+        from mmrag.digest import sha256_of
+
+        recorded = {row.path: row.sha256 for row in session.execute(
+            select(DocumentPath.path, Document.sha256).join(Document, Document.id == DocumentPath.document_id)
+        )}
+    assert recorded and all(sha256_of(path) == sha for path, sha in recorded.items())

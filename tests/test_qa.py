@@ -11,7 +11,7 @@ import pytest
 from mmrag import qa
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
-from mmrag.pipeline import run_index
+from mmrag.indexing import run_index
 from mmrag.services import Embedders, Services, build_services
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
 from tests.conftest import database

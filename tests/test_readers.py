@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mmrag.ingest import load_image
-from mmrag.pipeline import collection_writer, run_index
+from mmrag.indexing import JobStages, collection_writer, run_index
 from mmrag.retrieval import search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository
@@ -116,9 +116,8 @@ def test_a_reader_follows_a_writer_at_work_in_memory_saving_nothing(
     # A job whose end (the saved index) has not come yet: its pages are in SQL, the saved index is the old one.
     with monkeypatch.context() as patches:
         patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
-        patches.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
         make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
-        run_index(writer, [tmp_path / "b"])
+        run_index(writer, [tmp_path / "b"], stages=JobStages(lexical_ahead=lambda *args: None))
     saved = Bm25Index.saved_fingerprint(reader.lexical_dir(1))
     before = data_files(reader)
     with lock_held_elsewhere(writer.writer_lock_path(1)):  # the writer, still at work
@@ -188,10 +187,9 @@ def test_a_search_on_stale_derived_indexes_is_right_and_only_reads(
     assert search(reader, "default", text="alpha", k=3)  # the reader holds the saved ones, then they fall behind
     with monkeypatch.context() as patches:  # a job that dies before its end saves neither
         patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
-        patches.setattr("mmrag.pipeline._build_lexical_ahead", lambda *args: None)
         patches.setattr(writer.collections.derived, "after_writing", lambda collection_id: None)
         make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
-        run_index(writer, [tmp_path / "b"])
+        run_index(writer, [tmp_path / "b"], stages=JobStages(lexical_ahead=lambda *args: None))
     if saved == "none":
         shutil.rmtree(writer.lexical_dir(1))
         writer.candidates_path(1).unlink()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
-from mmrag.pipeline import collection_writer, delete_documents, run_index
+from mmrag.indexing import collection_writer, delete_documents, run_index
 from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
 from mmrag.services import Embedders, Services, build_services
 from mmrag.store import repository

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import filetype
 
+from mmrag.digest import new_digest
 from mmrag.errors import EmptyFileError, TooLargeError, UnsupportedTypeError
 from mmrag.types import DocumentKind, SourceFile
 
@@ -116,18 +116,26 @@ def _looks_like_bmp(head: bytes) -> bool:
     return len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES
 
 
-def describe(path: Path, *, max_file_bytes: int | None = None) -> SourceFile:
+def describe(path: Path, *, max_file_bytes: int | None = None, sha256: str | None = None) -> SourceFile:
     """Stat, sniff and hash one file (sha256 streamed in 1 MiB chunks; the file is read once).
 
     Raises EmptyFileError, UnsupportedTypeError, or TooLargeError when the file is over `max_file_bytes`
     (None: no limit). The size recorded is the number of bytes hashed, so size and digest always agree.
+    With `sha256` (the caller hashed the file already: an indexing job hashes each file once, while planning) the
+    file is only stat'ed and sniffed, not read through again.
     """
     path = Path(path)
     with path.open("rb") as f:
         st = os.fstat(f.fileno())
         if max_file_bytes is not None and st.st_size > max_file_bytes:
             raise TooLargeError(f"{path}: {st.st_size} bytes is over the limit of {max_file_bytes} bytes")
-        digest = hashlib.sha256()
+        if sha256 is not None:
+            head = f.read(SNIFF_BYTES)
+            if not head:
+                raise EmptyFileError(f"{path}: the file is empty")
+            kind, mime = sniff_bytes(head, path)
+            return SourceFile(path=path, sha256=sha256, size=st.st_size, mtime=st.st_mtime, kind=kind, mime=mime)
+        digest = new_digest()
         buffer = bytearray(CHUNK_BYTES)
         view = memoryview(buffer)
         size = 0

@@ -1,6 +1,6 @@
 """What a worker process does with one file: sniff, decode, extract text, store page images, make model inputs.
 
-Kept apart from mmrag.pipeline so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
+Kept apart from mmrag.indexing so that a spawned worker imports only this (Pillow, pypdfium2, Tesseract
 bindings), not torch and the vector stores: a worker starts in a fraction of a second instead of seconds. (A
 ColPali-family input spec imports colpali-engine in the worker when first used: its processor runs here.)
 """
@@ -137,7 +137,8 @@ def load_file(
         fast = _load_plain_jpeg(path, sha256, settings, data_dir, inputs)
         if fast is not None:
             return fast
-    source = describe(Path(path), max_file_bytes=settings.max_file_bytes)
+    # hashed by the job already (the sha256 passed in): not read through again here
+    source = describe(Path(path), max_file_bytes=settings.max_file_bytes, sha256=sha256)
     numbers = None
     total = 0
     if pages is not None and source.kind == DocumentKind.PDF:

@@ -203,7 +203,7 @@ def describe_pages(
     result: dict[int, PageRow] = {}
     ids = list(page_ids)
     # Correlated, so it looks up the hits' documents by index; a grouped subquery joined in was evaluated over every
-    # path of every collection on each query (80 ms of a search at 50k pages, 6.6 of them the BM25 search).
+    # path of every collection on each query, which cost more than the search itself.
     first_path = (
         select(func.min(DocumentPath.path)).where(DocumentPath.document_id == Page.document_id).scalar_subquery()
     )
@@ -357,8 +357,7 @@ def finish_job(session: Session, job: Job, state: JobState, error: str | None = 
 def settle_job(session: Session, job: Job) -> None:
     """Keep a done job's counts on its row and delete its unchanged items. Every run over a folder writes an item
     per file, for resuming; once the job is done an unchanged file's item tells nothing its count does not, and
-    keeping them grew the database by about 200 bytes per file per run (a million files re-indexed daily: 70 GB
-    a year). Indexed, duplicate and failed items stay: they are what the job did, and why a file failed."""
+    keeping them grew the database with every run over the same files. Indexed, duplicate and failed items stay: they are what the job did, and why a file failed."""
     job.counts = _counted_items(session, job.id)
     session.execute(delete(JobItem).where(JobItem.job_id == job.id, JobItem.state == ItemState.UNCHANGED))
 
@@ -434,7 +433,7 @@ def documents_collections(session: Session, document_ids: Iterable[int]) -> dict
 def job_items(
     session: Session, job_id: int, *, limit: int, offset: int
 ) -> tuple[list[tuple[JobItem, int | None]], int]:
-    """One page of a job's items, each with the document its path holds now (the pipeline records a document id
+    """One page of a job's items, each with the document its path holds now (the indexing job records a document id
     on failed and duplicate items only, so the path is the link for indexed ones)."""
     job = get_job(session, job_id)
     total = session.scalar(select(func.count()).where(JobItem.job_id == job_id)) or 0

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
-from mmrag.pipeline import run_index
+from mmrag.indexing import run_index
 from mmrag.services import Embedders, build_services
 from tests.api.conftest import make_settings
 from tests.conftest import database

@@ -17,7 +17,7 @@ from api.app import create_app
 from api.errors import STATUS_BY_ERROR, status_of, type_of
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.errors import MmragError, NotFoundError, TooLargeError, UnknownNameError
-from mmrag.pipeline import run_index
+from mmrag.indexing import run_index
 from mmrag.services import Embedders, Services, build_services
 from tests.api.conftest import make_settings
 from tests.factories import make_image, make_pdf

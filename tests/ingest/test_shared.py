@@ -100,9 +100,9 @@ def test_a_full_tmpfs_falls_back_to_the_pipe(tmp_path: Path, monkeypatch: pytest
 
 
 def test_the_job_says_once_why_inputs_went_through_the_pipe(caplog: pytest.LogCaptureFixture) -> None:
-    from mmrag.pipeline import _Loader
+    from mmrag.indexing import Loader
 
-    loader = _Loader(0)
+    loader = Loader(0)
     try:
         for _ in range(3):
             assert loader.received(shared.SharedResults(["r"], unshared="cannot allocate: full")) == ["r"]
