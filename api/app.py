@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, routes
 from api.limits import BodyLimit
 from api.metrics import Metrics, RequestTimer
-from api.routes.search import SEARCH_FORM_SCHEMA
+from api.routes.search import search_form_schema
 from api.schemas import SearchRequest
 from mmrag.config import Settings
 from mmrag.jobs import JobRunner
@@ -120,6 +120,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         search = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(search.pop("$defs", {}))
         components["SearchRequest"] = search
-        components["SearchForm"] = SEARCH_FORM_SCHEMA
+        components["SearchForm"] = search_form_schema()
         app.openapi_schema = document
     return app.openapi_schema

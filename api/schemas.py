@@ -5,10 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    TypeAdapter,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from mmrag.documents import DocumentInfo, PageHit, PageInfo
 from mmrag.jobs import JobStatus
+from mmrag.retrievers import RETRIEVERS
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
 
 
@@ -33,7 +45,29 @@ NonBlank = Annotated[str, StringConstraints(min_length=1, max_length=2000), Afte
 CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean)]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-Retriever = Literal["clip", "colpali", "text", "lexical"]
+
+
+class _RetrieverName:
+    """A retriever's name, checked against the registry (mmrag.retrievers) when a request is validated and listed
+    as the schema's enum when the OpenAPI document is built, so a retriever registered by a plug-in is served and
+    documented with no change here."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(cls._check, core_schema.str_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "enum": RETRIEVERS.names()}
+
+    @staticmethod
+    def _check(value: str) -> str:
+        if value not in RETRIEVERS:
+            raise ValueError(f"unknown retriever {value!r}; known: {', '.join(RETRIEVERS.names())}")
+        return value
+
+
+Retriever = Annotated[str, _RetrieverName]
 Kind = Literal["image", "pdf"]
 
 
@@ -95,7 +129,7 @@ class SearchRequest(Strict):
     )
     k: int = Field(10, ge=1, le=100)
     offset: int = Field(0, ge=0, le=1000)
-    retrievers: list[Retriever] | None = Field(None, max_length=4, description="default: every loaded retriever")
+    retrievers: list[Retriever] | None = Field(None, max_length=32, description="default: every loaded retriever")
     filters: Filters = Field(default_factory=Filters)
 
 
@@ -126,7 +160,7 @@ class AskRequest(Strict):
     question: Question
     collections: list[CollectionName] | None = Field(None, max_length=20)
     k: int = Field(5, ge=1, le=20, description="pages retrieved and shown to the answerer")
-    retrievers: list[Retriever] | None = Field(None, max_length=4)
+    retrievers: list[Retriever] | None = Field(None, max_length=32)
     filters: Filters = Field(default_factory=Filters)
     stream: bool = Field(False, description="answer as Server-Sent Events: retrieved, token..., answer")
 

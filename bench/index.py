@@ -41,8 +41,9 @@ from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
 from mmrag.ingest.results import LoadedFile, StoredPage
 from mmrag.ingest.worker import load_files, page_image_path
-from mmrag.indexing import JobStages, colpali_inputs_in_workers, input_specs, run_index, start_worker_server
-from mmrag.services import Embedders, build_services
+from mmrag.indexing import JobStages, input_specs, run_index, start_worker_server
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -403,7 +404,7 @@ def worker_cost(embedders: Embedders, settings: Settings, corpus: Path, work: Pa
     """One worker's time per page, measured here: load_files (sniff, decode or render, store the page image, make
     the model inputs) on the corpus's first files, one torch thread, as in a worker. `workers` of them can feed
     at most workers / that many pages per second, whatever the main process and the device do."""
-    specs = tuple(input_specs(embedders, settings.data_dir, colpali=colpali_inputs_in_workers(settings)).values())
+    specs = tuple(input_specs(embedders, settings, settings.data_dir).values())
     photos = sorted((corpus / "photos").glob("*.jpg"))
     files = photos[:pages] if photos else sorted((corpus / "pdfs").glob("*.pdf"))[: max(1, pages // 8)]
     listed = [(str(f), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]

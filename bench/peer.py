@@ -34,7 +34,8 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Set
 from mmrag.embedders.colpali import load_colpali
 from mmrag.embedders.tiny import save_tiny_colqwen2
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "peer.json"
@@ -89,7 +90,7 @@ def run_mmrag(model_dir: Path, corpus: Path, queries: list[str], work: Path, arg
         began = time.perf_counter()
         report = run_index(services, [corpus])
         index_s = time.perf_counter() - began
-        store = services.stores(1).colpali
+        store = services.collections.stores(1).get("colpali")
         began = time.perf_counter()
         for query in queries:
             store.search(colpali.embed_queries([query])[0], 10)

@@ -24,7 +24,8 @@ from sqlalchemy import insert
 from bench.report import rows_by_size, write_report
 from mmrag.config import DatabaseSettings, IngestSettings, Settings
 from mmrag.retrieval import search
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.store.db import downgrade, refresh_statistics
 from mmrag.store.models import Collection, Document, DocumentPath, Page, utcnow
 
@@ -89,7 +90,7 @@ def bench_size(args: argparse.Namespace, work: Path, size: int) -> dict:
         refresh_statistics(services.engine)  # as a bulk job does when it ends
         statistics_s = time.perf_counter() - began
         began = time.perf_counter()
-        services.lexical(1, writer=True)  # the collection's writer builds and saves the index (as a job's end)
+        services.collections.derived.lexical(1, writer=True)  # the collection's writer builds and saves the index (as a job's end)
         build_s = time.perf_counter() - began
         rng = np.random.default_rng(1)
         queries = [" ".join(rng.choice(texts[int(rng.integers(size))].split(), 3)) for _ in range(args.queries)]
@@ -100,7 +101,7 @@ def bench_size(args: argparse.Namespace, work: Path, size: int) -> dict:
             services.collections.derived._current_lexical(1, None, generation=-1, writer=False)  # noqa: SLF001
             reload_s.append(time.perf_counter() - began)
         end_to_end, alone = [], []
-        index = services.lexical(1)
+        index = services.collections.derived.lexical(1)
         for query in queries:
             began = time.perf_counter()
             hits = search(services, "default", text=query, k=10, retrievers=["lexical"])

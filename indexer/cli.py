@@ -14,6 +14,7 @@ from rich.table import Table
 from mmrag.config import Settings
 from indexer.eval_command import eval_command
 from mmrag.errors import MmragError
+from mmrag.retrievers import RETRIEVERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG: index images and PDFs, search them.")
 console = Console()
@@ -179,7 +180,7 @@ def search(
     k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
     retriever: Annotated[
         Optional[list[str]],
-        typer.Option("--retriever", "-r", help="Only these retrievers: clip, colpali, text, lexical (default all)."),
+        typer.Option("--retriever", "-r", help=f"Only these retrievers: {', '.join(RETRIEVERS.names())} (default all)."),
     ] = None,
     collection: CollectionOption = "default",
     profile: ProfileOption = None,

@@ -1,0 +1,132 @@
+"""mmrag: self-hostable multimodal retrieval and document Q&A. The names the CLI, the API and users call.
+
+    settings = Settings()                                  # MMRAG_* environment, nested with __
+    services = build_services(settings)                    # the composition root: SQL, models, collections
+    report = run_index(services, [Path("docs")])           # the bulk job (resumable, crash-consistent)
+    hits = search(services, "default", text="total due")   # every retriever, fused
+    answer = ask(services, answerer, "What is the total?") # top pages -> an answerer -> cited answer
+    services.close()
+
+Retrievers are plug-ins (RETRIEVERS, Retriever, SingleVectorRetriever); errors all derive from MmragError.
+Names load on first use, so `import mmrag` stays light (no torch, no models) and worker processes that import one
+module do not pay for the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmrag.answer import build_answerer, build_answerer_or_extractive
+    from mmrag.config import Settings
+    from mmrag.documents import delete_document, get_document, list_documents
+    from mmrag.errors import (
+        ConfigError,
+        IndexError_,
+        InputError,
+        MmragError,
+        ModelUnavailableError,
+        NotFoundError,
+    )
+    from mmrag.evaluation import evaluate, load_questions
+    from mmrag.indexing import JobReport, delete_documents, run_index
+    from mmrag.jobs import job_status
+    from mmrag.protocols import Answerer
+    from mmrag.qa import ask, ask_stream
+    from mmrag.retrieval import retrieved_pages, search
+    from mmrag.retrievers import RETRIEVERS, Embedders, Retriever, SingleVectorRetriever, load_embedders
+    from mmrag.services import Services, build_services
+    from mmrag.types import Answer, Citation, Hit, RetrievedPage, SearchFilters, SearchResult
+
+_WHERE = {
+    "Answer": "mmrag.types",
+    "Answerer": "mmrag.protocols",
+    "Citation": "mmrag.types",
+    "ConfigError": "mmrag.errors",
+    "Embedders": "mmrag.retrievers",
+    "Hit": "mmrag.types",
+    "IndexError_": "mmrag.errors",
+    "InputError": "mmrag.errors",
+    "JobReport": "mmrag.indexing",
+    "MmragError": "mmrag.errors",
+    "ModelUnavailableError": "mmrag.errors",
+    "NotFoundError": "mmrag.errors",
+    "RETRIEVERS": "mmrag.retrievers",
+    "RetrievedPage": "mmrag.types",
+    "Retriever": "mmrag.retrievers",
+    "SearchFilters": "mmrag.types",
+    "SearchResult": "mmrag.types",
+    "Services": "mmrag.services",
+    "Settings": "mmrag.config",
+    "SingleVectorRetriever": "mmrag.retrievers",
+    "ask": "mmrag.qa",
+    "ask_stream": "mmrag.qa",
+    "build_answerer": "mmrag.answer",
+    "build_answerer_or_extractive": "mmrag.answer",
+    "build_services": "mmrag.services",
+    "delete_document": "mmrag.documents",
+    "delete_documents": "mmrag.indexing",
+    "evaluate": "mmrag.evaluation",
+    "get_document": "mmrag.documents",
+    "job_status": "mmrag.jobs",
+    "list_documents": "mmrag.documents",
+    "load_embedders": "mmrag.retrievers",
+    "load_questions": "mmrag.evaluation",
+    "retrieved_pages": "mmrag.retrieval",
+    "run_index": "mmrag.indexing",
+    "search": "mmrag.retrieval",
+}
+
+__all__ = [
+    "Answer",
+    "Answerer",
+    "Citation",
+    "ConfigError",
+    "Embedders",
+    "Hit",
+    "IndexError_",
+    "InputError",
+    "JobReport",
+    "MmragError",
+    "ModelUnavailableError",
+    "NotFoundError",
+    "RETRIEVERS",
+    "RetrievedPage",
+    "Retriever",
+    "SearchFilters",
+    "SearchResult",
+    "Services",
+    "Settings",
+    "SingleVectorRetriever",
+    "ask",
+    "ask_stream",
+    "build_answerer",
+    "build_answerer_or_extractive",
+    "build_services",
+    "delete_document",
+    "delete_documents",
+    "evaluate",
+    "get_document",
+    "job_status",
+    "list_documents",
+    "load_embedders",
+    "load_questions",
+    "retrieved_pages",
+    "run_index",
+    "search",
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'mmrag' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,41 +8,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
 from mmrag.derived import DerivedIndexes
-from mmrag.device import resolve_device
-from mmrag.errors import IndexError_
-from mmrag.protocols import ImageEmbedder, MultiVectorEmbedder, MultiVectorStore, TextEmbedder, VectorIndex
+from mmrag.protocols import MultiVectorStore
+from mmrag.retrievers import RETRIEVERS, Embedders, RetrieverRegistry
 
 log = logging.getLogger(__name__)
-
-RETRIEVERS = ("clip", "colpali", "text")  # the retrievers with a vector store of their own
-
-
-class LoadedModels(Protocol):
-    """What opening a collection's stores needs of the loaded models (services.Embedders): a model per store, or
-    None for a retriever that is off."""
-
-    clip: ImageEmbedder | None
-    colpali: MultiVectorEmbedder | None
-    text: TextEmbedder | None
 
 
 @dataclass
 class CollectionStores:
-    """The vector stores of one collection, each keyed by SQL page ids."""
+    """The vector stores of one collection by retriever name (mmrag.retrievers), each keyed by SQL page ids."""
 
     directory: Path
-    clip: VectorIndex | None = None
-    text: VectorIndex | None = None
-    colpali: MultiVectorStore | None = None
+    stores: dict[str, Any] = field(default_factory=dict)
     # Opened by the collection's writer (Collections.writing); a reader's multi-vector store is read-only.
     writable: bool = True
     # The collection's generation these stores are known to hold (Collection.generation), and when they were opened
@@ -52,23 +38,28 @@ class CollectionStores:
     # Pages removed through these stores since the BM25 index was last refreshed: the writer brings that index up
     # to date before it lets go of the collection (DerivedIndexes.after_writing).
     pages_removed: bool = False
+    # Retrievers with a model loaded whose store a reader found not yet committed: opened again once it may be.
+    missing: frozenset[str] = frozenset()
 
-    def by_retriever(self) -> dict[str, VectorIndex | MultiVectorStore]:
-        return {name: store for name in RETRIEVERS if (store := getattr(self, name)) is not None}
+    def get(self, retriever: str) -> Any | None:
+        return self.stores.get(retriever)
+
+    def by_retriever(self) -> dict[str, Any]:
+        return dict(self.stores)
 
     def flush(self) -> None:
         if not self.writable:
             return  # a reader's stores hold nothing to write
-        for store in self.by_retriever().values():
+        for store in self.stores.values():
             store.flush()
 
-    def catch_up(self, *, expect_colpali: bool) -> bool:
+    def catch_up(self) -> bool:
         """A reader's stores follow what the collection's writer has made durable since, each reading only what is
-        new where it can (FaissIndex.catch_up, ShardedMultiVectorStore.catch_up). False when one cannot, or when the
-        multi-vector store that had not been committed at the open now may be: open them again then."""
-        if expect_colpali and self.colpali is None:
+        new where it can (FaissIndex.catch_up, ShardedMultiVectorStore.catch_up). False when one cannot, or when a
+        store that had not been committed at the open now may be: open them again then."""
+        if self.missing:
             return False
-        for store in self.by_retriever().values():
+        for store in self.stores.values():
             catch_up = getattr(store, "catch_up", None)  # a backend that cannot follow (chroma) is opened again
             if catch_up is None or not catch_up():
                 return False
@@ -76,20 +67,22 @@ class CollectionStores:
 
     def remove(self, page_ids: list[int]) -> None:
         """Drop these pages' vectors from every store (durable at the next flush)."""
-        for store in self.by_retriever().values():
+        for store in self.stores.values():
             store.remove(page_ids)
         self.pages_removed = self.pages_removed or bool(page_ids)
 
     def compact_if_worthwhile(self, tombstone_ratio: float) -> bool:
-        """Rewrite the multi-vector shards when deleted pages take more than `tombstone_ratio` of them."""
-        if self.colpali is None:
-            return False
-        stats = self.colpali.stats()
-        total = stats["pages"] + stats["tombstoned_pages"]
-        if total == 0 or stats["tombstoned_pages"] / total <= tombstone_ratio:
-            return False
-        self.colpali.compact()
-        return True
+        """Rewrite each multi-vector store's shards when deleted pages take more than `tombstone_ratio` of them."""
+        compacted = False
+        for store in self.stores.values():
+            if not isinstance(store, MultiVectorStore):
+                continue
+            stats = store.stats()
+            total = stats["pages"] + stats["tombstoned_pages"]
+            if total and stats["tombstoned_pages"] / total > tombstone_ratio:
+                store.compact()
+                compacted = True
+        return compacted
 
 
 @contextmanager
@@ -116,9 +109,14 @@ class Collections:
     derived indexes (`derived`: BM25 and the candidate index, saved by writers only)."""
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], models: Callable[[], LoadedModels]
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        models: Callable[[], Embedders],
+        registry: RetrieverRegistry = RETRIEVERS,
     ) -> None:
         self.settings = settings
+        self.registry = registry
         self.sessions = sessions
         self._models = models  # loads them at the first call (Services.embedders)
         self._stores: dict[int, CollectionStores] = {}
@@ -164,8 +162,7 @@ class Collections:
                 generation = self.generation(collection_id)
             # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
             # newer than it says, and the next call looks again; never older.
-            expect_colpali = models.colpali is not None
-            if cached is not None and not cached.writable and cached.catch_up(expect_colpali=expect_colpali):
+            if cached is not None and not cached.writable and cached.catch_up():
                 cached.generation, cached.refreshed_at = generation, time.monotonic()
                 return cached
             if cached is not None:
@@ -180,7 +177,7 @@ class Collections:
     @contextmanager
     def writing(self, collection_id: int) -> Iterator[None]:
         """This process writes the collection for the duration (its caller holds the collection's lock,
-        pipeline.collection_writer). Stores opened for reading, or before another process last wrote, are opened
+        indexing.collection_writer). Stores opened for reading, or before another process last wrote, are opened
         again first: a writer working from a stale copy would overwrite the other's vectors (the next job's recovery
         finds them lost and re-embeds every one) and its shard rows. When the work ends without an error, the
         writer brings the derived indexes up to date and saves them (DerivedIndexes.after_writing): readers never
@@ -214,7 +211,7 @@ class Collections:
             yield acquired
 
     def writer_lock_path(self, collection_id: int) -> Path:
-        """The file whose flock makes a process the collection's one writer (pipeline.collection_writer)."""
+        """The file whose flock makes a process the collection's one writer (indexing.collection_writer)."""
         return self.directory(collection_id) / "writer.lock"
 
     def close(self) -> None:
@@ -223,37 +220,22 @@ class Collections:
                 stores.flush()  # a writer's; a reader's hold nothing to write
             self._stores.clear()
 
-    def _open_stores(self, collection_id: int, models: LoadedModels, *, writable: bool) -> CollectionStores:
-        from mmrag.index import build_vector_index, open_multivector_store
-
+    def _open_stores(self, collection_id: int, models: Embedders, *, writable: bool) -> CollectionStores:
         directory = self.directory(collection_id) / "vectors"
         if writable:
             directory.mkdir(parents=True, exist_ok=True)  # a reader writes nothing: its stores open empty
         stores = CollectionStores(directory=directory, writable=writable, refreshed_at=time.monotonic())
-        index_settings = self.settings.index
-        if models.clip is not None:
-            stores.clip = build_vector_index(
-                index_settings, directory, name="clip", model=models.clip.model_id, dim=models.clip.dim
-            )
-        if models.text is not None:
-            stores.text = build_vector_index(
-                index_settings, directory, name="text", model=models.text.model_id, dim=models.text.dim
-            )
-        if models.colpali is not None:
-            colpali_dir = directory / "colpali"
-            if writable or colpali_dir.exists():
-                try:
-                    stores.colpali = open_multivector_store(
-                        index_settings,
-                        colpali_dir,
-                        model=models.colpali.model_id,
-                        dim=models.colpali.dim,
-                        device=resolve_device(self.settings.embedders.device),
-                        read_only=not writable,
-                    )
-                except IndexError_:
-                    if writable:
-                        raise
-                    # Its writer has not committed it yet: nothing to search until the collection changes again.
-                    log.info("collection %s has no committed multi-vector store yet", collection_id)
+        missing = set()
+        for retriever in self.registry:
+            embedder = models.get(retriever.name)
+            if embedder is None:
+                continue  # off, or a retriever without a model (BM25: its index is derived, see mmrag.derived)
+            store = retriever.open_store(embedder, directory, self.settings, writable=writable)
+            if store is None:
+                # Its writer has not committed it yet: nothing to search until the collection changes again.
+                log.info("collection %s has no committed %s store yet", collection_id, retriever.name)
+                missing.add(retriever.name)
+            else:
+                stores.stores[retriever.name] = store
+        stores.missing = frozenset(missing)
         return stores

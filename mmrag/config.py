@@ -16,8 +16,8 @@ class DatabaseSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    # pypdfium2 is the default: at 150 dpi it measured ~6x faster than poppler at the median page, ~3x at p95
-    # (bench/render.py prints the comparison); pdf2image (poppler) stays available.
+    # pypdfium2 is the default: it measured faster than poppler (`python -m bench render` prints the comparison);
+    # pdf2image (poppler) stays available.
     renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     dpi: int = Field(150, ge=36, le=600)
     # Decompression-bomb guard for images and the cap for a rendered PDF page (pixels).
@@ -95,24 +95,20 @@ class IndexSettings(BaseModel):
     # (python -m bench search / bench gpu measure recall@10 against exact).
     multivector_search: Literal["exact", "candidates"] = "exact"
     multivector_candidates: int = Field(512, ge=1)
-    # Merge similar page tokens before storing (colpali-engine hierarchical pooling): ~1/factor of the tokens.
-    # bench search: factor 4 keeps nDCG@10 0.987 of exact at 64.2 KiB/page in fp16, factor 5 0.985 at 51.5 KiB
-    # (257.5 KiB unpooled).
+    # Merge similar page tokens before storing (colpali-engine hierarchical pooling): ~1/factor of the tokens, at a
+    # small cost in ranking quality (`python -m bench search` measures nDCG@10 against the unpooled store).
     multivector_pool_factor: int = Field(1, ge=1, le=16)
 
 
 class RetrievalSettings(BaseModel):
     # Weighted reciprocal-rank fusion: rank-based, so it needs no score calibration across retrievers whose
     # scores live on unrelated scales (cosine, MaxSim sums, BM25); weights let a weak retriever count for less.
-    # text and rrf_k were chosen on data (SROIE receipts, `python -m bench sroie --tune`: MRR maximised over a grid,
-    # leave-one-out held-out recall@1 0.914, recall@5 0.968): dense MiniLM over OCR text ranks the right receipt
-    # first 26% of the time against BM25's 91%, so it only breaks BM25's near-ties, and a small k keeps BM25's top
-    # ranks apart (at k=60 even a 0.05 weight reorders them). clip and colpali had no weights on this machine to be
-    # measured with and keep 1.0. Re-tune on your own pages with `mmrag eval --generate N`.
+    # rrf_k was chosen with the text weight on real receipts (`python -m bench sroie --tune`): a small k keeps
+    # BM25's top ranks apart. Re-tune on your own pages with `mmrag eval --generate N`.
     rrf_k: int = Field(10, ge=1)
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"clip": 1.0, "colpali": 1.0, "text": 0.05, "lexical": 1.0}
-    )
+    # Retriever name -> weight, for the retrievers whose own default weight (mmrag.retrievers: text 0.05, the
+    # others 1.0) should not apply; names are checked against the retriever registry when services are built.
+    weights: dict[str, float] = Field(default_factory=dict)
     depth: int = Field(50, ge=1)  # each retriever's ranking depth before fusion (grows when filters bite)
 
 
@@ -157,7 +153,7 @@ class ApiSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     thumbnail_side: int = Field(256, ge=16, le=2048)
     # /metrics reads the index sizes from SQL at most this often (0: on every scrape). They are counts over every
-    # document, page and vector (123 ms at 100k pages), and Prometheus scrapes every 15 s by default.
+    # document, page and vector, which grow with the collection, and Prometheus scrapes every 15 s by default.
     metrics_sizes_seconds: float = Field(30.0, ge=0)
 
 

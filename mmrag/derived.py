@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmrag.errors import IndexError_
-from mmrag.protocols import LexicalIndex
+from mmrag.protocols import LexicalIndex, MultiVectorStore
 
 if TYPE_CHECKING:
     from mmrag.collections import Collections
     from mmrag.index.lexical import Bm25Index
     from mmrag.index.candidates import PooledCandidateIndex
-    from mmrag.index.multivector import ShardedMultiVectorStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class DerivedIndexes:
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
         self._lexical: dict[int, _Lexical] = {}
-        self._candidates: dict[int, _Candidates] = {}
+        self._candidates: dict[tuple[int, str], _Candidates] = {}
         self._lexical_lock = threading.Lock()  # one load or update at a time, not one per waiting query
         # Its own lock: an update of the candidate index reads the new pages' tokens (seconds for a large job), and
         # searches that do not use it must not wait for it.
@@ -71,9 +70,17 @@ class DerivedIndexes:
     def lexical_dir(self, collection_id: int) -> Path:
         return self.collections.directory(collection_id) / "lexical"
 
-    def candidates_path(self, collection_id: int) -> Path:
-        """Where the candidate index is saved (tagged with its store's uid)."""
-        return self.collections.directory(collection_id) / "candidates.npz"
+    def candidates_path(self, collection_id: int, retriever: str) -> Path:
+        """Where the candidate index of a retriever's multi-vector store is saved (tagged with its store's uid)."""
+        return self.collections.directory(collection_id) / f"candidates-{retriever}.npz"
+
+    def _saved_candidates(self, collection_id: int, retriever: str) -> Path:
+        """The saved candidate index to load: a collection saved before candidate indexes were named by retriever
+        has its one index as candidates.npz (its store's uid tells whether it is this store's); the writer's next
+        save replaces it."""
+        path = self.candidates_path(collection_id, retriever)
+        legacy = self.collections.directory(collection_id) / "candidates.npz"
+        return legacy if not path.is_file() and legacy.is_file() else path
 
     # ----------------------------------------------------------------------------------------------- BM25
 
@@ -183,26 +190,27 @@ class DerivedIndexes:
 
     # ----------------------------------------------------------------------------------------------- candidates
 
-    def candidate_index(self, collection_id: int) -> PooledCandidateIndex | None:
-        """The scalable multi-vector path's centroid index over the collection's multi-vector store, current with
-        the store: loaded from what a writer saved, or built, and brought up to date in memory. Never saved here:
-        a search calls it."""
-        store = self.collections.stores(collection_id).colpali
+    def candidate_index(self, collection_id: int, retriever: str) -> PooledCandidateIndex | None:
+        """The scalable multi-vector path's centroid index over a retriever's multi-vector store, current with the
+        store: loaded from what a writer saved, or built, and brought up to date in memory. Never saved here: a
+        search calls it."""
+        store = self.collections.stores(collection_id).get(retriever)
         if store is None:
             return None
         with self._candidates_lock:
-            return self._current_candidates(collection_id, store).index
+            return self._current_candidates(collection_id, retriever, store).index
 
-    def _current_candidates(self, collection_id: int, store: ShardedMultiVectorStore) -> _Candidates:
+    def _current_candidates(self, collection_id: int, retriever: str, store: MultiVectorStore) -> _Candidates:
         from mmrag.index.candidates import PooledCandidateIndex
 
-        cached = self._candidates.get(collection_id)
+        key = (collection_id, retriever)
+        cached = self._candidates.get(key)
         # By the store's version, not by comparing its page ids, which costs more than the search. Read before the
         # update: a page added meanwhile means one more update, never a stale index.
         version = store.version
         if cached is None or cached.store() is not store:
             # Saved by a writer: then only the pages changed since are read.
-            index = PooledCandidateIndex.load(self.candidates_path(collection_id), store)
+            index = PooledCandidateIndex.load(self._saved_candidates(collection_id, retriever), store)
             if index is None:
                 log.info("building the candidate index of collection %s (%d pages)", collection_id, len(store))
                 index = PooledCandidateIndex.build(store)
@@ -215,29 +223,36 @@ class DerivedIndexes:
             added, removed = cached.index.update(store)
             log.info("candidate index of collection %s: %d pages added, %d removed", collection_id, added, removed)
             cached.version, cached.unsaved = version, cached.unsaved + added + removed
-        self._candidates[collection_id] = cached
+        self._candidates[key] = cached
         return cached
 
     def save_candidates(self, collection_id: int) -> bool:
-        """For the collection's writer: bring the candidate index up to date with the store and save it once enough
-        of it changed since it was saved (CANDIDATES_SAVE_*), when one is in use: searches use candidates, this
-        process holds one, or one is saved. Returns whether it saved."""
+        """For the collection's writer: bring the candidate index of each multi-vector store up to date and save it
+        once enough of it changed since it was saved (CANDIDATES_SAVE_*), when one is in use: searches use
+        candidates, this process holds one, or one is saved. Returns whether it saved any."""
         stores = self.collections.cached_stores(collection_id)  # none open: this process changed nothing
-        store = stores.colpali if stores is not None else None
-        path = self.candidates_path(collection_id)
+        saved = False
+        for retriever, store in (stores.by_retriever() if stores is not None else {}).items():
+            if isinstance(store, MultiVectorStore) and self._save_candidates(collection_id, retriever, store):
+                saved = True
+        return saved
+
+    def _save_candidates(self, collection_id: int, retriever: str, store: MultiVectorStore) -> bool:
+        path = self.candidates_path(collection_id, retriever)
         in_use = (
             self.collections.settings.index.multivector_search == "candidates"
-            or collection_id in self._candidates
-            or path.is_file()
+            or (collection_id, retriever) in self._candidates
+            or self._saved_candidates(collection_id, retriever).is_file()
         )
-        if store is None or not in_use:
+        if not in_use:
             return False
         with self._candidates_lock:
-            cached = self._current_candidates(collection_id, store)
+            cached = self._current_candidates(collection_id, retriever, store)
             if cached.unsaved <= max(CANDIDATES_SAVE_MIN_PAGES, CANDIDATES_SAVE_SHARE * len(cached.index)):
                 return False
             try:
                 cached.index.save(path, source=store.uid)
+                (self.collections.directory(collection_id) / "candidates.npz").unlink(missing_ok=True)
             except OSError as exc:  # derived data: readers build it in memory, the next writer saves it
                 log.warning("could not save the candidate index of collection %s: %s", collection_id, exc)
                 return False

@@ -35,6 +35,7 @@ from mmrag.indexing import delete_documents
 from mmrag.ingest import load_image, page_count, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
 from mmrag.retrieval import search
+from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
@@ -226,10 +227,13 @@ def search_hits(
     picture = None
     if image is not None:
         picture = decode_query_image(services, image, max_pixels=max_image_pixels)
-        clip = services.embedders().clip
-        if clip is None:
+        embedders = services.embedders()
+        takes_images = [retriever.name for retriever in RETRIEVERS if "image" in retriever.query_kinds]
+        if not any(embedders.get(name) is not None for name in takes_images):
             # A model the request needs is missing: that is the server's state, not the client's mistake.
-            raise ModelUnavailableError("clip", services.embedders().off.get("clip", "not loaded"))
+            reasons = {name: embedders.off.get(name, "not loaded") for name in takes_images}
+            why = next(iter(reasons.values())) if len(reasons) == 1 else "; ".join(f"{n}: {r}" for n, r in reasons.items())
+            raise ModelUnavailableError("+".join(takes_images) or "an image retriever", why or "none is registered")
     if not collections:
         return []
     results = search(

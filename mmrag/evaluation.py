@@ -383,7 +383,7 @@ def evaluate(
     on_question: Callable[[], None] | None = None,
 ) -> EvalReport:
     """Run every question through each loaded retriever, the fused search and (optionally) an answerer."""
-    from mmrag.retrieval import retrieve, retrieved_pages, search
+    from mmrag.retrieval import fusion_weight, retrieve, retrieved_pages, search
 
     if not questions:
         raise ConfigError("no questions to evaluate")
@@ -394,16 +394,7 @@ def evaluate(
     with services.sessions() as session:
         collection_id = repository.get_collection(session, collection).id
         locations = page_locations(session, collection_id)
-    unresolved = [
-        q.id
-        for q in questions
-        if not any(item.matches(loc.paths, loc.page_number) for item in q.relevant for loc in locations.values())
-    ]
-    if unresolved:
-        log.warning(
-            "%d of %d questions name no indexed page as relevant (first: %s); they score 0",
-            len(unresolved), len(questions), unresolved[0],
-        )
+    unresolved = _unresolved(questions, locations)
 
     # Warm-up: loads models and the BM25 index, so the first timed query measures a query, not a load.
     names = [r.retriever for r in retrieve(services, collection_id, text=questions[0].query, depth=max_k)]
@@ -451,24 +442,7 @@ def evaluate(
         if on_question is not None:
             on_question()
 
-    answer_metrics = None
-    if answerer is not None:
-        n = len(answer_rows)
-
-        def share(column: int) -> float:
-            return sum(row[column] for row in answer_rows) / n if n else 0.0
-
-        answer_latencies = [row[4] for row in answer_rows]
-        answer_metrics = AnswerMetrics(
-            answerer=answerer.name,
-            questions=n,
-            exact_match=share(0),
-            answer_in_evidence=share(1),
-            answer_in_top_page=share(2),
-            supported=share(3),
-            latency_p50_ms=percentile(answer_latencies, 50),
-            latency_p95_ms=percentile(answer_latencies, 95),
-        )
+    answer_metrics = _answer_metrics(answerer.name, answer_rows) if answerer is not None else None
     settings = services.settings
     return EvalReport(
         collection=collection,
@@ -480,12 +454,51 @@ def evaluate(
         unresolved=unresolved,
         meaningless=services.embedders().meaningless,
         settings={
-            "retrieval": settings.retrieval.model_dump(),
+            # the weights fusion used: the settings' where they name one, else each retriever's own
+            "retrieval": {
+                **settings.retrieval.model_dump(),
+                "weights": {name: fusion_weight(name, settings.retrieval) for name in names},
+            },
             "embedders": {"profile": settings.embedders.profile, "text_model": settings.embedders.text.model},
             "ingest": {"ocr": settings.ingest.ocr, "ocr_lang": settings.ingest.ocr_lang, "dpi": settings.ingest.dpi},
             "retrievers": names,
             "answer_pages": answer_pages,
         },
+    )
+
+
+def _unresolved(questions: Sequence[Question], locations: Mapping[int, PageLocation]) -> list[str]:
+    """The questions that name no indexed page as relevant (they score 0), with a warning."""
+    unresolved = [
+        q.id
+        for q in questions
+        if not any(item.matches(loc.paths, loc.page_number) for item in q.relevant for loc in locations.values())
+    ]
+    if unresolved:
+        log.warning(
+            "%d of %d questions name no indexed page as relevant (first: %s); they score 0",
+            len(unresolved), len(questions), unresolved[0],
+        )
+    return unresolved
+
+
+def _answer_metrics(answerer: str, rows: Sequence[tuple[bool, bool, bool, bool, float]]) -> AnswerMetrics:
+    """Shares of (exact match, answer in evidence, answer in top page, supported) and latency over answered rows."""
+    n = len(rows)
+
+    def share(column: int) -> float:
+        return sum(row[column] for row in rows) / n if n else 0.0
+
+    latencies = [row[4] for row in rows]
+    return AnswerMetrics(
+        answerer=answerer,
+        questions=n,
+        exact_match=share(0),
+        answer_in_evidence=share(1),
+        answer_in_top_page=share(2),
+        supported=share(3),
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
     )
 
 

@@ -87,6 +87,11 @@ class MultiVectorStore(Protocol):
     def ids(self) -> np.ndarray: ...
 
     @property
+    def uid(self) -> str:
+        """Names this store's contents for good: derived data saved beside it is tagged with it."""
+        ...
+
+    @property
     def version(self) -> int:
         """Changes to the live pages through this object so far: derived data is current while it is unchanged."""
         ...

@@ -5,24 +5,49 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
-from mmrag.config import RetrievalSettings
+from mmrag.collections import Collections
+from mmrag.config import RetrievalSettings, Settings
 from mmrag.errors import ConfigError
+from mmrag.protocols import LexicalIndex
+from mmrag.retrievers import RETRIEVERS, Query, RetrieverRegistry
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.types import Hit, RetrievedPage, SearchFilters, SearchResult
 
 log = logging.getLogger(__name__)
 
-RETRIEVER_NAMES = ("clip", "colpali", "text", "lexical")
-
 
 @dataclass(frozen=True)
 class RetrieverHits:
     retriever: str
     hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class _CollectionContext:
+    """What a retriever's search reads of its collection beyond its own store (retrievers.SearchContext)."""
+
+    collections: Collections
+    collection_id: int
+    generation: int | None
+    settings: Settings
+
+    def lexical(self) -> LexicalIndex:
+        return self.collections.derived.lexical(self.collection_id, generation=self.generation)
+
+    def candidates(self, retriever: str) -> Any | None:
+        return self.collections.derived.candidate_index(self.collection_id, retriever)
+
+
+def check_retrievers(names: Sequence[str] | None, registry: RetrieverRegistry = RETRIEVERS) -> None:
+    """Unknown retriever names are a ConfigError that lists the known ones."""
+    unknown = sorted(set(names or ()) - set(registry.names()))
+    if unknown:
+        raise ConfigError(f"unknown retrievers {unknown}; known: {', '.join(registry.names())}")
 
 
 def retrieve(
@@ -35,42 +60,30 @@ def retrieve(
     retrievers: Sequence[str] | None = None,
     generation: int | None = None,
 ) -> list[RetrieverHits]:
-    """Each loaded retriever's own ranking, `depth` deep. Text goes to every retriever; an image to CLIP.
-    `generation`: the collection's, when the caller has just read it (saves the BM25 retriever a round trip)."""
+    """Each loaded retriever's own ranking, `depth` deep, in registry order: a text query goes to every retriever,
+    an image to those that take image queries. `generation`: the collection's, when the caller has just read it
+    (saves the derived indexes a round trip)."""
     if (text is None) == (image is None):
         raise ConfigError("give exactly one of a text query or an image query")
-    unknown = set(retrievers or ()) - set(RETRIEVER_NAMES)
-    if unknown:
-        raise ConfigError(f"unknown retrievers {sorted(unknown)}; known: {', '.join(RETRIEVER_NAMES)}")
-    wanted = set(retrievers) if retrievers else set(RETRIEVER_NAMES)
+    check_retrievers(retrievers)
+    query = Query(text=text, image=image)
     embedders = services.embedders()
     collections = services.collections
     stores = collections.stores(collection_id, generation=generation)
-    if image is not None:
-        if embedders.clip is None or stores.clip is None:
-            raise ConfigError(f"image search needs the CLIP retriever, which is off: {embedders.off.get('clip')}")
-        vectors = embedders.clip.embed_images([image])
-        return [RetrieverHits("clip", stores.clip.search(vectors, depth)[0])]
-    assert text is not None
+    context = _CollectionContext(collections, collection_id, generation, services.settings)
     results: list[RetrieverHits] = []
-    if "clip" in wanted and embedders.clip is not None and stores.clip is not None:
-        results.append(RetrieverHits("clip", stores.clip.search(embedders.clip.embed_texts([text]), depth)[0]))
-    if "colpali" in wanted and embedders.colpali is not None and stores.colpali is not None:
-        query = embedders.colpali.embed_queries([text])[0]
-        index_settings = services.settings.index
-        use_candidates = index_settings.multivector_search == "candidates"
-        candidates = collections.derived.candidate_index(collection_id) if use_candidates else None
-        if candidates is not None:
-            count = max(index_settings.multivector_candidates, depth)
-            hits = candidates.search(query, stores.colpali, depth, candidates=count)
-        else:
-            hits = stores.colpali.search(query, depth)
-        results.append(RetrieverHits("colpali", hits))
-    if "text" in wanted and embedders.text is not None and stores.text is not None:
-        results.append(RetrieverHits("text", stores.text.search(embedders.text.embed_texts([text]), depth)[0]))
-    if "lexical" in wanted:
-        index = collections.derived.lexical(collection_id, generation=generation)
-        results.append(RetrieverHits("lexical", index.search(text, depth)))
+    for retriever in RETRIEVERS:
+        if retrievers and retriever.name not in retrievers or query.kind not in retriever.query_kinds:
+            continue
+        embedder = embedders.get(retriever.name)
+        store = stores.get(retriever.name)
+        if retriever.embeds and (embedder is None or store is None):
+            continue  # off, or nothing committed to search yet
+        results.append(RetrieverHits(retriever.name, retriever.search(embedder, store, query, depth, context)))
+    if image is not None and not results:
+        takes = [r.name for r in RETRIEVERS if "image" in r.query_kinds]
+        why = "; ".join(f"{name}: {embedders.off.get(name, 'not loaded')}" for name in takes)
+        raise ConfigError(f"image search needs a retriever that takes images ({', '.join(takes)}), and none is on: {why}")
     return results
 
 
@@ -86,12 +99,19 @@ def fuse(
     fused: dict[int, float] = {}
     raw: dict[int, dict[str, float]] = {}
     for ranking in rankings:
-        weight = settings.weights.get(ranking.retriever, 1.0)
+        weight = fusion_weight(ranking.retriever, settings)
         for rank, hit in enumerate(ranking.hits, start=1):
             fused[hit.page_id] = fused.get(hit.page_id, 0.0) + weight / (settings.rrf_k + rank)
             raw.setdefault(hit.page_id, {})[ranking.retriever] = hit.score
     order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))
     return [(page_id, fused[page_id], raw[page_id]) for page_id in order]
+
+
+def fusion_weight(name: str, settings: RetrievalSettings) -> float:
+    """A retriever's weight in fusion: settings.retrieval.weights where it names one, else the retriever's own."""
+    if name in settings.weights:
+        return settings.weights[name]
+    return RETRIEVERS.get(name).weight if name in RETRIEVERS else 1.0
 
 
 def search(

@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import Engine, create_engine, text
 
 from mmrag.config import EmbedderSettings, Settings
-from mmrag.services import Embedders, load_embedders
+from mmrag.retrievers import Embedders, load_embedders
 from mmrag.store.db import build_engine, upgrade
 
 PG_URL = os.environ.get("MMRAG_TEST_DATABASE_URL", "")

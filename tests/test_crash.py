@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, Settings
-from mmrag.services import Embedders, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding
 from tests.factories import make_image, make_pdf
 
@@ -106,7 +107,7 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
             for retriever in ("clip", "colpali", "text"):
                 vouched = session.scalars(select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever))
                 assert set(vouched) == page_ids or retriever == "text"
-        for name, store in services.stores(1).by_retriever().items():
+        for name, store in services.collections.stores(1).by_retriever().items():
             ids = [int(i) for i in store.ids()]
             assert len(ids) == len(set(ids)), f"duplicate vectors in {name}"
             if name == "text":

@@ -40,7 +40,8 @@ from mmrag.evaluation import (
     write_questions,
 )
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.testsets import best_passages, generate_questions, is_clean, passages
 from tests.factories import make_image, make_pdf
 

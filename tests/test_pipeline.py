@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
 from mmrag.indexing import JobStages, delete_documents, run_index
 from mmrag.retrieval import search
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.store import repository
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import ItemState
@@ -48,7 +49,7 @@ def sql_page_ids(services: Services, retriever: str | None = None) -> set[int]:
 
 
 def assert_stores_agree_with_sql(services: Services, collection_id: int = 1) -> None:
-    stores = services.stores(collection_id)
+    stores = services.collections.stores(collection_id)
     pages = sql_page_ids(services)
     for name, store in stores.by_retriever().items():
         ids = [int(i) for i in store.ids()]
@@ -126,12 +127,12 @@ def test_recover_removes_orphans_and_repairs_lost_vectors(tmp_path: Path, servic
     corpus = tmp_path / "corpus"
     make_corpus(corpus, images=3, pdfs=1)
     run_index(services, [corpus])
-    stores = services.stores(1)
+    stores = services.collections.stores(1)
     pages = sorted(sql_page_ids(services))
     # a crash after the store flush but before SQL vouched: vectors for ids SQL never committed
-    stores.clip.add(np.array([10_000], dtype=np.int64), np.ones((1, stores_dim(services)), dtype=np.float32))
+    stores.get("clip").add(np.array([10_000], dtype=np.int64), np.ones((1, stores_dim(services)), dtype=np.float32))
     # a lost store entry: SQL vouches for a vector the store no longer has
-    stores.colpali.remove([pages[0]])
+    stores.get("colpali").remove([pages[0]])
     stores.flush()
 
     report = run_index(services, [corpus])
@@ -155,7 +156,7 @@ def test_a_job_compares_sql_and_stores_only_when_something_changed_since_they_ag
     corpus = tmp_path / "corpus"
     make_image(corpus / "a" / "a0.png", 0)
     run_index(services, [corpus / "a"])
-    clip_files = services.stores(1).clip.files()
+    clip_files = services.collections.stores(1).get("clip").files()
     saved = {path: path.read_bytes() for path in clip_files if path.exists()}
     compared.clear()
     make_image(corpus / "b" / "b0.png", 1)
@@ -204,7 +205,7 @@ def test_a_job_of_photos_leaves_bm25_alone(tmp_path: Path, services: Services, m
 
 
 def stores_dim(services: Services) -> int:
-    return services.embedders().clip.dim
+    return services.embedders().get("clip").dim
 
 
 def test_unloadable_model_turns_its_retriever_off(tmp_path: Path, database_url: str) -> None:
@@ -229,7 +230,7 @@ def test_deleting_most_pages_compacts_the_multivector_store(tmp_path: Path, serv
     corpus = tmp_path / "corpus"
     files = make_corpus(corpus, images=4, pdfs=0)
     run_index(services, [corpus])
-    store = services.stores(1).colpali
+    store = services.collections.stores(1).get("colpali")
     rows_before = store.stats()["rows"]
     delete_documents(services, "default", paths=[str(files[f"img{i}"]) for i in range(3)])
     stats = store.stats()
@@ -248,7 +249,7 @@ def test_chroma_backend_runs_the_same_job(tmp_path: Path, tiny_embedders: Embedd
         files = make_corpus(corpus, images=3, pdfs=1)
         report = run_index(services, [corpus])
         assert report.counts["indexed"] == 4
-        assert type(services.stores(1).clip).__name__ == "ChromaIndex"
+        assert type(services.collections.stores(1).get("clip")).__name__ == "ChromaIndex"
         assert_stores_agree_with_sql(services)
         from mmrag.ingest import load_image
 
@@ -293,10 +294,10 @@ def test_pooled_page_tokens_take_less_space_and_still_search(tmp_path: Path, tin
         try:
             files = make_corpus(tmp_path / "corpus", images=3, pdfs=0)
             run_index(services, [tmp_path / "corpus"])
-            store = services.stores(1).colpali
+            store = services.collections.stores(1).get("colpali")
             rows[factor] = store.stats()["rows"]
             page_id = int(store.ids()[0])
-            query = tiny_embedders.colpali.embed_images([load_image(files["img0"], max_pixels=10**7)])[0]
+            query = tiny_embedders.get("colpali").embed_images([load_image(files["img0"], max_pixels=10**7)])[0]
             assert store.search(query, 3)[0].page_id == page_id  # a page still finds itself first
         finally:
             services.close()
@@ -349,9 +350,9 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
         make_corpus(corpus, images=2, pdfs=1)
         report = run_index(services, [corpus])
         assert report.counts["indexed"] == 6 and report.pages_indexed == 7
-        specs = input_specs(tiny_embedders, services.data_dir)
+        specs = input_specs(tiny_embedders, services.settings, services.data_dir)
         assert set(specs) == {"clip", "colpali"}
-        stores = services.stores(1)
+        stores = services.collections.stores(1)
         with services.sessions() as session:
             pages = session.execute(select(Page.id, Page.image_path, DocumentPath.path).join(
                 DocumentPath, DocumentPath.document_id == Page.document_id)).all()
@@ -363,11 +364,11 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
             clip_input, colpali_input = prepare_from_file(stored, (specs["clip"], specs["colpali"]))
             # The page's own score, not the top hit's id: the tiny random-init models give two of these photos
             # vectors a float rounding apart (cosine 0.99999994), so which one ranks first depends on the CPU.
-            clip_vector = tiny_embedders.clip.embed_inputs([clip_input])
-            [hits] = stores.clip.search(clip_vector, len(pages))
+            clip_vector = tiny_embedders.get("clip").embed_inputs([clip_input])
+            [hits] = stores.get("clip").search(clip_vector, len(pages))
             assert {hit.page_id: hit.score for hit in hits}[page_id] == pytest.approx(1.0, abs=1e-5)
-            [tokens] = tiny_embedders.colpali.embed_inputs([colpali_input])
-            best = stores.colpali.search(tokens, len(pages))
+            [tokens] = tiny_embedders.get("colpali").embed_inputs([colpali_input])
+            best = stores.get("colpali").search(tokens, len(pages))
             assert {hit.page_id: hit.score for hit in best}[page_id] == pytest.approx(len(tokens), rel=1e-4)
         assert {str(p.resolve()) for p in photos} <= {source for _, _, source in pages}
     finally:
@@ -481,8 +482,8 @@ def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'fail.db'}")
     corpus = tmp_path / "corpus"
     make_corpus(corpus, images=8, pdfs=1)
-    failing = Embedders(clip=_FailingClip(tiny_embedders.clip), colpali=tiny_embedders.colpali,
-                        text=tiny_embedders.text, meaningless=True)
+    failing = Embedders(clip=_FailingClip(tiny_embedders.get("clip")), colpali=tiny_embedders.get("colpali"),
+                        text=tiny_embedders.get("text"), meaningless=True)
     services = build_services(settings, embedders=failing)
     try:
         with pytest.raises(RuntimeError, match="device lost"):
@@ -504,7 +505,7 @@ def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
 def test_colpali_inputs_are_made_in_workers_only_where_the_gpu_needs_feeding(tmp_path: Path) -> None:
     """auto: workers run the ColPali processor (and import colpali-engine) only when the models run on CUDA; on
     a CPU the job starts at once and the embedding thread makes the inputs from the stored page images."""
-    from mmrag.indexing import colpali_inputs_in_workers
+    from mmrag.retrievers.colpali import inputs_in_workers as colpali_inputs_in_workers
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'choice.db'}")
     settings.embedders.device = "cpu"
@@ -529,10 +530,10 @@ def test_colpali_vectors_do_not_depend_on_where_inputs_are_made(
         corpus = tmp_path / "corpus"
         make_corpus(corpus, images=2, pdfs=1)
         report = run_index(services, [corpus])
-        store = services.stores(1).colpali
+        store = services.collections.stores(1).get("colpali")
         assert report.counts["failed"] == 0 and report.pages_indexed == len(store) >= 3
         for page_id in store.ids():
-            [tokens] = tiny_embedders.colpali.embed_images(
+            [tokens] = tiny_embedders.get("colpali").embed_images(
                 [Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")]
             )
             np.testing.assert_allclose(store.tokens(int(page_id)).astype(np.float32), tokens, atol=2e-3)
@@ -557,12 +558,12 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         make_corpus(tmp_path / "corpus", images=2, pdfs=2)
         report = run_index(services, [tmp_path / "corpus"])
         assert report.counts["indexed"] == 4
-        directory = services.lexical_dir(1)
+        directory = services.collections.derived.lexical_dir(1)
         # Built once, by the worker (one segment); the end of the job found it current and marked it so with the
         # collection's generation (a second commit naming the same segment).
         assert sorted(path.name for path in directory.glob("seg-*")) == ["seg-000001-000"]
         assert (directory / CURRENT_FILE).read_text() == "commit-000002.json"
-        assert Bm25Index.saved_generation(directory) == services.generation(1)
+        assert Bm25Index.saved_generation(directory) == services.collections.generation(1)
         with services.sessions() as session:
             with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
             assert 0 < len(with_text) < len(session.scalars(select(Page.id)).all())  # the PDFs', not the images'
@@ -579,14 +580,14 @@ def test_a_worker_builds_the_bm25_index_while_the_last_batches_embed(tmp_path: P
         # marked current.
         make_pdf(tmp_path / "more" / "late.pdf", ["A late memo about the zeppelin hangar", "Its second page"])
         assert run_index(services, [tmp_path / "more"]).counts["indexed"] == 1
-        assert Bm25Index.saved_generation(directory) == services.generation(1)
+        assert Bm25Index.saved_generation(directory) == services.collections.generation(1)
         with services.sessions() as session:
             with_text = session.scalars(select(Page.id).where(Page.text != "")).all()
         assert Bm25Index.load(directory).fingerprint == fingerprint_of(with_text)
         assert search(services, "default", text="zeppelin hangar", k=1, retrievers=["lexical"])
         # A collection of photos alone has no index to build, ahead or at the end; a query finds nothing lexical.
         assert run_index(services, [tmp_path / "photos"], collection="photos").counts["indexed"] == 3
-        assert not services.lexical_dir(2).exists()
+        assert not services.collections.derived.lexical_dir(2).exists()
         assert search(services, "photos", text="invoice", k=3, retrievers=["lexical"]) == []
     finally:
         services.close()
@@ -629,10 +630,10 @@ def test_worker_inputs_through_shared_memory_give_the_same_vectors(
         report = run_index(services, [tmp_path / "corpus"])
         assert report.counts["failed"] == 0 and report.pages_indexed == 8
         assert received and all(segment is not None for segment in received)
-        store = services.stores(1).clip
+        store = services.collections.stores(1).get("clip")
         for page_id in store.ids():
             image = Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")
-            [want] = tiny_embedders.clip.embed_images([image])
+            [want] = tiny_embedders.get("clip").embed_images([image])
             [hits] = store.search(want[None], len(store))
             # the stored vector is this one: its inner product with it is the vector's own (1, normalised)
             assert {h.page_id: h.score for h in hits}[int(page_id)] == pytest.approx(float(want @ want), abs=1e-4)

@@ -12,7 +12,8 @@ from mmrag import qa
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
 from tests.conftest import database
 from tests.factories import make_image, make_pdf

@@ -18,7 +18,8 @@ import pytest
 from mmrag.ingest import load_image
 from mmrag.indexing import JobStages, collection_writer, run_index
 from mmrag.retrieval import search
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.store import repository
 from tests.factories import make_image
 from tests.test_pipeline import assert_stores_agree_with_sql, make_settings
@@ -46,15 +47,15 @@ def test_a_reader_sees_another_process_index_at_its_next_query(pair, tmp_path: P
     first = [make_image(tmp_path / "a" / f"a{i}.png", i) for i in range(3)]
     run_index(writer, [tmp_path / "a"])
     assert top_path(reader, first[1]) == "a1.png"
-    stores = reader.stores(1)
-    assert not stores.writable and stores.colpali is not None and stores.colpali.read_only
+    stores = reader.collections.stores(1)
+    assert not stores.writable and stores.get("colpali") is not None and stores.get("colpali").read_only
 
     later = make_image(tmp_path / "b" / "b0.png", 40)
     run_index(writer, [tmp_path / "b"])
     assert top_path(reader, later) == "b0.png"  # the generation moved: the reader followed
-    assert len(reader.stores(1).clip) == 4
+    assert len(reader.collections.stores(1).get("clip")) == 4
     # It read only what was new: the same store objects, brought up to date from the journal and the offsets.
-    assert reader.stores(1) is stores and stores.colpali is not None and len(stores.colpali) == 4
+    assert reader.collections.stores(1) is stores and stores.get("colpali") is not None and len(stores.get("colpali")) == 4
 
 
 def test_a_reader_never_truncates_the_writers_uncommitted_rows(pair, tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_a_reader_never_truncates_the_writers_uncommitted_rows(pair, tmp_path: P
     make_image(tmp_path / "a" / "a0.png", 0)
     run_index(writer, [tmp_path / "a"])
     with collection_writer(writer, 1, "default"):
-        store = writer.stores(1).colpali
+        store = writer.collections.stores(1).get("colpali")
         rows = np.random.default_rng(0).standard_normal((5, store.dim)).astype(np.float32)
         store.add([999], [rows])  # written to a shard, not yet committed
         shards = sorted((store.directory).glob("shard-*"))
@@ -73,7 +74,7 @@ def test_a_reader_never_truncates_the_writers_uncommitted_rows(pair, tmp_path: P
     reopened = build_services(writer.settings, embedders=writer.embedders())
     try:
         with collection_writer(reopened, 1, "default"):
-            assert reopened.stores(1).colpali.tokens(999).shape == (5, store.dim)
+            assert reopened.collections.stores(1).get("colpali").tokens(999).shape == (5, store.dim)
     finally:
         reopened.close()
 
@@ -111,23 +112,23 @@ def test_a_reader_follows_a_writer_at_work_in_memory_saving_nothing(
     reader, writer = pair
     make_pdf(tmp_path / "a" / "a.pdf", ["alpha invoice 1001"])
     run_index(writer, [tmp_path / "a"])
-    assert len(reader.lexical(1)) == 1
+    assert len(reader.collections.derived.lexical(1)) == 1
 
     # A job whose end (the saved index) has not come yet: its pages are in SQL, the saved index is the old one.
     with monkeypatch.context() as patches:
-        patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
+        patches.setattr(writer.collections.derived, "refresh_lexical", lambda collection_id: None)
         make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
         run_index(writer, [tmp_path / "b"], stages=JobStages(lexical_ahead=lambda *args: None))
-    saved = Bm25Index.saved_fingerprint(reader.lexical_dir(1))
+    saved = Bm25Index.saved_fingerprint(reader.collections.derived.lexical_dir(1))
     before = data_files(reader)
-    with lock_held_elsewhere(writer.writer_lock_path(1)):  # the writer, still at work
+    with lock_held_elsewhere(writer.collections.writer_lock_path(1)):  # the writer, still at work
         hits = search(reader, "default", text="beta 2002", retrievers=["lexical"])
-        assert [Path(hit.path).name for hit in hits] == ["b.pdf"] and len(reader.lexical(1)) == 2
-    assert Bm25Index.saved_fingerprint(reader.lexical_dir(1)) == saved and data_files(reader) == before
+        assert [Path(hit.path).name for hit in hits] == ["b.pdf"] and len(reader.collections.derived.lexical(1)) == 2
+    assert Bm25Index.saved_fingerprint(reader.collections.derived.lexical_dir(1)) == saved and data_files(reader) == before
     # The writer's next job saves it, covering the pages its last one left out.
     make_pdf(tmp_path / "c" / "c.pdf", ["gamma invoice 3003"])
     run_index(writer, [tmp_path / "c"])
-    assert len(Bm25Index.saved_ids(reader.lexical_dir(1))) == 3
+    assert len(Bm25Index.saved_ids(reader.collections.derived.lexical_dir(1))) == 3
     assert [Path(hit.path).name for hit in search(reader, "default", text="gamma 3003", retrievers=["lexical"])] == [
         "c.pdf"
     ]
@@ -183,40 +184,40 @@ def test_a_search_on_stale_derived_indexes_is_right_and_only_reads(
     for i in range(3):
         make_pdf(tmp_path / "a" / f"a{i}.pdf", [f"alpha invoice {1000 + i}"])
     run_index(writer, [tmp_path / "a"])
-    assert writer.candidates_path(1).is_file() and len(Bm25Index.saved_ids(writer.lexical_dir(1))) == 3
+    assert writer.collections.derived.candidates_path(1, "colpali").is_file() and len(Bm25Index.saved_ids(writer.collections.derived.lexical_dir(1))) == 3
     assert search(reader, "default", text="alpha", k=3)  # the reader holds the saved ones, then they fall behind
     with monkeypatch.context() as patches:  # a job that dies before its end saves neither
-        patches.setattr(writer, "refresh_lexical", lambda collection_id: None)
+        patches.setattr(writer.collections.derived, "refresh_lexical", lambda collection_id: None)
         patches.setattr(writer.collections.derived, "after_writing", lambda collection_id: None)
         make_pdf(tmp_path / "b" / "b.pdf", ["beta invoice 2002"])
         run_index(writer, [tmp_path / "b"], stages=JobStages(lexical_ahead=lambda *args: None))
     if saved == "none":
-        shutil.rmtree(writer.lexical_dir(1))
-        writer.candidates_path(1).unlink()
+        shutil.rmtree(writer.collections.derived.lexical_dir(1))
+        writer.collections.derived.candidates_path(1, "colpali").unlink()
         reader.close()
         reader = build_services(writer.settings, embedders=writer.embedders())  # a query service starting
 
     before = data_files(reader)
-    with lock_held_elsewhere(writer.writer_lock_path(1)):
+    with lock_held_elsewhere(writer.collections.writer_lock_path(1)):
         lexical = search(reader, "default", text="beta invoice 2002", retrievers=["lexical"], k=4)
         scalable = search(reader, "default", text="beta invoice 2002", retrievers=["colpali"], k=4)
     assert data_files(reader) == before
-    store = reader.stores(1).colpali
+    store = reader.collections.stores(1).get("colpali")
     with reader.sessions() as session:
         rebuilt = Bm25Index()
         rebuilt.rebuild(repository.page_texts(session, 1))
     assert [hit.page_id for hit in lexical] == [hit.page_id for hit in rebuilt.search("beta invoice 2002", 4)]
     assert Path(lexical[0].path).name == "b.pdf"
-    assert len(reader.candidate_index(1)) == len(store) == 4  # the page the saved one lacks too
+    assert len(reader.collections.derived.candidate_index(1, "colpali")) == len(store) == 4  # the page the saved one lacks too
     reader.settings.index.multivector_search = "exact"
     exact = search(reader, "default", text="beta invoice 2002", retrievers=["colpali"], k=4)
     assert [hit.page_id for hit in scalable] == [hit.page_id for hit in exact] and len(exact) == 4
 
     # The next writer saves them, current with what SQL and the store hold.
     with collection_writer(writer, 1, "default"):
-        writer.refresh_lexical(1)
+        writer.collections.derived.refresh_lexical(1)
     with writer.sessions() as session:
-        assert Bm25Index.saved_ids(writer.lexical_dir(1)).tolist() == sorted(repository.text_page_ids(session, 1))
-    assert len(PooledCandidateIndex.load(writer.candidates_path(1), store)) == 4
+        assert Bm25Index.saved_ids(writer.collections.derived.lexical_dir(1)).tolist() == sorted(repository.text_page_ids(session, 1))
+    assert len(PooledCandidateIndex.load(writer.collections.derived.candidates_path(1, "colpali"), store)) == 4
     if saved == "none":
         reader.close()

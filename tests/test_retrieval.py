@@ -11,7 +11,8 @@ import pytest
 from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RetrievalSettings, Settings
 from mmrag.indexing import collection_writer, delete_documents, run_index
 from mmrag.retrieval import RetrieverHits, fuse, retrieved_pages, search
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from mmrag.store import repository
 from mmrag.store.db import refresh_statistics, transaction
 from mmrag.types import Hit, SearchFilters
@@ -103,12 +104,12 @@ def test_candidate_multivector_search_matches_exact_when_candidates_cover_the_co
     services.settings.index.multivector_search = "candidates"
     try:
         scalable = search(services, "default", text="quarterly report", retrievers=["colpali"], k=5)
-        candidates = services.candidate_index(1)
+        candidates = services.collections.derived.candidate_index(1, "colpali")
         assert candidates is not None and len(candidates) == 9
-        assert services.candidate_index(1) is candidates  # kept while the store is unchanged
-        store = services.stores(1).colpali
+        assert services.collections.derived.candidate_index(1, "colpali") is candidates  # kept while the store is unchanged
+        store = services.collections.stores(1).get("colpali")
         store.remove([int(store.ids()[0])])
-        assert services.candidate_index(1) is candidates and len(candidates) == 8  # updated after a change
+        assert services.collections.derived.candidate_index(1, "colpali") is candidates and len(candidates) == 8  # updated after a change
     finally:
         services.settings.index.multivector_search = "exact"
     assert [h.page_id for h in scalable] == [h.page_id for h in exact]
@@ -122,18 +123,18 @@ def test_the_candidate_index_is_saved_and_another_process_loads_it_reading_no_to
     from mmrag.index.multivector import ShardedMultiVectorStore
 
     monkeypatch.setattr(mmrag.derived, "CANDIDATES_SAVE_MIN_PAGES", 0)
-    built = services.candidate_index(1)
-    assert built is not None and not services.candidates_path(1).exists()  # built here; a search saves nothing
+    built = services.collections.derived.candidate_index(1, "colpali")
+    assert built is not None and not services.collections.derived.candidates_path(1, "colpali").exists()  # built here; a search saves nothing
     with collection_writer(services, 1, "default"):
         pass  # the collection's writer (a job or a delete) as it ends
-    assert services.candidates_path(1).is_file() and services.candidate_index(1) is built  # saved by the writer
+    assert services.collections.derived.candidates_path(1, "colpali").is_file() and services.collections.derived.candidate_index(1, "colpali") is built  # saved by the writer
     read: list[int] = []
     tokens = ShardedMultiVectorStore.tokens
     monkeypatch.setattr(ShardedMultiVectorStore, "tokens", lambda store, page_id: read.append(page_id) or tokens(
         store, page_id))
     other = build_services(services.settings, embedders=tiny_embedders)  # the query service starting
     try:
-        loaded = other.candidate_index(1)
+        loaded = other.collections.derived.candidate_index(1, "colpali")
         assert loaded is not None and len(loaded) == len(built) and read == []
         query = np.random.default_rng(0).normal(size=(4, built.dim)).astype(np.float32)
         assert list(loaded.candidates(query, 9)) == list(built.candidates(query, 9))
@@ -153,12 +154,12 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
 
     statements: list[str] = []
     event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    index = services.lexical(1)
+    index = services.collections.derived.lexical(1)
     # The job that filled the collection marked its index current with the collection's generation: the first
     # query loads it without reading the id of every page with text from SQL.
     assert statements and not any("pages.text !=" in sql for sql in statements)
     statements.clear()
-    assert services.lexical(1) is index
+    assert services.collections.derived.lexical(1) is index
     assert lexical(services, k=8) == [f"r{i}.pdf" for i in range(7, -1, -1)]
     # Only the hits' pages were read (describe_pages), not the collection's pages with text (text_page_ids).
     assert statements and not any("pages.text !=" in sql for sql in statements)
@@ -168,22 +169,22 @@ def test_the_bm25_index_stays_loaded_and_follows_other_writers(
         extra = make_pdf(tmp_path / "later" / "r8.pdf", ["quarterly report " * 12])
         run_index(other, [extra.parent])
         statements.clear()
-        assert lexical(services, k=1) == ["r8.pdf"] and len(services.lexical(1)) == len(index) + 1
+        assert lexical(services, k=1) == ["r8.pdf"] and len(services.collections.derived.lexical(1)) == len(index) + 1
         assert not any("pages.text !=" in sql for sql in statements)  # that job marked its index current
-        r8_pages = set(services.lexical(1).ids().tolist()) - set(index.ids().tolist())
+        r8_pages = set(services.collections.derived.lexical(1).ids().tolist()) - set(index.ids().tolist())
         delete_documents(other, "default", paths=[str(extra)])
         statements.clear()
         assert lexical(services, k=1) == ["r7.pdf"]
         # The delete moved the generation: looked at again, and r8's page deleted from the index and the saved one.
-        assert len(r8_pages) == 1 and len(services.lexical(1)) == len(index)
-        assert not r8_pages & set(services.lexical(1).ids().tolist())
-        assert not r8_pages & set(Bm25Index.saved_ids(services.lexical_dir(1)).tolist())
+        assert len(r8_pages) == 1 and len(services.collections.derived.lexical(1)) == len(index)
+        assert not r8_pages & set(services.collections.derived.lexical(1).ids().tolist())
+        assert not r8_pages & set(Bm25Index.saved_ids(services.collections.derived.lexical_dir(1)).tolist())
         # The delete (the writer) saved it marked current with its generation: no id read by this query either.
         assert not any("pages.text !=" in sql for sql in statements)
         # It was saved marked with the delete's generation: another process's first query reads no id either.
         statements.clear()
         event.listen(other.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-        assert other.lexical(1).fingerprint == services.lexical(1).fingerprint
+        assert other.collections.derived.lexical(1).fingerprint == services.collections.derived.lexical(1).fingerprint
         assert statements and not any("pages.text !=" in sql for sql in statements)
     finally:
         other.close()
@@ -241,13 +242,13 @@ def test_a_delete_flags_the_pages_in_bm25_and_reads_no_page_text(services: Servi
 
     from mmrag.index.lexical import CURRENT_FILE, Bm25Index
 
-    directory = services.lexical_dir(1)
-    assert len(services.lexical(1)) == 8
+    directory = services.collections.derived.lexical_dir(1)
+    assert len(services.collections.derived.lexical(1)) == 8
     segments = sorted(path.name for path in directory.glob("seg-*") if path.is_dir())
     statements: list[str] = []
     event.listen(services.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     delete_documents(services, "default", paths=[str(_corpus(services) / "legal" / "r0.pdf")])
-    assert len(services.lexical(1)) == 7
+    assert len(services.collections.derived.lexical(1)) == 7
     assert [sql for sql in statements if "pages.text" in sql] == [  # the ids of pages with text, not their text
         sql for sql in statements if sql.startswith("SELECT pages.id \nFROM") and "pages.text !=" in sql
     ]
@@ -259,7 +260,7 @@ def test_a_delete_flags_the_pages_in_bm25_and_reads_no_page_text(services: Servi
         rebuilt = Bm25Index()
         rebuilt.rebuild(repository.page_texts(session, 1))
     for query in ("quarterly report", "report 3", "invoice"):
-        assert services.lexical(1).search(query, 8) == rebuilt.search(query, 8)
+        assert services.collections.derived.lexical(1).search(query, 8) == rebuilt.search(query, 8)
     assert (directory / CURRENT_FILE).read_text() == commit  # nothing changed since: nothing saved
 
 
@@ -275,8 +276,8 @@ def test_a_search_does_not_wait_for_the_candidate_index_to_update(
 
     from mmrag.index.candidates import PooledCandidateIndex
 
-    assert services.candidate_index(1) is not None
-    store = services.stores(1).colpali
+    assert services.collections.derived.candidate_index(1, "colpali") is not None
+    store = services.collections.stores(1).get("colpali")
     store.remove([int(store.ids()[0])])  # the next call updates the index
     updating, release = threading.Event(), threading.Event()
     update = PooledCandidateIndex.update
@@ -287,7 +288,7 @@ def test_a_search_does_not_wait_for_the_candidate_index_to_update(
         return update(index, changed_store)
 
     monkeypatch.setattr(PooledCandidateIndex, "update", slow_update)
-    updater = threading.Thread(target=services.candidate_index, args=(1,))
+    updater = threading.Thread(target=services.collections.derived.candidate_index, args=(1, "colpali"))
     updater.start()
     try:
         assert updating.wait(30)
@@ -297,4 +298,4 @@ def test_a_search_does_not_wait_for_the_candidate_index_to_update(
     finally:
         release.set()
         updater.join(30)
-    assert len(services.candidate_index(1)) == 8
+    assert len(services.collections.derived.candidate_index(1, "colpali")) == 8

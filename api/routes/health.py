@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import schemas
 from api.deps import get_metrics
 from api.metrics import CONTENT_TYPE, Metrics
+from mmrag.retrievers import RETRIEVERS
 
 router = APIRouter(tags=["health"])
 
@@ -41,7 +42,8 @@ def ready(request: Request) -> JSONResponse:
         except SQLAlchemyError as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         embedders = services.embedders()  # loaded in the lifespan; this only reads them
-        on, off, meaningless = embedders.on() + ["lexical"], dict(embedders.off), embedders.meaningless
+        on = [r.name for r in RETRIEVERS if not r.embeds or r.name in embedders.on()]  # BM25 needs no model
+        off, meaningless = dict(embedders.off), embedders.meaningless
     body = schemas.Ready(
         status="ready" if database else "unavailable",
         database=database,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from api.metrics import Metrics
 from mmrag import documents
 from mmrag.config import Settings
 from mmrag.errors import TooLargeError
+from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -45,10 +47,17 @@ SEARCH_FORM_SCHEMA: dict[str, Any] = {
         "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
         "offset": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
         "collections": {"type": "array", "items": {"type": "string"}},
-        "retrievers": {"type": "array", "items": {"type": "string", "enum": ["clip", "colpali", "text", "lexical"]}},
+        "retrievers": {"type": "array", "items": {"type": "string", "enum": []}},  # filled by search_form_schema
         "filters": {"type": "string", "description": "a JSON object, as SearchRequest.filters"},
     },
 }
+
+
+def search_form_schema() -> dict[str, Any]:
+    """SEARCH_FORM_SCHEMA with the registered retrievers' names (mmrag.retrievers) as they are now."""
+    schema = copy.deepcopy(SEARCH_FORM_SCHEMA)
+    schema["properties"]["retrievers"]["items"]["enum"] = RETRIEVERS.names()
+    return schema
 
 
 @router.post(

@@ -3,7 +3,7 @@
 
     planning.py   job items → Plan → Decision per job item (unchanged, duplicate, failed, or to load)
     loading.py    FileToLoad → LoadedFile | FileFailure, in worker processes (Loader)
-    embedding.py  PendingPage → Embedded (vectors not yet stored)
+    embedding.py  PendingPage → BatchVectors (each retriever's vectors, not yet stored)
     writing.py    Batch → pages in SQL, then the Committer's embed and write threads
     recovery.py   recover, stores_agree / record_agreement, repair
     job.py        IndexJob: the loop over a job's items; JobStages: the stages it is built from
@@ -24,7 +24,7 @@ stale vector can never be mistaken for a new page.
 """
 
 from mmrag.indexing.deletion import delete_documents
-from mmrag.indexing.embedding import colpali_inputs_in_workers, input_specs
+from mmrag.indexing.embedding import input_specs
 from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress, build_lexical_ahead
 from mmrag.indexing.loading import Loader, start_worker_server
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
@@ -41,7 +41,6 @@ __all__ = [
     "NoProgress",
     "Progress",
     "build_lexical_ahead",
-    "colpali_inputs_in_workers",
     "collection_writer",
     "delete_documents",
     "input_specs",

@@ -41,7 +41,7 @@ def _delete_locked(services: Services, collection_id: int, document_ids: list[in
         for document_id in document_ids:
             removed_pages += repository.mark_deleted(session, repository.get_document(session, document_id))
     if removed_pages:
-        stores = services.stores(collection_id)
+        stores = services.collections.stores(collection_id)
         stores.remove(removed_pages)
         stores.flush()
         stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)

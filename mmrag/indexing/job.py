@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmrag.indexing.embedding import PendingPage, colpali_inputs_in_workers, embed_pages, input_specs, named_inputs
+from mmrag.indexing.embedding import PendingPage, embed_pages, input_specs, named_inputs
 from mmrag.indexing.loading import (
     PDF_PAGES_PER_TASK,
     SMALL_FILE_BYTES,
@@ -31,7 +31,9 @@ from mmrag.indexing.writing import Batch, Committer, write_batch, write_pages
 from mmrag.ingest import shared
 from mmrag.ingest.results import FileFailure, LoadedFile
 from mmrag.ingest.worker import load_file
-from mmrag.services import CollectionStores, Embedders, Services
+from mmrag.collections import CollectionStores
+from mmrag.retrievers import Embedders
+from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
 from mmrag.types import ItemState
@@ -45,14 +47,14 @@ def build_lexical_ahead(services: Services, collection_id: int, loader: Loader) 
     """Every page of the job is in SQL now, some batches still on the device: an idle worker brings the collection's
     BM25 index up to date and saves it meanwhile (instead of the end of the job doing it, the device idle). Only
     the pages it lacks are read and tokenized, added as a new segment. It covers the pending documents too, which the
-    last batches mark indexed; services.refresh_lexical() at the end keeps it if its fingerprint matches SQL's
+    last batches mark indexed; services.collections.derived.refresh_lexical() at the end keeps it if its fingerprint matches SQL's
     indexed pages then, and updates it otherwise (a batch failed), so this only ever saves time."""
     from mmrag.index.lexical import Bm25Index, id_changes, update_saved
 
-    directory = services.lexical_dir(collection_id)
+    directory = services.collections.derived.lexical_dir(collection_id)
     with services.sessions() as session:
         wanted = repository.text_page_ids(session, collection_id, with_pending=True)
-        if services.lexical_covers(collection_id, wanted):
+        if services.collections.derived.lexical_covers(collection_id, wanted):
             return  # the job added no page with text (photos): nothing to build
         held = Bm25Index.saved_ids(directory)  # None where none can be read: update_saved starts an empty one
         added, removed = id_changes(held if held is not None else np.zeros(0, np.int64), wanted)
@@ -112,13 +114,11 @@ class IndexJob:
         self.progress = progress
         self.loader = loader
         self.job_stages = job_stages
-        specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(settings))
+        specs = input_specs(embedders, settings, services.data_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
-        pool_factor = settings.index.multivector_pool_factor
         self.committer = job_stages.committer(
-            lambda batch: embed_pages(embedders, stores, batch.pages, services.data_dir, pool_factor=pool_factor,
-                                      specs=specs),
+            lambda batch: embed_pages(embedders, stores, batch.pages, services.data_dir, settings=settings, specs=specs),
             lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded),
             stores,
             depth=settings.ingest.batches_ahead,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mmrag.config import IngestSettings, Settings
-from mmrag.indexing.embedding import colpali_inputs_in_workers
+from mmrag.retrievers import RETRIEVERS
 from mmrag.ingest import shared
 from mmrag.inputs import InputSpec
 from mmrag.ingest.worker import (
@@ -98,8 +98,7 @@ def warm_modules(settings: Settings) -> list[str]:
     """What the workers import before their first file: CLIP's inputs (ClipPixels) and Qwen2-VL-based models'
     (QwenPixels) are resized with torch there; other ColPali families import colpali-engine in each worker at its
     first page (their processor runs there)."""
-    colpali_prep = settings.embedders.colpali.enabled and colpali_inputs_in_workers(settings)
-    return ["torch"] if colpali_prep or settings.embedders.clip.enabled else []
+    return sorted({module for retriever in RETRIEVERS for module in retriever.worker_modules(settings)})
 
 
 def start_worker_server(settings: Settings) -> None:

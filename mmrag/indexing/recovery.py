@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from mmrag.index.manifest import atomic_write_bytes, file_identity
-from mmrag.indexing.embedding import PendingPage, colpali_inputs_in_workers, embed_pages, input_specs, store_vectors
-from mmrag.services import CollectionStores, Embedders, Services
+from mmrag.indexing.embedding import PendingPage, embed_pages, input_specs, store_vectors
+from mmrag.collections import CollectionStores
+from mmrag.retrievers import RETRIEVERS, Embedders
+from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
 
@@ -63,7 +65,7 @@ def _agreement(services: Services, collection_id: int, stores: CollectionStores)
             return None
         # lists, as the JSON it is compared with reads back
         files[name] = [list(identity) if (identity := file_identity(path)) else None for path in paths()]
-    return {"generation": services.generation(collection_id), "retrievers": sorted(files), "files": files}
+    return {"generation": services.collections.generation(collection_id), "retrievers": sorted(files), "files": files}
 
 
 def record_agreement(services: Services, collection_id: int, stores: CollectionStores) -> None:
@@ -91,28 +93,25 @@ def stores_agree(services: Services, collection_id: int, stores: CollectionStore
 
 
 def repair(services: Services, collection_id: int, stores: CollectionStores, embedders: Embedders) -> int:
-    """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images."""
+    """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images (or text)."""
     repaired = 0
-    specs = input_specs(embedders, services.data_dir, colpali=colpali_inputs_in_workers(services.settings))
+    settings = services.settings
+    specs = input_specs(embedders, settings, services.data_dir)
     for name in embedders.on():
         with services.sessions() as session:
             missing = repository.pages_missing_embedding(session, collection_id, name)
             work = [(p.id, p.image_path, p.text) for p in missing]
-        if name == "text":
-            work = [w for w in work if w[2].strip()]
+        embeds = RETRIEVERS.get(name).pages_it_embeds([text for _, _, text in work])
+        work = [w for w, embedded in zip(work, embeds, strict=True) if embedded]
         if not work:
             continue
         log.info("re-embedding %d pages for retriever %s", len(work), name)
-        only = Embedders(off=embedders.off, meaningless=embedders.meaningless, **{name: getattr(embedders, name)})
-        size = services.settings.batch_pages
-        for start in range(0, len(work), size):
-            chunk = work[start : start + size]
+        only = embedders.only(name)
+        for start in range(0, len(work), settings.batch_pages):
+            chunk = work[start : start + settings.batch_pages]
             pages = [PendingPage(pid, path, text) for pid, path, text in chunk]
-            embedded = embed_pages(
-                only, stores, pages, services.data_dir,
-                pool_factor=services.settings.index.multivector_pool_factor, specs=specs,
-            )
-            records = store_vectors(only, stores, embedded)
+            vectors = embed_pages(only, stores, pages, services.data_dir, settings=settings, specs=specs)
+            records = store_vectors(only, stores, vectors)
             stores.flush()
             with transaction(services.sessions) as session:
                 bulk.insert_embeddings(session, records)

@@ -85,13 +85,13 @@ def collection_writer(services: Services, collection_id: int, name: str) -> Iter
     collection's vector stores in memory: two writers at once would destroy each other's work. The lock:
     Services.writer_lock.
     """
-    with services.writer_lock(collection_id) as acquired:
+    with services.collections.writer_lock(collection_id) as acquired:
         if not acquired:
             raise CollectionBusyError(
                 f"collection {name!r} is being written by another process (indexing or deleting); "
                 "wait for it to finish, or index into another collection"
             )
-        with services.writing(collection_id):
+        with services.collections.writing(collection_id):
             yield
 
 
@@ -150,7 +150,7 @@ def _run_locked(started: _Started, stages: JobStages) -> JobReport:
 def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, job_stages: JobStages) -> JobReport:
     services, collection_id = started.services, started.collection_id
     embedders = services.embedders()
-    stores = services.stores(collection_id)
+    stores = services.collections.stores(collection_id)
     with transaction(services.sessions) as session:
         job = session.get(Job, job_id)
         job.retrievers = {"on": embedders.on(), "off": embedders.off}
@@ -174,7 +174,7 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     if texts_changed or recovered["incomplete_documents"]:
         # BM25 current now (a worker built it ahead), not at the first query. A job of photos alone leaves it as it
         # was, and skips reading the ids of every page with text.
-        services.refresh_lexical(collection_id)
+        services.collections.derived.refresh_lexical(collection_id)
     refresh_statistics(services.engine)  # query plans for the collection as it is now
     stages["finish"] = time.perf_counter() - finishing
     # CPU seconds of this process (all its threads, not the workers) from the first file to the end: at GPU speed

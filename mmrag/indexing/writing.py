@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmrag.indexing.embedding import Embedded, PendingPage, store_vectors
+from mmrag.indexing.embedding import BatchVectors, PendingPage, store_vectors
 from mmrag.ingest.results import LoadedFile
-from mmrag.services import CollectionStores, Embedders, Services
+from mmrag.collections import CollectionStores
+from mmrag.retrievers import Embedders
+from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
 from mmrag.store.models import utcnow
@@ -56,7 +58,7 @@ def write_batch(
     stores: CollectionStores,
     embedders: Embedders,
     batch: Batch,
-    embedded: Embedded,
+    embedded: BatchVectors,
 ) -> None:
     """Vectors into the stores, the stores flushed, then one SQL transaction vouches for them."""
     records = store_vectors(embedders, stores, embedded)
@@ -86,8 +88,8 @@ class Committer:
 
     def __init__(
         self,
-        embed: Callable[[Batch], Embedded],
-        write: Callable[[Batch, Embedded], None],
+        embed: Callable[[Batch], BatchVectors],
+        write: Callable[[Batch, BatchVectors], None],
         stores: CollectionStores,
         *,
         depth: int = 2,

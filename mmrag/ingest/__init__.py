@@ -1,6 +1,6 @@
 """Ingestion: from a file on disk to page images and text (discover → sniff → decode/render → text layer/OCR).
 
-The pipeline calls `load_pages` (or `iter_pages`) in worker processes; both are plain top-level functions of
+The indexing job calls `load_pages` (or `iter_pages`) in worker processes; both are plain top-level functions of
 picklable arguments, and every bad-input failure is an InputError subclass whose message names the file (and page).
 """
 

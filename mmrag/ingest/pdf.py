@@ -53,7 +53,7 @@ def build_renderer(name: str) -> PdfRenderer:
 
 @dataclass(frozen=True)
 class PdfPageInfo:
-    """What the pipeline needs to know about a page before rendering it."""
+    """What the indexing job needs to know about a page before rendering it."""
 
     page_number: int  # 1-based
     width_pt: float  # as displayed: crop box, after the page's /Rotate

@@ -50,7 +50,7 @@ def ocr(image: Image.Image, lang: str = "eng") -> str:
     """Tesseract's text for `image`, normalised. Raises MissingToolError or ConfigError (unknown lang)."""
     # Tesseract's OpenMP threads spin against each other and against our other workers, which makes a page several
     # times slower on a small machine than with one thread. Tesseract's own docs advise
-    # a limit of 1 when pages are processed in parallel, as the pipeline does. A value set by the user wins;
+    # a limit of 1 when pages are processed in parallel, as the indexing job does. A value set by the user wins;
     # pytesseract offers no per-call environment, hence the process-wide default.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:

@@ -142,7 +142,7 @@ def load_file(
     numbers = None
     total = 0
     if pages is not None and source.kind == DocumentKind.PDF:
-        # pages (first, last), 1-based and inclusive, clipped to the document: the pipeline asks for the first few
+        # pages (first, last), 1-based and inclusive, clipped to the document: the job asks for the first few
         # pages and learns from page_total whether other workers should render the rest
         total = count_pages(source)
         if pages[0] > total:  # the first range said more: the file was replaced during the job

@@ -17,7 +17,8 @@ from fastapi import FastAPI
 
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import ApiSettings, DatabaseSettings, EmbedderSettings, IngestSettings, Settings
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from tests.factories import make_image, make_pdf
 
 INVOICE_PAGES = [

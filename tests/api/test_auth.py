@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 from tests.api.conftest import make_settings
 from tests.conftest import database
 from tests.factories import make_pdf

@@ -18,7 +18,8 @@ from api.errors import STATUS_BY_ERROR, status_of, type_of
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.errors import MmragError, NotFoundError, TooLargeError, UnknownNameError
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, Services, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
 from tests.api.conftest import make_settings
 from tests.factories import make_image, make_pdf
 
@@ -175,7 +176,7 @@ def test_missing_models_are_503(
     app_services: Services, tiny_embedders: Embedders, answerer: ExtractiveAnswerer
 ) -> None:
     without_clip = Embedders(
-        colpali=tiny_embedders.colpali, text=tiny_embedders.text, off={"clip": "disabled in settings"}, meaningless=True
+        colpali=tiny_embedders.get("colpali"), text=tiny_embedders.get("text"), off={"clip": "disabled in settings"}, meaningless=True
     )
     services = Services(app_services.settings, app_services.engine, embedders=without_clip)
     with TestClient(create_app(services=services, answerer=answerer)) as client:

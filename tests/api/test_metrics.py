@@ -9,7 +9,8 @@ from sqlalchemy import event
 
 from api.metrics import _IndexSizes
 from bench.query import fill_collection
-from mmrag.services import Embedders, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 from tests.api.conftest import make_settings
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.indexing import run_index
-from mmrag.services import Embedders, build_services
+from mmrag.retrievers import Embedders
+from mmrag.services import build_services
 from tests.api.conftest import live_server, make_settings
 from tests.factories import make_image, make_pdf
 

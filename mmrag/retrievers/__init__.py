@@ -1,0 +1,101 @@
+"""Retrievers as plug-ins: the contract (base.py), one module per built-in retriever, and the one registry by name
+that the job, the search path, the config, the CLI and the API read their names from.
+
+    RETRIEVERS.names()          ['clip', 'colpali', 'text', 'lexical'] (registration order, which fusion keeps)
+    RETRIEVERS.get("colpali")   the Retriever; an unknown name raises UnknownNameError listing the known ones
+    RETRIEVERS.register(cls)    a decorator: adds a retriever (tests add one of their own and remove it after)
+    load_embedders(settings)    every enabled retriever's model; one that cannot load is off, with its reason
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from mmrag.errors import ModelUnavailableError, UnknownNameError
+from mmrag.retrievers.base import (
+    Embedded,
+    Embedders,
+    ModelRecord,
+    PageBatch,
+    Query,
+    Retriever,
+    SearchContext,
+    SingleVectorRetriever,
+)
+
+if TYPE_CHECKING:
+    from mmrag.config import Settings
+
+__all__ = [
+    "RETRIEVERS",
+    "Embedded",
+    "Embedders",
+    "ModelRecord",
+    "PageBatch",
+    "Query",
+    "Retriever",
+    "RetrieverRegistry",
+    "SearchContext",
+    "SingleVectorRetriever",
+    "load_embedders",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RetrieverRegistry:
+    """Retrievers by name, in registration order."""
+
+    def __init__(self) -> None:
+        self._retrievers: dict[str, Retriever] = {}
+
+    def register(self, cls: type[Retriever]) -> type[Retriever]:
+        name = cls.name
+        if name in self._retrievers and type(self._retrievers[name]) is not cls:
+            raise ValueError(f"a retriever named {name!r} is already registered")
+        self._retrievers[name] = cls()
+        return cls
+
+    def unregister(self, name: str) -> None:
+        self._retrievers.pop(name, None)
+
+    def get(self, name: str) -> Retriever:
+        try:
+            return self._retrievers[name]
+        except KeyError:
+            raise UnknownNameError("retriever", name, list(self._retrievers)) from None
+
+    def names(self) -> list[str]:
+        return list(self._retrievers)
+
+    def __iter__(self) -> Iterator[Retriever]:
+        return iter(list(self._retrievers.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._retrievers
+
+
+RETRIEVERS = RetrieverRegistry()
+
+
+def load_embedders(settings: Settings, registry: RetrieverRegistry = RETRIEVERS) -> Embedders:
+    """Load every enabled retriever's model; one that cannot load is switched off with its reason (never faked)."""
+    embedders = Embedders(meaningless=settings.embedders.profile == "tiny-random")
+    for retriever in registry:
+        if not retriever.embeds:
+            continue
+        if not retriever.enabled(settings):
+            embedders.off[retriever.name] = "disabled in settings"
+            continue
+        try:
+            embedders.models[retriever.name] = retriever.load(settings)
+        except ModelUnavailableError as exc:
+            log.info("retriever %s is off: %s", retriever.name, exc)  # callers report it (the CLI prints a table)
+            embedders.off[retriever.name] = str(exc)
+    return embedders
+
+
+# The built-in retrievers register themselves on import, in this order (fusion and listings keep it).
+from mmrag.retrievers import clip, colpali, text, lexical  # noqa: E402,F401,I001
