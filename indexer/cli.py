@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mmrag.config import Settings
+import mmrag
+from mmrag import Settings
 from indexer.eval_command import eval_command
-from mmrag.errors import MmragError
-from mmrag.retrievers import RETRIEVERS
+from mmrag import RETRIEVERS, MmragError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG: index images and PDFs, search them.")
 console = Console()
@@ -35,7 +35,7 @@ def _settings(profile: str | None) -> Settings:
 
 
 def _services(profile: str | None = None):  # noqa: ANN202 - Services, imported lazily to keep --help fast
-    from mmrag.services import build_services
+    from mmrag import build_services
 
     return build_services(_settings(profile))
 
@@ -72,7 +72,7 @@ def index(
     profile: ProfileOption = None,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
-    from mmrag.indexing import run_index, start_worker_server
+    from mmrag import run_index, start_worker_server
 
     services = _services(profile)
     start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
@@ -120,8 +120,7 @@ def index(
 @app.command()
 def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
     """Show a job's state, counts and failures, and the size of each collection."""
-    from mmrag.documents import collection_names, index_sizes
-    from mmrag.jobs import job_status, latest_job_status
+    from mmrag import collection_names, index_sizes, job_status, latest_job_status
 
     services = _services()
     try:
@@ -159,7 +158,7 @@ def delete(
     profile: ProfileOption = None,
 ) -> None:
     """Delete documents (their pages and vectors) by id or by path."""
-    from mmrag.indexing import delete_documents
+    from mmrag import delete_documents
 
     if not document and not path:
         raise typer.BadParameter("give --document ID or --path PATH")
@@ -186,8 +185,8 @@ def search(
     profile: ProfileOption = None,
 ) -> None:
     """Search a collection by text or by image; prints rank, score, path and page."""
-    from mmrag.ingest import load_image
-    from mmrag.retrieval import search as run_search
+    from mmrag import load_image
+    from mmrag import search as run_search
 
     if (query is None) == (image is None):
         raise typer.BadParameter("give a text QUERY or --image FILE (not both)")
@@ -244,8 +243,7 @@ def ask(
     profile: ProfileOption = None,
 ) -> None:
     """Answer a question from the indexed pages, citing them (the answerer comes from MMRAG_ANSWERER__*)."""
-    from mmrag import qa
-    from mmrag.answer import build_answerer_or_extractive
+    from mmrag import build_answerer_or_extractive
 
     services = _services(profile)
     try:
@@ -255,16 +253,16 @@ def ask(
         collections = collection or ["default"]
         if stream:
             pages: list = []
-            for event in qa.ask_stream(services, answerer, question, collections, k=k):
-                if isinstance(event, qa.Retrieved):
+            for event in mmrag.ask_stream(services, answerer, question, collections, k=k):
+                if isinstance(event, mmrag.Retrieved):
                     pages = event.pages
-                elif isinstance(event, qa.Token):
+                elif isinstance(event, mmrag.Token):
                     console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
                 else:
                     answer = event.answer  # Answered comes last, always
             console.print()
         else:
-            answer, pages = qa.ask(services, answerer, question, collections, k=k)
+            answer, pages = mmrag.ask(services, answerer, question, collections, k=k)
             console.print(answer.text, markup=False, highlight=False)
         meaningless = services.embedders().meaningless
     finally:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmrag.config import Settings
+from mmrag import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -59,8 +59,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Measure retrieval (recall@1/5/10, MRR, nDCG@5, latency) per retriever, fused, and answers: table, JSON, PNG."""
-    from mmrag.evaluation import evaluate, load_questions, plot_recall, write_questions
-    from mmrag.services import build_services
+    from mmrag import build_services, evaluate, load_questions, plot_recall, write_questions
 
     if questions is None and generate is None:
         raise typer.BadParameter("give a QUESTIONS file, or --generate N to build one from the collection")
@@ -70,7 +69,7 @@ def eval_command(
     services = build_services(settings)
     try:
         if generate is not None:
-            from mmrag.testsets import generate_questions
+            from mmrag import generate_questions
 
             target = questions or DEFAULT_GENERATED
             question_set = generate_questions(services, generate, collection=collection, seed=seed)
@@ -121,7 +120,7 @@ def eval_command(
 def _answerer(settings: Settings, kind: str | None):  # noqa: ANN202 - Answerer | None, imported lazily
     if kind == "none":
         return None
-    from mmrag.answer import ANSWERERS
+    from mmrag import ANSWERERS
 
     return ANSWERERS.create(kind or settings.answerer.kind, settings.answerer)
 

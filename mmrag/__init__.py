@@ -18,28 +18,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmrag.answer import build_answerer, build_answerer_or_extractive
+    from mmrag.answer import ANSWERERS, build_answerer, build_answerer_or_extractive
     from mmrag.config import Settings
-    from mmrag.documents import delete_document, get_document, list_documents
-    from mmrag.errors import (
-        ConfigError,
-        IndexError_,
-        InputError,
-        MmragError,
-        ModelUnavailableError,
-        NotFoundError,
-    )
-    from mmrag.evaluation import evaluate, load_questions
-    from mmrag.indexing import JobReport, delete_documents, run_index
-    from mmrag.jobs import job_status
+    from mmrag.documents import collection_names, delete_document, get_document, index_sizes, list_documents
+    from mmrag.errors import ConfigError, IndexError_, InputError, MmragError, ModelUnavailableError, NotFoundError
+    from mmrag.evaluation import evaluate, load_questions, plot_recall, write_questions
+    from mmrag.indexing import JobReport, delete_documents, run_index, start_worker_server
+    from mmrag.ingest import load_image
+    from mmrag.jobs import job_status, latest_job_status
     from mmrag.protocols import Answerer
-    from mmrag.qa import ask, ask_stream
+    from mmrag.qa import Retrieved, Token, ask, ask_stream
     from mmrag.retrieval import retrieved_pages, search
     from mmrag.retrievers import RETRIEVERS, Embedders, Retriever, SingleVectorRetriever, load_embedders
     from mmrag.services import Services, build_services
+    from mmrag.testsets import generate_questions
     from mmrag.types import Answer, Citation, Hit, RetrievedPage, SearchFilters, SearchResult
 
 _WHERE = {
+    "ANSWERERS": "mmrag.answer",
     "Answer": "mmrag.types",
     "Answerer": "mmrag.protocols",
     "Citation": "mmrag.types",
@@ -53,6 +49,7 @@ _WHERE = {
     "ModelUnavailableError": "mmrag.errors",
     "NotFoundError": "mmrag.errors",
     "RETRIEVERS": "mmrag.retrievers",
+    "Retrieved": "mmrag.qa",
     "RetrievedPage": "mmrag.types",
     "Retriever": "mmrag.retrievers",
     "SearchFilters": "mmrag.types",
@@ -60,25 +57,35 @@ _WHERE = {
     "Services": "mmrag.services",
     "Settings": "mmrag.config",
     "SingleVectorRetriever": "mmrag.retrievers",
+    "Token": "mmrag.qa",
     "ask": "mmrag.qa",
     "ask_stream": "mmrag.qa",
     "build_answerer": "mmrag.answer",
     "build_answerer_or_extractive": "mmrag.answer",
     "build_services": "mmrag.services",
+    "collection_names": "mmrag.documents",
     "delete_document": "mmrag.documents",
     "delete_documents": "mmrag.indexing",
     "evaluate": "mmrag.evaluation",
+    "generate_questions": "mmrag.testsets",
     "get_document": "mmrag.documents",
+    "index_sizes": "mmrag.documents",
     "job_status": "mmrag.jobs",
+    "latest_job_status": "mmrag.jobs",
     "list_documents": "mmrag.documents",
     "load_embedders": "mmrag.retrievers",
+    "load_image": "mmrag.ingest",
     "load_questions": "mmrag.evaluation",
+    "plot_recall": "mmrag.evaluation",
     "retrieved_pages": "mmrag.retrieval",
     "run_index": "mmrag.indexing",
     "search": "mmrag.retrieval",
+    "start_worker_server": "mmrag.indexing",
+    "write_questions": "mmrag.evaluation",
 }
 
 __all__ = [
+    "ANSWERERS",
     "Answer",
     "Answerer",
     "Citation",
@@ -92,6 +99,7 @@ __all__ = [
     "ModelUnavailableError",
     "NotFoundError",
     "RETRIEVERS",
+    "Retrieved",
     "RetrievedPage",
     "Retriever",
     "SearchFilters",
@@ -99,22 +107,31 @@ __all__ = [
     "Services",
     "Settings",
     "SingleVectorRetriever",
+    "Token",
     "ask",
     "ask_stream",
     "build_answerer",
     "build_answerer_or_extractive",
     "build_services",
+    "collection_names",
     "delete_document",
     "delete_documents",
     "evaluate",
+    "generate_questions",
     "get_document",
+    "index_sizes",
     "job_status",
+    "latest_job_status",
     "list_documents",
     "load_embedders",
+    "load_image",
     "load_questions",
+    "plot_recall",
     "retrieved_pages",
     "run_index",
     "search",
+    "start_worker_server",
+    "write_questions",
 ]
 
 

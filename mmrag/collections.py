@@ -59,11 +59,7 @@ class CollectionStores:
         store that had not been committed at the open now may be: open them again then."""
         if self.missing:
             return False
-        for store in self.stores.values():
-            catch_up = getattr(store, "catch_up", None)  # a backend that cannot follow (chroma) is opened again
-            if catch_up is None or not catch_up():
-                return False
-        return True
+        return all(store.catch_up() for store in self.stores.values())  # chroma cannot: opened again
 
     def remove(self, page_ids: list[int]) -> None:
         """Drop these pages' vectors from every store (durable at the next flush)."""

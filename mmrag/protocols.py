@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from mmrag.types import Answer, Hit, RetrievedPage
+
+if TYPE_CHECKING:
+    from mmrag.inputs import InputSpec
 
 
 @runtime_checkable
@@ -16,6 +20,7 @@ class ImageEmbedder(Protocol):
     """Images and texts into one normalised single-vector space (CLIP)."""
 
     model_id: str  # what produced the vectors, recorded per page and in index manifests
+    revision: str  # which weights of it (a hub commit, a pretrained tag, "local"), recorded per page
     dim: int
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -32,6 +37,7 @@ class MultiVectorEmbedder(Protocol):
     """Late-interaction page embeddings (ColPali family): one vector per image patch / query token."""
 
     model_id: str
+    revision: str
     dim: int
 
     def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
@@ -48,11 +54,35 @@ class TextEmbedder(Protocol):
     """Dense text embeddings (sentence-transformers)."""
 
     model_id: str
+    revision: str
     dim: int
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
         ...
+
+
+@runtime_checkable
+class PreparedImageEmbedder(ImageEmbedder, Protocol):
+    """An ImageEmbedder that also embeds inputs the ingest workers prepared from each page (mmrag.inputs), so the
+    job's own process does no per-pixel work."""
+
+    def input_spec(self) -> InputSpec | None:
+        """What the workers should make for it, or None when its preprocessing has no prepared form."""
+        ...
+
+    def embed_inputs(self, inputs: Sequence[Any]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PreparedMultiVectorEmbedder(MultiVectorEmbedder, Protocol):
+    """A MultiVectorEmbedder that also embeds inputs the ingest workers prepared (its processor run there)."""
+
+    def input_spec(self, cache_dir: Path) -> InputSpec:
+        """What the workers should make for it; `cache_dir` holds what they need to load (its processor)."""
+        ...
+
+    def embed_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]: ...
 
 
 @runtime_checkable
@@ -71,6 +101,16 @@ class VectorIndex(Protocol):
 
     def flush(self) -> None:
         """Make everything added so far durable, atomically."""
+        ...
+
+    def catch_up(self) -> bool:
+        """A reader's copy follows what its writer made durable since, reading only what is new; False when it
+        cannot (then it is opened again)."""
+        ...
+
+    def files(self) -> list[Path] | None:
+        """The files that hold it (their identities tell a job whether another process changed them), or None for
+        a backend whose files it cannot name."""
         ...
 
 
@@ -99,6 +139,10 @@ class MultiVectorStore(Protocol):
     def __len__(self) -> int: ...
 
     def flush(self) -> None: ...
+
+    def catch_up(self) -> bool: ...
+
+    def files(self) -> list[Path] | None: ...
 
     def compact(self) -> None: ...
 

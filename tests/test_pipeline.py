@@ -457,7 +457,7 @@ class _FailingClip:
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
-        self.model_id, self.dim, self.meaningless = inner.model_id, inner.dim, True
+        self.model_id, self.revision, self.dim, self.meaningless = inner.model_id, inner.revision, inner.dim, True
         self.calls = 0
 
     def input_spec(self) -> object:

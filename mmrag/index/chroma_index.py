@@ -203,6 +203,12 @@ class ChromaIndex:
             self._recorded_count = manifest.count
         log.debug("flushed chroma collection %s: %d vectors", self.name, manifest.count)
 
+    def catch_up(self) -> bool:
+        return False  # chroma's own files change under a reader in ways it cannot follow: open it again
+
+    def files(self) -> list[Path] | None:
+        return None  # chroma owns its files; a job cannot tell from them whether another process changed them
+
     def manifest(self) -> Manifest:
         return Manifest(model=self.model, dim=self.dim, metric=self.metric, count=len(self), kind=KIND)
 

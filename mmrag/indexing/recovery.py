@@ -60,11 +60,11 @@ def _agreement(services: Services, collection_id: int, stores: CollectionStores)
     identity (inode, size, mtime) of every file that holds them. None for a backend whose files it cannot name."""
     files: dict[str, list[list[int] | None]] = {}
     for name, store in stores.by_retriever().items():
-        paths = getattr(store, "files", None)
+        paths = store.files()
         if paths is None:
             return None
         # lists, as the JSON it is compared with reads back
-        files[name] = [list(identity) if (identity := file_identity(path)) else None for path in paths()]
+        files[name] = [list(identity) if (identity := file_identity(path)) else None for path in paths]
     return {"generation": services.collections.generation(collection_id), "retrievers": sorted(files), "files": files}
 
 

@@ -138,7 +138,7 @@ class Retriever:
         raise NotImplementedError
 
     def model_record(self, embedder: Any) -> ModelRecord:
-        return ModelRecord(model=embedder.model_id, revision=getattr(embedder, "revision", ""), dim=embedder.dim)
+        return ModelRecord(model=embedder.model_id, revision=embedder.revision, dim=embedder.dim)
 
     def pages_it_embeds(self, texts: Sequence[str]) -> list[bool]:
         """Which pages (by their text) it embeds: a text retriever skips pages without text."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mmrag.protocols import PreparedImageEmbedder
 from mmrag.retrievers import RETRIEVERS
 from mmrag.retrievers.base import QueryKind, SingleVectorRetriever
 
@@ -30,5 +31,5 @@ class ClipRetriever(SingleVectorRetriever):
         return IMAGE_EMBEDDERS.create(settings.embedders.profile, settings.embedders)
 
     def input_spec(self, embedder: Any, settings: Settings, data_dir: Path) -> Any | None:
-        make = getattr(embedder, "input_spec", None)  # an ImageEmbedder may take PIL images only
-        return make() if make is not None and hasattr(embedder, "embed_inputs") else None
+        # an ImageEmbedder may take PIL images only
+        return embedder.input_spec() if isinstance(embedder, PreparedImageEmbedder) else None

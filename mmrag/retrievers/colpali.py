@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmrag.errors import IndexError_
+from mmrag.protocols import PreparedMultiVectorEmbedder
 from mmrag.retrievers import RETRIEVERS
 from mmrag.retrievers.base import Embedded, PageBatch, Query, Retriever, SearchContext
 from mmrag.types import Hit
@@ -42,10 +43,9 @@ class ColpaliRetriever(Retriever):
         return MULTIVECTOR_EMBEDDERS.create(settings.embedders.profile, settings.embedders)
 
     def input_spec(self, embedder: Any, settings: Settings, data_dir: Path) -> Any | None:
-        make = getattr(embedder, "input_spec", None)
-        if make is None or not hasattr(embedder, "embed_inputs") or not inputs_in_workers(settings):
+        if not isinstance(embedder, PreparedMultiVectorEmbedder) or not inputs_in_workers(settings):
             return None  # made in the job's process from the page image
-        return make(data_dir.resolve())
+        return embedder.input_spec(data_dir.resolve())
 
     def open_store(self, embedder: Any, directory: Path, settings: Settings, *, writable: bool) -> Any | None:
         from mmrag.device import resolve_device
