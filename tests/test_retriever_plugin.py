@@ -236,3 +236,57 @@ def test_the_api_serves_and_documents_a_plugin_retriever(services: Services) -> 
         enum = schemas["SearchRequest"]["properties"]["retrievers"]["anyOf"][0]["items"]["enum"]
         assert enum == RETRIEVERS.names() and "chargrams" in enum
         assert schemas["SearchForm"]["properties"]["retrievers"]["items"]["enum"] == RETRIEVERS.names()
+
+
+PLUGIN_MODULE = '''
+"""A retriever shipped by another package: it registers itself when mmrag loads the entry point."""
+import numpy as np
+from mmrag.retrievers import RETRIEVERS, SingleVectorRetriever
+
+
+class Ones:
+    model_id, revision, dim = "plugin:ones", "1", 8
+
+    def embed_texts(self, texts):
+        return np.ones((len(texts), self.dim), dtype=np.float32) / np.sqrt(self.dim)
+
+
+@RETRIEVERS.register
+class OnesRetriever(SingleVectorRetriever):
+    name = "ones"
+    modality = "text"
+
+    def load(self, settings):
+        return Ones()
+'''
+
+
+def _install(site: Path, name: str, module: str, source: str) -> None:
+    """A distribution as pip leaves it on a path: its module and a dist-info naming it as an mmrag retriever."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[mmrag.retrievers]\n{module} = {module}\n")
+
+
+def test_an_installed_package_adds_a_retriever_through_its_entry_point(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _install(site, "mmrag_ones", "mmrag_ones", PLUGIN_MODULE)
+    _install(site, "mmrag_broken", "mmrag_broken", "raise RuntimeError('this plug-in is broken')\n")
+    code = (
+        "from mmrag.config import EmbedderSettings, Settings, ClipSettings, ColpaliSettings, TextEmbedderSettings\n"
+        "from mmrag.retrievers import RETRIEVERS, load_embedders\n"
+        "off = EmbedderSettings(clip=ClipSettings(enabled=False), colpali=ColpaliSettings(enabled=False),"
+        " text=TextEmbedderSettings(enabled=False))\n"
+        "print(RETRIEVERS.names(), load_embedders(Settings(embedders=off)).on())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]]), "MMRAG_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'ones'] ['ones']"
+    assert "mmrag_broken" in done.stderr and "this plug-in is broken" in done.stderr  # logged, and mmrag still runs

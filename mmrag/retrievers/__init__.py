@@ -5,6 +5,9 @@ that the job, the search path, the config, the CLI and the API read their names 
     RETRIEVERS.get("colpali")   the Retriever; an unknown name raises UnknownNameError listing the known ones
     RETRIEVERS.register(cls)    a decorator: adds a retriever (tests add one of their own and remove it after)
     load_embedders(settings)    every enabled retriever's model; one that cannot load is off, with its reason
+
+An installed package adds retrievers by naming a module under the `mmrag.retrievers` entry-point group
+(`[project.entry-points."mmrag.retrievers"] mine = "my_package.retriever"`); that module registers them on import.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "SearchContext",
     "SingleVectorRetriever",
     "load_embedders",
+    "load_plugins",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,5 +101,29 @@ def load_embedders(settings: Settings, registry: RetrieverRegistry = RETRIEVERS)
     return embedders
 
 
-# The built-in retrievers register themselves on import, in this order (fusion and listings keep it).
+ENTRY_POINTS = "mmrag.retrievers"  # the entry-point group an installed package registers its retrievers under
+
+
+def load_plugins(group: str = ENTRY_POINTS) -> list[str]:
+    """Import the modules installed packages name under the `mmrag.retrievers` entry-point group (each registers
+    its retrievers on import, as the built-in ones do); returns their names. A plug-in that fails to import is
+    logged with its error and skipped: the built-in retrievers still serve."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for entry in entry_points(group=group):
+        try:
+            entry.load()
+        except Exception as exc:  # noqa: BLE001 - a third party's import error of any kind must not stop mmrag
+            log.error("retriever plug-in %s (%s) could not be loaded: %s: %s", entry.name, entry.value,
+                      type(exc).__name__, exc)
+        else:
+            loaded.append(entry.name)
+    return loaded
+
+
+# The built-in retrievers register themselves on import, in this order (fusion and listings keep it); installed
+# plug-ins follow them.
 from mmrag.retrievers import clip, colpali, text, lexical  # noqa: E402,F401,I001
+
+load_plugins()
