@@ -28,9 +28,9 @@ class IngestSettings(BaseModel):
     # With ocr=auto a PDF page is OCR'd when its text layer has fewer characters than this.
     ocr_min_chars: int = 16
     # With ocr=auto an image file that looks like a photo (colourful, and no band of rows that could be a line of
-    # text) is not OCR'd. On the 159 COCO photos a worker spent 214 ms a photo with OCR and 96 ms with this (108
-    # skipped); the text lost was 3 photos' signs. Receipts and scans are not colourful: all 200 SROIE receipts are
-    # still OCR'd. A photo-only collection is fastest with ocr=never (2 ms a photo).
+    # text) is not OCR'd: OCR is most of a photo's indexing time and rarely finds text in one (a street sign).
+    # Receipts and scans are not colourful, so they are still OCR'd (README: the figures on real photos and
+    # receipts). A photo-only collection is fastest with ocr=never.
     ocr_skip_photos: bool = True
     # Text lines shorter than this (pixels) are enlarged to it before OCR; 0 OCRs images at their own size.
     ocr_line_height: int = Field(32, ge=0, le=200)
