@@ -142,6 +142,36 @@ def test_the_candidate_index_is_saved_and_another_process_loads_it_reading_no_to
         other.close()
 
 
+def test_a_candidate_index_saved_before_they_were_named_by_retriever_is_loaded_then_replaced(
+    services: Services, tiny_embedders: Embedders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection from before candidates-<retriever>.npz has its index as candidates.npz: a reader loads it
+    (reading no token), and the writer's next save replaces it with the new name."""
+    import mmrag.derived
+    from mmrag.index.multivector import ShardedMultiVectorStore
+
+    derived = services.collections.derived
+    store = services.collections.stores(1).get("colpali")
+    legacy = services.collections.directory(1) / "candidates.npz"
+    derived.candidate_index(1, "colpali").save(legacy, source=store.uid)  # as the previous release saved it
+    read: list[int] = []
+    tokens = ShardedMultiVectorStore.tokens
+    monkeypatch.setattr(ShardedMultiVectorStore, "tokens", lambda store, page_id: read.append(page_id) or tokens(
+        store, page_id))
+    other = build_services(services.settings, embedders=tiny_embedders)  # the query service after the upgrade
+    try:
+        loaded = other.collections.derived.candidate_index(1, "colpali")
+        assert loaded is not None and len(loaded) == 9 and read == []
+        assert not other.collections.derived.candidates_path(1, "colpali").exists()  # a reader wrote nothing
+        monkeypatch.setattr(mmrag.derived, "CANDIDATES_SAVE_MIN_PAGES", -1)
+        monkeypatch.setattr(mmrag.derived, "CANDIDATES_SAVE_SHARE", -1.0)
+        with collection_writer(other, 1, "default"):
+            other.collections.stores(1)  # the collection's next writer (its stores open), as it ends
+        assert other.collections.derived.candidates_path(1, "colpali").is_file() and not legacy.exists()
+    finally:
+        other.close()
+
+
 def test_the_bm25_index_stays_loaded_and_follows_other_writers(
     services: Services, tmp_path: Path, tiny_embedders: Embedders
 ) -> None:
