@@ -21,6 +21,7 @@ from mmrag.store import repository
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import ItemState
 from tests.factories import add_bad_files, make_corpus, make_image, make_pdf
+from tests.ingest.test_native import make_xfa_pdf
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
@@ -804,3 +805,33 @@ def test_each_file_is_hashed_once_per_job(
             select(DocumentPath.path, Document.sha256).join(Document, Document.id == DocumentPath.document_id)
         )}
     assert recorded and all(sha256_of(path) == sha for path, sha in recorded.items())
+
+
+def test_a_pdf_after_leading_junk_is_indexed_and_searchable(
+    tmp_path: Path, services: Services, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Readers accept junk before "%PDF-" when the header starts within the first 1024 bytes; so does the job.
+    corpus = tmp_path / "corpus"
+    body = make_pdf(tmp_path / "body.pdf", ["prefixed report zanzibar 4711", "second page"]).read_bytes()
+    (corpus / "near.pdf").parent.mkdir(parents=True)
+    (corpus / "near.pdf").write_bytes(b"\x01junk" * 100 + body)  # header at byte 500
+    (corpus / "edge.bin").write_bytes(b"\x01" * 1023 + body)  # the last offset accepted
+    (corpus / "far.pdf").write_bytes(b"\x01" * 1024 + body)  # one byte too far: not a PDF
+    xfa = make_xfa_pdf(corpus / "xfa.pdf")  # pypdfium2 would print a warning and a pip hint for it
+    capfd.readouterr()
+
+    report = run_index(services, [corpus])
+    assert report.counts["indexed"] == 3 and report.counts["failed"] == 1
+    assert "unsupported file type" in dict(report.failures)[str(corpus / "far.pdf")]
+    assert report.pages_indexed == 2 + 2 + 1
+    assert "XFA" not in capfd.readouterr().err  # the decoder's chatter went to the debug log
+    with services.sessions() as session:
+        pages = session.scalars(
+            select(Page).join(Document).join(DocumentPath).where(DocumentPath.path.like("%near.pdf"))
+        ).all()
+        assert [p.page_number for p in sorted(pages, key=lambda p: p.page_number)] == [1, 2]
+        assert all(p.text_source == "text_layer" and (services.data_dir / p.image_path).is_file() for p in pages)
+    assert_stores_agree_with_sql(services)
+    hits = search(services, "default", text="zanzibar 4711", k=5, retrievers=["lexical"])
+    assert hits[0].page_number == 1 and Path(hits[0].path).name in {"near.pdf", "edge.bin"}
+    assert {Path(h.path).name for h in hits[:2]} <= {"near.pdf", "edge.bin"} and xfa.is_file()

@@ -23,7 +23,8 @@ IMAGE_MIMES = frozenset({"image/jpeg", "image/png", "image/apng", "image/webp", 
 CHUNK_BYTES = 1024 * 1024  # hashing buffer
 SNIFF_BYTES = 8192  # filetype looks at most this far
 _PDF_MAGIC = b"%PDF-"
-# Acrobat, PDFium and poppler all accept junk before the header if it starts within the first 1024 bytes.
+# Acrobat, PDFium and poppler all accept junk before the header if it starts within the first 1024 bytes
+# (at offsets 0..1023); both renderers open such a file as it is, so nothing needs stripping.
 _PDF_HEADER_WINDOW = 1024
 # A BMP file header is followed by a DIB header whose size field names its version; filetype only checks "BM",
 # which plenty of text files start with.
@@ -104,12 +105,17 @@ def sniff_bytes(head: bytes, path: Path) -> tuple[DocumentKind, str]:
         mime = None
     if mime in IMAGE_MIMES:
         return DocumentKind.IMAGE, mime
-    if _PDF_MAGIC in head[:_PDF_HEADER_WINDOW]:
+    if _pdf_header_offset(head) >= 0:
         return DocumentKind.PDF, PDF_MIME
     detected = f"detected {mime}" if mime else "no known signature"
     raise UnsupportedTypeError(
         f"{path}: unsupported file type ({detected}); supported are PDF and {', '.join(sorted(IMAGE_MIMES))}"
     )
+
+
+def _pdf_header_offset(head: bytes) -> int:
+    """Where "%PDF-" starts in `head`, if it starts within the first _PDF_HEADER_WINDOW bytes; else -1."""
+    return head.find(_PDF_MAGIC, 0, _PDF_HEADER_WINDOW + len(_PDF_MAGIC) - 1)
 
 
 def _looks_like_bmp(head: bytes) -> bool:

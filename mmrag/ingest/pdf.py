@@ -17,6 +17,7 @@ from pdf2image import exceptions as poppler_errors
 from PIL import Image
 
 from mmrag.errors import CorruptFileError, EncryptedPdfError, MissingToolError, TooLargeError
+from mmrag.ingest.native import quiet_native
 from mmrag.ingest.text import normalize_text
 from mmrag.registry import Registry
 
@@ -28,6 +29,9 @@ POINTS_PER_INCH = 72.0
 MIN_DPI = 36.0
 # pdftoppm on a hostile content stream can run for a very long time; a worker must not hang on one page.
 POPPLER_TIMEOUT_S = 300
+# pypdfium2's own warnings (the "compiled without XFA support" notice and its pip hint, once per XFA file) are
+# decoder chatter like PDFium's native output: the debug log gets them, not the terminal.
+_PDFIUM_LOGGERS = ("pypdfium2",)
 
 
 @runtime_checkable
@@ -70,7 +74,8 @@ def open_pdf(path: Path) -> Iterator[pdfium.PdfDocument]:
     # Loaded through the raw API rather than PdfDocument(path): pypdfium2 treats "opened, but no pages" as a load
     # failure and reads FPDF_GetLastError() then, which still holds the error of some earlier, unrelated load
     # (PDFium only sets it on failure). A stale FPDF_ERR_PASSWORD would call a zero-page PDF encrypted.
-    raw = pdfium_c.FPDF_LoadDocument((str(path.resolve()) + "\x00").encode("utf-8", "surrogateescape"), None)
+    with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
+        raw = pdfium_c.FPDF_LoadDocument((str(path.resolve()) + "\x00").encode("utf-8", "surrogateescape"), None)
     if not raw:
         raise _load_error(path, pdfium_c.FPDF_GetLastError())
     doc = pdfium.PdfDocument(raw)
@@ -167,14 +172,15 @@ class PdfiumRenderer:
         path = Path(path)
         with open_pdf(path) as doc:
             # Interactive form fields are drawn by the form environment, which must exist before pages load.
-            doc.init_forms()
+            with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
+                doc.init_forms()
             if not 1 <= page_number <= len(doc):
                 raise ValueError(f"{path}: page {page_number} is out of range 1..{len(doc)}")
             page = doc[page_number - 1]
             try:
-                # rev_byteorder: PDFium writes RGB instead of its native BGR, sparing PIL a channel swap
-                # (about 20% of the render time of a 150 dpi page here).
-                bitmap = page.render(scale=dpi / POINTS_PER_INCH, may_draw_forms=True, rev_byteorder=True)
+                # rev_byteorder: PDFium writes RGB instead of its native BGR, sparing PIL a channel swap.
+                with quiet_native(f"{path}: page {page_number}", loggers=_PDFIUM_LOGGERS):
+                    bitmap = page.render(scale=dpi / POINTS_PER_INCH, may_draw_forms=True, rev_byteorder=True)
                 # PIL shares the bitmap's buffer only for L/RGBA/RGBX; an RGB image is a copy that owns its pixels.
                 image = bitmap.to_pil()
                 return image if image.mode == "RGB" else image.convert("RGB")

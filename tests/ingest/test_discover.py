@@ -97,6 +97,19 @@ def test_sniff_accepts_junk_before_the_pdf_header_within_1024_bytes(tmp_path: Pa
         sniff(write(tmp_path / "too-late.pdf", b"\0" * 1100 + body))
 
 
+@pytest.mark.parametrize("junk", [1, 1019, 1023])
+def test_sniff_a_pdf_header_starting_anywhere_in_the_first_1024_bytes(tmp_path: Path, junk: int) -> None:
+    # The window is where the header starts (offsets 0..1023), as PDF readers count it, not where it ends.
+    body = text_pdf(tmp_path / "x.pdf", ["hello"]).read_bytes()
+    assert sniff(write(tmp_path / "prefixed.bin", b"\x01" * junk + body)) == (DocumentKind.PDF, "application/pdf")
+
+
+def test_sniff_a_pdf_header_starting_at_byte_1024_is_too_late(tmp_path: Path) -> None:
+    body = text_pdf(tmp_path / "x.pdf", ["hello"]).read_bytes()
+    with pytest.raises(UnsupportedTypeError, match="no known signature"):
+        sniff(write(tmp_path / "too-late.pdf", b"\x01" * 1024 + body))
+
+
 def test_sniff_image_signature_beats_pdf_marker_inside_it(tmp_path: Path) -> None:
     # A JPEG whose comment segment happens to contain "%PDF-" is still a JPEG.
     path = write(tmp_path / "x.jpg", image_bytes("JPEG", comment=b"see %PDF-1.7 spec"))

@@ -1,0 +1,110 @@
+"""Quiet decoders: native output at fd level goes to the debug log, never to the terminal."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from mmrag.ingest import native
+from mmrag.ingest.native import quiet_native
+from mmrag.ingest.pdf import PdfiumRenderer, open_pdf
+from tests.factories import make_pdf
+
+NATIVE_LOG = "mmrag.ingest.native"
+
+
+def debug_lines(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == NATIVE_LOG and r.levelno == logging.DEBUG)
+
+
+def make_xfa_pdf(path: Path) -> Path:
+    """A PDF whose AcroForm has an /XFA entry (added as an incremental update): pypdfium2's init_forms() then
+    complains that its PDFium was built without XFA support, and prints a pip hint."""
+    data = make_pdf(path, ["an xfa form"]).read_bytes()
+    root = int(re.search(rb"/Root (\d+) 0 R", data).group(1))
+    catalog = re.search(rb"\n%d 0 obj\s*<<(.*?)>>\s*endobj" % root, data, re.S).group(1)
+    size = int(re.search(rb"/Size (\d+)", data).group(1))
+    prev = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
+    obj = b"%d 0 obj\n<<%s /AcroForm << /Fields [] /XFA (x) >> >>\nendobj\n" % (root, catalog)
+    xref_at = len(data) + len(obj)
+    tail = b"xref\n%d 1\n%010d 00000 n \ntrailer\n<< /Size %d /Root %d 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (
+        root, len(data), size, root, prev, xref_at,
+    )
+    path.write_bytes(data + obj + tail)
+    return path
+
+
+def test_fd_level_output_goes_to_the_debug_log(capfd: pytest.CaptureFixture[str], caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
+    with quiet_native("some.pdf"):
+        os.write(2, b"native complaint on stderr\n")
+        os.write(1, b"native chatter on stdout\n")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    logged = debug_lines(caplog)
+    assert "some.pdf" in logged and "native complaint on stderr" in logged and "native chatter on stdout" in logged
+    # the descriptors are back: output after the block reaches the terminal again
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+@pytest.mark.skipif(native._libc is None, reason="needs the C library through ctypes")
+def test_c_library_output_is_captured_even_when_buffered(capfd: pytest.CaptureFixture[str], caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
+    libc = ctypes.CDLL(None)
+    with quiet_native("c.pdf"):
+        libc.puts(b"puts from C")  # stdio-buffered: only the fflush at the end of the block gets it out in time
+        message = b"write(2) from C\n"
+        libc.write(2, message, len(message))
+    libc.fflush(None)
+    assert capfd.readouterr() == ("", "")
+    assert "puts from C" in debug_lines(caplog) and "write(2) from C" in debug_lines(caplog)
+
+
+def test_an_error_inside_propagates_and_the_descriptors_come_back(capfd, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
+    with pytest.raises(RuntimeError, match="boom"), quiet_native("bad.pdf"):
+        os.write(2, b"said before failing\n")
+        raise RuntimeError("boom")
+    assert "said before failing" in debug_lines(caplog)
+    os.write(1, b"visible\n")
+    assert capfd.readouterr() == ("visible\n", "")
+
+
+def test_nested_windows_restore_in_order(capfd, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
+    with quiet_native("outer"):
+        with quiet_native("inner"):
+            os.write(2, b"inner text\n")
+        os.write(2, b"outer text\n")
+    assert capfd.readouterr() == ("", "")
+    assert "inner: native output: inner text" in debug_lines(caplog)
+    assert "outer: native output: outer text" in debug_lines(caplog)
+
+
+def test_a_librarys_own_warnings_are_demoted_to_debug(capfd, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    library = logging.getLogger("somelib.sub")
+    with quiet_native("x.pdf", loggers=("somelib",)):
+        library.warning("binding says %s", "hello")
+    library.warning("outside the block")  # the filter is gone again
+    warnings = [r.getMessage() for r in caplog.records if r.name == "somelib.sub"]
+    assert warnings == ["outside the block"]
+    assert "x.pdf: somelib.sub: binding says hello" in debug_lines(caplog)
+
+
+def test_an_xfa_pdf_renders_without_printing(tmp_path: Path, capfd, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = make_xfa_pdf(tmp_path / "xfa.pdf")
+    with open_pdf(path) as doc:
+        assert doc.get_formtype() in (3, 4)  # FORMTYPE_XFA_FULL / FORMTYPE_XFA_FOREGROUND: the chatty kind
+    image = PdfiumRenderer().render(path, 1, 72)
+    assert image.mode == "RGB" and image.width > 0
+    assert capfd.readouterr() == ("", "")
+    assert not [r for r in caplog.records if r.name.startswith("pypdfium2") and r.levelno > logging.DEBUG]
+    assert "XFA support" in debug_lines(caplog) and str(path) in debug_lines(caplog)
