@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fpdf import FPDF
@@ -33,6 +34,23 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
         pdf.multi_cell(0, 8, text)
     path.parent.mkdir(parents=True, exist_ok=True)
     pdf.output(str(path))
+    return path
+
+
+def make_xfa_pdf(path: Path) -> Path:
+    """A PDF whose AcroForm has an /XFA entry (added as an incremental update): pypdfium2's init_forms() then
+    complains that its PDFium was built without XFA support, and prints a pip hint."""
+    data = make_pdf(path, ["an xfa form"]).read_bytes()
+    root = int(re.search(rb"/Root (\d+) 0 R", data).group(1))
+    catalog = re.search(rb"\n%d 0 obj\s*<<(.*?)>>\s*endobj" % root, data, re.DOTALL).group(1)
+    size = int(re.search(rb"/Size (\d+)", data).group(1))
+    prev = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
+    obj = b"%d 0 obj\n<<%s /AcroForm << /Fields [] /XFA (x) >> >>\nendobj\n" % (root, catalog)
+    xref_at = len(data) + len(obj)
+    entry = b"%d 1\n%010d 00000 n \n" % (root, len(data))  # the catalog's new revision, appended
+    trailer = b"<< /Size %d /Root %d 0 R /Prev %d >>" % (size, root, prev)
+    tail = b"xref\n" + entry + b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref_at
+    path.write_bytes(data + obj + tail)
     return path
 
 

@@ -20,8 +20,7 @@ from mmrag.services import Services, build_services
 from mmrag.store import repository
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, utcnow
 from mmrag.types import ItemState
-from tests.factories import add_bad_files, make_corpus, make_image, make_pdf
-from tests.ingest.test_native import make_xfa_pdf
+from tests.factories import add_bad_files, make_corpus, make_image, make_pdf, make_xfa_pdf
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:

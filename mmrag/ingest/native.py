@@ -52,7 +52,10 @@ def quiet_native(what: str, *, loggers: tuple[str, ...] = ()) -> Iterator[None]:
             log.debug("%s: native output not captured: %s", what, exc)
             saved = None
         if saved is None:
-            yield
+            try:
+                yield
+            finally:
+                relay.emit()
             return
         try:
             yield
@@ -63,6 +66,7 @@ def quiet_native(what: str, *, loggers: tuple[str, ...] = ()) -> Iterator[None]:
             chatter = sink.read().decode("utf-8", "replace").strip()
             if chatter:
                 log.debug("%s: native output: %s", what, chatter)
+            relay.emit()
 
 
 def _redirect(fds: tuple[int, ...], target: int) -> list[tuple[int, int]]:
@@ -128,12 +132,19 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 class _Relay(logging.Filter):
-    """Drops a library's record where it was logged and logs it again here, at DEBUG, naming the file."""
+    """Drops a library's record where it was logged, to log it again here at DEBUG, naming the file, once the
+    descriptors are back (logged inside the block, a debug handler on stderr would write it into the sink)."""
 
     def __init__(self, what: str) -> None:
         super().__init__()
         self.what = what
+        self.held: list[tuple[str, str]] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        log.debug("%s: %s: %s", self.what, record.name, record.getMessage())
+        self.held.append((record.name, record.getMessage()))
         return False
+
+    def emit(self) -> None:
+        for name, message in self.held:
+            log.debug("%s: %s: %s", self.what, name, message)
+        self.held.clear()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -13,30 +12,13 @@ import pytest
 from mmrag.ingest import native
 from mmrag.ingest.native import quiet_native
 from mmrag.ingest.pdf import PdfiumRenderer, open_pdf
-from tests.factories import make_pdf
+from tests.factories import make_xfa_pdf
 
 NATIVE_LOG = "mmrag.ingest.native"
 
 
 def debug_lines(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == NATIVE_LOG and r.levelno == logging.DEBUG)
-
-
-def make_xfa_pdf(path: Path) -> Path:
-    """A PDF whose AcroForm has an /XFA entry (added as an incremental update): pypdfium2's init_forms() then
-    complains that its PDFium was built without XFA support, and prints a pip hint."""
-    data = make_pdf(path, ["an xfa form"]).read_bytes()
-    root = int(re.search(rb"/Root (\d+) 0 R", data).group(1))
-    catalog = re.search(rb"\n%d 0 obj\s*<<(.*?)>>\s*endobj" % root, data, re.S).group(1)
-    size = int(re.search(rb"/Size (\d+)", data).group(1))
-    prev = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
-    obj = b"%d 0 obj\n<<%s /AcroForm << /Fields [] /XFA (x) >> >>\nendobj\n" % (root, catalog)
-    xref_at = len(data) + len(obj)
-    tail = b"xref\n%d 1\n%010d 00000 n \ntrailer\n<< /Size %d /Root %d 0 R /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (
-        root, len(data), size, root, prev, xref_at,
-    )
-    path.write_bytes(data + obj + tail)
-    return path
 
 
 def test_fd_level_output_goes_to_the_debug_log(capfd: pytest.CaptureFixture[str], caplog) -> None:
