@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +29,39 @@ def _new_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
+def in_worker_process() -> bool:
+    """Whether this is a job's worker process (one that multiprocessing started), where nothing else prints."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
 @contextmanager
-def quiet_native(what: str, *, loggers: tuple[str, ...] = ()) -> Iterator[None]:
+def quiet_native(what: str, *, loggers: tuple[str, ...] = (), fds: bool | None = None) -> Iterator[None]:
     """Capture what is written to fds 1 and 2 inside the block, and log it at DEBUG, naming `what` (a file).
 
     Native code writes to the file descriptors directly, past Python's sys.stdout/sys.stderr, and over a progress
     bar; so the descriptors themselves point at a temporary file while the block runs and are restored in
     `finally`. Records of the Python `loggers` named (a binding's own warnings, such as pypdfium2's "init_forms()
-    called on XFA pdf ..." and its pip hint) are demoted to the same debug log. The redirect covers the whole
-    process, so anything another thread prints meanwhile lands in the debug log too: keep the block to the native
-    calls that chatter. Errors still propagate: what matters about a file is its exception, the recorded reason.
+    called on XFA pdf ..." and its pip hint) are demoted to the same debug log.
+
+    The redirect covers the whole process, so anything another thread printed meanwhile would land in the debug
+    log too. `fds=None` therefore redirects only in a job's worker process, which decodes one file at a time and
+    prints nothing else; in the main process (the API's, or a job run with workers=0) only the loggers are
+    demoted. Errors still propagate: what matters about a file is its exception, the recorded reason.
     """
-    with _lock, ExitStack() as stack:
+    capture = in_worker_process() if fds is None else fds
+    # Only a descriptor redirect needs the process-wide lock: without one, threads decode side by side.
+    with _lock if capture else nullcontext(), ExitStack() as stack:
         relay = _Relay(what)
         for logger in _loggers_under(loggers):
             logger.addFilter(relay)
             stack.callback(logger.removeFilter, relay)
+        saved = None
         try:
-            sink = stack.enter_context(tempfile.TemporaryFile())
-            saved = _redirect((_STDOUT, _STDERR), sink.fileno())
+            if capture:
+                sink = stack.enter_context(tempfile.TemporaryFile())
+                saved = _redirect((_STDOUT, _STDERR), sink.fileno())
         except OSError as exc:  # a closed descriptor (a daemon), or no temporary directory: print as before
             log.debug("%s: native output not captured: %s", what, exc)
             saved = None
@@ -138,9 +152,12 @@ class _Relay(logging.Filter):
     def __init__(self, what: str) -> None:
         super().__init__()
         self.what = what
+        self.thread = threading.get_ident()  # only this thread's records are about `what`
         self.held: list[tuple[str, str]] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True  # another thread's: its own window (if any) relays it
         self.held.append((record.name, record.getMessage()))
         return False
 

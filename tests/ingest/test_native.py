@@ -23,7 +23,7 @@ def debug_lines(caplog: pytest.LogCaptureFixture) -> str:
 
 def test_fd_level_output_goes_to_the_debug_log(capfd: pytest.CaptureFixture[str], caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
-    with quiet_native("some.pdf"):
+    with quiet_native("some.pdf", fds=True):
         os.write(2, b"native complaint on stderr\n")
         os.write(1, b"native chatter on stdout\n")
     out, err = capfd.readouterr()
@@ -39,7 +39,7 @@ def test_fd_level_output_goes_to_the_debug_log(capfd: pytest.CaptureFixture[str]
 def test_c_library_output_is_captured_even_when_buffered(capfd: pytest.CaptureFixture[str], caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
     libc = ctypes.CDLL(None)
-    with quiet_native("c.pdf"):
+    with quiet_native("c.pdf", fds=True):
         libc.puts(b"puts from C")  # stdio-buffered: only the fflush at the end of the block gets it out in time
         message = b"write(2) from C\n"
         libc.write(2, message, len(message))
@@ -50,7 +50,7 @@ def test_c_library_output_is_captured_even_when_buffered(capfd: pytest.CaptureFi
 
 def test_an_error_inside_propagates_and_the_descriptors_come_back(capfd, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
-    with pytest.raises(RuntimeError, match="boom"), quiet_native("bad.pdf"):
+    with pytest.raises(RuntimeError, match="boom"), quiet_native("bad.pdf", fds=True):
         os.write(2, b"said before failing\n")
         raise RuntimeError("boom")
     assert "said before failing" in debug_lines(caplog)
@@ -60,8 +60,8 @@ def test_an_error_inside_propagates_and_the_descriptors_come_back(capfd, caplog)
 
 def test_nested_windows_restore_in_order(capfd, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=NATIVE_LOG)
-    with quiet_native("outer"):
-        with quiet_native("inner"):
+    with quiet_native("outer", fds=True):
+        with quiet_native("inner", fds=True):
             os.write(2, b"inner text\n")
         os.write(2, b"outer text\n")
     assert capfd.readouterr() == ("", "")
@@ -90,3 +90,43 @@ def test_an_xfa_pdf_renders_without_printing(tmp_path: Path, capfd, caplog) -> N
     assert capfd.readouterr() == ("", "")
     assert not [r for r in caplog.records if r.name.startswith("pypdfium2") and r.levelno > logging.DEBUG]
     assert "XFA support" in debug_lines(caplog) and str(path) in debug_lines(caplog)
+
+
+def test_the_main_process_keeps_its_descriptors_and_other_threads_records(capfd, caplog) -> None:
+    """Outside a worker process (the API's, or a job with workers=0) nothing another thread prints is swallowed:
+    descriptors stay as they are, and only this thread's library records are demoted."""
+    import threading
+
+    caplog.set_level(logging.DEBUG)
+    library = logging.getLogger("somelib")
+    with quiet_native("main.pdf", loggers=("somelib",)):
+        os.write(2, b"a server line from another part of the process\n")
+        other = threading.Thread(target=library.warning, args=("another thread's warning",))
+        other.start()
+        other.join()
+        library.warning("this thread's warning")
+    assert "a server line" in capfd.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if r.name == "somelib" and r.levelno == logging.WARNING]
+    assert warnings == ["another thread's warning"]
+    assert "main.pdf: somelib: this thread's warning" in debug_lines(caplog)
+
+
+def _print_natively_in_a_worker(path: str) -> str:
+    import io
+
+    handler_out = io.StringIO()
+    handler = logging.StreamHandler(handler_out)
+    logging.getLogger(NATIVE_LOG).addHandler(handler)
+    logging.getLogger(NATIVE_LOG).setLevel(logging.DEBUG)
+    with quiet_native(path):
+        os.write(2, b"chatter from native code\n")
+    return handler_out.getvalue()
+
+
+def test_a_worker_process_captures_native_output_by_default(capfd) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        logged = pool.apply(_print_natively_in_a_worker, ("w.pdf",))
+    assert "w.pdf: native output: chatter from native code" in logged
+    assert "chatter from native code" not in capfd.readouterr().err
