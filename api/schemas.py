@@ -281,6 +281,7 @@ class JobItemOut(BaseModel):
     document_id: int | None
     pages: int
     error: str | None
+    attempts: int = Field(description="runs of the job that took this file up (a resumed job counts again)")
 
 
 class JobOut(BaseModel):

@@ -100,11 +100,15 @@ def index(
     for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "seconds", "pages/s"):
         table.add_column(column, justify="right")
     c = report.counts
+    # Files and pages over the whole job (a resumed job's earlier runs included); time and rate are this run's.
     table.add_row(
-        str(c["indexed"]), str(c["unchanged"]), str(c["duplicate"]), str(c["failed"]), str(report.pages_indexed),
+        str(c["indexed"]), str(c["unchanged"]), str(c["duplicate"]), str(c["failed"]), str(c["pages"]),
         f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
     )
     console.print(table)
+    if report.resumed and report.pages_indexed != c["pages"]:
+        console.print(f"this run indexed {report.pages_indexed} of the job's {c['pages']} pages "
+                      f"({report.pages_per_second:.2f} pages/s)")
     console.print(f"retrievers on: {', '.join(report.retrievers_on) or 'none'}")
     for name, reason in report.retrievers_off.items():
         console.print(f"retriever off: {name}: {reason}", style="yellow")

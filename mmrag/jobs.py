@@ -39,6 +39,7 @@ class JobItemInfo:
     document_id: int | None
     pages: int
     error: str | None
+    attempts: int  # runs that took the file up (a resumed job's second run counts again)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _status(session: Session, job: Job, collection: str, items_limit: int, items
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error) for i, document_id in items],
+        items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error, i.attempts) for i, document_id in items],
         items_total=total,
     )
 

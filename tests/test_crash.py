@@ -104,6 +104,9 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
             assert sorted(n for _, n in per_doc) == sorted([1] * 24 + [3] * 4)
             item_states = session.scalars(select(JobItem.state).where(JobItem.job_id == 1)).all()
             assert sorted(set(item_states)) == ["indexed"] and len(item_states) == len(files)
+            # Every run took up the files still pending: the last ones were attempted by all four runs.
+            attempts = session.scalars(select(JobItem.attempts).where(JobItem.job_id == 1)).all()
+            assert min(attempts) >= 1 and max(attempts) == 4
             for retriever in ("clip", "colpali", "text"):
                 vouched = session.scalars(select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever))
                 assert set(vouched) == page_ids or retriever == "text"

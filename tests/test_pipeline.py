@@ -496,8 +496,14 @@ def test_an_embedding_error_stops_the_job_and_the_next_run_finishes_it(
         assert report.resumed
         with services.sessions() as session:
             statuses = session.scalars(select(Document.status)).all()
+            items = session.execute(select(JobItem.attempts, JobItem.state, JobItem.pages)).all()
+            pages = session.scalar(select(func.count()).select_from(Page))
         assert statuses == ["indexed"] * 9
         assert_stores_agree_with_sql(services)
+        # Each run that took a file up counted it; the report's counts span the whole job, its pages_indexed this run.
+        assert {attempts for attempts, _, _ in items} == {1, 2}
+        assert report.counts["indexed"] == 9 and report.counts["pages"] == pages
+        assert report.pages_indexed == sum(n for attempts, state, n in items if attempts == 2) < pages
     finally:
         services.close()
 

@@ -15,7 +15,7 @@ from mmrag.indexing.loading import Loader, warm_modules
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
 from mmrag.ingest import check_ocr, discover
 from mmrag.services import Services
-from mmrag.store import repository
+from mmrag.store import bulk, repository
 from mmrag.store.db import refresh_statistics, transaction
 from mmrag.store.models import Job
 from mmrag.types import JobState
@@ -159,8 +159,9 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     recovered = recover(services, collection_id, stores, compare=not agree)
     recovered["repaired_pages"] = 0 if agree else repair(services, collection_id, stores, embedders)
 
-    with services.sessions() as session:
+    with transaction(services.sessions) as session:
         items = repository.pending_items(session, job_id)
+        bulk.count_attempts(session, job_id)
     started.progress.start(len(items))
 
     gc.freeze()  # the models and stores loaded just now join the frozen objects (_run_locked thaws them all)

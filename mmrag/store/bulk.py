@@ -179,3 +179,14 @@ def fail_document(session: Session, document_id: int, reason: str) -> None:
     if document is not None:
         document.status = DocumentStatus.FAILED
         document.error = reason
+
+
+def count_attempts(session: Session, job_id: int) -> None:
+    """One more attempt for each of the job's pending items: a run is taking them up (a run killed before it
+    settles an item leaves the count behind, so a file that keeps killing its runs shows it)."""
+    items = JobItem.__table__
+    session.execute(
+        update(items)
+        .where(items.c.job_id == job_id, items.c.state == ItemState.PENDING)
+        .values(attempts=items.c.attempts + 1)
+    )
