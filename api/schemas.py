@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from mmrag.documents import DocumentInfo, PageHit, PageInfo
+from mmrag.errors import ConfigError
 from mmrag.jobs import JobStatus
 from mmrag.retrievers import RETRIEVERS
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
@@ -62,8 +63,10 @@ class _RetrieverName:
 
     @staticmethod
     def _check(value: str) -> str:
-        if value not in RETRIEVERS:
-            raise ValueError(f"unknown retriever {value!r}; known: {', '.join(RETRIEVERS.names())}")
+        try:
+            RETRIEVERS.check([value])
+        except ConfigError as exc:  # pydantic turns a ValueError into a 422 naming the field
+            raise ValueError(str(exc)) from None
         return value
 
 

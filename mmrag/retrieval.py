@@ -13,7 +13,7 @@ from mmrag.collections import Collections
 from mmrag.config import RetrievalSettings, Settings
 from mmrag.errors import ConfigError
 from mmrag.protocols import LexicalIndex
-from mmrag.retrievers import RETRIEVERS, Query, RetrieverRegistry
+from mmrag.retrievers import RETRIEVERS, Query
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.types import Hit, RetrievedPage, SearchFilters, SearchResult
@@ -43,13 +43,6 @@ class _CollectionContext:
         return self.collections.derived.candidate_index(self.collection_id, retriever)
 
 
-def check_retrievers(names: Sequence[str] | None, registry: RetrieverRegistry = RETRIEVERS) -> None:
-    """Unknown retriever names are a ConfigError that lists the known ones."""
-    unknown = sorted(set(names or ()) - set(registry.names()))
-    if unknown:
-        raise ConfigError(f"unknown retrievers {unknown}; known: {', '.join(registry.names())}")
-
-
 def retrieve(
     services: Services,
     collection_id: int,
@@ -65,7 +58,7 @@ def retrieve(
     (saves the derived indexes a round trip)."""
     if (text is None) == (image is None):
         raise ConfigError("give exactly one of a text query or an image query")
-    check_retrievers(retrievers)
+    RETRIEVERS.check(retrievers or ())
     query = Query(text=text, image=image)
     embedders = services.embedders()
     collections = services.collections

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.collections import Collections
 from mmrag.config import Settings
-from mmrag.errors import ConfigError
 from mmrag.retrievers import RETRIEVERS, Embedders, load_embedders
 from mmrag.store.db import build_engine, build_sessionmaker, upgrade
 
@@ -29,11 +28,7 @@ class Services:
     def __init__(
         self, settings: Settings, engine: Engine, *, embedders: Embedders | None = None
     ) -> None:
-        unknown = sorted(set(settings.retrieval.weights) - set(RETRIEVERS.names()))
-        if unknown:
-            raise ConfigError(
-                f"retrieval.weights names unknown retrievers {unknown}; known: {', '.join(RETRIEVERS.names())}"
-            )
+        RETRIEVERS.check(settings.retrieval.weights, "retrieval.weights")
         self.settings = settings
         self.engine = engine
         self.sessions: sessionmaker[Session] = build_sessionmaker(engine)

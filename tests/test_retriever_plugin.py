@@ -18,10 +18,7 @@ from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import (
     ClipSettings,
     ColpaliSettings,
-    DatabaseSettings,
     EmbedderSettings,
-    IndexSettings,
-    IngestSettings,
     Settings,
     TextEmbedderSettings,
 )
@@ -33,6 +30,7 @@ from mmrag.services import Services, build_services
 from mmrag.store.models import PageEmbedding
 from tests.api.conftest import live_server
 from tests.factories import make_pdf
+from tests.test_pipeline import make_settings
 
 PAGES = {
     "invoice.pdf": "Invoice from Acme Tools, total due 1250 EUR",
@@ -128,19 +126,9 @@ def plugins() -> Iterator[None]:
             RETRIEVERS.unregister(name)
 
 
-def _settings(tmp_path: Path, database_url: str, **index: object) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database=DatabaseSettings(url=database_url),
-        embedders=EmbedderSettings(profile="tiny-random"),
-        ingest=IngestSettings(workers=0, ocr="never"),
-        index=IndexSettings(**index),
-    )
-
-
 @pytest.fixture
 def services(plugins: None, tmp_path: Path, database_url: str, tiny_embedders: Embedders) -> Iterator[Services]:
-    settings = _settings(tmp_path, database_url)
+    settings = make_settings(tmp_path, database_url)
     models = {**tiny_embedders.models, "chargrams": CharGramEmbedder(), "words320": WordTokenEmbedder()}
     services = build_services(settings, embedders=Embedders(models, meaningless=True))
     corpus = tmp_path / "corpus"
@@ -195,7 +183,7 @@ def test_a_plugin_retriever_is_indexed_searched_fused_and_deleted(services: Serv
 def test_a_320_dimension_multivector_store_searches_through_candidates_as_exactly(
     plugins: None, tmp_path: Path, database_url: str
 ) -> None:
-    settings = _settings(tmp_path, database_url)
+    settings = make_settings(tmp_path, database_url)
     services = build_services(settings, embedders=Embedders({"words320": WordTokenEmbedder()}, meaningless=True))
     try:
         for name, text in PAGES.items():
@@ -290,3 +278,12 @@ def test_an_installed_package_adds_a_retriever_through_its_entry_point(tmp_path:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'ones'] ['ones']"
     assert "mmrag_broken" in done.stderr and "this plug-in is broken" in done.stderr  # logged, and mmrag still runs
+
+
+def test_weights_naming_an_unknown_retriever_are_a_config_error(plugins: None, tmp_path: Path) -> None:
+    from mmrag.config import RetrievalSettings
+    from mmrag.errors import ConfigError
+
+    settings = Settings(data_dir=tmp_path, retrieval=RetrievalSettings(weights={"chargrams": 0.5, "nope": 1.0}))
+    with pytest.raises(ConfigError, match=r"retrieval.weights: unknown retrievers \['nope'\]; known: .*chargrams"):
+        build_services(settings, embedders=Embedders(), migrate=False)

@@ -13,10 +13,10 @@ An installed package adds retrievers by naming a module under the `mmrag.retriev
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from mmrag.errors import ModelUnavailableError, UnknownNameError
+from mmrag.errors import ConfigError, ModelUnavailableError, UnknownNameError
 from mmrag.retrievers.base import (
     Embedded,
     Embedders,
@@ -73,6 +73,13 @@ class RetrieverRegistry:
 
     def names(self) -> list[str]:
         return list(self._retrievers)
+
+    def check(self, names: Iterable[str], where: str | None = None) -> None:
+        """Names that are not registered are a ConfigError listing the known ones (and naming `where`, a setting)."""
+        unknown = sorted(set(names) - set(self._retrievers))
+        if unknown:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}unknown retrievers {unknown}; known: {', '.join(self._retrievers)}")
 
     def __iter__(self) -> Iterator[Retriever]:
         return iter(list(self._retrievers.values()))

@@ -102,6 +102,7 @@ class Retriever:
     # False for a retriever with no model of its own whose index is derived from SQL (BM25): it has no store to
     # write, nothing to embed, and is always on.
     embeds: ClassVar[bool] = True
+
     def enabled(self, settings: Settings) -> bool:
         """Whether settings turn it on (a model that cannot load switches it off anyway, with its reason)."""
         return True
@@ -178,7 +179,7 @@ class SingleVectorRetriever(Retriever):
         return store.search(vectors, depth)[0]
 
 
-@dataclass
+@dataclass(init=False)
 class Embedders:
     """The loaded models, by retriever name; a retriever whose model could not be loaded (or that settings turn
     off) is absent, with its reason in `off`. Retrievers that embed nothing (BM25) need no model and are not here."""
