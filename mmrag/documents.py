@@ -228,12 +228,11 @@ def search_hits(
     if image is not None:
         picture = decode_query_image(services, image, max_pixels=max_image_pixels)
         embedders = services.embedders()
-        takes_images = [retriever.name for retriever in RETRIEVERS if "image" in retriever.query_kinds]
+        takes_images = RETRIEVERS.taking("image")
         if not any(embedders.get(name) is not None for name in takes_images):
             # A model the request needs is missing: that is the server's state, not the client's mistake.
-            reasons = {name: embedders.off.get(name, "not loaded") for name in takes_images}
-            why = next(iter(reasons.values())) if len(reasons) == 1 else "; ".join(f"{n}: {r}" for n, r in reasons.items())
-            raise ModelUnavailableError("+".join(takes_images) or "an image retriever", why or "none is registered")
+            why = embedders.why_off(takes_images) or "none is registered"
+            raise ModelUnavailableError("+".join(takes_images) or "an image retriever", why)
     if not collections:
         return []
     results = search(

@@ -74,9 +74,16 @@ def retrieve(
             continue  # off, or nothing committed to search yet
         results.append(RetrieverHits(retriever.name, retriever.search(embedder, store, query, depth, context)))
     if image is not None and not results:
-        takes = [r.name for r in RETRIEVERS if "image" in r.query_kinds]
-        why = "; ".join(f"{name}: {embedders.off.get(name, 'not loaded')}" for name in takes)
-        raise ConfigError(f"image search needs a retriever that takes images ({', '.join(takes)}), and none is on: {why}")
+        takes = RETRIEVERS.taking("image")
+        if retrievers and not set(takes) & set(retrievers):
+            raise ConfigError(
+                f"an image query needs a retriever that takes images ({', '.join(takes)}); asked for: "
+                f"{', '.join(retrievers)}"
+            )
+        raise ConfigError(
+            f"image search needs a retriever that takes images ({', '.join(takes)}), and none is on: "
+            f"{embedders.why_off(takes)}"
+        )
     return results
 
 

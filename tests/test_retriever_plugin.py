@@ -287,3 +287,15 @@ def test_weights_naming_an_unknown_retriever_are_a_config_error(plugins: None, t
     settings = Settings(data_dir=tmp_path, retrieval=RetrievalSettings(weights={"chargrams": 0.5, "nope": 1.0}))
     with pytest.raises(ConfigError, match=r"retrieval.weights: unknown retrievers \['nope'\]; known: .*chargrams"):
         build_services(settings, embedders=Embedders(), migrate=False)
+
+
+def test_an_image_query_limited_to_retrievers_that_take_no_images_says_so(services: Services) -> None:
+    from PIL import Image
+
+    from mmrag.errors import ConfigError
+
+    image = Image.new("RGB", (32, 32), "red")
+    assert search(services, "default", image=image, k=1)  # CLIP takes it
+    with pytest.raises(ConfigError, match=r"an image query needs a retriever that takes images \(clip\); asked for: "
+                                          r"chargrams, lexical"):
+        search(services, "default", image=image, retrievers=["chargrams", "lexical"])

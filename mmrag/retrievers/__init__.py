@@ -23,6 +23,7 @@ from mmrag.retrievers.base import (
     ModelRecord,
     PageBatch,
     Query,
+    QueryKind,
     Retriever,
     SearchContext,
     SingleVectorRetriever,
@@ -73,6 +74,10 @@ class RetrieverRegistry:
 
     def names(self) -> list[str]:
         return list(self._retrievers)
+
+    def taking(self, kind: QueryKind) -> list[str]:
+        """The names of the retrievers that take this kind of query ("text" or "image")."""
+        return [name for name, retriever in self._retrievers.items() if kind in retriever.query_kinds]
 
     def check(self, names: Iterable[str], where: str | None = None) -> None:
         """Names that are not registered are a ConfigError listing the known ones (and naming `where`, a setting)."""

@@ -202,6 +202,13 @@ class Embedders:
     def get(self, name: str) -> Any | None:
         return self.models.get(name)
 
+    def why_off(self, names: Sequence[str]) -> str:
+        """Why these retrievers have no model: the reason alone for one, "name: reason" for several."""
+        reasons = {name: self.off.get(name, "not loaded") for name in names}
+        if len(reasons) == 1:
+            return next(iter(reasons.values()))
+        return "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+
     def on(self) -> list[str]:
         """The retrievers with a loaded model, in registry order."""
         from mmrag.retrievers import RETRIEVERS
