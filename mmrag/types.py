@@ -64,6 +64,7 @@ class PageContent:
     image: Image.Image
     text: str
     text_source: TextSource
+    renderer: str | None = None  # what drew a PDF page (mmrag.ingest.pdf.PDF_RENDERERS); None for an image
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from mmrag.indexing.loading import (
 )
 from mmrag.indexing.planning import DECIDE_CHUNK_FILES, Decision, decide_planned, plan_chunk
 from mmrag.indexing.writing import Batch, Committer, write_batch, write_pages
-from mmrag.ingest import shared
+from mmrag.ingest import ingest_version, shared
+from mmrag.ingest.passwords import PasswordBook
 from mmrag.ingest.results import FileFailure, LoadedFile
 from mmrag.ingest.worker import load_file
 from mmrag.collections import CollectionStores
@@ -107,6 +108,9 @@ class IndexJob:
         progress: Progress,
         loader: Loader,
         job_stages: JobStages,
+        *,
+        passwords: PasswordBook | None = None,
+        retry_failed: bool = False,
     ) -> None:
         self.services = services
         self.settings = settings = services.settings
@@ -114,6 +118,8 @@ class IndexJob:
         self.progress = progress
         self.loader = loader
         self.job_stages = job_stages
+        self.passwords = passwords or PasswordBook()
+        self.retry_failed = retry_failed  # failed documents are loaded again whatever their ingest version
         specs = input_specs(embedders, settings, services.data_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
@@ -169,10 +175,12 @@ class IndexJob:
         hashing_threads = max(1, min(8, self.settings.ingest.workers))
         with ThreadPoolExecutor(hashing_threads, thread_name_prefix="mmrag-hash") as hasher:
             chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
-            plans = deque([plan_chunk(self.services, self.collection_id, chunks[0], hasher)] if chunks else [])
+            plans = deque([plan_chunk(self.services, self.collection_id, chunks[0], hasher, retry_failed=self.retry_failed)] if chunks else [])
             for index, chunk in enumerate(chunks):
                 if index + 1 < len(chunks):  # the next chunk hashes while this one's files go to the workers
-                    plans.append(plan_chunk(self.services, self.collection_id, chunks[index + 1], hasher))
+                    plans.append(plan_chunk(
+                        self.services, self.collection_id, chunks[index + 1], hasher, retry_failed=self.retry_failed
+                    ))
                 decisions = decide_planned(self.services, self.collection_id, plans.popleft())
                 per_task = files_per_task(sum(d.state is None for d in decisions.values()), self.loader.workers)
                 for item_id, path in chunk:
@@ -202,7 +210,9 @@ class IndexJob:
         # A PDF comes back in ranges of pages: the first tells how many it has, and other workers render the rest
         # meanwhile (else one long PDF keeps one worker busy for the whole job).
         pages = (1, PDF_PAGES_PER_TASK) if pdf else None
-        self.task.append(FileToLoad(item_id, decision.document_id, path, decision.sha256, pages))
+        self.task.append(
+            FileToLoad(item_id, decision.document_id, path, decision.sha256, pages, self.passwords.for_path(path))
+        )
         if decision.size > SMALL_FILE_BYTES or pdf or len(self.task) >= per_task:
             # A large file, or a PDF (even a small one renders several pages), travels alone: several PDFs in one
             # task keep a worker busy for long before the first page comes back.
@@ -249,14 +259,16 @@ class IndexJob:
                 if result is None:
                     continue  # more of this PDF's pages to come, or it has failed already
             self.loading.discard(file.document_id)
-            if isinstance(result, LoadedFile):
-                self._accept(file.item_id, file.document_id, result)
-            else:
+            if isinstance(result, FileFailure):
                 self._fail(file, result.reason)
+            elif (reason := result.no_page_reason()) is not None:  # every page failed: so does the document
+                self._fail(file, reason)
+            else:
+                self._accept(file.item_id, file.document_id, result)
 
     def _fail(self, file: FileToLoad, reason: str) -> None:
         with transaction(self.services.sessions) as session:
-            bulk.fail_document(session, file.document_id, reason)
+            bulk.fail_document(session, file.document_id, reason, ingest_version())
         self._finish(file.item_id, ItemState.FAILED, document_id=file.document_id, error=reason)
         for duplicate in self.waiting_on.pop(file.document_id, []):
             self._finish(duplicate, ItemState.FAILED, document_id=file.document_id, error=reason)

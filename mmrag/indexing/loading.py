@@ -48,9 +48,11 @@ class FileToLoad:
     path: str
     sha256: str
     pages: tuple[int, int] | None = None  # a PDF's page range (first, last; 1-based, inclusive)
+    # to try on an encrypted PDF (mmrag.indexing.passwords); kept out of repr so no log or traceback shows them
+    passwords: tuple[str, ...] = field(default=(), repr=False)
 
-    def task(self) -> tuple[str, str, tuple[int, int] | None]:
-        return (self.path, self.sha256, self.pages)
+    def task(self) -> FileTask:
+        return (self.path, self.sha256, self.pages, self.passwords)
 
 
 @dataclass
@@ -78,8 +80,9 @@ def merge_ranges(parts: list[LoadedFile]) -> LoadedFile:
     for page in pages:
         total += sum(_nbytes(value) for value in page.inputs)
         kept.append(page.without_inputs() if page.inputs and total > MAX_INPUT_BYTES_PER_FILE else page)
+    failed = tuple(sorted(failure for part in parts for failure in part.failed_pages))
     first = parts[0]
-    return LoadedFile(first.path, first.sha256, first.kind, first.mime, kept)
+    return LoadedFile(first.path, first.sha256, first.kind, first.mime, kept, failed_pages=failed)
 
 
 def _worker_context(warm_modules: Sequence[str]) -> multiprocessing.context.BaseContext:

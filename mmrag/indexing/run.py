@@ -14,6 +14,7 @@ from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress
 from mmrag.indexing.loading import Loader, warm_modules
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
 from mmrag.ingest import check_ocr, discover
+from mmrag.ingest.passwords import PasswordBook
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import refresh_statistics, transaction
@@ -57,9 +58,13 @@ def run_index(
     collection: str = "default",
     progress: Progress | None = None,
     stages: JobStages | None = None,
+    passwords: PasswordBook | None = None,
+    retry_failed: bool = False,
 ) -> JobReport:
     """Index files and folders into a collection; re-running the same command resumes an unfinished job.
-    `stages` swaps the job's stages (a test's loader, say); by default the real ones."""
+    `stages` swaps the job's stages (a test's loader, say); by default the real ones. `passwords`: what to try on
+    encrypted PDFs (never stored). A file that failed is loaded again when the ingestion that failed it has changed
+    since (mmrag.ingest.ingest_version), and with `retry_failed` whatever failed it."""
     progress = progress or NoProgress()
     began = time.perf_counter()
     roots = [str(Path(p).resolve()) for p in paths]
@@ -73,7 +78,7 @@ def run_index(
     with transaction(services.sessions) as session:
         collection_id = repository.get_or_create_collection(session, collection).id
     with collection_writer(services, collection_id, collection):
-        job = _Started(services, roots, collection, collection_id, progress, began)
+        job = _Started(services, roots, collection, collection_id, progress, began, passwords, retry_failed)
         return _run_locked(job, stages or JobStages())
 
 
@@ -116,6 +121,8 @@ class _Started:
     collection_id: int
     progress: Progress
     began: float
+    passwords: PasswordBook | None = None
+    retry_failed: bool = False
 
 
 def _run_locked(started: _Started, stages: JobStages) -> JobReport:
@@ -167,7 +174,10 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     gc.freeze()  # the models and stores loaded just now join the frozen objects (_run_locked thaws them all)
     stages = {"start": time.perf_counter() - started.began}  # walking the folders, models, recovery: before any file
     cpu_began = time.process_time()
-    indexing = IndexJob(services, collection_id, stores, embedders, started.progress, loader, job_stages)
+    indexing = IndexJob(
+        services, collection_id, stores, embedders, started.progress, loader, job_stages,
+        passwords=started.passwords, retry_failed=started.retry_failed,
+    )
     pages_indexed, texts_changed = indexing.run(items)
     stages.update(indexing.stages)
     finishing = time.perf_counter()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmrag.indexing.embedding import BatchVectors, PendingPage, store_vectors
+from mmrag.ingest import ingest_version
 from mmrag.ingest.results import LoadedFile
 from mmrag.collections import CollectionStores
 from mmrag.retrievers import Embedders
@@ -37,18 +38,26 @@ def write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> lis
     returns each document's page ids, in page order."""
     if not loaded:
         return []
+    version = ingest_version()
     documents = [
-        {"document_id": document_id, "kind": file.kind, "mime": file.mime, "page_count": len(file.pages)}
+        {"document_id": document_id, "kind": file.kind, "mime": file.mime,
+         "page_count": len(file.pages) + len(file.failed_pages), "ingest_version": version}
         for document_id, file in loaded
     ]
     pages = [
         {"document_id": document_id, "page_number": page.page_number, "width": page.width, "height": page.height,
-         "image_path": page.image_path, "text": page.text, "text_source": page.text_source}
+         "image_path": page.image_path, "text": page.text, "text_source": page.text_source,
+         "renderer": page.renderer}
         for document_id, file in loaded
         for page in file.pages
     ]
+    failed = [
+        {"document_id": document_id, "page_number": number, "reason": reason}
+        for document_id, file in loaded
+        for number, reason in file.failed_pages
+    ]
     with transaction(services.sessions) as session:
-        id_of_page = bulk.insert_pages(session, documents, pages, utcnow())
+        id_of_page = bulk.insert_pages(session, documents, pages, utcnow(), failed)
     return [[id_of_page[(document_id, page.page_number)] for page in file.pages] for document_id, file in loaded]
 
 

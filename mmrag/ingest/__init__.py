@@ -6,14 +6,18 @@ picklable arguments, and every bad-input failure is an InputError subclass whose
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+import re
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import PIL
 import pytesseract
 from PIL import Image
 
 from mmrag.config import IngestSettings
-from mmrag.errors import InputError, UnsupportedTypeError
+from mmrag.errors import CorruptFileError, InputError, UnsupportedTypeError
 from mmrag.ingest.discover import IMAGE_MIMES, PDF_MIME, describe, discover, sniff, sniff_bytes
 from mmrag.ingest.images import load_image
 from mmrag.ingest.pdf import (
@@ -29,13 +33,16 @@ from mmrag.ingest.pdf import (
     page_count,
     render_page,
 )
+from mmrag.ingest.pdf_pages import DrawnPage, PageFailure, count_pdf_pages, draw_pages
 from mmrag.ingest.text import check_ocr, choose_text, normalize_text, ocr
 from mmrag.types import DocumentKind, PageContent, SourceFile
 
 __all__ = [
+    "DrawnPage",
     "IMAGE_MIMES",
     "PDF_MIME",
     "PDF_RENDERERS",
+    "PageFailure",
     "PdfPageInfo",
     "PdfRenderer",
     "PdfiumRenderer",
@@ -46,7 +53,9 @@ __all__ = [
     "count_pages",
     "describe",
     "discover",
+    "draw_pages",
     "fit_dpi",
+    "ingest_version",
     "iter_pages",
     "iter_pdf_pages",
     "load_image",
@@ -61,30 +70,65 @@ __all__ = [
 ]
 
 
+# Raise when a change to ingestion may open files that it failed on before (a decoder, a fallback, a fix): a failed
+# document recorded with another ingest_version() is tried again by the next job over its path.
+INGEST_CODE_VERSION = 2
+
+
+@functools.cache
+def ingest_version() -> str:
+    """This ingestion's version: the code's, and the decoders' (PDFium, poppler, Pillow) whose upgrade can open a
+    file that failed before. Recorded with each document a job settles."""
+    from pypdfium2.version import PDFIUM_INFO
+
+    try:
+        done = subprocess.run(["pdfinfo", "-v"], capture_output=True, timeout=30, check=False)
+        found = re.search(rb"version ([\w.]+)", done.stdout + done.stderr)
+        poppler = found[1].decode() if found else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        poppler = "none"
+    return f"{INGEST_CODE_VERSION}/pdfium-{PDFIUM_INFO.build}/poppler-{poppler}/pillow-{PIL.__version__}"
+
+
 def load_pages(
-    source: SourceFile, settings: IngestSettings, page_numbers: Iterable[int] | None = None
+    source: SourceFile,
+    settings: IngestSettings,
+    page_numbers: Iterable[int] | None = None,
+    *,
+    passwords: Sequence[str] = (),
+    failures: list[PageFailure] | None = None,
 ) -> list[PageContent]:
     """Every page of `source` (or only `page_numbers`, 1-based) as RGB image + text.
 
     Runs in worker processes. For a long PDF, hand workers slices (`page_numbers=range(a, b)`, with `count_pages`
     for the bounds): a full-length list of 150 dpi pages is about 6 MB a page in memory and through the pipe.
+    `passwords` and `failures`: see iter_pages.
     """
-    return list(iter_pages(source, settings, page_numbers))
+    return list(iter_pages(source, settings, page_numbers, passwords=passwords, failures=failures))
 
 
-def count_pages(source: SourceFile) -> int:
-    """How many pages `load_pages` yields for `source` (1 for an image)."""
+def count_pages(source: SourceFile, passwords: Sequence[str] = ()) -> int:
+    """How many pages `load_pages` can be asked for in `source` (1 for an image)."""
     if source.kind == DocumentKind.IMAGE:
         return 1
     if source.kind == DocumentKind.PDF:
-        return page_count(source.path)
+        return count_pdf_pages(source.path, passwords)
     raise UnsupportedTypeError(f"{source.path}: unsupported document kind {source.kind!r}")
 
 
 def iter_pages(
-    source: SourceFile, settings: IngestSettings, page_numbers: Iterable[int] | None = None
+    source: SourceFile,
+    settings: IngestSettings,
+    page_numbers: Iterable[int] | None = None,
+    *,
+    passwords: Sequence[str] = (),
+    failures: list[PageFailure] | None = None,
 ) -> Iterator[PageContent]:
-    """Like load_pages, one page at a time: a PDF is open once and pages are rendered as they are asked for."""
+    """Like load_pages, one page at a time: a PDF is open once and pages are rendered as they are asked for.
+
+    A PDF's page that neither renderer draws (see mmrag.ingest.pdf_pages), or that OCR fails on, is appended to
+    `failures` and skipped, the other pages going on; with `failures=None` it raises instead. An encrypted PDF is
+    opened with the first of `passwords` that opens it."""
     path = Path(source.path)
     try:
         if source.kind == DocumentKind.IMAGE:
@@ -93,10 +137,20 @@ def iter_pages(
             image = load_image(path, max_pixels=settings.max_pixels)
             yield _page(path, 1, image, None, settings)
         elif source.kind == DocumentKind.PDF:
-            renderer = build_renderer(settings.renderer)
-            for info in iter_pdf_pages(path, page_numbers):
-                image = render_page(renderer, path, info, dpi=settings.dpi, max_pixels=settings.max_pixels)
-                yield _page(path, info.page_number, image, info.text, settings)
+            drawn = draw_pages(
+                path, dpi=settings.dpi, max_pixels=settings.max_pixels, renderer=settings.renderer,
+                passwords=passwords, page_numbers=page_numbers,
+            )
+            for page in drawn:
+                try:
+                    if isinstance(page, PageFailure):
+                        raise CorruptFileError(f"{path}: {page.reason}")
+                    yield _page(path, page.page_number, page.image, page.text, settings, page.renderer)
+                except InputError as exc:
+                    if failures is None:
+                        raise
+                    reason = str(exc)
+                    failures.append(PageFailure(page.page_number, reason.removeprefix(f"{path}: ")))
         else:
             raise UnsupportedTypeError(f"{path}: unsupported document kind {source.kind!r}")
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
@@ -104,7 +158,10 @@ def iter_pages(
         raise InputError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
 
 
-def _page(path: Path, number: int, image: Image.Image, text_layer: str | None, settings: IngestSettings) -> PageContent:
+def _page(
+    path: Path, number: int, image: Image.Image, text_layer: str | None, settings: IngestSettings,
+    renderer: str | None = None,
+) -> PageContent:
     try:
         text, source = choose_text(
             image,
@@ -119,4 +176,4 @@ def _page(path: Path, number: int, image: Image.Image, text_layer: str | None, s
         # Tesseract is installed and the language exists (those raise before this), so it is this image it
         # could not handle (leptonica refuses some sizes and formats).
         raise InputError(f"{path}: page {number}: OCR failed: {exc.message}") from exc
-    return PageContent(page_number=number, image=image, text=text, text_source=source)
+    return PageContent(page_number=number, image=image, text=text, text_source=source, renderer=renderer)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pdf2image
 import pypdfium2 as pdfium
@@ -27,6 +27,8 @@ POINTS_PER_INCH = 72.0
 # Below this a page is a smudge for both the embedders and OCR; a page that only fits max_pixels below it is
 # refused instead of rendered. Same floor as IngestSettings.dpi.
 MIN_DPI = 36.0
+# A page narrower than a point (1/72 inch) on a side draws as a speck of a pixel or two: it has no area to speak of.
+MIN_SIDE_PT = 1.0
 # pdftoppm on a hostile content stream can run for a very long time; a worker must not hang on one page.
 POPPLER_TIMEOUT_S = 300
 # pypdfium2's own warnings (the "compiled without XFA support" notice and its pip hint, once per XFA file) are
@@ -40,9 +42,9 @@ class PdfRenderer(Protocol):
 
     name: str
 
-    def page_count(self, path: Path) -> int: ...
+    def page_count(self, path: Path, password: str | None = None) -> int: ...
 
-    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+    def render(self, path: Path, page_number: int, dpi: float, password: str | None = None) -> Image.Image:
         """Page `page_number` (1-based) at `dpi`, as displayed (crop box, page rotation applied), mode RGB."""
         ...
 
@@ -66,31 +68,70 @@ class PdfPageInfo:
 
 
 @contextmanager
-def open_pdf(path: Path) -> Iterator[pdfium.PdfDocument]:
-    """A pypdfium2 document for `path`, with PDFium's load errors turned into InputErrors that name the file."""
+def open_pdf(path: Path, passwords: Sequence[str] = ()) -> Iterator[pdfium.PdfDocument]:
+    """A pypdfium2 document for `path`, with PDFium's load errors turned into InputErrors that name the file.
+
+    An encrypted file is tried without a password, then with each of `passwords` in order; no password ever
+    appears in an error or the log."""
+    with open_pdf_unlocked(path, passwords) as (doc, _):
+        yield doc
+
+
+@contextmanager
+def open_pdf_unlocked(
+    path: Path, passwords: Sequence[str] = (), *, forms: bool = False
+) -> Iterator[tuple[pdfium.PdfDocument, str | None]]:
+    """open_pdf, and the password that opened it (None: it needed none). `forms`: set up the form environment
+    that draws interactive form fields, which must exist before any page is loaded (for rendering)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    # Loaded through the raw API rather than PdfDocument(path): pypdfium2 treats "opened, but no pages" as a load
-    # failure and reads FPDF_GetLastError() then, which still holds the error of some earlier, unrelated load
-    # (PDFium only sets it on failure). A stale FPDF_ERR_PASSWORD would call a zero-page PDF encrypted.
-    with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
-        raw = pdfium_c.FPDF_LoadDocument((str(path.resolve()) + "\x00").encode("utf-8", "surrogateescape"), None)
-    if not raw:
-        raise _load_error(path, pdfium_c.FPDF_GetLastError())
+    raw, password = _load(path, passwords)
     doc = pdfium.PdfDocument(raw)
     try:
+        if forms:
+            with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
+                try:
+                    doc.init_forms()
+                except pdfium.PdfiumError as exc:  # the pages still render, without their form fields
+                    log.debug("%s: no form environment: %s", path, exc)
         if len(doc) < 1:
             raise CorruptFileError(f"{path}: the PDF has no pages")
-        yield doc
+        yield doc, password
     finally:
         doc.close()
 
 
+def _load(path: Path, passwords: Sequence[str]) -> tuple[Any, str | None]:
+    # Loaded through the raw API rather than PdfDocument(path): pypdfium2 treats "opened, but no pages" as a load
+    # failure and reads FPDF_GetLastError() then, which still holds the error of some earlier, unrelated load
+    # (PDFium only sets it on failure). A stale FPDF_ERR_PASSWORD would call a zero-page PDF encrypted.
+    encoded = (str(path.resolve()) + "\x00").encode("utf-8", "surrogateescape")
+    for password in (None, *passwords):
+        with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
+            raw = pdfium_c.FPDF_LoadDocument(encoded, None if password is None else password.encode("utf-8"))
+        if raw:
+            return raw, password
+        code = pdfium_c.FPDF_GetLastError()
+        if code != pdfium_c.FPDF_ERR_PASSWORD:
+            raise _load_error(path, code)
+    raise password_error(path, len(passwords))
+
+
+def password_error(path: Path, given: int) -> EncryptedPdfError:
+    """The reason a file that needs a password did not open: none given, or none of those given (never which)."""
+    if given:
+        return EncryptedPdfError(
+            f"{path}: the PDF needs a password to open, and the {'password' if given == 1 else f'{given} passwords'} "
+            "given for it did not open it"
+        )
+    # An owner password alone (printing/copying restrictions) opens without a password and never gets here.
+    return EncryptedPdfError(f"{path}: the PDF needs a password to open")
+
+
 def _load_error(path: Path, code: int) -> Exception:
-    if code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
-        # An owner password alone (printing/copying restrictions) opens without a password and never gets here.
-        return EncryptedPdfError(f"{path}: the PDF needs a password to open")
+    if code == pdfium_c.FPDF_ERR_SECURITY:
+        return EncryptedPdfError(f"{path}: the PDF is encrypted with a security handler PDFium does not support")
     reason = {
         pdfium_c.FPDF_ERR_FILE: "file not found or could not be read",
         pdfium_c.FPDF_ERR_FORMAT: "not a PDF or corrupted",
@@ -98,8 +139,8 @@ def _load_error(path: Path, code: int) -> Exception:
     return CorruptFileError(f"{path}: cannot open PDF ({reason})")
 
 
-def page_count(path: Path) -> int:
-    with open_pdf(path) as doc:
+def page_count(path: Path, passwords: Sequence[str] = ()) -> int:
+    with open_pdf(path, passwords) as doc:
         return len(doc)
 
 
@@ -133,8 +174,8 @@ def fit_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int, *, w
     rendering of it is still useful to the embedders (which shrink pages to a few hundred pixels anyway).
     Only a page that would need less than MIN_DPI is refused, with TooLargeError. `where` names the file and page.
     """
-    if not (width_pt > 0 and height_pt > 0 and math.isfinite(width_pt) and math.isfinite(height_pt)):
-        raise CorruptFileError(f"{where}: the page has no area ({width_pt}x{height_pt} pt)")
+    if not (width_pt >= MIN_SIDE_PT and height_pt >= MIN_SIDE_PT and math.isfinite(width_pt * height_pt)):
+        raise CorruptFileError(f"{where}: the page has no area ({width_pt:g}x{height_pt:g} pt)")
 
     def pixels(d: float) -> int:
         return math.ceil(width_pt * d / POINTS_PER_INCH) * math.ceil(height_pt * d / POINTS_PER_INCH)
@@ -165,29 +206,35 @@ class PdfiumRenderer:
 
     name = "pypdfium2"
 
-    def page_count(self, path: Path) -> int:
-        return page_count(path)
+    def page_count(self, path: Path, password: str | None = None) -> int:
+        return page_count(path, () if password is None else (password,))
 
-    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+    def render(self, path: Path, page_number: int, dpi: float, password: str | None = None) -> Image.Image:
         path = Path(path)
-        with open_pdf(path) as doc:
-            # Interactive form fields are drawn by the form environment, which must exist before pages load.
-            with quiet_native(str(path), loggers=_PDFIUM_LOGGERS):
-                doc.init_forms()
+        with open_pdf_unlocked(path, () if password is None else (password,), forms=True) as (doc, _):
             if not 1 <= page_number <= len(doc):
                 raise ValueError(f"{path}: page {page_number} is out of range 1..{len(doc)}")
+            return render_pdfium_page(doc, path, page_number, dpi)
+
+
+def render_pdfium_page(doc: pdfium.PdfDocument, path: Path, page_number: int, dpi: float) -> Image.Image:
+    """Page `page_number` (1-based) of a document opened with `forms=True` at `dpi`, mode RGB."""
+    try:
+        with quiet_native(f"{path}: page {page_number}", loggers=_PDFIUM_LOGGERS):
             page = doc[page_number - 1]
-            try:
-                # rev_byteorder: PDFium writes RGB instead of its native BGR, sparing PIL a channel swap.
-                with quiet_native(f"{path}: page {page_number}", loggers=_PDFIUM_LOGGERS):
-                    bitmap = page.render(scale=dpi / POINTS_PER_INCH, may_draw_forms=True, rev_byteorder=True)
-                # PIL shares the bitmap's buffer only for L/RGBA/RGBX; an RGB image is a copy that owns its pixels.
-                image = bitmap.to_pil()
-                return image if image.mode == "RGB" else image.convert("RGB")
-            except pdfium.PdfiumError as exc:
-                raise CorruptFileError(f"{path}: page {page_number}: cannot render: {exc}") from exc
-            finally:
-                page.close()
+    except pdfium.PdfiumError as exc:
+        raise CorruptFileError(f"{path}: page {page_number}: cannot load the page: {exc}") from exc
+    try:
+        # rev_byteorder: PDFium writes RGB instead of its native BGR, sparing PIL a channel swap.
+        with quiet_native(f"{path}: page {page_number}", loggers=_PDFIUM_LOGGERS):
+            bitmap = page.render(scale=dpi / POINTS_PER_INCH, may_draw_forms=True, rev_byteorder=True)
+        # PIL shares the bitmap's buffer only for L/RGBA/RGBX; an RGB image is a copy that owns its pixels.
+        image = bitmap.to_pil()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except pdfium.PdfiumError as exc:
+        raise CorruptFileError(f"{path}: page {page_number}: cannot render: {exc}") from exc
+    finally:
+        page.close()
 
 
 @PDF_RENDERERS.register("pdf2image")
@@ -199,15 +246,15 @@ class PopplerRenderer:
     def __init__(self, timeout_s: int = POPPLER_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
 
-    def page_count(self, path: Path) -> int:
+    def page_count(self, path: Path, password: str | None = None) -> int:
         path = Path(path)
         with self._poppler_errors(path, None):
-            pages = int(pdf2image.pdfinfo_from_path(str(path), timeout=self.timeout_s)["Pages"])
+            pages = int(pdf2image.pdfinfo_from_path(str(path), userpw=password, timeout=self.timeout_s)["Pages"])
         if pages < 1:
             raise CorruptFileError(f"{path}: the PDF has no pages")
         return pages
 
-    def render(self, path: Path, page_number: int, dpi: float) -> Image.Image:
+    def render(self, path: Path, page_number: int, dpi: float, password: str | None = None) -> Image.Image:
         path = Path(path)
         if page_number < 1:
             raise ValueError(f"{path}: page {page_number} is out of range")
@@ -220,11 +267,12 @@ class PopplerRenderer:
                 fmt="ppm",  # raw pixels through a pipe: no PNG encode/decode round trip
                 use_cropbox=True,  # what viewers (and PDFium) show; pdftoppm defaults to the media box
                 thread_count=1,
+                userpw=password,
                 timeout=self.timeout_s,
             )
         if not images:
             # pdf2image quietly returns nothing for a page past the end; tell that apart from a failed render.
-            count = self.page_count(path)
+            count = self.page_count(path, password)
             if page_number > count:
                 raise ValueError(f"{path}: page {page_number} is out of range 1..{count}")
             raise CorruptFileError(f"{path}: page {page_number}: poppler rendered nothing")
@@ -233,20 +281,27 @@ class PopplerRenderer:
 
     @contextmanager
     def _poppler_errors(self, path: Path, page_number: int | None) -> Iterator[None]:
-        where = f"{path}" if page_number is None else f"{path}: page {page_number}"
-        try:
+        with poppler_errors_as_input_errors(path, page_number, self.timeout_s):
             yield
-        except poppler_errors.PopplerNotInstalledError as exc:
-            raise MissingToolError(
-                "the pdf2image renderer needs poppler's pdftoppm and pdfinfo, which were not found. Install them "
-                "(Debian/Ubuntu: apt-get install poppler-utils) or use MMRAG_INGEST__RENDERER=pypdfium2."
-            ) from exc
-        except poppler_errors.PDFPageCountError as exc:
-            if "password" in str(exc).lower():
-                raise EncryptedPdfError(f"{where}: the PDF needs a password to open") from exc
-            raise CorruptFileError(f"{where}: poppler cannot read the PDF: {_last_line(str(exc))}") from exc
-        except poppler_errors.PDFPopplerTimeoutError as exc:
-            raise TooLargeError(f"{where}: poppler took longer than {self.timeout_s} s") from exc
+
+
+@contextmanager
+def poppler_errors_as_input_errors(path: Path, page_number: int | None, timeout_s: float) -> Iterator[None]:
+    """pdf2image's exceptions (and a missing poppler) as mmrag's errors, naming the file and page."""
+    where = f"{path}" if page_number is None else f"{path}: page {page_number}"
+    try:
+        yield
+    except poppler_errors.PopplerNotInstalledError as exc:
+        raise MissingToolError(
+            "the pdf2image renderer needs poppler's pdftoppm and pdfinfo, which were not found. Install them "
+            "(Debian/Ubuntu: apt-get install poppler-utils) or use MMRAG_INGEST__RENDERER=pypdfium2."
+        ) from exc
+    except poppler_errors.PDFPageCountError as exc:
+        if "password" in str(exc).lower():
+            raise EncryptedPdfError(f"{where}: the PDF needs a password to open") from exc
+        raise CorruptFileError(f"{where}: poppler cannot read the PDF: {_last_line(str(exc))}") from exc
+    except poppler_errors.PDFPopplerTimeoutError as exc:
+        raise TooLargeError(f"{where}: poppler took longer than {timeout_s} s") from exc
 
 
 def _last_line(message: str) -> str:

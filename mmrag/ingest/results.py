@@ -22,10 +22,12 @@ class StoredPage:
     text_source: str
     image_path: str  # relative to the data dir
     inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    renderer: str | None = None  # what drew a PDF page; None for an image
 
     def without_inputs(self) -> StoredPage:
         """This page with no model inputs: the embedding thread makes them from the stored image instead."""
-        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path)
+        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path,
+                          renderer=self.renderer)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,19 @@ class LoadedFile:
     pages: list[StoredPage]
     # Pages in the whole document when this holds a range of them (load_file's `pages`); 0: it holds them all.
     page_total: int = 0
+    # (page number, reason) of the pages asked for that could not be had: the document goes on without them, and
+    # fails only if it has no page at all (see no_page_reason).
+    failed_pages: tuple[tuple[int, str], ...] = ()
+
+    def no_page_reason(self) -> str | None:
+        """Why the document fails when not one of its pages could be had; None when it has pages."""
+        if self.pages:
+            return None
+        if not self.failed_pages:
+            return f"{self.path}: the PDF has no pages"
+        number, reason = self.failed_pages[0]
+        more = len(self.failed_pages) - 1
+        return f"{self.path}: no page could be read: {reason}" + (f" (and {more} more pages)" if more else "")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mmrag.config import IngestSettings
 from mmrag.errors import CorruptFileError, InputError
-from mmrag.ingest import count_pages, describe, iter_pages
+from mmrag.ingest import PageFailure, count_pages, describe, iter_pages
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.inputs import InputSpec
@@ -33,7 +33,10 @@ MAX_INPUT_BYTES_PER_FILE = 128 * 1024 * 1024
 EXIF_ORIENTATION = 0x0112
 
 
-FileTask = tuple[str, str] | tuple[str, str, tuple[int, int] | None]  # path, sha256[, a PDF's page range]
+# path, sha256[, a PDF's page range[, the passwords to try on it]]
+FileTask = (
+    tuple[str, str] | tuple[str, str, tuple[int, int] | None] | tuple[str, str, tuple[int, int] | None, tuple[str, ...]]
+)
 
 
 def load_files(
@@ -50,8 +53,11 @@ def load_files(
     load = load or load_file
     results: list[LoadedFile | FileFailure] = []
     for path, sha256, *rest in files:
+        options = {"pages": rest[0] if rest else None}
+        if len(rest) > 1 and rest[1]:
+            options["passwords"] = rest[1]  # only when there are some: a test's `load` need not take them
         try:
-            results.append(load(path, sha256, settings, data_dir, inputs, pages=rest[0] if rest else None))
+            results.append(load(path, sha256, settings, data_dir, inputs, **options))
         except InputError as exc:
             results.append(FileFailure(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad file must not fail the others; the reason is kept
@@ -123,8 +129,12 @@ def load_file(
     data_dir: str,
     inputs: tuple[InputSpec, ...] = (),
     pages: tuple[int, int] | None = None,
+    passwords: tuple[str, ...] = (),
 ) -> LoadedFile:
     """Worker-process entry: sniff, decode or render, extract text, store the page images, make `inputs`.
+
+    A PDF's pages that cannot be had are listed in `failed_pages` (its other pages go on); an encrypted one is
+    opened with the first of `passwords` that opens it.
 
     Pages are rendered one at a time and written to disk; paths, text and the compact model inputs travel back,
     so a 500-page PDF costs one rendered page of memory here (inputs are capped, MAX_INPUT_BYTES_PER_FILE).
@@ -144,13 +154,14 @@ def load_file(
     if pages is not None and source.kind == DocumentKind.PDF:
         # pages (first, last), 1-based and inclusive, clipped to the document: the job asks for the first few
         # pages and learns from page_total whether other workers should render the rest
-        total = count_pages(source)
+        total = count_pages(source, passwords)
         if pages[0] > total:  # the first range said more: the file was replaced during the job
             raise CorruptFileError(f"{path}: has {total} pages now, fewer than when the job began; index it again")
         numbers = range(pages[0], min(pages[1], total) + 1)
     stored = []
+    failures: list[PageFailure] = []
     input_bytes = 0
-    for page in iter_pages(source, settings, numbers):
+    for page in iter_pages(source, settings, numbers, passwords=passwords, failures=failures):
         image = page.image
         width, height = image.size
         if max(image.size) > settings.page_image_max_side:
@@ -168,11 +179,13 @@ def load_file(
             prepared = tuple(spec.from_jpeg(data) for spec in inputs)
             input_bytes += sum(_nbytes(value) for value in prepared)
         stored.append(
-            StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared)
+            StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared,
+                       renderer=page.renderer)
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
         stored = [page.without_inputs() for page in stored]
-    return LoadedFile(path, sha256, source.kind.value, source.mime, stored, page_total=total)
+    failed = tuple((failure.page_number, failure.reason) for failure in failures)
+    return LoadedFile(path, sha256, source.kind.value, source.mime, stored, page_total=total, failed_pages=failed)
 
 
 def _load_plain_jpeg(

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding
+from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, PageFailure
 from mmrag.types import DocumentStatus, ItemState
 
 # --- planning: what SQL knows about the files of a chunk ------------------------------------------------------
@@ -37,23 +37,24 @@ def known_paths(session: Session, collection_id: int, paths: Sequence[str]) -> d
 
 
 def documents_by_id(session: Session, document_ids: Iterable[int]) -> dict[int, Row[Any]]:
-    """Document id → its row (id, status, error, sha256)."""
+    """Document id → its row (id, status, error, sha256, ingest_version)."""
     ids = set(document_ids)
     if not ids:
         return {}
     rows = session.execute(
-        select(Document.id, Document.status, Document.error, Document.sha256).where(Document.id.in_(ids))
+        select(Document.id, Document.status, Document.error, Document.sha256, Document.ingest_version)
+        .where(Document.id.in_(ids))
     )
     return {row.id: row for row in rows}
 
 
 def documents_by_sha(session: Session, collection_id: int, shas: Iterable[str]) -> dict[str, Row[Any]]:
-    """sha256 → the collection's document with those bytes (sha256, id, status, error)."""
+    """sha256 → the collection's document with those bytes (sha256, id, status, error, ingest_version)."""
     shas = set(shas)
     if not shas:
         return {}
     rows = session.execute(
-        select(Document.sha256, Document.id, Document.status, Document.error)
+        select(Document.sha256, Document.id, Document.status, Document.error, Document.ingest_version)
         .where(Document.collection_id == collection_id, Document.sha256.in_(shas))
     )
     return {row.sha256: row for row in rows}
@@ -127,15 +128,22 @@ def path_count(session: Session, document_id: int) -> int:
 
 
 def insert_pages(
-    session: Session, documents: Sequence[dict[str, Any]], pages: Sequence[dict[str, Any]], now: datetime
+    session: Session,
+    documents: Sequence[dict[str, Any]],
+    pages: Sequence[dict[str, Any]],
+    now: datetime,
+    failed_pages: Sequence[dict[str, Any]] = (),
 ) -> dict[tuple[int, int], int]:
-    """Record the loaded documents' kind, mime and page count (rows with `document_id`, `kind`, `mime`,
-    `page_count`) and insert their pages (rows of Page's columns); returns (document id, page number) → page id."""
+    """Record the loaded documents' kind, mime, page count and ingest version (rows with `document_id`, `kind`,
+    `mime`, `page_count`, `ingest_version`), insert their pages (rows of Page's columns) and the pages they could not
+    have (rows of PageFailure's columns); returns (document id, page number) → page id."""
     table = Document.__table__
     session.connection().execute(
         update(table).where(table.c.id == bindparam("document_id")),
         [{**row, "updated_at": now} for row in documents],
     )
+    if failed_pages:
+        session.connection().execute(insert(PageFailure.__table__), [{**row, "created_at": now} for row in failed_pages])
     if not pages:
         return {}
     session.connection().execute(insert(Page.__table__), [{**row, "created_at": now} for row in pages])
@@ -174,11 +182,13 @@ def set_items_indexed(session: Session, item_pages: dict[int, tuple[int, int]], 
         )
 
 
-def fail_document(session: Session, document_id: int, reason: str) -> None:
+def fail_document(session: Session, document_id: int, reason: str, ingest_version: str | None) -> None:
+    """The document failed, for `reason`, under that ingestion (see Document.ingest_version)."""
     document = session.get(Document, document_id)
     if document is not None:
         document.status = DocumentStatus.FAILED
         document.error = reason
+        document.ingest_version = ingest_version
 
 
 def count_attempts(session: Session, job_id: int) -> None:

@@ -99,6 +99,9 @@ class Document(Base):
     page_count: Mapped[int | None] = mapped_column(Integer, default=None)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The ingestion that settled it (mmrag.ingest.ingest_version()): a failed document whose version differs from
+    # the running code's is tried again by the next job over its path. None: settled before versions were kept.
+    ingest_version: Mapped[str | None] = mapped_column(String(100), default=None)
     user_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -107,6 +110,9 @@ class Document(Base):
     paths: Mapped[list[DocumentPath]] = relationship(back_populates="document", cascade="all, delete-orphan")
     pages: Mapped[list[Page]] = relationship(
         back_populates="document", cascade="all, delete-orphan", order_by="Page.page_number"
+    )
+    failed_pages: Mapped[list[PageFailure]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", order_by="PageFailure.page_number"
     )
 
 
@@ -142,10 +148,29 @@ class Page(Base):
     image_path: Mapped[str | None] = mapped_column(Text, default=None)  # relative to the data dir
     text: Mapped[str] = mapped_column(Text, default="")
     text_source: Mapped[str] = mapped_column(String(16), default="none")  # text_layer | ocr | none
+    # What drew a PDF page (pypdfium2 | pdf2image: the other one when the configured renderer refused it); None for
+    # an image, and for pages indexed before renderers were recorded.
+    renderer: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     document: Mapped[Document] = relationship(back_populates="pages")
     embeddings: Mapped[list[PageEmbedding]] = relationship(back_populates="page", cascade="all, delete-orphan")
+
+
+class PageFailure(Base):
+    """A page of an indexed document that could not be had (neither renderer drew it, or its size is absurd): the
+    document's other pages are indexed, and this says which one is missing and why."""
+
+    __tablename__ = "page_failures"
+    __table_args__ = (UniqueConstraint("document_id", "page_number"), NO_ID_REUSE)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    page_number: Mapped[int] = mapped_column(Integer)  # 1-based
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="failed_pages")
 
 
 class PageEmbedding(Base):

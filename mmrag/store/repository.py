@@ -11,7 +11,9 @@ from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
-from mmrag.store.models import Collection, Document, DocumentPath, Job, JobItem, Page, PageEmbedding, utcnow
+from mmrag.store.models import (
+    Collection, Document, DocumentPath, Job, JobItem, Page, PageEmbedding, PageFailure, utcnow,
+)
 from mmrag.types import DocumentStatus, ItemState, JobState, SearchFilters
 
 
@@ -66,7 +68,11 @@ def page_ids_of_documents(session: Session, document_ids: Iterable[int]) -> list
 
 
 def drop_pages(session: Session, document_ids: Iterable[int]) -> list[int]:
-    """Delete the pages (and their embedding records) of these documents; returns the page ids removed."""
+    """Delete the pages (and their embedding records) and the failed pages of these documents; returns the page ids
+    removed."""
+    document_ids = list(document_ids)
+    if document_ids:
+        session.execute(delete(PageFailure).where(PageFailure.document_id.in_(document_ids)))
     page_ids = page_ids_of_documents(session, document_ids)
     if page_ids:
         session.execute(delete(PageEmbedding).where(PageEmbedding.page_id.in_(page_ids)))

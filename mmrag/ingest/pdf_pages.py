@@ -1,0 +1,340 @@
+"""A PDF's pages with a fallback: each page from whichever of PDFium and poppler can draw it, or the reason neither can.
+
+The configured renderer (IngestSettings.renderer) draws a page first; a page it refuses is drawn by the other one,
+and a document PDFium cannot open at all is read whole through poppler (its pdfinfo, pdftotext and pdftoppm). A
+page that neither draws, or whose size is absurd, comes back as a PageFailure: it costs that page, not the document.
+Which renderer drew each page is recorded with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pdf2image
+import pypdfium2 as pdfium
+from PIL import Image
+
+from mmrag.errors import CorruptFileError, EncryptedPdfError, InputError, MissingToolError, TooLargeError
+from mmrag.ingest.native import quiet_native
+from mmrag.ingest.pdf import (
+    _PDFIUM_LOGGERS,
+    POINTS_PER_INCH,
+    POPPLER_TIMEOUT_S,
+    PdfPageInfo,
+    PopplerRenderer,
+    fit_dpi,
+    open_pdf_unlocked,
+    password_error,
+    poppler_errors_as_input_errors,
+    render_pdfium_page,
+)
+from mmrag.ingest.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+PDFIUM, POPPLER = "pypdfium2", "pdf2image"  # the renderers' registered names (mmrag.ingest.pdf.PDF_RENDERERS)
+_PAGE_KEY = re.compile(r"Page\s+(\d+)\s+(size|rot)")  # pdfinfo -f/-l: "Page    3 size: 612 x 792 pts (letter)"
+_SIZE = re.compile(r"([\d.]+) x ([\d.]+)")
+
+
+@dataclass(frozen=True)
+class DrawnPage:
+    """A page as one of the renderers drew it, with its text layer ("" when it has none)."""
+
+    page_number: int
+    image: Image.Image
+    text: str
+    renderer: str
+
+
+@dataclass(frozen=True)
+class PageFailure:
+    """A page that could not be had, and why (the reason names the page, not the file)."""
+
+    page_number: int
+    reason: str
+
+
+class _PdfiumSource:
+    """An open PDFium document: page sizes, text layers and renderings, each raising CorruptFileError per page."""
+
+    name = PDFIUM
+
+    def __init__(self, path: Path, doc: pdfium.PdfDocument) -> None:
+        self.path, self.doc = path, doc
+        self.count = len(doc)
+
+    def info(self, number: int) -> PdfPageInfo:
+        try:
+            with quiet_native(f"{self.path}: page {number}", loggers=_PDFIUM_LOGGERS):
+                page = self.doc[number - 1]
+                try:
+                    width, height = page.get_size()
+                    textpage = page.get_textpage()
+                    try:
+                        text = normalize_text(textpage.get_text_range())
+                    finally:
+                        textpage.close()
+                finally:
+                    page.close()
+        except pdfium.PdfiumError as exc:
+            raise CorruptFileError(f"{self.path}: page {number}: cannot read the page: {exc}") from exc
+        return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
+
+    def render(self, number: int, dpi: float) -> Image.Image:
+        return render_pdfium_page(self.doc, self.path, number, dpi)
+
+
+class _PopplerSource:
+    """poppler's command-line tools on one file: pdfinfo (page count and sizes), pdftotext, pdftoppm."""
+
+    name = POPPLER
+
+    def __init__(self, path: Path, passwords: Sequence[str], timeout_s: int = POPPLER_TIMEOUT_S) -> None:
+        self.path, self.timeout_s = path, timeout_s
+        self.renderer = PopplerRenderer(timeout_s)
+        self.password, info = self._unlock(passwords)
+        self.count = int(info["Pages"])
+        if self.count < 1:
+            raise CorruptFileError(f"{path}: the PDF has no pages")
+        self._sizes: dict[int, tuple[float, float]] = {}
+        self._agrees: bool | None = None
+
+    def _unlock(self, passwords: Sequence[str]) -> tuple[str | None, dict[str, object]]:
+        for password in (None, *passwords):
+            try:
+                with poppler_errors_as_input_errors(self.path, None, self.timeout_s):
+                    return password, pdf2image.pdfinfo_from_path(
+                        str(self.path), userpw=password, timeout=self.timeout_s
+                    )
+            except EncryptedPdfError:
+                continue
+        raise password_error(self.path, len(passwords))
+
+    def numbers_pages_like(self, count: int) -> bool:
+        """Whether poppler's page N is PDFium's page N, for a document PDFium opened with `count` pages: the same
+        count, and a size for every page. Where the page tree is broken (a kid that is not a page, a loop), the two
+        readers number the pages differently, and poppler's page 3 may be PDFium's page 4: no fallback then."""
+        if self._agrees is None:
+            self._agrees = self.count == count
+            if self._agrees:
+                try:
+                    self._agrees = all(w > 0 and h > 0 for w, h in (self._size(n) for n in range(1, count + 1)))
+                except InputError:
+                    self._agrees = False
+            if not self._agrees:
+                log.info("%s: poppler reads its page tree differently from PDFium: no page falls back to it", self.path)
+        return self._agrees
+
+    def info(self, number: int) -> PdfPageInfo:
+        width, height = self._size(number)
+        return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=self._text(number))
+
+    def _size(self, number: int) -> tuple[float, float]:
+        """The page's size as displayed (after its rotation), from pdfinfo; pages are asked for in order, so one
+        call reads the sizes of the next hundred."""
+        if number not in self._sizes:
+            last = min(self.count, number + 99)
+            with poppler_errors_as_input_errors(self.path, number, self.timeout_s):
+                info = pdf2image.pdfinfo_from_path(
+                    str(self.path), userpw=self.password, timeout=self.timeout_s, first_page=number, last_page=last
+                )
+            self._sizes.update(_page_sizes(info))
+        if number not in self._sizes:
+            raise CorruptFileError(f"{self.path}: page {number}: poppler reports no size for the page")
+        return self._sizes[number]
+
+    def _text(self, number: int) -> str:
+        command = ["pdftotext", "-f", str(number), "-l", str(number), "-enc", "UTF-8"]
+        if self.password is not None:
+            command += ["-upw", self.password]
+        try:
+            done = subprocess.run(
+                [*command, str(self.path), "-"], capture_output=True, timeout=self.timeout_s, check=False
+            )
+        except FileNotFoundError as exc:
+            raise MissingToolError("poppler's pdftotext was not found (apt-get install poppler-utils)") from exc
+        except subprocess.TimeoutExpired:
+            log.debug("%s: page %d: pdftotext took longer than %d s; the page is OCR'd", self.path, number,
+                      self.timeout_s)
+            return ""
+        if done.returncode != 0:
+            log.debug("%s: page %d: pdftotext: %s", self.path, number, done.stderr.decode("utf-8", "replace"))
+            return ""  # no text layer then: OCR reads the rendered page
+        return normalize_text(done.stdout.decode("utf-8", "replace"))
+
+    def render(self, number: int, dpi: float) -> Image.Image:
+        return self.renderer.render(self.path, number, dpi, self.password)
+
+
+def _page_sizes(info: dict[str, object]) -> dict[int, tuple[float, float]]:
+    """Page number → (width, height) in points as displayed, from pdfinfo's "Page N size" and "Page N rot" lines
+    (pdf2image's dictionary holds each line's text after the first colon under the text before it)."""
+    sizes: dict[int, tuple[float, float]] = {}
+    turned: set[int] = set()
+    for key, value in info.items():
+        if not (match := _PAGE_KEY.fullmatch(key)):
+            continue
+        number, what = int(match[1]), match[2]
+        if what == "size" and (size := _SIZE.match(str(value))):
+            sizes[number] = (float(size[1]), float(size[2]))
+        elif what == "rot" and str(value).lstrip("-").isdigit() and int(str(value)) % 180 == 90:
+            turned.add(number)
+    return {number: (h, w) if number in turned else (w, h) for number, (w, h) in sizes.items()}
+
+
+def draw_pages(
+    path: Path,
+    *,
+    dpi: float,
+    max_pixels: int,
+    renderer: str = PDFIUM,
+    passwords: Sequence[str] = (),
+    page_numbers: Iterable[int] | None = None,
+) -> Iterator[DrawnPage | PageFailure]:
+    """Each page of the PDF at `path` (all, or `page_numbers`, 1-based) drawn at `dpi` (lowered to fit
+    `max_pixels`, see fit_dpi), or why it could not be. `renderer` draws first; the other one is the fallback.
+
+    Raises an InputError only for the document as a whole: neither PDFium nor poppler opens it, it needs a password
+    none of `passwords` gives, or a page number is out of range. A password never appears in a reason or the log."""
+    path = Path(path)
+    with ExitStack() as stack:
+        pdfium_source: _PdfiumSource | None = None
+        poppler: list[_PopplerSource | None] = []  # opened when first needed; [None]: poppler cannot read it
+
+        def poppler_source() -> _PopplerSource | None:
+            if not poppler:
+                try:
+                    poppler.append(_PopplerSource(path, passwords))
+                except MissingToolError as exc:
+                    log.info("%s: no fallback renderer: %s", path, exc)
+                    poppler.append(None)
+                except InputError as exc:
+                    log.debug("%s: poppler cannot read it either: %s", path, exc)
+                    poppler.append(None)
+            return poppler[0]
+
+        try:
+            doc, password = stack.enter_context(open_pdf_unlocked(path, passwords, forms=True))
+            pdfium_source = _PdfiumSource(path, doc)
+            # poppler, if it is needed, opens with the password PDFium took (or none: an owner password only)
+            passwords = () if password is None else (password,)
+        except EncryptedPdfError:
+            raise  # poppler would ask for the same password
+        except CorruptFileError as refused:
+            # PDFium cannot open it: poppler reads the whole document, or the file fails with both reasons.
+            try:
+                poppler.append(_PopplerSource(path, passwords))
+            except MissingToolError:
+                raise refused from None
+            except InputError as also:
+                raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
+            log.info("%s: PDFium cannot open it (%s); reading it with poppler", path, _unnamed(refused, path))
+        count = pdfium_source.count if pdfium_source is not None else poppler[0].count  # type: ignore[union-attr]
+        for number in page_numbers if page_numbers is not None else range(1, count + 1):
+            if not 1 <= number <= count:
+                raise ValueError(f"{path}: page {number} is out of range 1..{count}")
+            yield _draw(path, number, dpi, max_pixels, pdfium_source, poppler_source, renderer)
+
+
+def _draw(
+    path: Path,
+    number: int,
+    dpi: float,
+    max_pixels: int,
+    pdfium_source: _PdfiumSource | None,
+    poppler_source: Callable[[], _PopplerSource | None],
+    renderer: str,
+) -> DrawnPage | PageFailure:
+    """One page: its size and text from PDFium, or from poppler where PDFium cannot load the page or reads no usable
+    size from it (a broken page tree: pdfium reports 0x0 where poppler finds the inherited box); then drawn by the
+    first renderer that can, the configured one first."""
+    reasons: list[str] = []
+    found: tuple[object, PdfPageInfo, float] | None = None
+    for source in (pdfium_source, poppler_source):
+        source = source() if callable(source) else source
+        if source is None or (source is not pdfium_source and pdfium_source is not None
+                              and not source.numbers_pages_like(pdfium_source.count)):
+            continue
+        try:
+            info = source.info(number)
+            found = (source, info, fit_dpi(info.width_pt, info.height_pt, dpi, max_pixels, where=f"page {number}"))
+            break
+        except TooLargeError as exc:  # the page's size was read, and it is absurd: so it is for every reader
+            return PageFailure(number, _unnamed(exc, path))
+        except InputError as exc:  # the page cannot be loaded, or reads as having no area
+            reason = _unnamed(exc, path)
+            reasons.append(reason if not reasons else f"{source.name}: {reason}")
+    if found is None:
+        return PageFailure(number, _joined(reasons) or f"page {number}: cannot read the page")
+    sized_by, info, fitted = found
+    if sized_by is pdfium_source:
+        order = [pdfium_source, poppler_source] if renderer == PDFIUM else [poppler_source, pdfium_source]
+    else:
+        order = [poppler_source]  # PDFium's own reading of this page is unusable: so would its drawing be
+    reasons = []
+    for candidate in order:
+        source = candidate() if callable(candidate) else candidate
+        if source is None:
+            continue
+        try:
+            image = _checked(source.render(number, fitted), info, fitted)
+        except InputError as exc:
+            reasons.append(f"{source.name}: {_unnamed(exc, path)}")
+            continue
+        if reasons or sized_by is not pdfium_source:
+            log.info("%s: page %d drawn by %s (%s)", path, number, source.name, _joined(reasons) or "PDFium read no size")
+        return DrawnPage(number, image, info.text, source.name)
+    return PageFailure(number, f"page {number}: no renderer could draw it: " + _joined(reasons))
+
+
+def _checked(image: Image.Image, info: PdfPageInfo, dpi: float) -> Image.Image:
+    """`image`, if its size is the page's at `dpi`: pdftoppm answers a page it cannot draw with a 1x1 blank."""
+    expected = (math.ceil(info.width_pt * dpi / POINTS_PER_INCH), math.ceil(info.height_pt * dpi / POINTS_PER_INCH))
+    if any(abs(got - want) > max(2, want // 50) for got, want in zip(image.size, expected, strict=True)):
+        raise CorruptFileError(
+                f"page {info.page_number}: drew {image.width}x{image.height} pixels for a page of "
+                f"{expected[0]}x{expected[1]}"
+            )
+    return image
+
+
+def _joined(reasons: list[str]) -> str:
+    """Reasons in order, each once (both renderers often refuse a page for the same reason)."""
+    unique: list[str] = []
+    for reason in reasons:
+        bare = reason.split(": ", 1)[1] if reason.startswith((f"{PDFIUM}: ", f"{POPPLER}: ")) else reason
+        if not any(bare in seen for seen in unique):
+            unique.append(reason)
+    return "; ".join(unique)
+
+
+def _unnamed(exc: BaseException, path: Path) -> str:
+    """An error's message without the file's path in front (a page's reason is stored with its document)."""
+    message = str(exc)
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def count_pdf_pages(path: Path, passwords: Sequence[str] = ()) -> int:
+    """How many pages draw_pages can be asked for: PDFium's count, or poppler's when PDFium cannot open the file."""
+    path = Path(path)
+    try:
+        with open_pdf_unlocked(path, passwords) as (doc, _):
+            return len(doc)
+    except EncryptedPdfError:
+        raise
+    except CorruptFileError as refused:
+        try:
+            return _PopplerSource(path, passwords).count
+        except MissingToolError:
+            raise refused from None
+        except InputError as also:
+            raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
