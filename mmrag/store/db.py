@@ -82,7 +82,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` with Alembic (the only place tables are created)."""
     from alembic import command
 
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
@@ -90,5 +90,28 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     """Take the schema back to `revision` (tests; a rollback by hand)."""
     from alembic import command
 
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction for Alembic. On SQLite, with foreign keys off meanwhile: a batch migration
+    rebuilds a table (copy, drop, rename), and dropping a table that others reference ON DELETE CASCADE would
+    delete their rows with it (a collection's documents, a page's vectors' records). The keys are checked after."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:  # outside any transaction: SQLite ignores the pragma inside one
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # ends SQLAlchemy's autobegun transaction; pysqlite sent no BEGIN for a pragma
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left {len(broken)} rows that break a foreign key")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
