@@ -90,7 +90,11 @@ class _IndexSizes:
                                     labels=["collection", "retriever"])  # fmt: skip
         for (collection, retriever), n in sorted(sizes.vectors.items()):
             vectors.add_metric([collection, retriever], n)
-        yield from (documents, pages, vectors)
+        failed_pages = GaugeMetricFamily("mmrag_index_failed_pages", "Pages documents could not have, by collection",
+                                         labels=["collection"])  # fmt: skip
+        for collection, n in sorted(sizes.failed_pages.items()):
+            failed_pages.add_metric([collection], n)
+        yield from (documents, pages, vectors, failed_pages)
 
 
 class RequestTimer:

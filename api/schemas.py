@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from mmrag.documents import DocumentInfo, PageHit, PageInfo
+from mmrag.documents import DocumentInfo, DocumentPages, FailedPage, PageHit
 from mmrag.errors import ConfigError
 from mmrag.jobs import JobStatus
 from mmrag.retrievers import RETRIEVERS
@@ -46,6 +46,8 @@ NonBlank = Annotated[str, StringConstraints(min_length=1, max_length=2000), Afte
 CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean)]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+# An encrypted PDF's password: never echoed (a 422 names the field and the rule it breaks, not the value)
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_clean)]
 
 
 class _RetrieverName:
@@ -222,12 +224,26 @@ class PageOut(BaseModel):
     width: int
     height: int
     text_source: str
+    renderer: str | None = Field(
+        description="what drew a PDF page: pypdfium2, or pdf2image (poppler) where PDFium could not; null for an "
+        "image and for pages indexed before renderers were recorded"
+    )
     image_url: str | None
     thumbnail_url: str | None
 
 
+class FailedPageOut(BaseModel):
+    page_number: int = Field(description="1-based")
+    reason: str
+
+
 class DocumentDetail(DocumentOut):
     pages: list[PageOut]
+    failed_pages: list[FailedPageOut] = Field(
+        description="pages that could not be had (neither renderer drew them, or their size is absurd); the other "
+        "pages are indexed, and page_count counts both"
+    )
+    renderers: dict[str, int] = Field(description="renderer → how many of the pages it drew")
 
 
 class DocumentList(BaseModel):
@@ -285,13 +301,19 @@ class JobItemOut(BaseModel):
     pages: int
     error: str | None
     attempts: int = Field(description="runs of the job that took this file up (a resumed job counts again)")
+    failed_pages: list[FailedPageOut] = Field(
+        description="the pages its document could not have (the others are indexed)"
+    )
 
 
 class JobOut(BaseModel):
     id: int
     collection: str
     state: str = Field(description="pending | running | done | failed")
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(
+        description="files per state (pending, indexed, unchanged, duplicate, failed), `pages` indexed, and "
+        "`failed_pages`: pages the documents it indexed could not have"
+    )
     failures: list[JobFailure]
     retrievers_on: list[str]
     retrievers_off: dict[str, str]
@@ -395,9 +417,9 @@ def document(info: DocumentInfo) -> DocumentOut:
     return DocumentOut(**_fields(info))
 
 
-def document_detail(info: DocumentInfo, pages: list[PageInfo], urls: Urls) -> DocumentDetail:
+def document_detail(found: DocumentPages, urls: Urls) -> DocumentDetail:
     return DocumentDetail(
-        **_fields(info),
+        **_fields(found.document),
         pages=[
             PageOut(
                 id=p.id,
@@ -405,12 +427,19 @@ def document_detail(info: DocumentInfo, pages: list[PageInfo], urls: Urls) -> Do
                 width=p.width,
                 height=p.height,
                 text_source=p.text_source,
+                renderer=p.renderer,
                 image_url=urls.page_image(p.id) if p.has_image else None,
                 thumbnail_url=urls.thumbnail(p.id) if p.has_image else None,
             )
-            for p in pages
+            for p in found.pages
         ],
+        failed_pages=failed_pages_out(found.failed_pages),
+        renderers=found.renderers,
     )
+
+
+def failed_pages_out(pages: list[FailedPage]) -> list[FailedPageOut]:
+    return [FailedPageOut(page_number=p.page_number, reason=p.reason) for p in pages]
 
 
 def _fields(info: DocumentInfo) -> dict[str, Any]:
@@ -430,7 +459,9 @@ def job(status: JobStatus) -> JobOut:
         created_at=status.created_at,
         started_at=status.started_at,
         finished_at=status.finished_at,
-        items=[JobItemOut(**vars(item)) for item in status.items],
+        items=[
+            JobItemOut(**{**vars(item), "failed_pages": failed_pages_out(item.failed_pages)}) for item in status.items
+        ],
         items_total=status.items_total,
     )
 

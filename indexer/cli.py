@@ -16,9 +16,16 @@ from mmrag import Settings
 from indexer.eval_command import eval_command
 from mmrag import RETRIEVERS, MmragError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG: index images and PDFs, search them.")
+# No local variables in tracebacks, whatever Typer's default: a frame that opened a PDF may hold its password.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Multimodal RAG: index images and PDFs, search them.",
+)
 console = Console()
 err_console = Console(stderr=True)
+SHOWN = 20  # failed files and failed pages listed in a summary; the rest are counted ("and N more")
 
 ProfileOption = Annotated[
     Optional[str],
@@ -70,10 +77,34 @@ def index(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to index (walked recursively).")],
     collection: CollectionOption = "default",
     profile: ProfileOption = None,
+    password_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--password-file",
+            help="Passwords for encrypted PDFs: one rule a line, PATTERN PASSWORD (a pattern without / matches the "
+            "file name, one with / the absolute path; every matching rule is tried in order; # starts a comment). "
+            "The passwords are never printed, logged or stored.",
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Load again the files that failed before. Without it a failed file is tried again only when it "
+            "changed, or when mmrag's ingestion (its code or a PDF or image decoder) did since it failed.",
+        ),
+    ] = False,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
-    from mmrag import run_index, start_worker_server
+    from mmrag import ConfigError, run_index, start_worker_server
+    from mmrag.ingest.passwords import PasswordBook
 
+    passwords = None
+    if password_file is not None:
+        try:  # before any work: a bad file stops here
+            passwords = PasswordBook.read(password_file)
+        except ConfigError as exc:  # its message names the file and the line, never a line's text
+            raise typer.BadParameter(str(exc), param_hint="--password-file") from None
     services = _services(profile)
     start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
     try:
@@ -87,7 +118,11 @@ def index(
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=err_console, transient=False) as bar:
-            report = run_index(services, paths, collection=collection, progress=_RichProgress(bar))
+            report = run_index(
+                services, paths, collection=collection, progress=_RichProgress(bar), passwords=passwords,
+                retry_failed=retry_failed,
+            )
+        failed_pages = _job_failed_pages(services, report.job_id) if report.counts["failed_pages"] else []
     finally:
         services.close()
     if report.meaningless:
@@ -97,13 +132,13 @@ def index(
     if any(report.recovered.values()):
         console.print(f"recovered after an interrupted run: {report.recovered}")
     table = Table(title=f"job {report.job_id} · collection {report.collection!r}")
-    for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "seconds", "pages/s"):
+    for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "failed pages", "seconds", "pages/s"):
         table.add_column(column, justify="right")
     c = report.counts
     # Files and pages over the whole job (a resumed job's earlier runs included); time and rate are this run's.
     table.add_row(
         str(c["indexed"]), str(c["unchanged"]), str(c["duplicate"]), str(c["failed"]), str(c["pages"]),
-        f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
+        str(c["failed_pages"]), f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
     )
     console.print(table)
     if report.resumed and report.pages_indexed != c["pages"]:
@@ -112,42 +147,77 @@ def index(
     console.print(f"retrievers on: {', '.join(report.retrievers_on) or 'none'}")
     for name, reason in report.retrievers_off.items():
         console.print(f"retriever off: {name}: {reason}", style="yellow")
-    if report.failures:
-        failures = Table(title="failed files")
-        failures.add_column("path", overflow="fold")
-        failures.add_column("reason")
-        for path, reason in report.failures:
-            failures.add_row(path, reason.removeprefix(f"{path}: "))
-        console.print(failures)
+    _print_failures(report.failures[:SHOWN], c["failed"])
+    _print_failed_pages(failed_pages, c["failed_pages"])
+
+
+def _job_failed_pages(services, job_id: int) -> list[tuple[str, int, str]]:  # noqa: ANN001 - Services, lazily
+    from mmrag import job_status
+
+    return job_status(services, job_id, None, items_limit=0, failures_limit=0, failed_pages_limit=SHOWN).failed_pages
+
+
+def _print_failures(failures: list[tuple[str, str]], total: int) -> None:
+    """The first failed files (path, reason) of `total`."""
+    if not failures:
+        return
+    table = Table(title=f"failed files ({total})")
+    table.add_column("path", overflow="fold")
+    table.add_column("reason")
+    for path, reason in failures:
+        table.add_row(path, reason.removeprefix(f"{path}: "))
+    console.print(table)
+    if total > len(failures):
+        console.print(f"and {total - len(failures)} more failed files")
+
+
+def _print_failed_pages(failed_pages: list[tuple[str, int, str]], total: int) -> None:
+    """The first pages (path, page number, reason) of `total` that indexed documents could not have."""
+    if not failed_pages:
+        return
+    table = Table(title=f"failed pages ({total}): the documents' other pages are indexed")
+    table.add_column("path", overflow="fold")
+    table.add_column("page", justify="right")
+    table.add_column("reason")
+    for path, page_number, reason in failed_pages:
+        table.add_row(path, str(page_number), reason.removeprefix(f"page {page_number}: "))
+    console.print(table)
+    if total > len(failed_pages):
+        console.print(f"and {total - len(failed_pages)} more failed pages")
 
 
 @app.command()
 def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
-    """Show a job's state, counts and failures, and the size of each collection."""
+    """Show a job's state, counts, failed files and failed pages, and the size of each collection."""
     from mmrag import collection_names, index_sizes, job_status, latest_job_status
 
     services = _services()
     try:
-        found = job_status(services, job, None, items_limit=0) if job is not None else latest_job_status(services)
+        limits = {"items_limit": 0, "failures_limit": SHOWN, "failed_pages_limit": SHOWN}
+        found = job_status(services, job, None, **limits) if job is not None else latest_job_status(services, **limits)
         if found is not None:
             finished = found.finished_at or "-"
             console.print(f"job {found.id}: {found.state} · started {found.started_at} · finished {finished}")
-            console.print("  " + " · ".join(f"{k} {v}" for k, v in found.counts.items() if k != "pending" or v))
+            console.print("  " + " · ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in found.counts.items() if k != "pending" or v
+            ))
             console.print(f"  retrievers on: {', '.join(found.retrievers_on) or 'none'}")
             for name, reason in found.retrievers_off.items():
                 console.print(f"  retriever off: {name}: {reason}", style="yellow")
-            for path, reason in found.failures:
-                console.print(f"  failed: {path}: {reason}", style="red")
+            if found.error:
+                console.print(f"  error: {found.error}", style="red")
+            _print_failures(found.failures, found.counts["failed"])
+            _print_failed_pages(found.failed_pages, found.counts["failed_pages"])
         else:
             console.print("no jobs yet")
         table = Table(title="collections")
-        for column in ("collection", "indexed", "failed", "deleted", "pages"):
+        for column in ("collection", "indexed", "failed", "deleted", "pages", "failed pages"):
             table.add_column(column, justify="right")
         sizes = index_sizes(services)
         for name in collection_names(services):
             table.add_row(
                 name, *(str(sizes.documents.get((name, status), 0)) for status in ("indexed", "failed", "deleted")),
-                str(sizes.pages.get(name, 0)),
+                str(sizes.pages.get(name, 0)), str(sizes.failed_pages.get(name, 0)),
             )
         console.print(table)
     finally:

@@ -14,7 +14,7 @@ import re
 import tempfile
 from collections.abc import Collection as Names
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,12 +34,14 @@ from mmrag.errors import (
 from mmrag.indexing import delete_documents
 from mmrag.ingest import load_image, page_count, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
+from mmrag.ingest.passwords import PasswordBook, glob_escape
 from mmrag.retrieval import search
 from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
 from mmrag.store.models import Document
+from mmrag.store.repository import FailedPage
 from mmrag.types import DocumentKind, DocumentStatus, SearchFilters, SearchResult
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,26 @@ class PageInfo:
     height: int
     text_source: str
     has_image: bool
+    renderer: str | None = None  # what drew a PDF page: pypdfium2 | pdf2image (None: an image, or not recorded)
+
+
+@dataclass(frozen=True)
+class DocumentPages:
+    """A document as GET /v1/documents/{id} shows it: its pages, and the pages it could not have (its other pages
+    are indexed; Document.page_count counts both)."""
+
+    document: DocumentInfo
+    pages: list[PageInfo]
+    failed_pages: list[FailedPage]
+
+    @property
+    def renderers(self) -> dict[str, int]:
+        """Renderer → how many of the pages it drew (pages without a recorded renderer left out)."""
+        counts: dict[str, int] = {}
+        for page in self.pages:
+            if page.renderer is not None:
+                counts[page.renderer] = counts.get(page.renderer, 0) + 1
+        return counts
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,7 @@ class IndexSizes:
     documents: dict[tuple[str, str], int]  # (collection, status) → documents
     pages: dict[str, int]  # collection → pages
     vectors: dict[tuple[str, str], int]  # (collection, retriever) → pages with vectors
+    failed_pages: dict[str, int] = field(default_factory=dict)  # collection → pages its documents could not have
 
 
 # --- collections ---------------------------------------------------------------------------------------------
@@ -152,17 +175,18 @@ def list_documents(
     return DocumentListing(items=items, total=total)
 
 
-def get_document(
-    services: Services, document_id: int, collections: Names[str] | None
-) -> tuple[DocumentInfo, list[PageInfo]]:
+def get_document(services: Services, document_id: int, collections: Names[str] | None) -> DocumentPages:
+    """One document with its pages and the pages it could not have."""
     with services.sessions() as session:
         document, collection = _visible_document(session, document_id, collections)
         paths = repository.paths_of_documents(session, [document.id])[document.id]
         pages = [
-            PageInfo(p.id, p.document_id, p.page_number, p.width, p.height, p.text_source, p.image_path is not None)
+            PageInfo(p.id, p.document_id, p.page_number, p.width, p.height, p.text_source, p.image_path is not None,
+                     p.renderer)
             for p in repository.pages_of_document(session, document.id)
         ]
-        return _info(document, collection, paths), pages
+        failed = repository.failed_pages_of_documents(session, [document.id])[document.id]
+        return DocumentPages(_info(document, collection, paths), pages, failed)
 
 
 def delete_document(services: Services, document_id: int, collections: Names[str] | None) -> None:
@@ -334,11 +358,20 @@ def _write_thumbnail(source: Path, target: Path, side: int) -> None:
 # --- uploads -------------------------------------------------------------------------------------------------
 
 
-def store_upload(services: Services, source: BinaryIO, *, name: str, max_bytes: int, max_pixels: int) -> StoredUpload:
+def store_upload(
+    services: Services,
+    source: BinaryIO,
+    *,
+    name: str,
+    max_bytes: int,
+    max_pixels: int,
+    password: str | None = None,
+) -> StoredUpload:
     """Copy uploaded bytes into the data dir as uploads/<sha256[:2]>/<sha256>.<type>, checking them on the way.
 
     The bytes decide everything: the type is sniffed from them (the client's name and content type are ignored),
-    an image's header must claim at most `max_pixels`, a PDF must open. The client's name only labels messages.
+    an image's header must claim at most `max_pixels`, a PDF must open (an encrypted one with `password`, which is
+    only tried here: see upload_passwords for the job's). The client's name only labels messages.
     """
     label = _label(name)
     incoming = services.data_dir / "uploads" / "incoming"
@@ -363,7 +396,9 @@ def store_upload(services: Services, source: BinaryIO, *, name: str, max_bytes: 
             if kind == DocumentKind.IMAGE:
                 _check_pixels(tmp, label, max_pixels)
             else:
-                page_count(tmp)  # raises for a broken or encrypted PDF now, not later in the job
+                # raises for a broken PDF, or an encrypted one `password` does not open, now, not later in the job
+                # (the message never holds a password)
+                page_count(tmp, (password,) if password else ())
         except InputError as exc:
             raise type(exc)(str(exc).replace(str(tmp), label)) from None
         sha256 = digest.hexdigest()
@@ -376,6 +411,15 @@ def store_upload(services: Services, source: BinaryIO, *, name: str, max_bytes: 
         return StoredUpload(target.resolve(), sha256, size, kind.value, mime, label)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def upload_passwords(stored: Sequence[StoredUpload], password: str | None) -> PasswordBook | None:
+    """The password an upload came with, for the job that indexes its PDFs (None without one). Held in memory only:
+    a job queued when the process stops runs later without it, and an encrypted file then fails as needing one."""
+    if not password:
+        return None
+    pdfs = [upload for upload in stored if upload.kind == DocumentKind.PDF]
+    return PasswordBook([(glob_escape(str(upload.path)), password) for upload in pdfs]) or None
 
 
 def _label(name: str) -> str:
@@ -403,4 +447,5 @@ def _check_pixels(path: Path, label: str, max_pixels: int) -> None:
 def index_sizes(services: Services) -> IndexSizes:
     with services.sessions() as session:
         documents, pages, vectors = repository.collection_sizes(session)
-    return IndexSizes(documents, pages, vectors)
+        failed_pages = repository.collection_failed_pages(session)
+    return IndexSizes(documents, pages, vectors, failed_pages)

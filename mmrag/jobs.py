@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Container, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.ingest import discover
+from mmrag.ingest.passwords import PasswordBook
 from mmrag.indexing import JobReport, JobSummary, run_index
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.store.db import transaction
 from mmrag.store.models import Job, JobItem
+from mmrag.store.repository import FailedPage
 from mmrag.types import ItemState, JobState
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,14 @@ class JobItemInfo:
     pages: int
     error: str | None
     attempts: int  # runs that took the file up (a resumed job's second run counts again)
+    failed_pages: list[FailedPage] = field(default_factory=list)  # the pages its document could not have
 
 
 @dataclass(frozen=True)
 class JobStatus(JobSummary):
-    """A job as a client polling it sees it: the summary a report gives, its state and times, a page of items."""
+    """A job as a client polling it sees it: the summary a report gives, its state and times, a page of items,
+    and the pages it could not have in the documents it indexed (path, page number, reason): the first ones of
+    counts["failed_pages"]."""
 
     state: str
     error: str | None
@@ -53,6 +58,7 @@ class JobStatus(JobSummary):
     finished_at: datetime | None
     items: list[JobItemInfo]
     items_total: int
+    failed_pages: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def id(self) -> int:
@@ -76,12 +82,13 @@ def run_job(
     *,
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
     confine_to: Path | None = None,
+    passwords: PasswordBook | None = None,
 ) -> JobReport:
     """Run a job made by create_job; `metadata` (path → fields) is merged into the documents those paths became.
 
     With `confine_to`, a file whose real path is outside that folder (reached through a symlink in the tree, which
-    discover follows) fails with a reason instead of being read. Any error fails the job with its message, so a
-    client polling the job sees why.
+    discover follows) fails with a reason instead of being read. `passwords` open encrypted PDFs (run_index's; held
+    in memory only). Any error fails the job with its message, so a client polling the job sees why.
     """
     try:
         with services.sessions() as session:
@@ -101,7 +108,7 @@ def run_job(
                 repository.set_items(
                     session, items, state=ItemState.FAILED, error="a symbolic link leads outside the job root"
                 )
-        report = run_index(services, [Path(r) for r in roots], collection=collection)
+        report = run_index(services, [Path(r) for r in roots], collection=collection, passwords=passwords)
         if metadata:
             _apply_metadata(services, job_id, metadata)
         return report
@@ -132,8 +139,11 @@ def job_status(
     *,
     items_limit: int = 100,
     items_offset: int = 0,
+    failures_limit: int | None = None,
+    failed_pages_limit: int = 20,
 ) -> JobStatus:
-    """A job's state, counts, failures and one page of its items; a job of a collection not in `collections` is
+    """A job's state, counts, failures (the first `failures_limit`; all without one), its first
+    `failed_pages_limit` failed pages and one page of its items; a job of a collection not in `collections` is
     reported as not found."""
     with services.sessions() as session:
         job = session.get(Job, job_id)
@@ -142,36 +152,51 @@ def job_status(
             collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
         if job is None or (collections is not None and collection not in collections):
             raise NotFoundError(f"job {job_id} does not exist")
-        return _status(session, job, collection, items_limit, items_offset)
+        return _status(session, job, collection, items_limit, items_offset, failures_limit, failed_pages_limit)
 
 
-def latest_job_status(services: Services, *, items_limit: int = 0) -> JobStatus | None:
-    """The status of the job created last, in any collection; None before the first."""
+def latest_job_status(
+    services: Services, *, items_limit: int = 0, failures_limit: int | None = None, failed_pages_limit: int = 20
+) -> JobStatus | None:
+    """The status of the job created last, in any collection; None before the first (limits: see job_status)."""
     with services.sessions() as session:
         job = repository.latest_job(session)
         if job is None:
             return None
         collection = repository.collection_names(session, [job.collection_id])[job.collection_id]
-        return _status(session, job, collection, items_limit, 0)
+        return _status(session, job, collection, items_limit, 0, failures_limit, failed_pages_limit)
 
 
-def _status(session: Session, job: Job, collection: str, items_limit: int, items_offset: int) -> JobStatus:
+def _status(
+    session: Session,
+    job: Job,
+    collection: str,
+    items_limit: int,
+    items_offset: int,
+    failures_limit: int | None,
+    failed_pages_limit: int,
+) -> JobStatus:
     items, total = repository.job_items(session, job.id, limit=items_limit, offset=items_offset)
+    failed_pages = repository.failed_pages_of_documents(session, [d for _, d in items if d is not None])
     retrievers = job.retrievers or {}
     return JobStatus(
         job_id=job.id,
         collection=collection,
         state=job.state,
         counts=repository.job_counts(session, job.id),
-        failures=repository.job_failures(session, job.id),
+        failures=repository.job_failures(session, job.id, limit=failures_limit),
         retrievers_on=list(retrievers.get("on", [])),
         retrievers_off=dict(retrievers.get("off") or {}),
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        items=[JobItemInfo(i.path, i.state, document_id, i.pages, i.error, i.attempts) for i, document_id in items],
+        items=[
+            JobItemInfo(i.path, i.state, document_id, i.pages, i.error, i.attempts, failed_pages.get(document_id, []))
+            for i, document_id in items
+        ],
         items_total=total,
+        failed_pages=repository.job_failed_pages(session, job.id, limit=failed_pages_limit),
     )
 
 
@@ -191,12 +216,17 @@ class JobRunner:
         *,
         metadata: Mapping[str, Mapping[str, Any]] | None = None,
         confine_to: Path | None = None,
+        passwords: PasswordBook | None = None,
     ) -> int:
+        """The job that indexes `paths` into `collection`, queued to run; `passwords` (an upload's: see
+        mmrag.documents.upload_passwords) stay in memory with the queued run, never in SQL."""
         job_id = create_job(self.services, paths, collection)
         with self._lock:
-            if job_id not in self._queued:  # the same paths submitted again while queued: one run does both
+            # The same paths submitted again while queued: one run does both. It has the passwords the files need,
+            # whichever were given: an upload's password is checked against its files before they are submitted.
+            if job_id not in self._queued:
                 future = self._executor.submit(
-                    run_job, self.services, job_id, metadata=metadata, confine_to=confine_to
+                    run_job, self.services, job_id, metadata=metadata, confine_to=confine_to, passwords=passwords
                 )
                 self._queued[job_id] = future
                 future.add_done_callback(lambda _, job_id=job_id: self._forget(job_id))

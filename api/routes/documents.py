@@ -82,7 +82,7 @@ def _filters(
     "/documents/{document_id}",
     response_model=schemas.DocumentDetail,
     responses=schemas.error_responses(401, 404, 422),
-    summary="One document, with its pages",
+    summary="One document, with its pages and the pages it could not have",
 )
 def get_document(
     document_id: DocumentId,
@@ -90,8 +90,7 @@ def get_document(
     services: Services = Depends(get_services),
     urls: schemas.Urls = Depends(get_urls),
 ) -> schemas.DocumentDetail:
-    info, pages = documents.get_document(services, document_id, caller.scope())
-    return schemas.document_detail(info, pages, urls)
+    return schemas.document_detail(documents.get_document(services, document_id, caller.scope()), urls)
 
 
 @router.delete(
@@ -122,6 +121,14 @@ def upload_documents(
     metadata: Annotated[
         schemas.Text | None, Form(description="a JSON object of string fields set on every uploaded document")
     ] = None,
+    password: Annotated[
+        schemas.Password | None,
+        Form(
+            description="opens the uploaded PDFs that are encrypted (422 when it does not); kept in memory for the "
+            "job only, never stored or logged",
+            json_schema_extra={"format": "password", "writeOnly": True},
+        ),
+    ] = None,
     caller: Principal = Depends(principal),
     services: Services = Depends(get_services),
     settings: Settings = Depends(get_settings),
@@ -139,11 +146,13 @@ def upload_documents(
             name=upload.filename or "upload",
             max_bytes=settings.api.max_upload_bytes,
             max_pixels=settings.api.max_upload_pixels,
+            password=password,
         )
         for upload in files
     ]
     per_path = {str(s.path): {**fields, "filename": s.name} for s in stored}
-    job_id = jobs.submit([s.path for s in stored], collection, metadata=per_path)
+    passwords = documents.upload_passwords(stored, password)
+    job_id = jobs.submit([s.path for s in stored], collection, metadata=per_path, passwords=passwords)
     return schemas.UploadAccepted(
         job_id=job_id,
         collection=collection,

@@ -314,11 +314,12 @@ def pending_items(session: Session, job_id: int) -> list[tuple[int, str]]:
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
-    """Files per item state and pages indexed: kept on the row of a done job (settle_job), counted from the items
-    of any other."""
+    """Files per item state, pages indexed and pages that could not be had (`failed_pages`, see job_failed_pages):
+    kept on the row of a done job (settle_job), counted from the items of any other."""
     job = session.get(Job, job_id)
     if job is not None and job.counts is not None:
-        return {state.value: 0 for state in ItemState} | {"pages": 0} | job.counts
+        # a job settled before pages could fail has no failed_pages count: it had none
+        return {state.value: 0 for state in ItemState} | {"pages": 0, "failed_pages": 0} | job.counts
     return _counted_items(session, job_id)
 
 
@@ -334,16 +335,65 @@ def _counted_items(session: Session, job_id: int) -> dict[str, int]:
         counts[state] = n
         pages += int(n_pages)
     counts["pages"] = pages
+    counts["failed_pages"] = session.scalar(_job_failed_pages(job_id, func.count())) or 0
     return counts
 
 
-def job_failures(session: Session, job_id: int) -> list[tuple[str, str]]:
+def job_failures(session: Session, job_id: int, *, limit: int | None = None) -> list[tuple[str, str]]:
+    """(path, reason) of the job's failed files by path; the first `limit` of them with a limit (counts["failed"]
+    says how many there are in all)."""
     rows = session.execute(
         select(JobItem.path, JobItem.error)
         .where(JobItem.job_id == job_id, JobItem.state == ItemState.FAILED)
         .order_by(JobItem.path)
+        .limit(limit)
     )
     return [(path, error or "") for path, error in rows]
+
+
+@dataclass(frozen=True)
+class FailedPage:
+    """A page of a document that could not be had (a PageFailure): its number, 1-based, and why."""
+
+    page_number: int
+    reason: str
+
+
+def _job_failed_pages(job_id: int, *columns: Any) -> Select[Any]:
+    # The documents this job indexed (an indexed item records its document): a duplicate's or an unchanged file's
+    # failed pages were counted by the job that indexed its document.
+    return (
+        select(*columns)
+        .select_from(JobItem)
+        .join(PageFailure, PageFailure.document_id == JobItem.document_id)
+        .where(JobItem.job_id == job_id, JobItem.state == ItemState.INDEXED)
+    )
+
+
+def job_failed_pages(session: Session, job_id: int, *, limit: int | None = None) -> list[tuple[str, int, str]]:
+    """(path, page number, reason) of the pages the job could not have in the documents it indexed (their other
+    pages are indexed), by path and page; the first `limit` with a limit (counts["failed_pages"] says how many)."""
+    rows = session.execute(
+        _job_failed_pages(job_id, JobItem.path, PageFailure.page_number, PageFailure.reason)
+        .order_by(JobItem.path, PageFailure.page_number)
+        .limit(limit)
+    )
+    return [(path, page_number, reason) for path, page_number, reason in rows]
+
+
+def failed_pages_of_documents(session: Session, document_ids: Iterable[int]) -> dict[int, list[FailedPage]]:
+    """Document id → the pages it could not have, by page number (an empty list for a document that has none)."""
+    ids = sorted(set(document_ids))
+    result: dict[int, list[FailedPage]] = {document_id: [] for document_id in ids}
+    for chunk in _in_lists(ids):
+        rows = session.execute(
+            select(PageFailure.document_id, PageFailure.page_number, PageFailure.reason)
+            .where(PageFailure.document_id.in_(chunk))
+            .order_by(PageFailure.document_id, PageFailure.page_number)
+        )
+        for document_id, page_number, reason in rows:
+            result[document_id].append(FailedPage(page_number, reason))
+    return result
 
 
 def set_items(session: Session, item_ids: Iterable[int], **values: Any) -> None:
@@ -501,3 +551,16 @@ def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict
         )
     }
     return documents, pages, vectors
+
+
+def collection_failed_pages(session: Session) -> dict[str, int]:
+    """Collection → pages its documents could not have (PageFailure rows; a deleted document keeps none)."""
+    return {
+        name: n
+        for name, n in session.execute(
+            select(Collection.name, func.count(PageFailure.id))
+            .join(Document, Document.collection_id == Collection.id)
+            .join(PageFailure, PageFailure.document_id == Document.id)
+            .group_by(Collection.name)
+        )
+    }
