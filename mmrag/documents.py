@@ -32,7 +32,7 @@ from mmrag.errors import (
     UnsupportedTypeError,
 )
 from mmrag.indexing import delete_documents
-from mmrag.ingest import load_image, page_count, sniff_bytes
+from mmrag.ingest import count_pdf_pages, load_image, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
 from mmrag.ingest.passwords import PasswordBook, glob_escape
 from mmrag.retrieval import search
@@ -398,7 +398,7 @@ def store_upload(
             else:
                 # raises for a broken PDF, or an encrypted one `password` does not open, now, not later in the job
                 # (the message never holds a password)
-                page_count(tmp, (password,) if password else ())
+                count_pdf_pages(tmp, (password,) if password else ())
         except InputError as exc:
             raise type(exc)(str(exc).replace(str(tmp), label)) from None
         sha256 = digest.hexdigest()

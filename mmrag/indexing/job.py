@@ -26,7 +26,7 @@ from mmrag.indexing.loading import (
     files_per_task,
     merge_ranges,
 )
-from mmrag.indexing.planning import DECIDE_CHUNK_FILES, Decision, decide_planned, plan_chunk
+from mmrag.indexing.planning import DECIDE_CHUNK_FILES, Decision, Retry, decide_planned, plan_chunk
 from mmrag.indexing.writing import Batch, Committer, write_batch, write_pages
 from mmrag.ingest import ingest_version, shared
 from mmrag.ingest.passwords import PasswordBook
@@ -119,7 +119,7 @@ class IndexJob:
         self.loader = loader
         self.job_stages = job_stages
         self.passwords = passwords or PasswordBook()
-        self.retry_failed = retry_failed  # failed documents are loaded again whatever their ingest version
+        self.retry = Retry(failed=retry_failed, passwords=self.passwords)  # which failed documents load again
         specs = input_specs(embedders, settings, services.data_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
@@ -175,11 +175,11 @@ class IndexJob:
         hashing_threads = max(1, min(8, self.settings.ingest.workers))
         with ThreadPoolExecutor(hashing_threads, thread_name_prefix="mmrag-hash") as hasher:
             chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
-            plans = deque([plan_chunk(self.services, self.collection_id, chunks[0], hasher, retry_failed=self.retry_failed)] if chunks else [])
+            plans = deque([plan_chunk(self.services, self.collection_id, chunks[0], hasher, retry=self.retry)] if chunks else [])
             for index, chunk in enumerate(chunks):
                 if index + 1 < len(chunks):  # the next chunk hashes while this one's files go to the workers
                     plans.append(plan_chunk(
-                        self.services, self.collection_id, chunks[index + 1], hasher, retry_failed=self.retry_failed
+                        self.services, self.collection_id, chunks[index + 1], hasher, retry=self.retry
                     ))
                 decisions = decide_planned(self.services, self.collection_id, plans.popleft())
                 per_task = files_per_task(sum(d.state is None for d in decisions.values()), self.loader.workers)

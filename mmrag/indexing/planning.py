@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from mmrag.digest import sha256_of
 from mmrag.ingest import ingest_version
+from mmrag.ingest.passwords import PasswordBook
+from mmrag.ingest.pdf import NEEDS_PASSWORD
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
@@ -22,6 +24,25 @@ from mmrag.types import DocumentStatus, ItemState
 FINAL_STATES = (ItemState.UNCHANGED, ItemState.DUPLICATE, ItemState.FAILED)  # job item states decided before loading
 DECIDE_CHUNK_FILES = 256  # job items decided (stat, SQL, hash) per transaction
 HASH_FILES_PER_TASK = 32  # a chunk of 256 files is one task per hashing thread
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Which failed documents a job loads again. Always those that failed under another ingestion than this one
+    (an older mmrag or decoder, or before versions were kept: mmrag.ingest.ingest_version); those that failed for
+    want of a password when the job has passwords for their path; and with `failed`, every one."""
+
+    failed: bool = False
+    passwords: PasswordBook | None = None
+
+    def settled(self, document: Any, path: str) -> bool:
+        """Whether the job is done with `document` (a row or a Document) seen at `path`."""
+        if document.status == DocumentStatus.INDEXED:
+            return True
+        if document.status != DocumentStatus.FAILED or self.failed or document.ingest_version != ingest_version():
+            return False
+        wants_password = NEEDS_PASSWORD in (document.error or "")
+        return not (wants_password and self.passwords and self.passwords.for_path(path))
 
 
 @dataclass(frozen=True)
@@ -48,18 +69,7 @@ class Plan:
     documents: dict[int, Any]  # document id → (id, status, error, sha256) of the known paths' documents
     to_hash: list[int]
     hashing: list[Future[list[tuple[str | None, str | None]]]] = field(compare=False)
-    retry_failed: bool = False  # see settled
-
-
-def settled(document: Any, retry_failed: bool = False) -> bool:
-    """Whether a job is done with this document (a row or a Document): indexed, or failed under this very
-    ingestion. A document that failed under another (an older mmrag or decoder, or before versions were kept) is
-    loaded again, as is every failed one with `retry_failed`."""
-    if document.status == DocumentStatus.INDEXED:
-        return True
-    if document.status == DocumentStatus.FAILED:
-        return not retry_failed and document.ingest_version == ingest_version()
-    return False
+    retry: Retry = Retry()
 
 
 def _file_state(path: str) -> tuple[int, float] | None:
@@ -89,7 +99,7 @@ def plan_chunk(
     chunk: list[tuple[int, str]],
     hasher: ThreadPoolExecutor,
     *,
-    retry_failed: bool = False,
+    retry: Retry = Retry(),
 ) -> Plan:
     """Unchanged (same path, size and mtime as SQL knows) or vanished, for a chunk of items in one transaction; the
     other files' hashing starts. The job plans the next chunk before it decides this one, so the hashing threads
@@ -113,7 +123,7 @@ def plan_chunk(
             document = documents.get(seen.document_id) if seen is not None else None
             if (
                 seen is not None and seen.size_bytes == size and seen.mtime == mtime and document is not None
-                and settled(document, retry_failed)
+                and retry.settled(document, path)
             ):
                 decisions[item_id] = Decision(ItemState.UNCHANGED, document.id, error=document.error)
                 unchanged.append((item_id, seen.id, size, mtime))
@@ -125,7 +135,7 @@ def plan_chunk(
     paths = [states[i][0] for i in to_hash]
     hashing = [hasher.submit(_hash_files, paths[i : i + HASH_FILES_PER_TASK])
                for i in range(0, len(paths), HASH_FILES_PER_TASK)]
-    return Plan(decisions, states, known, documents, to_hash, hashing, retry_failed)
+    return Plan(decisions, states, known, documents, to_hash, hashing, retry)
 
 
 def _record_final(session: Session, decisions: dict[int, Decision], item_ids: list[int], now: datetime) -> None:
@@ -164,7 +174,7 @@ def _sort_hashed(
         holder = by_sha.get(sha) if sha is not None else None  # the document that already has these bytes
         if sha is None:
             decisions[item_id] = Decision(ItemState.FAILED, None, error=error)
-        elif document is not None and document.sha256 == sha and settled(document, plan.retry_failed):
+        elif document is not None and document.sha256 == sha and plan.retry.settled(document, path):
             # Touched, or copied over with the same bytes: unchanged, not a duplicate of itself (else a re-run after
             # copying a folder back would report every file as a duplicate, each in a transaction of its own).
             decisions[item_id] = Decision(ItemState.UNCHANGED, document.id, error=document.error)
@@ -172,7 +182,7 @@ def _sort_hashed(
         elif seen is None and (
             sha in claimed
             or (holder is not None and holder.status != DocumentStatus.DELETED
-                and (holder.status != DocumentStatus.FAILED or settled(holder, plan.retry_failed)))
+                and (holder.status != DocumentStatus.FAILED or plan.retry.settled(holder, path)))
         ):
             sorted_.copies.append((item_id, path, size, mtime, sha))  # one statement for all, not one each
         elif seen is None and holder is None:
@@ -202,10 +212,10 @@ def decide_planned(services: Services, collection_id: int, plan: Plan) -> dict[i
         )
         for item_id, _, size, _, sha in sorted_.fresh:
             decisions[item_id] = Decision(None, id_of_sha[sha], sha, size=size)
-        for item_id, _, _, _, sha in sorted_.copies:
+        for item_id, path, _, _, sha in sorted_.copies:
             original = by_sha.get(sha)
             document_id = id_of_sha[sha]
-            if original is not None and settled(original, plan.retry_failed):
+            if original is not None and plan.retry.settled(original, path):
                 decisions[item_id] = Decision(ItemState.DUPLICATE, document_id, sha, error=original.error)
             else:  # its original is being indexed in this job (pending), perhaps from this very chunk
                 decisions[item_id] = Decision(ItemState.PENDING, document_id, sha, waits_for=document_id)
@@ -214,17 +224,17 @@ def decide_planned(services: Services, collection_id: int, plan: Plan) -> dict[i
             [(id_of_sha[sha], path, size, mtime) for _, path, size, mtime, sha in sorted_.fresh + sorted_.copies], now,
         )
         for item_id, path, size, mtime, sha in sorted_.slow:
-            decisions[item_id] = decide(session, collection_id, path, size, mtime, sha, plan.retry_failed)
+            decisions[item_id] = decide(session, collection_id, path, size, mtime, sha, plan.retry)
         _record_final(session, decisions, plan.to_hash, now)
     return decisions
 
 
 def decide(
-    session: Session, collection_id: int, path: str, size: int, mtime: float, sha256: str, retry_failed: bool = False
+    session: Session, collection_id: int, path: str, size: int, mtime: float, sha256: str, retry: Retry = Retry()
 ) -> Decision:
     """One file whose bytes are known (by hash) but whose path or document needs a closer look."""
     document = repository.find_document_by_sha(session, collection_id, sha256)
-    if document is not None and settled(document, retry_failed):
+    if document is not None and retry.settled(document, path):
         removed = _attach_path(session, collection_id, document, path, size, mtime)
         return Decision(ItemState.DUPLICATE, document.id, sha256, error=document.error, removed_pages=tuple(removed))
     if document is not None and document.status == DocumentStatus.PENDING:

@@ -51,6 +51,7 @@ __all__ = [
     "check_ocr",
     "choose_text",
     "count_pages",
+    "count_pdf_pages",
     "describe",
     "discover",
     "draw_pages",

@@ -27,6 +27,8 @@ POINTS_PER_INCH = 72.0
 # Below this a page is a smudge for both the embedders and OCR; a page that only fits max_pixels below it is
 # refused instead of rendered. Same floor as IngestSettings.dpi.
 MIN_DPI = 36.0
+# What the reason of a file that did not open for want of a password says (a job with passwords for it tries again).
+NEEDS_PASSWORD = "the PDF needs a password to open"
 # A page narrower than a point (1/72 inch) on a side draws as a speck of a pixel or two: it has no area to speak of.
 MIN_SIDE_PT = 1.0
 # pdftoppm on a hostile content stream can run for a very long time; a worker must not hang on one page.
@@ -122,11 +124,11 @@ def password_error(path: Path, given: int) -> EncryptedPdfError:
     """The reason a file that needs a password did not open: none given, or none of those given (never which)."""
     if given:
         return EncryptedPdfError(
-            f"{path}: the PDF needs a password to open, and the {'password' if given == 1 else f'{given} passwords'} "
+            f"{path}: {NEEDS_PASSWORD}, and the {'password' if given == 1 else f'{given} passwords'} "
             "given for it did not open it"
         )
     # An owner password alone (printing/copying restrictions) opens without a password and never gets here.
-    return EncryptedPdfError(f"{path}: the PDF needs a password to open")
+    return EncryptedPdfError(f"{path}: {NEEDS_PASSWORD}")
 
 
 def _load_error(path: Path, code: int) -> Exception:
@@ -298,7 +300,7 @@ def poppler_errors_as_input_errors(path: Path, page_number: int | None, timeout_
         ) from exc
     except poppler_errors.PDFPageCountError as exc:
         if "password" in str(exc).lower():
-            raise EncryptedPdfError(f"{where}: the PDF needs a password to open") from exc
+            raise EncryptedPdfError(f"{where}: {NEEDS_PASSWORD}") from exc
         raise CorruptFileError(f"{where}: poppler cannot read the PDF: {_last_line(str(exc))}") from exc
     except poppler_errors.PDFPopplerTimeoutError as exc:
         raise TooLargeError(f"{where}: poppler took longer than {timeout_s} s") from exc
