@@ -4,7 +4,7 @@ Runs `mmrag index` (tiny random models: what is measured is ingestion, not retri
 checkout given (`--code DIR`, repeatable: an older commit's `git worktree`, and this one), each into a data dir of
 its own, then reads each SQLite database: documents indexed and failed, pages indexed and failed, failures grouped
 by reason, and which renderer drew the pages. `--rerun-with-this` indexes the first checkout's data dir again with
-this checkout's code afterwards (a data dir indexed before the change, re-run after it): the files that run took up
+this checkout's code afterwards (with `--password-file`, this checkout's runs get it) (a data dir indexed before the change, re-run after it): the files that run took up
 again and what became of them. Prints a table, writes JSON (`--out`).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]
 
 
-def _index(code: Path, data: Path, data_dir: Path, *, workers: int) -> dict[str, Any]:
+def _index(code: Path, data: Path, data_dir: Path, *, workers: int, options: tuple[str, ...] = ()) -> dict[str, Any]:
     env = {
         **os.environ,
         "PYTHONPATH": str(code),
@@ -38,7 +38,7 @@ def _index(code: Path, data: Path, data_dir: Path, *, workers: int) -> dict[str,
     env.pop("MMRAG_DATABASE__URL", None)  # the data dir's own SQLite file
     began = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", "from indexer.cli import app; app()", "index", str(data)],
+        [sys.executable, "-c", "from indexer.cli import app; app()", "index", str(data), *options],
         cwd=code, env=env, capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
@@ -84,17 +84,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the data dirs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rerun-with-this", action="store_true")
+    parser.add_argument("--password-file", type=Path, help="for this checkout's runs (older ones have no such option)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     codes = [c.resolve() for c in (args.code or [HERE])]
     results: dict[str, Any] = {}
+    mine = ("--password-file", str(args.password_file.resolve())) if args.password_file else ()
     for number, code in enumerate(codes):
         data_dir = args.work / f"run{number}"
-        run = _index(code, args.data.resolve(), data_dir, workers=args.workers)
+        run = _index(code, args.data.resolve(), data_dir, workers=args.workers, options=mine if code == HERE else ())
         results[str(code)] = {**run, **summarize(data_dir)}
     if args.rerun_with_this:
         data_dir = args.work / "run0"
-        run = _index(HERE, args.data.resolve(), data_dir, workers=args.workers)
+        run = _index(HERE, args.data.resolve(), data_dir, workers=args.workers, options=mine)
         results[f"{codes[0]} re-run by {HERE}"] = {**run, **summarize(data_dir)}
     for name, result in results.items():
         print(f"\n== {name}")  # noqa: T201 - a benchmark's report
