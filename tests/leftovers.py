@@ -1,7 +1,8 @@
 """What a killed job leaves behind, made for real (multiprocessing's named semaphores of a killed process group),
-and an oracle for whether a process maps a file.
+an oracle for whether a process maps a file, and a worker entry point that notes where its temporary files go.
 
-Its own small module, so a test can run the unreadable-process scenario in a process of its own.
+Its own small module, so the worker that imports it (by name, as the pool pickles it) stays light, and so a test
+can run the unreadable-process scenario in a process of its own.
 """
 
 from __future__ import annotations
@@ -13,11 +14,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from mmrag.ingest import cleanup
+from mmrag.ingest.results import LoadedFile
+from mmrag.ingest.worker import load_file
 
+TEMP_NOTES = "temp-dirs.txt"  # in the data dir: one line per file loaded by load_noting_temp_dir
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SKIPPED = 77  # the scenario's exit status when this system cannot make a process whose maps are unreadable
+
+
+def load_noting_temp_dir(
+    path: str, sha256: str, settings: Any, data_dir: str, *args: Any, **kwargs: Any
+) -> LoadedFile:
+    """load_file, after noting where pytesseract puts its files in this process (asked of pytesseract itself) and
+    the TMPDIR the programs it runs would see."""
+    import pytesseract
+
+    with pytesseract.pytesseract.save(Image.new("L", (8, 8))) as (_, input_file):
+        where = str(Path(input_file).parent)
+    with open(Path(data_dir) / TEMP_NOTES, "a") as notes:
+        notes.write(f"{os.getpid()}\t{where}\t{os.environ.get('TMPDIR', '')}\n")
+    return load_file(path, sha256, settings, data_dir, *args, **kwargs)
 
 
 def semaphore_path(name: str) -> Path:

@@ -1,20 +1,25 @@
-"""What killed jobs leave (their temporary directories, their pools' semaphores) is removed, while what live
-processes use stays."""
+"""A job's temporary files in its own directory under the data dir, and what killed jobs leave (their directories,
+their pools' semaphores) removed at a job's start, while what live processes use stays."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from mmrag.config import IngestSettings
 from mmrag.ingest import cleanup
+from tests.factories import make_image
 from tests.leftovers import (
     SKIPPED,
+    TEMP_NOTES,
     backdate,
     dead_semaphore,
+    load_noting_temp_dir,
     mapped,
     semaphores,
     start_lock_holder,
@@ -90,3 +95,60 @@ def test_a_process_that_cannot_be_read_keeps_semaphores_for_an_hour() -> None:
     if done.returncode == SKIPPED:
         pytest.skip("a process made undumpable can still be read here")
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_jobs_temporary_files_go_to_its_directory_which_goes_at_its_end(tmp_path: Path, workers: int) -> None:
+    """pytesseract's files (and TMPDIR, for tesseract and poppler, in a worker) in the job's directory under the
+    data dir, whether the file is decoded by a worker or, with workers=0, by this process."""
+    from mmrag.indexing import Loader
+
+    photo = make_image(tmp_path / "photo.jpg", seed=1)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    system_temp = tempfile.gettempdir()
+    loader = Loader(workers, temp_root=data_dir / cleanup.TEMP_DIR_NAME, load_file=load_noting_temp_dir)
+    try:
+        temp_dir = loader.temp_dir
+        assert temp_dir is not None and temp_dir.parent == data_dir / cleanup.TEMP_DIR_NAME and temp_dir.is_dir()
+        for _ in range(2):
+            [loaded] = loader.received(loader.load([(str(photo), "ab" * 32)], IngestSettings(ocr="never"),
+                                                   str(data_dir), ()).result())
+            assert loaded.pages
+        alone = loader.load_alone([(str(photo), "ab" * 32)], IngestSettings(ocr="never"), str(data_dir), ())
+        assert len(alone) == 1
+    finally:
+        loader.close()
+    notes = [line.split("\t") for line in (data_dir / TEMP_NOTES).read_text().splitlines()]
+    assert len(notes) == 3 and {where for _, where, _ in notes} == {str(temp_dir)}
+    workers_notes = [n for n in notes if int(n[0]) != os.getpid()]
+    assert len(workers_notes) == (3 if workers else 1)  # load_alone runs in a process of its own either way
+    assert all(tmpdir == str(temp_dir) for _, _, tmpdir in workers_notes)
+    assert not temp_dir.exists() and tempfile.gettempdir() == system_temp
+    loader.close()  # closing twice is harmless
+
+
+def test_a_job_that_fails_to_start_leaves_no_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmrag.indexing import Loader, loading
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(loading, "ProcessPoolExecutor", broken)
+    with pytest.raises(OSError, match="Too many open files"):
+        Loader(2, temp_root=tmp_path / "tmp")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_jobs_start_removes_what_killed_jobs_left_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mmrag.indexing import Loader
+
+    root = tmp_path / "tmp"
+    killed = root / f"{cleanup.host_name()}-{_dead_pid()}-k1ll3d00"
+    killed.mkdir(parents=True)
+    caplog.set_level("INFO", logger="mmrag.ingest.cleanup")
+    Loader(0, temp_root=root).close()
+    assert not killed.exists() and list(root.iterdir()) == []
+    assert any("removed 1 temporary directories" in r.getMessage() for r in caplog.records)
