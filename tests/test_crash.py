@@ -1,4 +1,5 @@
-"""kill -9 a real indexing process at several moments; re-running finishes with every file indexed exactly once."""
+"""kill -9 a real indexing process at several moments; re-running finishes with every file indexed exactly once,
+and removes what the killed runs left (their temporary directories, their worker pools' semaphores)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from mmrag.config import DatabaseSettings, EmbedderSettings, Settings
+from mmrag.ingest import cleanup
 from mmrag.retrievers import Embedders
 from mmrag.services import build_services
 from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding
 from tests.factories import make_image, make_pdf
+from tests.leftovers import backdate, mapped, semaphores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +64,27 @@ def _kill_when(process: subprocess.Popen[bytes], url: str, at_least: int, timeou
     raise AssertionError("indexer made no progress before the timeout")
 
 
+@contextmanager
+def _watching_ocr_files(system_temp: Path, job_dirs: Path) -> Iterator[tuple[set[str], set[str]]]:
+    """The names of pytesseract's files seen in the system's temporary directory and in the jobs' directories, looked
+    for every few milliseconds while the block runs (each lives as long as one page's OCR)."""
+    in_system, in_jobs = set(), set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.01):
+            in_system.update(p.name for p in system_temp.glob("tess_*"))
+            in_jobs.update(p.name for p in job_dirs.glob("*/tess_*"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield in_system, in_jobs
+    finally:
+        stop.set()
+        watcher.join()
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_indexes_every_file_exactly_once(
     tmp_path: Path, database_url: str, tiny_embedders: Embedders
@@ -66,24 +93,44 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
     files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
     files += [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
     expected_pages = 24 + 4 * 3
+    system_temp = tmp_path / "system-temp"  # the indexer's system temporary directory: what it leaves there shows
+    system_temp.mkdir()
+    job_dirs = tmp_path / "data" / cleanup.TEMP_DIR_NAME
     env = {
         **os.environ,
         "MMRAG_DATA_DIR": str(tmp_path / "data"),
         "MMRAG_DATABASE__URL": database_url,
         "MMRAG_EMBEDDERS__PROFILE": "tiny-random",
         "MMRAG_INGEST__WORKERS": "1",  # real worker processes and queues
-        "MMRAG_INGEST__OCR": "never",
+        "MMRAG_INGEST__OCR": "always",  # pytesseract's temporary files on every page
         "MMRAG_BATCH_PAGES": "2",
         "PYTHONPATH": str(ROOT),
+        "TMPDIR": str(system_temp),
     }
-    # Kill after the first commit, mid-way and near the end; each kill lands wherever the process happens to be.
-    for at_least in (1, 9, 20):
-        seen = _kill_when(_start(corpus, env), database_url, at_least)
-        assert seen < len(files), "the kill came too late to test anything"
+    semaphores_before = semaphores()
+    with _watching_ocr_files(system_temp, job_dirs) as (ocr_files_in_system_temp, ocr_files_in_job_dirs):
+        # Kill after the first commit, mid-way and near the end; each kill lands wherever the process happens to be.
+        for at_least in (1, 9, 20):
+            seen = _kill_when(_start(corpus, env), database_url, at_least)
+            assert seen < len(files), "the kill came too late to test anything"
 
-    final = _start(corpus, env)
-    _, stderr = final.communicate(timeout=300)
-    assert final.returncode == 0, stderr.decode()[-3000:]
+        # What the kills left: the last run's temporary directory (each run's start removed its predecessor's), and
+        # the worker pools' semaphores, mapped by no one.
+        assert len(list(job_dirs.iterdir())) == 1
+        left = {path for path in semaphores() - semaphores_before if not mapped(path)}
+        assert len(left) >= 3  # a pool has five (its queues' locks and semaphore)
+        # A job removes a semaphore no process maps only once it is a minute old (an hour while a process of this
+        # user cannot be read, as a sandbox's init can be): this resume comes seconds after the kill.
+        for path in left:
+            backdate(path, cleanup.UNREADABLE_MAX_AGE_S + 60)
+        final = _start(corpus, env)
+        _, stderr = final.communicate(timeout=300)
+        assert final.returncode == 0, stderr.decode()[-3000:]
+
+    assert {path for path in left if path.exists() and not mapped(path)} == set()
+    assert list(job_dirs.iterdir()) == []
+    assert ocr_files_in_system_temp == set() and list(system_temp.glob("tess_*")) == []
+    assert ocr_files_in_job_dirs, "no OCR file was seen at all: the check above proves nothing"
 
     settings = Settings(
         data_dir=tmp_path / "data",

@@ -8,12 +8,14 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from mmrag.config import IngestSettings, Settings
 from mmrag.retrievers import RETRIEVERS
-from mmrag.ingest import shared
+from mmrag.ingest import cleanup, shared
 from mmrag.inputs import InputSpec
 from mmrag.ingest.worker import (
     MAX_INPUT_BYTES_PER_FILE,
@@ -137,16 +139,29 @@ class Loader:
         warm_modules: Sequence[str] = (),
         shared_memory: bool = True,
         load_file: LoadFile = load_file,
+        temp_root: Path | None = None,
     ) -> None:
         self.workers = workers
         self.load_file = load_file
         self.limit = max(2, 2 * workers)
         self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
-        self._context = _worker_context(warm_modules)
-        self._pool: ProcessPoolExecutor | None = self._new_pool(workers) if workers > 0 else None
+        # A job's temporary files (OCR's, a renderer's) go to a directory of its own under `temp_root`, removed by
+        # close(); a killed job's, and its pool's semaphores, by the next job's start (see mmrag.ingest.cleanup).
+        self.temp_dir: Path | None = None
+        self._pool: ProcessPoolExecutor | None = None
         # Workers hand page inputs back through shared memory where the system has it (see mmrag.ingest.shared).
         self.shared_prefix: str | None = None
         self._warned_unshared = False
+        if temp_root is not None:
+            cleanup.remove_leftovers(temp_root)
+            self.temp_dir = cleanup.make_temp_dir(temp_root)
+        try:
+            self._context = _worker_context(warm_modules)
+            if workers > 0:
+                self._pool = self._new_pool(workers)
+        except BaseException:
+            self.close()  # the temporary directory goes with the job that failed to start
+            raise
         if self._pool is not None and shared_memory and shared.available():
             shared.remove_orphans()  # left by a job killed mid-way
             self.shared_prefix = shared.new_prefix()
@@ -161,7 +176,8 @@ class Loader:
             ).start()
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=init_worker)
+        temp_dir = None if self.temp_dir is None else str(self.temp_dir)
+        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=init_worker, initargs=(temp_dir,))
 
     def replace_broken_pool(self, generation: int) -> None:
         """A worker died (a crash inside a native decoder, the OOM killer) and broke its pool: start another."""
@@ -179,7 +195,9 @@ class Loader:
         if self._pool is None:
             future: Future[T] = Future()
             try:
-                future.set_result(fn(*args))
+                with nullcontext() if self.temp_dir is None else cleanup.temp_files_in(self.temp_dir):
+                    value = fn(*args)
+                future.set_result(value)
             except Exception as exc:  # noqa: BLE001 - handed to the caller through the future, like a pool would
                 future.set_exception(exc)
             return future
@@ -218,3 +236,6 @@ class Loader:
             self._pool = None
         if self.shared_prefix is not None:
             shared.remove_segments(self.shared_prefix)  # tasks cancelled, or whose worker died, left their files
+        if self.temp_dir is not None:
+            cleanup.remove_temp_dir(self.temp_dir)  # the workers have exited: nothing writes there any more
+            self.temp_dir = None

@@ -14,6 +14,7 @@ from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress
 from mmrag.indexing.loading import Loader, warm_modules
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
 from mmrag.ingest import check_ocr, discover
+from mmrag.ingest.cleanup import TEMP_DIR_NAME
 from mmrag.ingest.passwords import PasswordBook
 from mmrag.services import Services
 from mmrag.store import bulk, repository
@@ -127,12 +128,12 @@ class _Started:
 
 def _run_locked(started: _Started, stages: JobStages) -> JobReport:
     # The worker pool starts first, so its processes start (and import) while this one walks the folders, loads
-    # the models and recovers the stores.
+    # the models and recovers the stores. It removes what killed jobs left, and its temporary directory at the end.
     services = started.services
     ingest = services.settings.ingest
     loader = stages.loader(
         ingest.workers, warm_modules=warm_modules(services.settings), shared_memory=ingest.shared_memory,
-        load_file=stages.load_file,
+        load_file=stages.load_file, temp_root=services.data_dir.resolve() / TEMP_DIR_NAME,
     )
     try:
         # Frozen from the job's start, not only while files stream: listing a job's new items would otherwise

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mmrag.ingest.cleanup import pid_alive
 from mmrag.ingest.results import LoadedFile, StoredPage
 
 SHM_DIR = Path("/dev/shm")
@@ -203,17 +204,8 @@ def remove_orphans(min_age_s: float = ORPHAN_AGE_S) -> int:
             old = now - path.stat().st_mtime >= min_age_s
         except FileNotFoundError:  # received (or removed) meanwhile
             continue
-        if old and pid.isdigit() and not _alive(int(pid)):
+        if old and pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True

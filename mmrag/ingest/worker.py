@@ -20,6 +20,7 @@ from PIL import Image
 from mmrag.config import IngestSettings
 from mmrag.errors import CorruptFileError, InputError
 from mmrag.ingest import PageFailure, count_pages, describe, iter_pages
+from mmrag.ingest.cleanup import use_temp_dir
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.inputs import InputSpec
@@ -80,10 +81,14 @@ def load_files_shared(
     return export(load_files(files, settings, data_dir, inputs, load), prefix, min_bytes)
 
 
-def init_worker() -> None:
+def init_worker(temp_dir: str | None = None) -> None:
     """Runs once in each worker process as it starts: one intra-op thread for torch (imported already by a fork
-    server's preload, or later by a model input), since the pool already runs one process per core."""
+    server's preload, or later by a model input), since the pool already runs one process per core; temporary
+    files (OCR's, a renderer's) in the job's `temp_dir`, which the job removes at its end even if this process
+    was killed mid-file."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    if temp_dir is not None:
+        use_temp_dir(temp_dir)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
