@@ -96,7 +96,8 @@ def index(
     ] = False,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
-    from mmrag import ConfigError, run_index, start_worker_server
+    from mmrag import ConfigError, build_services, run_index, start_worker_server
+    from mmrag.ingest.cleanup import use_process_temp_dir
     from mmrag.ingest.passwords import PasswordBook
 
     passwords = None
@@ -105,7 +106,11 @@ def index(
             passwords = PasswordBook.read(password_file)
         except ConfigError as exc:  # its message names the file and the line, never a line's text
             raise typer.BadParameter(str(exc), param_hint="--password-file") from None
-    services = _services(profile)
+    settings = _settings(profile)
+    # Before the models' libraries are imported: what they write to a temporary directory goes into one of this
+    # process's, which the next job removes if this one is killed.
+    use_process_temp_dir()
+    services = build_services(settings)
     start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
     try:
         columns = (

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -93,8 +94,9 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
     files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
     files += [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
     expected_pages = 24 + 4 * 3
-    system_temp = tmp_path / "system-temp"  # the indexer's system temporary directory: what it leaves there shows
-    system_temp.mkdir()
+    # the indexer's system temporary directory, where what it leaves shows; short, as a system's is (a socket's path
+    # one level below it must stay under 108 bytes: tmp_path is too deep)
+    system_temp = Path(tempfile.mkdtemp(prefix="sys-"))
     job_dirs = tmp_path / "data" / cleanup.TEMP_DIR_NAME
     env = {
         **os.environ,
@@ -117,6 +119,8 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
         # What the kills left: the last run's temporary directory (each run's start removed its predecessor's), and
         # the worker pools' semaphores, mapped by no one.
         assert len(list(job_dirs.iterdir())) == 1
+        # and in the system temp, the killed process's own directory (torch's files, the fork server's socket)
+        assert [p.name.startswith(cleanup.PROCESS_DIR_PREFIX) for p in system_temp.iterdir()] == [True]
         left = {path for path in semaphores() - semaphores_before if not mapped(path)}
         assert len(left) >= 3  # a pool has five (its queues' locks and semaphore)
         # A job removes a semaphore no process maps only once it is a minute old (an hour while a process of this
@@ -130,6 +134,9 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
     assert {path for path in left if path.exists() and not mapped(path)} == set()
     assert list(job_dirs.iterdir()) == []
     assert ocr_files_in_system_temp == set() and list(system_temp.glob("tess_*")) == []
+    # nor anything else: the processes' own directories went with them (at exit, or by the next job's start)
+    assert list(system_temp.iterdir()) == []
+    system_temp.rmdir()
     assert ocr_files_in_job_dirs, "no OCR file was seen at all: the check above proves nothing"
 
     settings = Settings(

@@ -57,11 +57,11 @@ def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
 
 
-def make_temp_dir(root: Path) -> Path:
+def make_temp_dir(root: Path, prefix: str = "") -> Path:
     """A new directory for one job's temporary files under `root`, named after this host and process (see
     remove_dead_temp_dirs) and made private to this user."""
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{host_name()}-{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{host_name()}-{os.getpid()}-", dir=root))
 
 
 def remove_temp_dir(directory: Path) -> None:
@@ -74,6 +74,38 @@ def use_temp_dir(directory: str) -> None:
     the programs it runs (TMPDIR: tesseract, poppler). For a worker process, which decodes for one job only."""
     tempfile.tempdir = directory
     os.environ["TMPDIR"] = directory
+
+
+PROCESS_DIR_PREFIX = "mmrag-"  # a job process's own directory in the system temp (use_process_temp_dir)
+MAX_SOCKET_PATH = 108  # bytes in a Unix socket's path, its terminating NUL included (sockaddr_un.sun_path)
+_system_temp: Path | None = None  # the system temp, as it was before use_process_temp_dir
+
+
+def system_temp() -> Path:
+    return _system_temp or Path(tempfile.gettempdir())
+
+
+def use_process_temp_dir() -> Path:
+    """For a process that runs one job and exits (`mmrag index`): every temporary file of the process and of the
+    libraries and programs it runs (torch's at import, multiprocessing's fork-server socket directory) in a
+    directory of its own, `mmrag-<host>-<pid>-…` in the system temp, instead of loose there. The system temp and not
+    the data dir: a socket's path must stay under 108 bytes. Call it before importing those libraries. The
+    directory goes when the process exits, after multiprocessing's own clean-up; if the process is killed, the next
+    job's start removes it (remove_leftovers). The workers' decoding uses the job's directory under the data dir."""
+    global _system_temp
+    from multiprocessing import util
+
+    _system_temp = system_temp()
+    name = f"{PROCESS_DIR_PREFIX}{host_name()}-{os.getpid()}-xxxxxxxx"
+    if len(str(_system_temp / name / "pymp-xxxxxxxx" / "listener-xxxxxxxx")) >= MAX_SOCKET_PATH:
+        log.debug("the system temp %s is too deep for a fork server's socket one level down: left as it is",
+                  _system_temp)
+        return _system_temp
+    directory = make_temp_dir(_system_temp, PROCESS_DIR_PREFIX)
+    use_temp_dir(str(directory))
+    # Finalizers run in descending priority at exit: the fork server's directory (-100) is removed before this.
+    util.Finalize(None, remove_temp_dir, args=(directory,), exitpriority=-200)
+    return directory
 
 
 # tempfile.tempdir is the process's: one lock for the main process's decoding in any job (see temp_files_in).
@@ -99,14 +131,16 @@ def temp_files_in(directory: Path) -> Iterator[None]:
             tempfile.tempdir = saved
 
 
-def remove_dead_temp_dirs(root: Path, other_host_age_s: float = OTHER_HOST_AGE_S) -> int:
-    """Remove the job directories under `root` whose process is gone: this host's whose pid is not alive, another
-    host's once `other_host_age_s` old (see make_temp_dir for their names); returns how many."""
+def remove_dead_temp_dirs(root: Path, other_host_age_s: float = OTHER_HOST_AGE_S, prefix: str = "") -> int:
+    """Remove the job directories under `root` (named `prefix` first) whose process is gone: this host's whose pid
+    is not alive, another host's once `other_host_age_s` old (see make_temp_dir for their names); returns how many."""
     if not root.is_dir():
         return 0
     here, removed = host_name(), 0
     for directory in root.iterdir():
-        parts = directory.name.rsplit("-", 2)
+        if not directory.name.startswith(prefix):
+            continue
+        parts = directory.name[len(prefix):].rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit() or directory.is_symlink() or not directory.is_dir():
             continue  # not a job's directory
         host, pid = parts[0], int(parts[1])
@@ -218,9 +252,10 @@ def _runs_as(proc: Path, uid: int) -> bool:
 def remove_leftovers(temp_root: Path) -> None:
     """Remove what killed jobs left: their temporary directories under `temp_root` and the semaphores of their
     worker pools; logs how many."""
-    directories = remove_dead_temp_dirs(temp_root)
-    if directories:
-        log.info("removed %d temporary directories of jobs no longer running under %s", directories, temp_root)
+    for root, prefix in ((temp_root, ""), (system_temp(), PROCESS_DIR_PREFIX)):
+        directories = remove_dead_temp_dirs(root, prefix=prefix)
+        if directories:
+            log.info("removed %d temporary directories of jobs no longer running under %s", directories, root)
     semaphores = remove_orphan_semaphores()
     if semaphores:
         log.info("removed %d semaphores in %s that no process uses (left by killed worker pools)",

@@ -4,6 +4,7 @@ their pools' semaphores) removed at a job's start, while what live processes use
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,3 +153,36 @@ def test_a_jobs_start_removes_what_killed_jobs_left_and_says_so(
     Loader(0, temp_root=root).close()
     assert not killed.exists() and list(root.iterdir()) == []
     assert any("removed 1 temporary directories" in r.getMessage() for r in caplog.records)
+
+
+def _process_temp_dir(system_temp: Path) -> tuple[str, str]:
+    """In a fresh process with `system_temp` as TMPDIR: use_process_temp_dir's answer, and where a multiprocessing
+    fork server put its socket."""
+    script = (
+        "import multiprocessing, tempfile\n"
+        "from mmrag.ingest.cleanup import use_process_temp_dir\n"
+        "directory = use_process_temp_dir()\n"
+        "from multiprocessing import util\n"
+        "print(directory)\n"
+        "print(util.get_temp_dir())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "TMPDIR": str(system_temp)})
+    directory, fork_server = done.stdout.split()
+    return directory, fork_server
+
+
+def test_a_job_process_keeps_its_temporary_files_in_a_directory_of_its_own(tmp_path: Path) -> None:
+    short = Path(tempfile.mkdtemp(prefix="sys-"))  # as short as a system's temp: tmp_path is deeper
+    try:
+        directory, fork_server = _process_temp_dir(short)
+        assert Path(directory).parent == short and Path(directory).name.startswith(cleanup.PROCESS_DIR_PREFIX)
+        assert Path(fork_server).parent == Path(directory)  # multiprocessing's own temp dir, inside it
+        assert list(short.iterdir()) == []  # gone with the process: nothing left in the system temp
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    # a system temp too deep for a socket's path one level further down is left as it is
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    directory, fork_server = _process_temp_dir(deep)
+    assert Path(directory) == deep and Path(fork_server).parent == deep
