@@ -4,8 +4,8 @@ Runs `mmrag index` (tiny random models: what is measured is ingestion, not retri
 checkout given (`--code DIR`, repeatable: an older commit's `git worktree`, and this one), each into a data dir of
 its own, then reads each SQLite database: documents indexed and failed, pages indexed and failed, failures grouped
 by reason, and which renderer drew the pages. `--rerun-with-this` indexes the first checkout's data dir again with
-this checkout's code afterwards (with `--password-file`, this checkout's runs get it) (a data dir indexed before the change, re-run after it): the files that run took up
-again and what became of them. Prints a table, writes JSON (`--out`).
+this checkout's code afterwards (a data dir indexed before the change, re-run after it): the files that run took up
+again and what became of them. `--password-file` goes to this checkout's runs. Prints a table, writes JSON.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_bad_pages_cost_only_themselves(
     tmp_path: Path, services: Services, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    files = broken_corpus(tmp_path / "corpus")
+    broken_corpus(tmp_path / "corpus")
     passwords = PasswordBook([("locked.pdf", "not-this-one"), ("*.pdf", PASSWORD)])
     report = run_index(services, [tmp_path / "corpus"], passwords=passwords)
 

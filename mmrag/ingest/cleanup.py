@@ -7,10 +7,10 @@ killed mid-OCR leaves nothing in the system's temporary directory. The job's wor
 temporary directory when they start; the main process, only around decoding it runs itself (`temp_files_in`).
 
 A job killed with SIGKILL also leaves the named semaphores multiprocessing made for its worker pool's queues
-(`/dev/shm/sem.mp-*` or `sem.loky-*`, five a pool): with the fork-server and spawn start methods the names stay until the process
-or its resource tracker unlinks them, and SIGKILL to the process group stops both. A job's start removes what
-dead predecessors left (`remove_leftovers`): their temporary directories (`remove_dead_temp_dirs`) and the
-semaphores no process maps any more (`remove_orphan_semaphores`).
+(`/dev/shm/sem.mp-*` or `sem.loky-*`, five a pool): with the fork-server and spawn start methods the names stay
+until the process or its resource tracker unlinks them, and SIGKILL to the process group stops both. A job's start
+removes what dead predecessors left (`remove_leftovers`): their temporary directories (`remove_dead_temp_dirs`)
+and the semaphores no process maps any more (`remove_orphan_semaphores`).
 """
 
 from __future__ import annotations

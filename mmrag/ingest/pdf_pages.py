@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +190,61 @@ def _page_sizes(info: dict[str, object]) -> dict[int, tuple[float, float]]:
     return {number: (h, w) if number in turned else (w, h) for number, (w, h) in sizes.items()}
 
 
+class _Sources:
+    """The readers of one document: PDFium's open document (None: PDFium cannot open it) and poppler, opened the
+    first time it is needed (None once it proved unable to read the file, or is not installed)."""
+
+    def __init__(self, path: Path, pdfium_source: _PdfiumSource | None, passwords: Sequence[str],
+                 poppler: _PopplerSource | None = None) -> None:
+        self.path, self.pdfium, self.passwords = path, pdfium_source, passwords
+        self._poppler: list[_PopplerSource | None] = [] if poppler is None else [poppler]
+
+    @property
+    def count(self) -> int:
+        return self.pdfium.count if self.pdfium is not None else self.poppler().count  # type: ignore[union-attr]
+
+    def poppler(self) -> _PopplerSource | None:
+        if not self._poppler:
+            try:
+                self._poppler.append(_PopplerSource(self.path, self.passwords))
+            except MissingToolError as exc:
+                log.info("%s: no fallback renderer: %s", self.path, exc)
+                self._poppler.append(None)
+            except InputError as exc:
+                log.debug("%s: poppler cannot read it either: %s", self.path, exc)
+                self._poppler.append(None)
+        return self._poppler[0]
+
+    def fallback(self) -> _PopplerSource | None:
+        """poppler, where its page N is PDFium's page N (see _PopplerSource.numbers_pages_like)."""
+        poppler = self.poppler()
+        if poppler is None or self.pdfium is None or poppler.numbers_pages_like(self.pdfium.count):
+            return poppler
+        return None
+
+    def sizers(self) -> Iterator[_PdfiumSource | _PopplerSource]:
+        """Who reads a page's size and text: PDFium, then poppler as its fallback."""
+        if self.pdfium is not None:
+            yield self.pdfium
+        if (poppler := self.fallback()) is not None:
+            yield poppler
+
+    def drawers(self, sized_by: object, renderer: str) -> Iterator[_PdfiumSource | _PopplerSource]:
+        """Who draws a page, the configured renderer first. Only poppler, when PDFium could not size the page: its
+        drawing of it would be no better."""
+        if sized_by is not self.pdfium:
+            yield sized_by  # type: ignore[misc]
+            return
+        if renderer == PDFIUM:
+            yield self.pdfium
+            if (poppler := self.fallback()) is not None:
+                yield poppler
+        else:
+            if (poppler := self.poppler()) is not None:  # the configured renderer: no fallback check
+                yield poppler
+            yield self.pdfium
+
+
 def draw_pages(
     path: Path,
     *,
@@ -206,63 +261,35 @@ def draw_pages(
     none of `passwords` gives, or a page number is out of range. A password never appears in a reason or the log."""
     path = Path(path)
     with ExitStack() as stack:
-        pdfium_source: _PdfiumSource | None = None
-        poppler: list[_PopplerSource | None] = []  # opened when first needed; [None]: poppler cannot read it
-
-        def poppler_source() -> _PopplerSource | None:
-            if not poppler:
-                try:
-                    poppler.append(_PopplerSource(path, passwords))
-                except MissingToolError as exc:
-                    log.info("%s: no fallback renderer: %s", path, exc)
-                    poppler.append(None)
-                except InputError as exc:
-                    log.debug("%s: poppler cannot read it either: %s", path, exc)
-                    poppler.append(None)
-            return poppler[0]
-
         try:
             doc, password = stack.enter_context(open_pdf_unlocked(path, passwords, forms=True))
-            pdfium_source = _PdfiumSource(path, doc)
             # poppler, if it is needed, opens with the password PDFium took (or none: an owner password only)
-            passwords = () if password is None else (password,)
+            sources = _Sources(path, _PdfiumSource(path, doc), () if password is None else (password,))
         except EncryptedPdfError:
             raise  # poppler would ask for the same password
         except CorruptFileError as refused:
             # PDFium cannot open it: poppler reads the whole document, or the file fails with both reasons.
             try:
-                poppler.append(_PopplerSource(path, passwords))
+                sources = _Sources(path, None, passwords, _PopplerSource(path, passwords))
             except MissingToolError:
                 raise refused from None
             except InputError as also:
                 raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
             log.info("%s: PDFium cannot open it (%s); reading it with poppler", path, _unnamed(refused, path))
-        count = pdfium_source.count if pdfium_source is not None else poppler[0].count  # type: ignore[union-attr]
+        count = sources.count
         for number in page_numbers if page_numbers is not None else range(1, count + 1):
             if not 1 <= number <= count:
                 raise ValueError(f"{path}: page {number} is out of range 1..{count}")
-            yield _draw(path, number, dpi, max_pixels, pdfium_source, poppler_source, renderer)
+            yield _draw(path, number, dpi, max_pixels, sources, renderer)
 
 
-def _draw(
-    path: Path,
-    number: int,
-    dpi: float,
-    max_pixels: int,
-    pdfium_source: _PdfiumSource | None,
-    poppler_source: Callable[[], _PopplerSource | None],
-    renderer: str,
-) -> DrawnPage | PageFailure:
+def _draw(path: Path, number: int, dpi: float, max_pixels: int, sources: _Sources, renderer: str
+          ) -> DrawnPage | PageFailure:
     """One page: its size and text from PDFium, or from poppler where PDFium cannot load the page or reads no usable
-    size from it (a broken page tree: pdfium reports 0x0 where poppler finds the inherited box); then drawn by the
-    first renderer that can, the configured one first."""
+    size from it; then drawn by the first renderer that can."""
     reasons: list[str] = []
-    found: tuple[object, PdfPageInfo, float] | None = None
-    for source in (pdfium_source, poppler_source):
-        source = source() if callable(source) else source
-        if source is None or (source is not pdfium_source and pdfium_source is not None
-                              and not source.numbers_pages_like(pdfium_source.count)):
-            continue
+    found: tuple[_PdfiumSource | _PopplerSource, PdfPageInfo, float] | None = None
+    for source in sources.sizers():
         try:
             info = source.info(number)
             found = (source, info, fit_dpi(info.width_pt, info.height_pt, dpi, max_pixels, where=f"page {number}"))
@@ -275,22 +302,16 @@ def _draw(
     if found is None:
         return PageFailure(number, _joined(reasons) or f"page {number}: cannot read the page")
     sized_by, info, fitted = found
-    if sized_by is pdfium_source:
-        order = [pdfium_source, poppler_source] if renderer == PDFIUM else [poppler_source, pdfium_source]
-    else:
-        order = [poppler_source]  # PDFium's own reading of this page is unusable: so would its drawing be
     reasons = []
-    for candidate in order:
-        source = candidate() if callable(candidate) else candidate
-        if source is None:
-            continue
+    for source in sources.drawers(sized_by, renderer):
         try:
             image = _checked(source.render(number, fitted), info, fitted)
         except InputError as exc:
             reasons.append(f"{source.name}: {_unnamed(exc, path)}")
             continue
-        if reasons or sized_by is not pdfium_source:
-            log.info("%s: page %d drawn by %s (%s)", path, number, source.name, _joined(reasons) or "PDFium read no size")
+        if reasons or sized_by is not sources.pdfium:
+            why = _joined(reasons) or "PDFium could not size it"
+            log.info("%s: page %d drawn by %s (%s)", path, number, source.name, why)
         return DrawnPage(number, image, info.text, source.name)
     return PageFailure(number, f"page {number}: no renderer could draw it: " + _joined(reasons))
 
