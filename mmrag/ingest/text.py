@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 import pytesseract
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mmrag.errors import ConfigError, MissingToolError
 from mmrag.types import TextSource
@@ -31,6 +31,10 @@ OCR_MAX_PIXELS = 25_000_000  # an enlarged image stays under this: Tesseract's t
 # taken for a photo. Chosen between the two kinds of image it separates: receipt scans stay below it, most ordinary
 # photos are above it, and a photo it misses is only OCRed needlessly.
 PHOTO_COLOURFULNESS = 25.0
+# A page whose OCR reads fewer characters than this is read again in other ways (ocr_page). Receipts that Tesseract's
+# automatic segmentation gave up on came out with 0-16 characters; a receipt read well has hundreds.
+OCR_RETRY_BELOW_CHARS = 80
+OCR_BLOCK_PSM = 6  # Tesseract's "a single uniform block of text"
 
 
 def normalize_text(text: str) -> str:
@@ -46,15 +50,17 @@ def count_chars(text: str) -> int:
     return sum(not c.isspace() for c in text)
 
 
-def ocr(image: Image.Image, lang: str = "eng") -> str:
-    """Tesseract's text for `image`, normalised. Raises MissingToolError or ConfigError (unknown lang)."""
+def ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
+    """Tesseract's text for `image`, normalised (page segmentation mode `psm`: Tesseract's default, 3, when None).
+    Raises MissingToolError or ConfigError (unknown lang)."""
     # Tesseract's OpenMP threads spin against each other and against our other workers, which makes a page several
     # times slower on a small machine than with one thread. Tesseract's own docs advise
     # a limit of 1 when pages are processed in parallel, as the indexing job does. A value set by the user wins;
     # pytesseract offers no per-call environment, hence the process-wide default.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:
-        return normalize_text(pytesseract.image_to_string(image, lang=lang))
+        config = "" if psm is None else f"--psm {psm}"
+        return normalize_text(pytesseract.image_to_string(image, lang=lang, config=config))
     except pytesseract.TesseractNotFoundError as exc:
         raise MissingToolError(_missing_tesseract_message()) from exc
     except pytesseract.TesseractError as exc:
@@ -167,6 +173,32 @@ def _missing_tesseract_message() -> str:
     )
 
 
+def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT) -> str:
+    """OCR that does not give up on a page at the first try: Tesseract on the page (small print enlarged), and when
+    that reads fewer than OCR_RETRY_BELOW_CHARS characters, again as one block of text (`--psm 6`: automatic page
+    segmentation finds no text regions on some clean greyscale scans, and a receipt is one column), on the same
+    image and on a contrast-stretched grey one at twice the size (faint print). The reading with the most characters
+    wins. A page with real text costs one pass as before; only a page that came out (nearly) empty costs three."""
+    enlarged = upscale_for_ocr(image, line_height)
+    best = ocr(enlarged, lang)
+    if count_chars(best) >= OCR_RETRY_BELOW_CHARS:
+        return best
+    for candidate in (enlarged, _faint_print(image)):
+        retried = ocr(candidate, lang, psm=OCR_BLOCK_PSM)
+        if count_chars(retried) > count_chars(best):
+            best = retried
+    return best
+
+
+def _faint_print(image: Image.Image) -> Image.Image:
+    """Grey, contrast stretched (2% clipped at each end), twice the size within OCR_MAX_PIXELS."""
+    grey = ImageOps.autocontrast(ImageOps.grayscale(image), cutoff=2)
+    scale = min(2.0, (OCR_MAX_PIXELS / max(1, grey.width * grey.height)) ** 0.5)
+    if scale <= 1.05:
+        return grey
+    return grey.resize((round(grey.width * scale), round(grey.height * scale)), Image.Resampling.LANCZOS)
+
+
 def choose_text(
     image: Image.Image,
     text_layer: str | None,
@@ -196,7 +228,7 @@ def choose_text(
         return (layer, TextSource.TEXT_LAYER) if layer else ("", TextSource.NONE)
     if mode == "auto" and skip_photos and text_layer is None and looks_like_photo(image):
         return "", TextSource.NONE
-    recognised = ocr(upscale_for_ocr(image, line_height), lang)
+    recognised = ocr_page(image, lang, line_height)
     if recognised:
         return recognised, TextSource.OCR
     if layer:

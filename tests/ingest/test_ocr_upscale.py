@@ -41,16 +41,19 @@ def test_small_print_is_enlarged_within_limits() -> None:
     assert capped.width * capped.height <= 4 * tiny.width * tiny.height * 1.01  # the pixel budget wins
 
 
+READ = "TOTAL 141.50 CASH 150.00 CHANGE 8.50 THANK YOU FOR SHOPPING WITH US PLEASE COME AGAIN GST SUMMARY 2.40"
+
+
 def test_choose_text_hands_ocr_the_enlarged_image(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, int]] = []
 
-    def fake_ocr(image: Image.Image, lang: str = "eng") -> str:
+    def fake_ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
         seen.append(image.size)
-        return "TOTAL 141.50"
+        return READ  # enough text that no second reading is tried
 
     monkeypatch.setattr(text_module, "ocr", fake_ocr)
     tiny = small_print(10)
-    assert choose_text(tiny, None, mode="auto") == ("TOTAL 141.50", TextSource.OCR)
+    assert choose_text(tiny, None, mode="auto") == (READ, TextSource.OCR)
     assert choose_text(tiny, None, mode="auto", line_height=0)[1] == TextSource.OCR
     assert seen[0][0] > 2 * tiny.width and seen[1] == tiny.size
 
@@ -59,3 +62,26 @@ def test_real_ocr_reads_small_print_after_enlarging() -> None:
     tiny = small_print(11)
     text, _ = choose_text(tiny, None, mode="always")
     assert "141.50" in text and "150.00" in text
+
+
+def test_ocr_reads_a_page_once_when_it_has_text_and_tries_again_when_it_comes_out_nearly_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mmrag.ingest.text import count_chars, ocr, ocr_page
+
+    calls: list[int | None] = []
+    real = text_module.ocr
+
+    def counting(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
+        calls.append(psm)
+        return real(image, lang, psm=psm)
+
+    monkeypatch.setattr(text_module, "ocr", counting)
+    full = text_image(["INVOICE 4217 Harbour Street", "TOTAL 42.35 CASH 50.00", "THANK YOU COME AGAIN SOON",
+                       "GST SUMMARY AMOUNT 2.40", "CASHIER 07 COUNTER 3"], size=(900, 460))
+    assert ocr_page(full) == ocr(full) and calls == [None]  # over OCR_RETRY_BELOW_CHARS at once: one pass
+    calls.clear()
+    sparse = text_image(["TOTAL 42.35"])
+    read = ocr_page(sparse)
+    assert calls == [None, 6, 6]  # too little text: read again as one block, as is and contrast-stretched
+    assert "42.35" in read and count_chars(read) >= count_chars(ocr(sparse))
