@@ -16,7 +16,7 @@ from datetime import date
 # index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
 # is rebuilt from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-1"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-2"
 DATE_PREFIX = "date:"
 NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
 
@@ -88,6 +88,14 @@ _DAY_MONTH_YEAR = re.compile(
 _MONTH_DAY_YEAR = re.compile(
     r"(?<![^\W\d_])" + _MONTH + r"[\s.,/\-]*(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]+(\d{4}|\d{2})(?!\d)"
 )
+# A day, a word the OCR made of a month's abbreviation ("14/dun/2017", "14/fMay/2017"), a year, between the same
+# separators: the word is read as the one month within one edit of it (see _ocr_month).
+_DAY_WORD_YEAR = re.compile(r"(?<![\d.,/:\-])(\d{1,2})([./\-])([^\W\d_]{2,4})\2(\d{4}|\d{2})(?!\d)")
+# A month and a day with no year, as a question puts it ("March 5th", "5 March"): month-day keys only.
+_MONTH_DAY = re.compile(r"(?<![^\W\d_])(?<!\d)(?<!\d[\s./\-])" + _MONTH + r"[\s.,]*(\d{1,2})(st|nd|rd|th)?(?![\d.,/:\-]*\d)")
+_DAY_MONTH = re.compile(r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?" + _MONTH)
+_ABBREVIATIONS = {name: number for name, number in _MONTHS.items() if len(name) == 3}
+MONTH_DAY_PREFIX = DATE_PREFIX + "--"  # "date:--03-10": the 10th of March of any year
 
 # Query words that say how a question is asked, not what it is about. Removed from queries only: BM25's idf already
 # discounts them in long documents, but on short pages (receipts, forms) "did", "at" or "i" are rare enough to
@@ -143,7 +151,44 @@ def date_keys(text: str) -> list[str]:
     for month, day, year in _MONTH_DAY_YEAR.findall(text):
         if key := _date_key(_year(year), _MONTHS[month], int(day)):
             keys.append(key)
+    for day, _, word, year in _DAY_WORD_YEAR.findall(text):
+        if word not in _MONTHS and (month := _ocr_month(word)) and (key := _date_key(_year(year), month, int(day))):
+            keys.append(key)
     return keys
+
+
+def _ocr_month(word: str) -> int | None:
+    """The month whose three-letter abbreviation is one edit (a letter changed, added or dropped) from `word`, when
+    exactly one is: OCR's "dun" is June, "fmay" May; "mat" (March or May) is none."""
+    found = {number for name, number in _ABBREVIATIONS.items() if _one_edit(word, name)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def month_day_keys(text: str, dates: list[str]) -> list[str]:
+    """One "date:--MM-DD" term per month and day: of each date key in `dates` (a page's or a question's dates, whose
+    year OCR often misreads: 2018 printed, 2016 read), and of each month-day `text` writes without a year
+    ("March 5th", "5 March"). A question and a page then still share a term when the years disagree."""
+    keys = [f"{MONTH_DAY_PREFIX}{key[len(DATE_PREFIX) + 5 :]}" for key in dates if not key.startswith(MONTH_DAY_PREFIX)]
+    text = unicodedata.normalize("NFKC", text).casefold()
+    for month, day, ordinal in _MONTH_DAY.findall(text):
+        if month != "may" or ordinal:  # "may 5 people" is no date; "May 5th" is
+            keys.append(_month_day(_MONTHS[month], int(day)))
+    for day, month in _DAY_MONTH.findall(text):
+        keys.append(_month_day(_MONTHS[month], int(day)))
+    return [key for key in dict.fromkeys(keys) if key]
+
+
+def _month_day(month: int, day: int) -> str:
+    return f"{MONTH_DAY_PREFIX}{month:02d}-{day:02d}" if _date_key(2000, month, day) else ""  # 2000: has a 29 Feb
 
 
 _LOOKALIKES = str.maketrans({"o": "0", "O": "0", "D": "0", "l": "1", "I": "1", "i": "1", "S": "5", "s": "5",
@@ -165,11 +210,13 @@ def analyze(text: str) -> list[str]:
     Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
     dates with OCR letter-for-digit slips also yield their repaired reading's terms.
     """
-    terms = tokenize(text) + date_keys(text)
+    dates = date_keys(text)
+    terms = tokenize(text) + dates + month_day_keys(text, dates)
     repaired = repair_ocr_digits(text)
     if repaired != text:
         seen = set(terms)
-        terms += [term for term in tokenize(repaired) + date_keys(repaired) if term not in seen]
+        more = date_keys(repaired)
+        terms += [term for term in tokenize(repaired) + more + month_day_keys(repaired, more) if term not in seen]
     return terms
 
 

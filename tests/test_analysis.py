@@ -6,7 +6,9 @@ import unicodedata
 
 import pytest
 
-from mmrag.analysis import _tokenize_chunk, analyze, char_ngrams, date_keys, query_terms, repair_ocr_digits, tokenize
+from mmrag.analysis import (
+    _tokenize_chunk, analyze, char_ngrams, date_keys, month_day_keys, query_terms, repair_ocr_digits, tokenize,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +81,7 @@ def test_things_that_are_not_dates_get_no_key(text: str) -> None:
 def test_analyze_keeps_tokenize_tokens_and_adds_date_keys() -> None:
     assert analyze("Paid 9.00 on 05-02-18") == [
         "paid", "9.00", "on", "05-02-18", "05", "02", "18", "date:2018-02-05", "date:2018-05-02",
+        "date:--02-05", "date:--05-02",  # month-day keys: a year OCR misread still meets
     ]
 
 
@@ -100,4 +103,47 @@ def test_ocr_letter_for_digit_slips_are_read_as_digits_in_numbers_only() -> None
     terms = analyze("Date: 2O/O3/2018")
     assert "date:2018-03-20" in terms and "20/03/2018" in terms  # the repaired reading joins the original terms
     clean = "Total 12.50 on 20/03/2018"
-    assert analyze(clean) == tokenize(clean) + date_keys(clean)  # nothing to repair: no extra terms
+    dates = date_keys(clean)
+    assert analyze(clean) == tokenize(clean) + dates + month_day_keys(clean, dates)  # nothing to repair: no more
+
+
+# The table the dates must hold to: printed forms, OCR-damaged forms, typed forms → the date terms they give
+# (full-date keys and month-day keys); and forms that must give none.
+DATE_TABLE = [
+    ("18/10/2017", {"date:2017-10-18", "date:--10-18"}),
+    ("18-10-17", {"date:2017-10-18", "date:--10-18"}),
+    ("2017-10-18", {"date:2017-10-18", "date:--10-18"}),
+    ("18 Oct 2017", {"date:2017-10-18", "date:--10-18"}),
+    ("18OCT17", {"date:2017-10-18", "date:--10-18"}),
+    ("October 18th, 2017", {"date:2017-10-18", "date:--10-18"}),
+    ("18 October 2017", {"date:2017-10-18", "date:--10-18"}),
+    ("1O/1O/2O17", {"date:2017-10-10", "date:--10-10"}),  # letter O for zero, repaired
+    ("14/dun/2017", {"date:2017-06-14", "date:--06-14"}),  # OCR's "dun": June
+    ("14/fMay/2017", {"date:2017-05-14", "date:--05-14"}),  # a stray letter before May
+    ("25-FEB-2017", {"date:2017-02-25", "date:--02-25"}),
+    ("March 5th", {"date:--03-05"}),  # a question's date with no year: month and day only
+    ("5 March", {"date:--03-05"}),
+    ("the 5th of March", {"date:--03-05"}),
+    ("May 5th", {"date:--05-05"}),
+    ("03/04/2018", {"date:2018-04-03", "date:2018-03-04", "date:--04-03", "date:--03-04"}),  # both readings
+    ("may 5 people", set()),  # "may" the verb
+    ("14/mat/2017", set()),  # one edit from both March and May: no month
+    ("31/02/2018", set()),
+    ("TOTAL 12.50", set()),
+    ("10:30", set()),
+    ("page 3 of 12", set()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), DATE_TABLE)
+def test_the_date_table(text: str, expected: set[str]) -> None:
+    assert {term for term in analyze(text) if term.startswith("date:")} == expected
+
+
+def test_a_page_with_two_dates_keeps_both_and_a_question_meets_either() -> None:
+    page = "INVOICE DATE 18/10/2017 DUE DATE 18 NOV 2017 TOTAL 42.35"
+    terms = set(analyze(page))
+    assert {"date:2017-10-18", "date:2017-11-18", "date:--10-18", "date:--11-18"} <= terms
+    assert "date:--11-18" in query_terms("what was due on November 18th?")
+    # a printed 2018 that OCR read as 2016 still shares the month-day term with the question
+    assert set(query_terms("the Bhpetrol bill from 10-04-2018")) & set(analyze("10-04-2016")) >= {"date:--04-10"}
