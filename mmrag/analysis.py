@@ -92,7 +92,9 @@ _MONTH_DAY_YEAR = re.compile(
 # separators: the word is read as the one month within one edit of it (see _ocr_month).
 _DAY_WORD_YEAR = re.compile(r"(?<![\d.,/:\-])(\d{1,2})([./\-])([^\W\d_]{2,4})\2(\d{4}|\d{2})(?!\d)")
 # A month and a day with no year, as a question puts it ("March 5th", "5 March"): month-day keys only.
-_MONTH_DAY = re.compile(r"(?<![^\W\d_])(?<!\d)(?<!\d[\s./\-])" + _MONTH + r"[\s.,]*(\d{1,2})(st|nd|rd|th)?(?![\d.,/:\-]*\d)")
+_MONTH_DAY = re.compile(
+    r"(?<![^\W\d_])(?<!\d)(?<!\d[\s./\-])" + _MONTH + r"[\s.,]*(\d{1,2})(st|nd|rd|th)?(?![\d.,/:\-]*\d)"
+)
 _DAY_MONTH = re.compile(r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?" + _MONTH)
 _ABBREVIATIONS = {name: number for name, number in _MONTHS.items() if len(name) == 3}
 MONTH_DAY_PREFIX = DATE_PREFIX + "--"  # "date:--03-10": the 10th of March of any year
