@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             summary["tuning"] = tune(services, questions)
         if args.ocr_check:
             summary["ocr"] = ocr_check(services, args.data)
+        summary["text"] = text_left(services)
+        console.print(
+            f"pages without usable text (under {USABLE_CHARS} characters): {summary['text']['without_usable_text']} "
+            f"of {summary['text']['pages']} ({summary['text']['by_source']})"
+        )
     finally:
         services.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +192,22 @@ def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question
     console.print(f"2-fold picks: {folds}; leave-one-out picks: {result['leave_one_out']['choices']}")
     console.print(f"chosen on all questions (the shipped default): text={final[0]} rrf_k={final[1]}")
     return result
+
+
+USABLE_CHARS = 40  # a receipt's merchant and date alone take more
+
+
+def text_left(services) -> dict:  # noqa: ANN001 - Services
+    """How many indexed pages ended with no usable text, by where their text came from."""
+    from sqlalchemy import select
+
+    from mmrag.store.models import Page
+
+    with services.sessions() as session:
+        rows = session.execute(select(Page.text, Page.text_source)).all()
+    short = [source for text, source in rows if sum(not c.isspace() for c in text) < USABLE_CHARS]
+    by_source = {source: short.count(source) for source in sorted(set(short))}
+    return {"pages": len(rows), "without_usable_text": len(short), "by_source": by_source}
 
 
 def ocr_check(services, data: Path) -> dict:  # noqa: ANN001 - Services
