@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +14,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     StringConstraints,
     TypeAdapter,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
@@ -116,6 +117,17 @@ class Filters(Strict):
     metadata: Metadata = Field(default_factory=dict, description="user metadata fields that must all be equal")
     indexed_after: UtcDatetime | None = Field(None, description="ISO 8601; a time without a zone is UTC")
     indexed_before: UtcDatetime | None = None
+    date_from: date | None = Field(
+        None, description="only pages whose text holds a date on or after this one (YYYY-MM-DD; dates are read "
+        "from the page as printed, every reading of an ambiguous one such as 03/04/2018)"
+    )
+    date_to: date | None = Field(None, description="only pages whose text holds a date on or before this one")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Filters:
+        if self.date_from is not None and self.date_to is not None and self.date_from > self.date_to:
+            raise ValueError("date_from is after date_to")
+        return self
 
     def to_library(self) -> SearchFilters:
         return SearchFilters(
@@ -124,6 +136,8 @@ class Filters(Strict):
             metadata=dict(self.metadata),
             indexed_after=self.indexed_after,
             indexed_before=self.indexed_before,
+            date_from=self.date_from,
+            date_to=self.date_to,
         )
 
 

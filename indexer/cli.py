@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -260,20 +261,33 @@ def search(
         Optional[list[str]],
         typer.Option("--retriever", "-r", help=f"Only these retrievers: {', '.join(RETRIEVERS.names())} (default all)."),
     ] = None,
+    date_from: Annotated[
+        Optional[datetime], typer.Option("--date-from", formats=["%Y-%m-%d"], help="Only pages holding a date on or "
+                                         "after this one (YYYY-MM-DD), as their text prints it.")
+    ] = None,
+    date_to: Annotated[
+        Optional[datetime], typer.Option("--date-to", formats=["%Y-%m-%d"], help="... on or before this one.")
+    ] = None,
     collection: CollectionOption = "default",
     profile: ProfileOption = None,
 ) -> None:
     """Search a collection by text or by image; prints rank, score, path and page."""
     from mmrag import load_image
     from mmrag import search as run_search
+    from mmrag.types import SearchFilters
 
     if (query is None) == (image is None):
         raise typer.BadParameter("give a text QUERY or --image FILE (not both)")
+    if date_from is not None and date_to is not None and date_from > date_to:
+        raise typer.BadParameter("--date-from is after --date-to", param_hint="--date-from")
+    filters = SearchFilters(date_from=date_from.date() if date_from else None,
+                            date_to=date_to.date() if date_to else None)
     services = _services(profile)
     try:
         settings = services.settings
         picture = load_image(image, max_pixels=settings.ingest.max_pixels) if image is not None else None
-        results = run_search(services, collection, text=query, image=picture, k=k, retrievers=retriever)
+        results = run_search(services, collection, text=query, image=picture, k=k, retrievers=retriever,
+                             filters=filters)
         meaningless = services.embedders().meaningless
     finally:
         services.close()

@@ -159,6 +159,13 @@ def date_keys(text: str) -> list[str]:
     return keys
 
 
+def page_dates(text: str) -> list[date]:
+    """Every date `text` holds (each reading of an ambiguous one, OCR's digit slips repaired), in order, once each:
+    what a page is filtered on by date."""
+    keys = date_keys(text) + date_keys(repair_ocr_digits(text))
+    return [date.fromisoformat(key[len(DATE_PREFIX):]) for key in dict.fromkeys(keys)]
+
+
 def _ocr_month(word: str) -> int | None:
     """The month whose three-letter abbreviation is one edit (a letter changed, added or dropped) from `word`, when
     exactly one is: OCR's "dun" is June, "fmay" May; "mat" (March or May) is none."""

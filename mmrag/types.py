@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -123,3 +123,5 @@ class SearchFilters:
     metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata key = value, all must match
     indexed_after: datetime | None = None
     indexed_before: datetime | None = None
+    date_from: date | None = None  # pages holding a date in date_from..date_to (inclusive; either may be open)
+    date_to: date | None = None

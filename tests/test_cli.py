@@ -164,3 +164,21 @@ def test_cli_status_lists_failed_files_and_failed_pages_bounded(
     assert all("over the limit" in row[2] for row in rows)
     collections = [line for line in out.splitlines() if line.count("│") == 7 and "default" in line]
     assert [c.strip() for c in collections[0].split("│")[1:-1]] == ["default", "1", "4", "0", "1", "3"]
+
+
+def test_cli_search_by_a_date_range(cli_env: Path) -> None:
+    runner = CliRunner()
+    corpus = cli_env / "corpus"
+    make_pdf(corpus / "october.pdf", ["GIN KEE HARDWARE receipt dated 18/10/2017 total 42.35"])
+    make_pdf(corpus / "november.pdf", ["GIN KEE HARDWARE receipt 03 Nov 2017 total 17.00"])
+    assert runner.invoke(app, ["index", str(corpus)]).exit_code == 0
+
+    def search(*options: str) -> Result:
+        return runner.invoke(app, ["search", "gin kee hardware", "-r", "lexical", *options])
+
+    everything, november = search(), search("--date-from", "2017-11-01", "--date-to", "2017-11-30")
+    assert "october.pdf" in everything.output and "november.pdf" in everything.output
+    assert november.exit_code == 0 and "november.pdf" in november.output and "october.pdf" not in november.output
+    backwards = search("--date-from", "2017-12-01", "--date-to", "2017-11-01")
+    assert backwards.exit_code == 2 and "--date-from is after --date-to" in backwards.output
+    assert search("--date-from", "18/10/2017").exit_code == 2  # not YYYY-MM-DD

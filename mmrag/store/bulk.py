@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageEmbedding, PageFailure
+from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageDate, PageEmbedding, PageFailure
 from mmrag.types import DocumentStatus, ItemState
 
 # --- planning: what SQL knows about the files of a chunk ------------------------------------------------------
@@ -153,6 +153,12 @@ def insert_pages(
         )
     )
     return {(document_id, number): page_id for page_id, document_id, number in rows}
+
+
+def insert_page_dates(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """The dates pages hold (rows of PageDate's columns)."""
+    if rows:
+        session.connection().execute(insert(PageDate.__table__), list(rows))
 
 
 def insert_embeddings(session: Session, records: Sequence[dict[str, Any]]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -155,6 +156,17 @@ class Page(Base):
 
     document: Mapped[Document] = relationship(back_populates="pages")
     embeddings: Mapped[list[PageEmbedding]] = relationship(back_populates="page", cascade="all, delete-orphan")
+
+
+class PageDate(Base):
+    """A date a page's text holds (every reading of an ambiguous one, mmrag.analysis.page_dates): what the search
+    filters date_from and date_to select on."""
+
+    __tablename__ = "page_dates"
+    __table_args__ = (Index("ix_page_dates_date", "date"),)
+
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
+    date: Mapped[date] = mapped_column(Date, primary_key=True)
 
 
 class PageFailure(Base):

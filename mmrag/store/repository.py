@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.store.models import (
-    Collection, Document, DocumentPath, Job, JobItem, Page, PageEmbedding, PageFailure, utcnow,
+    Collection, Document, DocumentPath, Job, JobItem, Page, PageDate, PageEmbedding, PageFailure, utcnow,
 )
 from mmrag.types import DocumentStatus, ItemState, JobState, SearchFilters
 
@@ -75,6 +75,7 @@ def drop_pages(session: Session, document_ids: Iterable[int]) -> list[int]:
         session.execute(delete(PageFailure).where(PageFailure.document_id.in_(document_ids)))
     page_ids = page_ids_of_documents(session, document_ids)
     if page_ids:
+        session.execute(delete(PageDate).where(PageDate.page_id.in_(page_ids)))
         session.execute(delete(PageEmbedding).where(PageEmbedding.page_id.in_(page_ids)))
         session.execute(delete(Page).where(Page.id.in_(page_ids)))
     return page_ids
@@ -220,14 +221,15 @@ def describe_pages(
             .where(Page.id.in_(chunk), Document.status == DocumentStatus.INDEXED)
         )
         if filters is not None:
-            query = _filtered(query, filters)
+            query = _filtered(query, filters, pages=True)
         for r in session.execute(query):
             if r[3] is not None:  # an indexed document always has a path; the join this replaces implied it
                 result[r[0]] = PageRow(r[0], r[1], r[2], r[3], r[4])
     return result
 
 
-def _filtered(query: Select, filters: SearchFilters) -> Select:
+def _filtered(query: Select, filters: SearchFilters, *, pages: bool = False) -> Select:
+    """`query` (over documents, or over pages joined to their documents with `pages`) narrowed by `filters`."""
     if filters.kind:
         query = query.where(Document.kind == filters.kind)
     if filters.path_prefix:
@@ -242,6 +244,16 @@ def _filtered(query: Select, filters: SearchFilters) -> Select:
         query = query.where(Document.indexed_at >= filters.indexed_after)
     if filters.indexed_before:
         query = query.where(Document.indexed_at < filters.indexed_before)
+    if filters.date_from is not None or filters.date_to is not None:
+        dated = select(PageDate.page_id)
+        if filters.date_from is not None:
+            dated = dated.where(PageDate.date >= filters.date_from)
+        if filters.date_to is not None:
+            dated = dated.where(PageDate.date <= filters.date_to)
+        # a page query keeps the pages with such a date; a document query the documents with such a page
+        query = query.where(Page.id.in_(dated)) if pages else query.where(
+            Document.id.in_(select(Page.document_id).where(Page.id.in_(dated)))
+        )
     return query
 
 
