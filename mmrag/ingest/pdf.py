@@ -154,6 +154,14 @@ def iter_pdf_pages(path: Path, page_numbers: Iterable[int] | None = None) -> Ite
         for number in page_numbers if page_numbers is not None else range(1, count + 1):
             if not 1 <= number <= count:
                 raise ValueError(f"{path}: page {number} is out of range 1..{count}")
+            yield read_page_info(doc, path, number)
+
+
+def read_page_info(doc: pdfium.PdfDocument, path: Path, number: int) -> PdfPageInfo:
+    """Size and text layer of page `number` (1-based) of an open document; CorruptFileError when PDFium cannot
+    load or read the page."""
+    try:
+        with quiet_native(f"{path}: page {number}", loggers=_PDFIUM_LOGGERS):
             page = doc[number - 1]
             try:
                 width, height = page.get_size()
@@ -162,11 +170,11 @@ def iter_pdf_pages(path: Path, page_numbers: Iterable[int] | None = None) -> Ite
                     text = normalize_text(textpage.get_text_range())
                 finally:
                     textpage.close()
-            except pdfium.PdfiumError as exc:
-                raise CorruptFileError(f"{path}: page {number}: cannot read page: {exc}") from exc
             finally:
                 page.close()
-            yield PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
+    except pdfium.PdfiumError as exc:
+        raise CorruptFileError(f"{path}: page {number}: cannot read the page: {exc}") from exc
+    return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
 
 
 def fit_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int, *, where: str = "page") -> float:

@@ -22,9 +22,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from mmrag.errors import CorruptFileError, EncryptedPdfError, InputError, MissingToolError, TooLargeError
-from mmrag.ingest.native import quiet_native
 from mmrag.ingest.pdf import (
-    _PDFIUM_LOGGERS,
     POINTS_PER_INCH,
     POPPLER_TIMEOUT_S,
     PdfPageInfo,
@@ -33,6 +31,7 @@ from mmrag.ingest.pdf import (
     open_pdf_unlocked,
     password_error,
     poppler_errors_as_input_errors,
+    read_page_info,
     render_pdfium_page,
 )
 from mmrag.ingest.text import normalize_text
@@ -72,21 +71,7 @@ class _PdfiumSource:
         self.count = len(doc)
 
     def info(self, number: int) -> PdfPageInfo:
-        try:
-            with quiet_native(f"{self.path}: page {number}", loggers=_PDFIUM_LOGGERS):
-                page = self.doc[number - 1]
-                try:
-                    width, height = page.get_size()
-                    textpage = page.get_textpage()
-                    try:
-                        text = normalize_text(textpage.get_text_range())
-                    finally:
-                        textpage.close()
-                finally:
-                    page.close()
-        except pdfium.PdfiumError as exc:
-            raise CorruptFileError(f"{self.path}: page {number}: cannot read the page: {exc}") from exc
-        return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
+        return read_page_info(self.doc, self.path, number)
 
     def render(self, number: int, dpi: float) -> Image.Image:
         return render_pdfium_page(self.doc, self.path, number, dpi)
@@ -245,6 +230,27 @@ class _Sources:
             yield self.pdfium
 
 
+def _open(stack: ExitStack, path: Path, passwords: Sequence[str], *, forms: bool) -> _Sources:
+    """The document's readers: PDFium's open document (closed with `stack`), or poppler alone when PDFium cannot
+    open it; a CorruptFileError with both reasons when neither can, an EncryptedPdfError when no password opens it
+    (poppler would ask for the same password). `forms`: PDFium draws form fields (see open_pdf_unlocked)."""
+    try:
+        doc, password = stack.enter_context(open_pdf_unlocked(path, passwords, forms=forms))
+    except EncryptedPdfError:
+        raise
+    except CorruptFileError as refused:
+        try:
+            sources = _Sources(path, None, passwords, _PopplerSource(path, passwords))
+        except MissingToolError:
+            raise refused from None
+        except InputError as also:
+            raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
+        log.info("%s: PDFium cannot open it (%s); reading it with poppler", path, _unnamed(refused, path))
+        return sources
+    # poppler, if it is needed, opens with the password PDFium took (or none: an owner password only)
+    return _Sources(path, _PdfiumSource(path, doc), () if password is None else (password,))
+
+
 def draw_pages(
     path: Path,
     *,
@@ -261,21 +267,7 @@ def draw_pages(
     none of `passwords` gives, or a page number is out of range. A password never appears in a reason or the log."""
     path = Path(path)
     with ExitStack() as stack:
-        try:
-            doc, password = stack.enter_context(open_pdf_unlocked(path, passwords, forms=True))
-            # poppler, if it is needed, opens with the password PDFium took (or none: an owner password only)
-            sources = _Sources(path, _PdfiumSource(path, doc), () if password is None else (password,))
-        except EncryptedPdfError:
-            raise  # poppler would ask for the same password
-        except CorruptFileError as refused:
-            # PDFium cannot open it: poppler reads the whole document, or the file fails with both reasons.
-            try:
-                sources = _Sources(path, None, passwords, _PopplerSource(path, passwords))
-            except MissingToolError:
-                raise refused from None
-            except InputError as also:
-                raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
-            log.info("%s: PDFium cannot open it (%s); reading it with poppler", path, _unnamed(refused, path))
+        sources = _open(stack, path, passwords, forms=True)
         count = sources.count
         for number in page_numbers if page_numbers is not None else range(1, count + 1):
             if not 1 <= number <= count:
@@ -346,16 +338,5 @@ def _unnamed(exc: BaseException, path: Path) -> str:
 
 def count_pdf_pages(path: Path, passwords: Sequence[str] = ()) -> int:
     """How many pages draw_pages can be asked for: PDFium's count, or poppler's when PDFium cannot open the file."""
-    path = Path(path)
-    try:
-        with open_pdf_unlocked(path, passwords) as (doc, _):
-            return len(doc)
-    except EncryptedPdfError:
-        raise
-    except CorruptFileError as refused:
-        try:
-            return _PopplerSource(path, passwords).count
-        except MissingToolError:
-            raise refused from None
-        except InputError as also:
-            raise CorruptFileError(f"{refused}; poppler cannot read it either: {_unnamed(also, path)}") from None
+    with ExitStack() as stack:
+        return _open(stack, Path(path), passwords, forms=False).count
