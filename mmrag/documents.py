@@ -34,7 +34,7 @@ from mmrag.errors import (
 from mmrag.indexing import delete_documents
 from mmrag.ingest import count_pdf_pages, load_image, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
-from mmrag.ingest.passwords import PasswordBook, glob_escape
+from mmrag.ingest.passwords import PasswordBook
 from mmrag.retrieval import search
 from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
@@ -418,8 +418,8 @@ def upload_passwords(stored: Sequence[StoredUpload], password: str | None) -> Pa
     a job queued when the process stops runs later without it, and an encrypted file then fails as needing one."""
     if not password:
         return None
-    pdfs = [upload for upload in stored if upload.kind == DocumentKind.PDF]
-    return PasswordBook([(glob_escape(str(upload.path)), password) for upload in pdfs]) or None
+    pdfs = [upload.path for upload in stored if upload.kind == DocumentKind.PDF]
+    return PasswordBook.for_files(pdfs, password) or None
 
 
 def _label(name: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mmrag.errors import ConfigError
@@ -55,12 +55,14 @@ class PasswordBook:
         return cls(rules)
 
     @classmethod
-    def for_file(cls, path: Path, password: str) -> PasswordBook:
-        """One password for one file (an upload's)."""
-        return cls([(glob_escape(str(Path(path).resolve())), password)])
+    def for_files(cls, paths: Iterable[Path], password: str) -> PasswordBook:
+        """One password for these files and no other (an upload's)."""
+        return cls([(glob_escape(str(Path(path).resolve())), password) for path in paths])
 
     def for_path(self, path: str) -> tuple[str, ...]:
         """The passwords to try on the file at `path`, in order, each once."""
+        if not self._rules:
+            return ()  # the usual case, asked once per file a job loads: no path to resolve
         full = str(Path(path).resolve())
         name = os.path.basename(full)
         found: list[str] = []

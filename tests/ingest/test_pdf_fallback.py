@@ -134,7 +134,7 @@ def test_a_password_file_matches_names_and_paths(tmp_path: Path) -> None:
     assert book.for_path(str(finance / "locked-01.pdf")) == ("first guess with spaces ", PASSWORD, "second")
     assert book.for_path(str(tmp_path / "other.pdf")) == ("first guess with spaces ",)
     assert book.for_path(str(tmp_path / "scan.png")) == ()
-    assert PasswordBook.for_file(finance / "a[1].pdf", "x").for_path(str(finance / "a[1].pdf")) == ("x",)
+    assert PasswordBook.for_files([finance / "a[1].pdf"], "x").for_path(str(finance / "a[1].pdf")) == ("x",)
     rules.write_text(f"ok.pdf pw\njust-one-field-{PASSWORD}\n")
     with pytest.raises(ConfigError, match=r"line 2: expected a pattern") as bad:
         PasswordBook.read(rules)
