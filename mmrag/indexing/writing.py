@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmrag.indexing.embedding import BatchVectors, PendingPage, store_vectors
-from mmrag.analysis import page_dates
 from mmrag.ingest import ingest_version
 from mmrag.ingest.results import LoadedFile
 from mmrag.collections import CollectionStores
@@ -63,7 +62,7 @@ def write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> lis
             {"page_id": id_of_page[(document_id, page.page_number)], "date": day}
             for document_id, file in loaded
             for page in file.pages
-            for day in page_dates(page.text)
+            for day in page.dates
         ])
     return [[id_of_page[(document_id, page.page_number)] for page in file.pages] for document_id, file in loaded]
 

@@ -6,7 +6,9 @@ can name these types without importing the worker.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 
@@ -23,11 +25,12 @@ class StoredPage:
     image_path: str  # relative to the data dir
     inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
     renderer: str | None = None  # what drew a PDF page; None for an image
+    # the dates its text holds (mmrag.analysis.page_dates), read in the worker: the main process only records them
+    dates: tuple[date, ...] = ()
 
     def without_inputs(self) -> StoredPage:
         """This page with no model inputs: the embedding thread makes them from the stored image instead."""
-        return StoredPage(self.page_number, self.width, self.height, self.text, self.text_source, self.image_path,
-                          renderer=self.renderer)
+        return dataclasses.replace(self, inputs=())
 
 
 @dataclass(frozen=True)

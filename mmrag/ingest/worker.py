@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from mmrag.analysis import page_dates
 from mmrag.config import IngestSettings
 from mmrag.errors import CorruptFileError, InputError
 from mmrag.ingest import PageFailure, count_pages, describe, iter_pages
@@ -185,7 +186,7 @@ def load_file(
             input_bytes += sum(_nbytes(value) for value in prepared)
         stored.append(
             StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared,
-                       renderer=page.renderer)
+                       renderer=page.renderer, dates=tuple(page_dates(page.text)))
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
         stored = [page.without_inputs() for page in stored]
