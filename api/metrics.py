@@ -94,7 +94,12 @@ class _IndexSizes:
                                          labels=["collection"])  # fmt: skip
         for collection, n in sorted(sizes.failed_pages.items()):
             failed_pages.add_metric([collection], n)
-        yield from (documents, pages, vectors, failed_pages)
+        without_text = GaugeMetricFamily("mmrag_index_pages_without_text",
+                                         "Pages with no text (photos, pages OCR read nothing on), by collection",
+                                         labels=["collection"])  # fmt: skip
+        for collection, n in sorted(sizes.pages_without_text.items()):
+            without_text.add_metric([collection], n)
+        yield from (documents, pages, vectors, failed_pages, without_text)
 
 
 class RequestTimer:

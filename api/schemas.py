@@ -325,8 +325,9 @@ class JobOut(BaseModel):
     collection: str
     state: str = Field(description="pending | running | done | failed")
     counts: dict[str, int] = Field(
-        description="files per state (pending, indexed, unchanged, duplicate, failed), `pages` indexed, and "
-        "`failed_pages`: pages the documents it indexed could not have"
+        description="files per state (pending, indexed, unchanged, duplicate, failed), `pages` indexed, "
+        "`failed_pages`: pages the documents it indexed could not have, and `pages_without_text`: pages it indexed "
+        "that have no text (photos, and pages OCR read nothing on; search finds them by image only)"
     )
     failures: list[JobFailure]
     retrievers_on: list[str]

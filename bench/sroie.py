@@ -5,8 +5,8 @@
 The shared data (../shared/data/sroie) is read, never copied: bench/results/sroie.json holds aggregate figures
 only (no queries, no page text). It skips cleanly when the data folder is absent.
 
---tune fits the weighted-RRF parameters (the dense text retriever's weight against BM25's 1.0, and rrf_k) on one
-half of the questions and reports them on the other half, both ways round (2-fold cross-validation, halves split
+--tune fits the weighted-RRF parameters (the dense text and dates retrievers' weights against BM25's 1.0, and
+rrf_k) on one half of the questions and reports them on the other half, both ways round (2-fold cross-validation, halves split
 by question order: even / odd). The per-retriever rankings are computed once; fusion is re-run offline with fuse().
 
 --ocr-check compares the indexed page text with the annotated text lines in box/ (share of ground-truth words the
@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sroie"
 DEFAULT_OUT = REPO / "bench" / "results" / "sroie.json"
 TEXT_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+DATES_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RRF_KS = (1, 2, 5, 10, 20, 60)
 console = Console()
 
@@ -136,20 +137,23 @@ def print_report(report: EvalReport) -> None:
 
 
 def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question]
-    """Fusion parameters (text weight, rrf_k; lexical at 1.0) chosen by MRR on held-out questions, never on the
-    questions they are reported on: 2-fold (even/odd halves, both ways round) and leave-one-out. Ties go to the
-    smaller text weight, then the larger rrf_k."""
-    from mmrag.retrieval import fuse, retrieve
+    """Fusion parameters (text weight, dates weight, rrf_k; lexical at 1.0) chosen by MRR on held-out questions,
+    never on the questions they are reported on: 2-fold (even/odd halves, both ways round) and leave-one-out. Ties
+    go to the smaller text weight, then the dates weight nearest the shipped one, then the larger rrf_k."""
+    from mmrag.retrieval import fuse, fusion_weight, retrieve
+    from mmrag.retrievers import RETRIEVERS
 
     with services.sessions() as session:
         collection_id = repository.get_collection(session, "default").id
         locations = page_locations(session, collection_id)
     depth = services.settings.retrieval.depth
-    rankings = [retrieve(services, collection_id, text=q.query, depth=depth) for q in questions]
-    grid = list(itertools.product(TEXT_WEIGHTS, RRF_KS))
+    every = RETRIEVERS.names()  # a retriever the shipped weights leave out (weight 0) is tuned too
+    rankings = [retrieve(services, collection_id, text=q.query, depth=depth, retrievers=every) for q in questions]
+    grid = list(itertools.product(TEXT_WEIGHTS, DATES_WEIGHTS, RRF_KS))
+    shipped_dates = fusion_weight("dates", RetrievalSettings())
 
-    def gains(i: int, text_weight: float, rrf_k: int) -> tuple[list[bool], int]:
-        settings = RetrievalSettings(weights={"text": text_weight, "lexical": 1.0}, rrf_k=rrf_k)
+    def gains(i: int, text_weight: float, dates_weight: float, rrf_k: int) -> tuple[list[bool], int]:
+        settings = RetrievalSettings(weights={"text": text_weight, "lexical": 1.0, "dates": dates_weight}, rrf_k=rrf_k)
         fused = fuse(rankings[i], settings)[:10]
         ranking = [locations[page_id] for page_id, _, _ in fused if page_id in locations]
         return judge(ranking, questions[i].relevant), len(questions[i].relevant)
@@ -157,8 +161,9 @@ def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question
     table = {params: [gains(i, *params) for i in range(len(questions))] for params in grid}
     mrr = {params: [summarize([row], [], (1,)).mrr for row in rows] for params, rows in table.items()}
 
-    def best(indices: list[int]) -> tuple[float, int]:
-        return max(grid, key=lambda p: (round(sum(mrr[p][i] for i in indices), 9), -p[0], p[1]))
+    def best(indices: list[int]) -> tuple[float, float, int]:
+        return max(grid, key=lambda p: (round(sum(mrr[p][i] for i in indices), 9), -p[0], -abs(p[1] - shipped_dates),
+                                        p[2]))
 
     def held_out(chosen: dict[int, tuple[float, int]]) -> dict:
         metrics = summarize([table[params][i] for i, params in chosen.items()], [], (1, 5, 10))
@@ -171,16 +176,24 @@ def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question
     folds = []
     for fit, report_on in (halves, halves[::-1]):
         params = best(fit)
-        folds.append({"text_weight": params[0], "rrf_k": params[1], "fit_questions": len(fit)})
+        folds.append({"text_weight": params[0], "dates_weight": params[1], "rrf_k": params[2],
+                      "fit_questions": len(fit)})
         two_fold.update({i: params for i in report_on})
     loo = {i: best([j for j in everyone if j != i]) for i in everyone}
+    shipped = RetrievalSettings()
+    shipped_params = (fusion_weight("text", shipped), shipped_dates, shipped.rrf_k)
+    if shipped_params not in table:
+        table[shipped_params] = [gains(i, *shipped_params) for i in range(len(questions))]
     final = best(everyone)
     result = {
-        "grid": {"text_weight": TEXT_WEIGHTS, "rrf_k": RRF_KS},
+        "grid": {"text_weight": TEXT_WEIGHTS, "dates_weight": DATES_WEIGHTS, "rrf_k": RRF_KS},
+        "shipped": {"text_weight": shipped_params[0], "dates_weight": shipped_params[1], "rrf_k": shipped_params[2],
+                    "in_sample": held_out(dict.fromkeys(everyone, shipped_params))},
         "two_fold": {"folds": folds, "held_out": held_out(two_fold)},
         "leave_one_out": {"choices": sorted({str(p) for p in loo.values()}), "held_out": held_out(loo)},
         "chosen_on_all": {
-            "text_weight": final[0], "rrf_k": final[1], "in_sample": held_out(dict.fromkeys(everyone, final)),
+            "text_weight": final[0], "dates_weight": final[1], "rrf_k": final[2],
+            "in_sample": held_out(dict.fromkeys(everyone, final)),
         },
     }
     for name in ("two_fold", "leave_one_out"):
@@ -190,7 +203,8 @@ def tune(services, questions) -> dict:  # noqa: ANN001 - Services, list[Question
             f"MRR {h['mrr']:.3f}"
         )
     console.print(f"2-fold picks: {folds}; leave-one-out picks: {result['leave_one_out']['choices']}")
-    console.print(f"chosen on all questions (the shipped default): text={final[0]} rrf_k={final[1]}")
+    console.print(f"chosen on all questions: text={final[0]} dates={final[1]} rrf_k={final[2]}; shipped "
+                  f"{shipped_params}: {result['shipped']['in_sample']}")
     return result
 
 

@@ -138,13 +138,14 @@ def index(
     if any(report.recovered.values()):
         console.print(f"recovered after an interrupted run: {report.recovered}")
     table = Table(title=f"job {report.job_id} · collection {report.collection!r}")
-    for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "failed pages", "seconds", "pages/s"):
+    for column in ("indexed", "unchanged", "duplicate", "failed", "pages", "failed pages", "no text", "seconds",
+                   "pages/s"):
         table.add_column(column, justify="right")
     c = report.counts
     # Files and pages over the whole job (a resumed job's earlier runs included); time and rate are this run's.
     table.add_row(
         str(c["indexed"]), str(c["unchanged"]), str(c["duplicate"]), str(c["failed"]), str(c["pages"]),
-        str(c["failed_pages"]), f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
+        str(c["failed_pages"]), str(c["pages_without_text"]), f"{report.seconds:.1f}", f"{report.pages_per_second:.2f}",
     )
     console.print(table)
     if report.resumed and report.pages_indexed != c["pages"]:
@@ -217,13 +218,14 @@ def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: t
         else:
             console.print("no jobs yet")
         table = Table(title="collections")
-        for column in ("collection", "indexed", "failed", "deleted", "pages", "failed pages"):
+        for column in ("collection", "indexed", "failed", "deleted", "pages", "failed pages", "no text"):
             table.add_column(column, justify="right")
         sizes = index_sizes(services)
         for name in collection_names(services):
             table.add_row(
                 name, *(str(sizes.documents.get((name, status), 0)) for status in ("indexed", "failed", "deleted")),
                 str(sizes.pages.get(name, 0)), str(sizes.failed_pages.get(name, 0)),
+                str(sizes.pages_without_text.get(name, 0)),
             )
         console.print(table)
     finally:

@@ -16,7 +16,7 @@ from datetime import date
 # index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
 # is rebuilt from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-2"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-3"
 DATE_PREFIX = "date:"
 NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
 
@@ -81,7 +81,15 @@ _MONTHS = {
     for name in names
 }
 _MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")(?![^\W\d_])\.?"
-_NUMERIC_DATE = re.compile(r"(?<![\d.,/:\-])(\d{1,4})([./\-])(\d{1,2})\2(\d{4}|\d{2})(?!\d|[.,/:\-]\d)")
+# A space may follow a separator ("12- 01-19": OCR's reading of a narrow gap), never precede one.
+_NUMERIC_DATE = re.compile(r"(?<![\d.,/:\-])(\d{1,4})([./\-]) ?(\d{1,2})\2 ?(\d{4}|\d{2})(?!\d|[.,/:\-]\d)")
+# Eight digits standing alone that read as a year 1970-2099, a month and a day ("20180428", as systems print them).
+_COMPACT_DATE = re.compile(
+    r"(?<![\w.,/:\-])((?:19[789]|20\d)\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![\w]|[.,/:\-]\d)"
+)
+# Digits OCR reads for others in a date's day or month ("19/62/2018": 6 for 0): tried only when no reading of the
+# date as printed is a date, one digit at a time.
+_DIGIT_SLIPS = {"0": "689", "1": "74", "2": "7", "3": "8", "5": "6", "6": "05", "7": "12", "8": "03", "9": "0"}
 _DAY_MONTH_YEAR = re.compile(
     r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]*" + _MONTH + r"[\s.,/\-]*(\d{4}|\d{2})(?!\d)"
 )
@@ -146,7 +154,13 @@ def date_keys(text: str) -> list[str]:
             readings = [(year, int(middle), int(first)), (year, int(first), int(middle))]
         else:
             readings = []
-        keys.extend(dict.fromkeys(key for reading in readings if (key := _date_key(*reading))))
+        found = [key for reading in readings if (key := _date_key(*reading))]
+        if not found and len(first) <= 2:
+            found = _slipped_readings(first, middle, last)
+        keys.extend(dict.fromkeys(found))
+    for year, month, day in _COMPACT_DATE.findall(text):
+        if key := _date_key(int(year), int(month), int(day)):
+            keys.append(key)
     for day, month, year in _DAY_MONTH_YEAR.findall(text):
         if key := _date_key(_year(year), _MONTHS[month], int(day)):
             keys.append(key)
@@ -157,6 +171,26 @@ def date_keys(text: str) -> list[str]:
         if word not in _MONTHS and (month := _ocr_month(word)) and (key := _date_key(_year(year), month, int(day))):
             keys.append(key)
     return keys
+
+
+def _slipped_readings(first: str, middle: str, year: str) -> list[str]:
+    """The date keys of a numeric date none of whose readings is a date, with one digit of a day or month that no
+    day can be (over 31) read as a digit OCR confuses it with (_DIGIT_SLIPS): "19/62/2018" gives 19 Feb 2018;
+    "31/02/2018" stays no date. At most three: a date that many slips would mend is noise, not a date."""
+    found: list[str] = []
+    for which, part in ((0, first), (1, middle)):
+        if int(part) <= 31:
+            continue  # a number that is some day: only the pair is impossible ("31/02"), and no slip is in sight
+        for i, digit in enumerate(part):
+            for other in _DIGIT_SLIPS.get(digit, ""):
+                mended = part[:i] + other + part[i + 1 :]
+                day_part, month_part = (mended, middle) if which == 0 else (first, mended)
+                for reading in ((_year(year), int(month_part), int(day_part)),
+                                (_year(year), int(day_part), int(month_part))):
+                    if key := _date_key(*reading):
+                        found.append(key)
+    found = list(dict.fromkeys(found))
+    return found if len(found) <= 3 else []
 
 
 def page_dates(text: str) -> list[date]:
@@ -227,6 +261,23 @@ def analyze(text: str) -> list[str]:
         more = date_keys(repaired)
         terms += [term for term in tokenize(repaired) + more + month_day_keys(repaired, more) if term not in seen]
     return terms
+
+
+def date_terms(text: str) -> list[str]:
+    """The date terms analyze() gives `text` (full dates, then months and days), once each: its dates as a field."""
+    return list(dict.fromkeys(term for term in analyze(text) if term.startswith(DATE_PREFIX)))
+
+
+_DATE_FORMS = (_NUMERIC_DATE, _COMPACT_DATE, _DAY_MONTH_YEAR, _MONTH_DAY_YEAR, _DAY_WORD_YEAR)
+
+
+def without_dates(text: str) -> str:
+    """`text` casefolded with its dates blanked out (each form date_keys reads, and a month and day a question
+    writes without a year): what the rest of a question asks for ("gin kee receipt from 18/10/2017" → the shop)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    for form in (*_DATE_FORMS, _MONTH_DAY, _DAY_MONTH):
+        text = form.sub(" ", text)
+    return text
 
 
 def query_terms(text: str) -> list[str]:

@@ -140,6 +140,7 @@ class IndexSizes:
     pages: dict[str, int]  # collection → pages
     vectors: dict[tuple[str, str], int]  # (collection, retriever) → pages with vectors
     failed_pages: dict[str, int] = field(default_factory=dict)  # collection → pages its documents could not have
+    pages_without_text: dict[str, int] = field(default_factory=dict)  # collection → pages with no text
 
 
 # --- collections ---------------------------------------------------------------------------------------------
@@ -448,4 +449,5 @@ def index_sizes(services: Services) -> IndexSizes:
     with services.sessions() as session:
         documents, pages, vectors = repository.collection_sizes(session)
         failed_pages = repository.collection_failed_pages(session)
-    return IndexSizes(documents, pages, vectors, failed_pages)
+        without_text = repository.collection_pages_without_text(session)
+    return IndexSizes(documents, pages, vectors, failed_pages, without_text)

@@ -384,6 +384,7 @@ def evaluate(
 ) -> EvalReport:
     """Run every question through each loaded retriever, the fused search and (optionally) an answerer."""
     from mmrag.retrieval import fusion_weight, retrieve, retrieved_pages, search
+    from mmrag.retrievers import RETRIEVERS
 
     if not questions:
         raise ConfigError("no questions to evaluate")
@@ -397,7 +398,10 @@ def evaluate(
     unresolved = _unresolved(questions, locations)
 
     # Warm-up: loads models and the BM25 index, so the first timed query measures a query, not a load.
-    names = [r.retriever for r in retrieve(services, collection_id, text=questions[0].query, depth=max_k)]
+    # Every retriever's own ranking is judged, one weighted 0 (left out of fusion) included.
+    every = RETRIEVERS.names()
+    names = [r.retriever for r in retrieve(services, collection_id, text=questions[0].query, depth=max_k,
+                                           retrievers=every)]
     search(services, collection, text=questions[0].query, k=max_k)
 
     gains: dict[str, list[tuple[list[bool], int]]] = {name: [] for name in [*names, FUSED]}

@@ -159,6 +159,10 @@ class LexicalIndex(Protocol):
 
     def search(self, query: str, k: int) -> list[Hit]: ...
 
+    def pages_holding(self, terms: Iterable[str]) -> dict[int, set[str]]:
+        """The pages holding any of these analyzer terms, each with the ones it holds (typed fields: dates)."""
+        ...
+
     def __len__(self) -> int: ...
 
 

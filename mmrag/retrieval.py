@@ -54,7 +54,8 @@ def retrieve(
     generation: int | None = None,
 ) -> list[RetrieverHits]:
     """Each loaded retriever's own ranking, `depth` deep, in registry order: a text query goes to every retriever,
-    an image to those that take image queries. `generation`: the collection's, when the caller has just read it
+    an image to those that take image queries. Unless `retrievers` names them, retrievers whose fusion weight is 0
+    are not run. `generation`: the collection's, when the caller has just read it
     (saves the derived indexes a round trip)."""
     if (text is None) == (image is None):
         raise ConfigError("give exactly one of a text query or an image query")
@@ -68,6 +69,8 @@ def retrieve(
     for retriever in RETRIEVERS:
         if retrievers and retriever.name not in retrievers or query.kind not in retriever.query_kinds:
             continue
+        if not retrievers and fusion_weight(retriever.name, services.settings.retrieval) <= 0:
+            continue  # it weighs nothing in fusion: not run at all (no model call, no query embedding)
         embedder = embedders.get(retriever.name)
         store = stores.get(retriever.name)
         if retriever.embeds and (embedder is None or store is None):
@@ -94,13 +97,17 @@ def fuse(
 
     Ranks, not raw scores, are fused because cosine, MaxSim sums and BM25 live on unrelated scales; the
     weights (settings.retrieval.weights) let a weak retriever count for less instead of dragging good ones down.
+    Hits with equal scores in one ranking share its rank (dense ranking: the next score takes the next rank).
     """
     settings = settings or RetrievalSettings()
     fused: dict[int, float] = {}
     raw: dict[int, dict[str, float]] = {}
     for ranking in rankings:
         weight = fusion_weight(ranking.retriever, settings)
-        for rank, hit in enumerate(ranking.hits, start=1):
+        rank, previous = 0, None
+        for hit in ranking.hits:
+            if hit.score != previous:  # equal scores share a rank (the dates retriever's are all ties)
+                rank, previous = rank + 1, hit.score
             fused[hit.page_id] = fused.get(hit.page_id, 0.0) + weight / (settings.rrf_k + rank)
             raw.setdefault(hit.page_id, {})[ranking.retriever] = hit.score
     order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))

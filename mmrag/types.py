@@ -25,7 +25,15 @@ class DocumentStatus(StrEnum):
 
 class TextSource(StrEnum):
     TEXT_LAYER = "text_layer"
-    OCR = "ocr"
+    OCR = "ocr"  # Tesseract's reading of the page (mmrag.ingest.text.ocr_page), and the ways it read it again:
+    OCR_BLOCK = "ocr_block"  # the first reading was (nearly) empty; read as one block of text
+    OCR_FAINT = "ocr_faint"  # the same, on a contrast-stretched grey image at twice the size
+    OCR_SMOOTH = "ocr_smooth"  # the first reading was unsure; the image halved and enlarged back read better
+    OCR_CROP = "ocr_crop"  # the same, the paper cut out of a dark background
+    # The reading (first, smooth or crop) held no date; lines only a one-block reading found were added:
+    OCR_MERGED = "ocr+block"
+    OCR_SMOOTH_MERGED = "ocr_smooth+block"
+    OCR_CROP_MERGED = "ocr_crop+block"
     NONE = "none"
 
 

@@ -7,7 +7,8 @@ import unicodedata
 import pytest
 
 from mmrag.analysis import (
-    _tokenize_chunk, analyze, char_ngrams, date_keys, month_day_keys, query_terms, repair_ocr_digits, tokenize,
+    _tokenize_chunk, analyze, char_ngrams, date_keys, date_terms, month_day_keys, query_terms, repair_ocr_digits,
+    tokenize,
 )
 
 
@@ -121,6 +122,11 @@ DATE_TABLE = [
     ("14/dun/2017", {"date:2017-06-14", "date:--06-14"}),  # OCR's "dun": June
     ("14/fMay/2017", {"date:2017-05-14", "date:--05-14"}),  # a stray letter before May
     ("25-FEB-2017", {"date:2017-02-25", "date:--02-25"}),
+    ("20180428", {"date:2018-04-28", "date:--04-28"}),  # no separators, as systems print them
+    ("12- 01-19", {"date:2019-01-12", "date:2019-12-01", "date:--01-12", "date:--12-01"}),  # a space OCR put in
+    ("19/62/2018", {"date:2018-02-19", "date:--02-19"}),  # OCR's 6 for a 0: the one digit that mends it
+    ("O7/B1/18", {"date:2018-01-07", "date:2018-07-01", "date:2018-07-31",  # letters for digits, then an 8 for
+                  "date:--01-07", "date:--07-01", "date:--07-31"}),  # a 0 or a 3: each reading that mends it
     ("March 5th", {"date:--03-05"}),  # a question's date with no year: month and day only
     ("5 March", {"date:--03-05"}),
     ("the 5th of March", {"date:--03-05"}),
@@ -132,12 +138,24 @@ DATE_TABLE = [
     ("TOTAL 12.50", set()),
     ("10:30", set()),
     ("page 3 of 12", set()),
+    ("12345678", set()),  # eight digits that are no year, month and day
+    ("20181328", set()),  # month 13
+    ("invoice 201804281", set()),  # nine digits
+    ("45/67/2018", set()),  # no one digit mends it
+    ("Tel: 03- 876860", set()),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), DATE_TABLE)
 def test_the_date_table(text: str, expected: set[str]) -> None:
     assert {term for term in analyze(text) if term.startswith("date:")} == expected
+
+
+def test_date_terms_are_a_texts_dates_as_a_field() -> None:
+    terms = date_terms("the Gin Kee receipt from 18 October 2017, or was it the 19/10/2017 one?")
+    assert sorted(terms) == ["date:--10-18", "date:--10-19", "date:2017-10-18", "date:2017-10-19"]
+    assert len(set(terms)) == len(terms)
+    assert date_terms("gin kee hardware") == []
 
 
 def test_a_page_with_two_dates_keeps_both_and_a_question_meets_either() -> None:

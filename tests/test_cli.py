@@ -162,8 +162,8 @@ def test_cli_status_lists_failed_files_and_failed_pages_bounded(
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if str(partial) in line]
     assert [row[1] for row in rows] == ["2", "3"]  # page numbers, in order
     assert all("over the limit" in row[2] for row in rows)
-    collections = [line for line in out.splitlines() if line.count("│") == 7 and "default" in line]
-    assert [c.strip() for c in collections[0].split("│")[1:-1]] == ["default", "1", "4", "0", "1", "3"]
+    collections = [line for line in out.splitlines() if line.count("│") == 8 and "default" in line]
+    assert [c.strip() for c in collections[0].split("│")[1:-1]] == ["default", "1", "4", "0", "1", "3", "0"]
 
 
 def test_cli_search_by_a_date_range(cli_env: Path) -> None:

@@ -104,3 +104,65 @@ def test_the_api_filters_by_date_and_refuses_a_range_backwards(
         assert client.post("/v1/search", json=body).status_code == 422
         schema = client.get("/openapi.json").json()["components"]["schemas"]
         assert {"date_from", "date_to"} <= set(schema["Filters"]["properties"])
+
+
+# Twelve receipts of one shop, alike but for their dates and totals (the shared set has 22 from one hardware shop):
+# the words name the shop, only the date names the receipt.
+SHOP_DAYS = ["03/10/2017", "09/10/2017", "12/10/2017", "18/10/2016", "18/10/2017", "21/10/2017", "02/11/2017",
+             "09/11/2017", "16/11/2017", "23/11/2017", "30/11/2017", "07/12/2017"]
+
+
+def index_shop(services: Services, root: Path) -> None:
+    for i, day in enumerate(SHOP_DAYS):
+        lines = f"SYARIKAT PERNIAGAAN GIN KEE (81109-A) NO 290 JALAN AIR PANAS Date {day} Cash Total {10 + i}.35"
+        make_pdf(root / f"r{i:02d}.pdf", [lines])
+    assert run_index(services, [root]).counts["indexed"] == len(SHOP_DAYS)
+
+
+def ranked(services: Services, query: str, retrievers: list[str]) -> list[str]:
+    return [Path(hit.path).name for hit in search(services, "default", text=query, k=5, retrievers=retrievers)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["the Gin Kee receipt from 18/10/2017", "Gin Kee 18 October 2017: what was the total?", "gin kee 2017-10-18",
+     "GIN KEE receipt dated 18-10-17"],
+)
+def test_the_date_in_a_question_finds_the_one_receipt_of_that_day_among_a_shops_many(
+    services: Services, tmp_path: Path, query: str
+) -> None:
+    index_shop(services, tmp_path / "shop")
+    assert ranked(services, query, ["lexical", "dates"])[0] == "r04.pdf"
+    hits = search(services, "default", text=query, k=3, retrievers=["lexical", "dates"])
+    assert hits[0].scores["dates"] == 2.0 and "dates" not in hits[2].scores  # a full date; no date of the query
+    # the printed year misread (2016 for 2017): the month and day still meet, after the exact date
+    assert ranked(services, query, ["lexical", "dates"])[1] == "r03.pdf"
+    assert hits[1].scores["dates"] == 1.0
+
+
+def test_a_question_with_the_month_and_day_only_meets_every_year(services: Services, tmp_path: Path) -> None:
+    index_shop(services, tmp_path / "shop")
+    assert sorted(ranked(services, "the Gin Kee receipt from October 18th", ["lexical", "dates"])[:2]) == [
+        "r03.pdf", "r04.pdf",
+    ]
+
+
+def test_a_question_without_a_date_asks_nothing_of_the_dates_retriever(services: Services, tmp_path: Path) -> None:
+    index_shop(services, tmp_path / "shop")
+    with_dates = search(services, "default", text="gin kee total", k=5, retrievers=["lexical", "dates"])
+    assert [hit.page_id for hit in with_dates] == [
+        hit.page_id for hit in search(services, "default", text="gin kee total", k=5, retrievers=["lexical"])
+    ]
+    assert all("dates" not in hit.scores for hit in with_dates)
+
+
+def test_another_shops_receipt_of_that_day_is_not_put_first(services: Services, tmp_path: Path) -> None:
+    index_shop(services, tmp_path / "shop")
+    make_pdf(tmp_path / "other" / "other.pdf", ["KEDAI PAPAN YEW CHUAN Date 18/10/2017 Total 5.00"])
+    run_index(services, [tmp_path / "other"])
+    dated = search(services, "default", text="gin kee 18/10/2017", k=5, retrievers=["dates"])
+    assert [Path(hit.path).name for hit in dated] == ["r04.pdf", "r03.pdf"]  # that shop's: the day, then 2016's
+    assert ranked(services, "gin kee 18/10/2017", ["lexical", "dates"])[0] == "r04.pdf"
+    # a date alone: every page holding it
+    alone = search(services, "default", text="18/10/2017", k=5, retrievers=["dates"])
+    assert sorted(Path(hit.path).name for hit in alone if hit.scores["dates"] == 2.0) == ["other.pdf", "r04.pdf"]

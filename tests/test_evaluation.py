@@ -223,7 +223,7 @@ QUESTIONS = [
 def test_small_eval_end_to_end_with_page_level_relevance(services: Services, tmp_path: Path) -> None:
     report = evaluate(services, QUESTIONS, answerer=ExtractiveAnswerer())
     assert report.meaningless and report.unresolved == ["unknown"]
-    assert set(report.rankings) == {"clip", "colpali", "text", "lexical", FUSED}
+    assert set(report.rankings) == {"clip", "colpali", "text", "lexical", "dates", FUSED}
     ranks = {r.id: r.first_relevant_rank for r in report.per_question}
     assert {q: ranks[q]["lexical"] for q in ranks} == {
         "page-2": 1, "page-3": 1, "whole-file": 1, "wrong-page": 2, "kestrel": 1, "curlew": 1, "unknown": None,

@@ -329,3 +329,16 @@ def test_a_search_does_not_wait_for_the_candidate_index_to_update(
         release.set()
         updater.join(30)
     assert len(services.collections.derived.candidate_index(1, "colpali")) == 8
+
+
+def test_fusion_gives_equal_scores_one_rank() -> None:
+    from mmrag.config import RetrievalSettings
+    from mmrag.retrieval import RetrieverHits, fuse
+    from mmrag.types import Hit
+
+    settings = RetrievalSettings(rrf_k=10, weights={"lexical": 1.0, "dates": 1.0})
+    dates = RetrieverHits("dates", [Hit(7, 2.0), Hit(8, 2.0), Hit(9, 1.0)])  # two pages hold the full date
+    fused = {page_id: score for page_id, score, _ in fuse([dates], settings)}
+    assert fused[7] == fused[8] == 1 / 11 and fused[9] == 1 / 12  # dense ranks: 1, 1, 2
+    lexical = RetrieverHits("lexical", [Hit(8, 5.0), Hit(7, 4.0)])
+    assert [page_id for page_id, _, _ in fuse([lexical, dates], settings)] == [8, 7, 9]

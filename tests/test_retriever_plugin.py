@@ -276,7 +276,7 @@ def test_an_installed_package_adds_a_retriever_through_its_entry_point(tmp_path:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]]), "MMRAG_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'ones'] ['ones']"
+    assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'dates', 'ones'] ['ones']"
     assert "mmrag_broken" in done.stderr and "this plug-in is broken" in done.stderr  # logged, and mmrag still runs
 
 

@@ -157,6 +157,24 @@ class Bm25Index:
         order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
         return [Hit(page_id, fused[page_id]) for page_id in order]
 
+    def pages_holding(self, terms: Iterable[str]) -> dict[int, set[str]]:
+        """The live pages holding any of these word terms (as analyze() writes them: "date:2018-03-10"), each with
+        the ones it holds: a typed field's exact matches, whatever their BM25 score."""
+        wanted = list(dict.fromkeys(terms))
+        with self._lock:
+            segments = self._segments
+        held: dict[int, set[str]] = {}
+        for segment in segments:
+            postings = segment.models[_WORDS]
+            for term in wanted:
+                index = postings.lookup.get(term)
+                if index is None:
+                    continue
+                rows = np.asarray(postings.rows[postings.indptr[index] : postings.indptr[index + 1]])
+                for page_id in segment.page_ids[rows[~segment.deleted[rows]]].tolist():
+                    held.setdefault(page_id, set()).add(term)
+        return held
+
     def __len__(self) -> int:
         with self._lock:
             return sum(segment.live for segment in self._segments)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pytesseract
 from PIL import Image, ImageOps
 
+from mmrag.analysis import page_dates
 from mmrag.errors import ConfigError, MissingToolError
 from mmrag.types import TextSource
 
@@ -35,6 +38,9 @@ PHOTO_COLOURFULNESS = 25.0
 # automatic segmentation gave up on came out with 0-16 characters; a receipt read well has hundreds.
 OCR_RETRY_BELOW_CHARS = 80
 OCR_BLOCK_PSM = 6  # Tesseract's "a single uniform block of text"
+# Mean word confidence (0-100) under which a page is read again in other ways (ocr_page). On the SROIE receipts,
+# readings of legible text scored 60-80; the unreadable ones (dot-matrix print, a receipt on a black table) 24-55.
+OCR_LOW_CONFIDENCE = 60.0
 
 
 def normalize_text(text: str) -> str:
@@ -53,14 +59,64 @@ def count_chars(text: str) -> int:
 def ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
     """Tesseract's text for `image`, normalised (page segmentation mode `psm`: Tesseract's default, 3, when None).
     Raises MissingToolError or ConfigError (unknown lang)."""
+    config = "" if psm is None else f"--psm {psm}"
+    return normalize_text(_tesseract(pytesseract.image_to_string, image, lang, config))
+
+
+SURE_WORD = 60.0  # a word Tesseract reads with at least this confidence (0-100) counts in Reading.confident_chars
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One Tesseract reading of a page: its text, how sure Tesseract was of it (mean word confidence, 0-100,
+    weighted by word length; 0 for no words), and `confident_chars`, the characters of the words it was sure of
+    (SURE_WORD): what two readings of one page are compared on. Garbage read off noise is long but unsure; a
+    careful reading of half the page is sure but short."""
+
+    text: str
+    confidence: float
+    confident_chars: int = 0
+
+
+def read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> Reading:
+    """ocr() with Tesseract's word confidences: the text rebuilt from its words (a line per line, a blank line
+    between paragraphs, as ocr() has it) and their mean confidence."""
+    config = "" if psm is None else f"--psm {psm}"
+    data = _tesseract(pytesseract.image_to_data, image, lang, config, output_type=pytesseract.Output.DICT)
+    lines: list[str] = []
+    words: list[str] = []
+    line_key = paragraph_key = None
+    weighted = length = 0.0
+    sure = 0
+    for i, word in enumerate(data["text"]):
+        confidence = float(data["conf"][i])
+        if confidence < 0 or not word.strip():
+            continue  # a page, block, paragraph or line record, or an empty word
+        paragraph = (data["page_num"][i], data["block_num"][i], data["par_num"][i])
+        line = (*paragraph, data["line_num"][i])
+        if line != line_key:
+            if words:
+                lines.append(" ".join(words))
+            if paragraph != paragraph_key and lines:
+                lines.append("")
+            words, line_key, paragraph_key = [], line, paragraph
+        words.append(word)
+        weighted += confidence * len(word)
+        length += len(word)
+        sure += len(word) if confidence >= SURE_WORD else 0
+    if words:
+        lines.append(" ".join(words))
+    return Reading(normalize_text("\n".join(lines)), weighted / length if length else 0.0, sure)
+
+
+def _tesseract(call, image: Image.Image, lang: str, config: str, **kwargs):  # noqa: ANN001, ANN202 - pytesseract's
     # Tesseract's OpenMP threads spin against each other and against our other workers, which makes a page several
     # times slower on a small machine than with one thread. Tesseract's own docs advise
     # a limit of 1 when pages are processed in parallel, as the indexing job does. A value set by the user wins;
     # pytesseract offers no per-call environment, hence the process-wide default.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:
-        config = "" if psm is None else f"--psm {psm}"
-        return normalize_text(pytesseract.image_to_string(image, lang=lang, config=config))
+        return call(image, lang=lang, config=config, **kwargs)
     except pytesseract.TesseractNotFoundError as exc:
         raise MissingToolError(_missing_tesseract_message()) from exc
     except pytesseract.TesseractError as exc:
@@ -173,21 +229,103 @@ def _missing_tesseract_message() -> str:
     )
 
 
-def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT) -> str:
-    """OCR that does not give up on a page at the first try: Tesseract on the page (small print enlarged), and when
-    that reads fewer than OCR_RETRY_BELOW_CHARS characters, again as one block of text (`--psm 6`: automatic page
-    segmentation finds no text regions on some clean greyscale scans, and a receipt is one column), on the same
-    image and on a contrast-stretched grey one at twice the size (faint print). The reading with the most characters
-    wins. A page with real text costs one pass as before; only a page that came out (nearly) empty costs three."""
+def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT) -> tuple[str, str]:
+    """OCR that does not give up on a page at the first try; returns the text and the path that gave it (a
+    TextSource value: the page records it).
+
+    Tesseract reads the page (small print enlarged) with its automatic page segmentation: path "ocr". Then:
+    - A reading of fewer than OCR_RETRY_BELOW_CHARS characters is tried again as one block of text (`--psm 6`:
+      automatic segmentation finds no text regions on some clean greyscale scans, and a receipt is one column), on
+      the same image ("ocr_block") and on a contrast-stretched grey one at twice the size ("ocr_faint").
+    - A reading Tesseract is unsure of (mean word confidence under OCR_LOW_CONFIDENCE) is tried again on the image
+      shrunk then enlarged back to the line height ("ocr_smooth": print dots and JPEG noise averaged away) and on
+      the paper alone, cut out of a dark background ("ocr_crop"), when there is one.
+      Of the readings, the one with the most confident characters (Reading.confident_chars) wins.
+    - A winning reading that holds no date is read again as one block, and the lines only that reading found are
+      added after its own (path + "+block"): automatic segmentation drops whole text regions now and then, and on
+      receipts, invoices and forms the dropped line is often the date (about one SROIE receipt in six lost it).
+    A clear page whose reading holds a date costs one pass, as before.
+    """
     enlarged = upscale_for_ocr(image, line_height)
-    best = ocr(enlarged, lang)
-    if count_chars(best) >= OCR_RETRY_BELOW_CHARS:
-        return best
-    for candidate in (enlarged, _faint_print(image)):
-        retried = ocr(candidate, lang, psm=OCR_BLOCK_PSM)
-        if count_chars(retried) > count_chars(best):
-            best = retried
-    return best
+    best, best_image, path = read(enlarged, lang), enlarged, "ocr"
+    tries: list[tuple[str, Image.Image, int | None]] = []
+    if count_chars(best.text) < OCR_RETRY_BELOW_CHARS:
+        tries += [("ocr_block", enlarged, OCR_BLOCK_PSM), ("ocr_faint", _faint_print(image), OCR_BLOCK_PSM)]
+    if best.confidence < OCR_LOW_CONFIDENCE:
+        tries.append(("ocr_smooth", upscale_for_ocr(_shrunk(image), line_height), None))
+        paper = crop_to_paper(image)
+        if paper is not None:
+            tries.append(("ocr_crop", upscale_for_ocr(paper, line_height), None))
+    for name, candidate, psm in tries:
+        reading = read(candidate, lang, psm=psm)
+        if reading.confident_chars > best.confident_chars:
+            best, best_image, path = reading, candidate, name
+    if path in ("ocr", "ocr_smooth", "ocr_crop") and best.text and not page_dates(best.text):
+        added = lines_not_in(read(best_image, lang, psm=OCR_BLOCK_PSM).text, best.text, dates_count=True)
+        if added:
+            return normalize_text(best.text + "\n\n" + "\n".join(added)), path + "+block"
+    return best.text, path
+
+
+SMOOTH_WIDTH = 1000  # ocr_smooth shrinks a page to at most this width (and at least by half) before enlarging it
+
+
+def _shrunk(image: Image.Image) -> Image.Image:
+    """Half the size, or SMOOTH_WIDTH wide where that is smaller: shrinking averages dot-matrix print (whose dots
+    a high-resolution scan shows apart, and whose rows of dots the line-height estimate takes for lines) and JPEG
+    noise into strokes; upscale_for_ocr then enlarges them back to a size Tesseract reads."""
+    scale = min(0.5, SMOOTH_WIDTH / max(1, image.width))
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)
+
+
+PAPER_MIN_CUT = 0.05  # crop_to_paper cuts only when the background is at least this share of the image's area
+
+
+def crop_to_paper(image: Image.Image) -> Image.Image | None:
+    """The bright paper of a photographed page, cut out of a dark background (a receipt on a table): the rows and
+    columns whose pixels are mostly above the Otsu threshold, first to last. None when there is no such background
+    to cut (under PAPER_MIN_CUT of the area) or no paper."""
+    grey = np.asarray(ImageOps.grayscale(image))
+    bright = grey > _otsu_threshold(grey)
+    rows = np.flatnonzero(bright.mean(axis=1) > 0.5)
+    columns = np.flatnonzero(bright.mean(axis=0) > 0.5)
+    if not len(rows) or not len(columns):
+        return None
+    box = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+    if (box[2] - box[0]) * (box[3] - box[1]) > (1 - PAPER_MIN_CUT) * image.width * image.height:
+        return None
+    return image.crop(box)
+
+
+SAME_LINE_RATIO = 0.75  # difflib ratio above which two readings of a line are taken for the same line
+_MIN_LINE_CHARS = 4  # shorter lines in a second reading are specks and rules, not text the first one missed
+
+
+def lines_not_in(second: str, first: str, *, dates_count: bool = False) -> list[str]:
+    """The lines of `second` (a second OCR reading of a page) that `first` does not hold, in their order: a line
+    counts as held when a line of `first` reads the same, casefolded and within SAME_LINE_RATIO (two readings of
+    one line differ by a few characters). With `dates_count` (`first` holds no date), a line of `second` that holds
+    a date is never held: the first reading of that line lost the date, which a few characters can do."""
+    held = [" ".join(line.casefold().split()) for line in first.splitlines() if line.strip()]
+    exact = set(held)
+    added: list[str] = []
+    for line in second.splitlines():
+        key = " ".join(line.casefold().split())
+        if count_chars(key) < _MIN_LINE_CHARS or key in exact:
+            continue
+        matcher = difflib.SequenceMatcher(None, "", key, autojunk=False)
+        if any(_similar(matcher, other) for other in held) and not (dates_count and page_dates(key)):
+            continue
+        added.append(line.strip())
+        exact.add(key)
+    return added
+
+
+def _similar(matcher: difflib.SequenceMatcher, other: str) -> bool:
+    matcher.set_seq1(other)
+    return (matcher.real_quick_ratio() >= SAME_LINE_RATIO and matcher.quick_ratio() >= SAME_LINE_RATIO
+            and matcher.ratio() >= SAME_LINE_RATIO)
 
 
 def _faint_print(image: Image.Image) -> Image.Image:
@@ -228,9 +366,9 @@ def choose_text(
         return (layer, TextSource.TEXT_LAYER) if layer else ("", TextSource.NONE)
     if mode == "auto" and skip_photos and text_layer is None and looks_like_photo(image):
         return "", TextSource.NONE
-    recognised = ocr_page(image, lang, line_height)
+    recognised, path = ocr_page(image, lang, line_height)
     if recognised:
-        return recognised, TextSource.OCR
+        return recognised, TextSource(path)
     if layer:
         return layer, TextSource.TEXT_LAYER
     return "", TextSource.NONE

@@ -1,7 +1,7 @@
 """Retrievers as plug-ins: the contract (base.py), one module per built-in retriever, and the one registry by name
 that the job, the search path, the config, the CLI and the API read their names from.
 
-    RETRIEVERS.names()          ['clip', 'colpali', 'text', 'lexical'] (registration order, which fusion keeps)
+    RETRIEVERS.names()          ['clip', 'colpali', 'text', 'lexical', 'dates'] (registration order, kept by fusion)
     RETRIEVERS.get("colpali")   the Retriever; an unknown name raises UnknownNameError listing the known ones
     RETRIEVERS.register(cls)    a decorator: adds a retriever (tests add one of their own and remove it after)
     load_embedders(settings)    every enabled retriever's model; one that cannot load is off, with its reason
@@ -136,6 +136,6 @@ def load_plugins(group: str = ENTRY_POINTS) -> list[str]:
 
 # The built-in retrievers register themselves on import, in this order (fusion and listings keep it); installed
 # plug-ins follow them.
-from mmrag.retrievers import clip, colpali, text, lexical  # noqa: E402,F401,I001
+from mmrag.retrievers import clip, colpali, text, lexical, dates  # noqa: E402,F401,I001
 
 load_plugins()

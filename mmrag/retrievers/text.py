@@ -17,7 +17,7 @@ class TextRetriever(SingleVectorRetriever):
     modality = "text"
     # Chosen on real receipts (`python -m bench sroie --tune`): a dense model over OCR text ranks the right page
     # first far less often than BM25, so it only breaks BM25's near-ties instead of reordering its confident ranks.
-    weight = 0.05
+    weight = 0.0
 
     def enabled(self, settings: Settings) -> bool:
         return settings.embedders.text.enabled

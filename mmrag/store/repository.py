@@ -326,12 +326,15 @@ def pending_items(session: Session, job_id: int) -> list[tuple[int, str]]:
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
-    """Files per item state, pages indexed and pages that could not be had (`failed_pages`, see job_failed_pages):
-    kept on the row of a done job (settle_job), counted from the items of any other."""
+    """Files per item state, pages indexed, pages that could not be had (`failed_pages`, see job_failed_pages) and
+    indexed pages that ended with no text (`pages_without_text`: photos, and pages OCR read nothing on): kept on the
+    row of a done job (settle_job), counted from the items of any other."""
     job = session.get(Job, job_id)
     if job is not None and job.counts is not None:
         # a job settled before pages could fail has no failed_pages count: it had none
-        return {state.value: 0 for state in ItemState} | {"pages": 0, "failed_pages": 0} | job.counts
+        return {state.value: 0 for state in ItemState} | {"pages": 0, "failed_pages": 0, "pages_without_text": 0} | (
+            job.counts
+        )
     return _counted_items(session, job_id)
 
 
@@ -348,6 +351,12 @@ def _counted_items(session: Session, job_id: int) -> dict[str, int]:
         pages += int(n_pages)
     counts["pages"] = pages
     counts["failed_pages"] = session.scalar(_job_failed_pages(job_id, func.count())) or 0
+    counts["pages_without_text"] = session.scalar(
+        select(func.count())
+        .select_from(JobItem)
+        .join(Page, Page.document_id == JobItem.document_id)
+        .where(JobItem.job_id == job_id, JobItem.state == ItemState.INDEXED, Page.text == "")
+    ) or 0
     return counts
 
 
@@ -565,14 +574,23 @@ def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict
     return documents, pages, vectors
 
 
+def collection_pages_without_text(session: Session) -> dict[str, int]:
+    """Collection → its pages with no text (photos, and pages OCR read nothing on): BM25 cannot find them."""
+    return _per_collection(session, Page, Page.text == "")
+
+
 def collection_failed_pages(session: Session) -> dict[str, int]:
     """Collection → pages its documents could not have (PageFailure rows; a deleted document keeps none)."""
-    return {
-        name: n
-        for name, n in session.execute(
-            select(Collection.name, func.count(PageFailure.id))
-            .join(Document, Document.collection_id == Collection.id)
-            .join(PageFailure, PageFailure.document_id == Document.id)
-            .group_by(Collection.name)
-        )
-    }
+    return _per_collection(session, PageFailure)
+
+
+def _per_collection(session: Session, model: type[Page] | type[PageFailure], *where: Any) -> dict[str, int]:
+    """Collection → how many rows of `model` (a table of its documents' pages) meet `where`."""
+    rows = session.execute(
+        select(Collection.name, func.count(model.id))
+        .join(Document, Document.collection_id == Collection.id)
+        .join(model, model.document_id == Document.id)
+        .where(*where)
+        .group_by(Collection.name)
+    )
+    return {name: n for name, n in rows}

@@ -23,7 +23,7 @@ def test_index_search_ask_delete_over_http(
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready").json()
         assert ready["status"] == "ready" and ready["database"] is True
-        assert set(ready["retrievers_on"]) == {"clip", "colpali", "text", "lexical"}
+        assert set(ready["retrievers_on"]) == {"clip", "colpali", "text", "lexical", "dates"}
         assert ready["answerer"] == "extractive"
 
         # --- index: an upload, and a server-side folder as a background job
@@ -52,7 +52,9 @@ def test_index_search_ask_delete_over_http(
         # --- search by text: hits carry fused and per-retriever scores, a snippet and image URLs
         hits = client.post("/v1/search", json={"query": "invoice INV-2024-0117 total due", "k": 10}).json()["hits"]
         top = next(h for h in hits if h["document_id"] == invoice["id"] and h["page_number"] == 1)
-        assert set(top["scores"]) == {"clip", "colpali", "text", "lexical"}
+        assert set(top["scores"]) == {"clip", "colpali", "lexical"}  # dense text weighs 0 by default: not run
+        named = client.post("/v1/search", json={"query": "invoice total", "k": 3, "retrievers": ["text", "lexical"]})
+        assert "text" in named.json()["hits"][0]["scores"]  # named, it runs
         assert "INV-2024-0117" in top["snippet"]
         lexical = client.post(
             "/v1/search", json={"query": "INV-2024-0117", "retrievers": ["lexical"], "k": 3}

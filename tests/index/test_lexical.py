@@ -164,3 +164,30 @@ def test_a_saved_index_carries_the_generation_it_is_current_with(index: Bm25Inde
     index.add([(16, "a page added without knowing the generation")])
     index.save(tmp_path)
     assert Bm25Index.saved_generation(tmp_path) is None
+
+
+def test_pages_holding_finds_a_fields_exact_terms_in_every_segment_and_not_in_deleted_pages() -> None:
+    index = Bm25Index()
+    index.rebuild(PAGES)
+    index.add([(16, "Taxi from the airport on 03/04/2018, 31.00 EUR")])  # a second segment
+    held = index.pages_holding(["date:2018-04-03", "date:--04-03", "date:2019-07-01", "date:1999-01-01"])
+    # "2018-03-04" on page 10 is the 4th of March; "03/04/2018" reads both ways, so pages 11 and 16 hold 3 April
+    assert held == {11: {"date:2018-04-03", "date:--04-03"}, 16: {"date:2018-04-03", "date:--04-03"},
+                    13: {"date:2019-07-01"}}
+    index.remove([11])
+    assert set(index.pages_holding(["date:2018-04-03"])) == {16}
+    assert index.pages_holding([]) == {}
+
+
+@pytest.mark.parametrize(
+    "query", ["UNIHAKKA INTERNATIONAL SDN BHD", "Unihakka International Sdn Bhd", "unihakka internati0nal"]
+)
+def test_an_entity_name_is_found_whatever_its_case_and_ocrs_slips(query: str) -> None:
+    index = Bm25Index()
+    index.rebuild([
+        (1, "UNIHAKKA INTERNATI0NAL SDN BHD (867388-U) 12, JALAN TAMPOI 7/4 Total 8.70"),  # OCR: a zero for an O
+        (2, "INTERNATIONAL BOOK SDN BHD 22 JALAN BUKIT BINTANG Total 12.00"),
+        (3, "UNIQLO MALAYSIA SDN BHD LOT 1.0 MID VALLEY Total 79.90"),
+        (4, "HAKKA RESTAURANT SDN BHD NO 6 JALAN KLANG LAMA Total 30.10"),
+    ])
+    assert index.search(query, 4)[0].page_id == 1

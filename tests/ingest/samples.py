@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pypdfium2 as pdfium
+import pytest
 from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont
 from reportlab.lib import pdfencrypt
@@ -77,3 +78,18 @@ def zero_page_pdf(path: Path) -> Path:
     doc.save(path)
     doc.close()
     return path
+
+
+def spy_on_reads(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """Record the page segmentation mode of each real Tesseract reading (mmrag.ingest.text.read) made from now on."""
+    from mmrag.ingest import text as text_module
+
+    calls: list[int | None] = []
+    real = text_module.read
+
+    def spy(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> text_module.Reading:
+        calls.append(psm)
+        return real(image, lang, psm=psm)
+
+    monkeypatch.setattr(text_module, "read", spy)
+    return calls

@@ -10,7 +10,7 @@ from mmrag.ingest import choose_text
 from mmrag.ingest import text as text_module
 from mmrag.ingest.text import estimate_line_height, upscale_for_ocr
 from mmrag.types import TextSource
-from tests.ingest.samples import text_image
+from tests.ingest.samples import spy_on_reads, text_image
 
 LINES = ["TOTAL 141.50", "CASH 150.00", "CHANGE 8.50", "THANK YOU"]
 
@@ -47,11 +47,12 @@ READ = "TOTAL 141.50 CASH 150.00 CHANGE 8.50 THANK YOU FOR SHOPPING WITH US PLEA
 def test_choose_text_hands_ocr_the_enlarged_image(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, int]] = []
 
-    def fake_ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
-        seen.append(image.size)
-        return READ  # enough text that no second reading is tried
+    def fake_read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> text_module.Reading:
+        if psm is None:
+            seen.append(image.size)
+        return text_module.Reading(READ, 90.0)  # sure, and long enough that no other reading is tried
 
-    monkeypatch.setattr(text_module, "ocr", fake_ocr)
+    monkeypatch.setattr(text_module, "read", fake_read)
     tiny = small_print(10)
     assert choose_text(tiny, None, mode="auto") == (READ, TextSource.OCR)
     assert choose_text(tiny, None, mode="auto", line_height=0)[1] == TextSource.OCR
@@ -69,19 +70,13 @@ def test_ocr_reads_a_page_once_when_it_has_text_and_tries_again_when_it_comes_ou
 ) -> None:
     from mmrag.ingest.text import count_chars, ocr, ocr_page
 
-    calls: list[int | None] = []
-    real = text_module.ocr
-
-    def counting(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
-        calls.append(psm)
-        return real(image, lang, psm=psm)
-
-    monkeypatch.setattr(text_module, "ocr", counting)
+    calls = spy_on_reads(monkeypatch)
     full = text_image(["INVOICE 4217 Harbour Street", "TOTAL 42.35 CASH 50.00", "THANK YOU COME AGAIN SOON",
-                       "GST SUMMARY AMOUNT 2.40", "CASHIER 07 COUNTER 3"], size=(900, 460))
-    assert ocr_page(full) == ocr(full) and calls == [None]  # over OCR_RETRY_BELOW_CHARS at once: one pass
+                       "GST SUMMARY 2.40 ON 18/10/2017", "CASHIER 07 COUNTER 3"], size=(900, 460))
+    # over OCR_RETRY_BELOW_CHARS, sure, and with its date at once: one pass, the text ocr() reads
+    assert ocr_page(full) == (ocr(upscale_for_ocr(full)), "ocr") and calls == [None]
     calls.clear()
     sparse = text_image(["TOTAL 42.35"])
-    read = ocr_page(sparse)
-    assert calls == [None, 6, 6]  # too little text: read again as one block, as is and contrast-stretched
+    read, _ = ocr_page(sparse)
+    assert calls[:3] == [None, 6, 6]  # too little text: read again as one block, as is and contrast-stretched
     assert "42.35" in read and count_chars(read) >= count_chars(ocr(sparse))

@@ -11,7 +11,7 @@ from mmrag.ingest import check_ocr, choose_text, normalize_text, ocr
 from mmrag.ingest import text as text_module
 from mmrag.ingest.text import PHOTO_COLOURFULNESS, colourfulness, looks_like_photo
 from mmrag.types import TextSource
-from tests.ingest.samples import text_image
+from tests.ingest.samples import spy_on_reads, text_image
 
 WORDS = ["INVOICE 4217", "Harbour Street"]
 BLANK = Image.new("RGB", (400, 200), "white")
@@ -23,8 +23,15 @@ def words_image() -> Image.Image:
     return text_image(WORDS)
 
 
-def no_ocr(image: Image.Image, lang: str = "eng") -> str:
+def no_ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
     raise AssertionError("OCR must not run here")
+
+
+def reads(*readings: tuple[int | None, str, float]):  # noqa: ANN201 - a fake text_module.read
+    """A stand-in for Tesseract's reading (text_module.read) that gives these (psm, text, confidence) readings."""
+    by_psm = {psm: text_module.Reading(text, confidence, round(text_module.count_chars(text) * confidence / 100))
+              for psm, text, confidence in readings}
+    return lambda image, lang="eng", psm=None: by_psm[psm]
 
 
 def test_normalize_text() -> None:
@@ -58,6 +65,7 @@ def test_missing_tesseract_is_a_clear_error(words_image: Image.Image, monkeypatc
 
 def test_never_uses_the_layer_as_it_is_and_never_ocrs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(text_module, "ocr", no_ocr)
+    monkeypatch.setattr(text_module, "read", no_ocr)
     assert choose_text(BLANK, "short", mode="never") == ("short", TextSource.TEXT_LAYER)
     assert choose_text(BLANK, "", mode="never") == ("", TextSource.NONE)
     assert choose_text(BLANK, None, mode="never") == ("", TextSource.NONE)  # an image file
@@ -65,6 +73,7 @@ def test_never_uses_the_layer_as_it_is_and_never_ocrs(monkeypatch: pytest.Monkey
 
 def test_auto_keeps_a_long_enough_layer_without_ocr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(text_module, "ocr", no_ocr)
+    monkeypatch.setattr(text_module, "read", no_ocr)
     assert choose_text(BLANK, LAYER, mode="auto", min_chars=16) == (LAYER, TextSource.TEXT_LAYER)
 
 
@@ -81,7 +90,7 @@ def test_always_replaces_the_layer_with_ocr(words_image: Image.Image) -> None:
 
 
 def test_ocr_that_finds_nothing_falls_back_to_the_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_module, "ocr", lambda image, lang="eng", psm=None: "")
+    monkeypatch.setattr(text_module, "read", lambda image, lang="eng", psm=None: text_module.Reading("", 0.0))
     assert choose_text(BLANK, LAYER, mode="always") == (LAYER, TextSource.TEXT_LAYER)
     assert choose_text(BLANK, "tiny", mode="auto") == ("tiny", TextSource.TEXT_LAYER)
     assert choose_text(BLANK, None, mode="auto") == ("", TextSource.NONE)
@@ -115,7 +124,10 @@ def test_auto_skips_ocr_on_photos_only_when_asked(monkeypatch: pytest.MonkeyPatc
     ocred: list[tuple[int, int]] = []
     # the first reading of each page (a reading this short is tried again, as one block: psm 6)
     monkeypatch.setattr(
-        text_module, "ocr", lambda image, lang="eng", psm=None: (psm is None and ocred.append(image.size)) or "SIGN"
+        text_module, "read",
+        lambda image, lang="eng", psm=None: (
+            (psm is None and ocred.append(image.size)) or text_module.Reading("SIGN", 90)
+        ),
     )
     assert choose_text(_photo(), None, mode="auto", skip_photos=True) == ("", TextSource.NONE)
     assert ocred == []
@@ -129,3 +141,83 @@ def test_auto_skips_ocr_on_photos_only_when_asked(monkeypatch: pytest.MonkeyPatc
 def test_a_poster_on_colour_is_still_read(words_image: Image.Image) -> None:
     text, source = choose_text(_on_orange(words_image), None, mode="auto", skip_photos=True)
     assert source == TextSource.OCR and "INVOICE" in text
+
+
+RECEIPT_LINES = ["GIN KEE HARDWARE SDN BHD", "12 Harbour Street, Klang", "Invoice 4217 Cashier 03"]
+LONG = (1100, 420)  # four lines of text_image's print: a reading long enough (OCR_RETRY_BELOW_CHARS) to be kept
+
+
+def test_a_page_read_with_its_date_costs_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spy_on_reads(monkeypatch)
+    text, path = text_module.ocr_page(text_image(RECEIPT_LINES + ["Date: 18/10/2017 Total 42.35"], size=LONG))
+    assert "18/10/2017" in text and path == "ocr" and calls == [None]
+
+
+def test_a_page_read_without_a_date_is_read_again_as_one_block_and_nothing_is_doubled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = spy_on_reads(monkeypatch)
+    text, path = text_module.ocr_page(text_image(RECEIPT_LINES + ["Total 42.35 paid in cash"], size=LONG))
+    assert calls == [None, text_module.OCR_BLOCK_PSM]
+    # the second reading holds the same lines: the text is the first reading's, each line once
+    assert path == "ocr" and text.count("HARDWARE") == 1 and text.count("Harbour") == 1 and "cash" in text
+
+
+def test_lines_only_the_second_reading_found_are_added_after_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ("SLF CASH & CARRY\n(002107265-V)\nNO. 15 JLN TSJ 2, TMN SUBANG JASA\nTotal : 20.00 1.20\n"
+             "Cash 50.00 Change 30.00")
+    second = ("SLF CASH & CARRV\nDocNo CS241999 Date 03/02/2018\n(002107265-V)\nNO. 15 JLN TSJ 2, TMN SUBANG JASA\n"
+              "Tota1 : 20.00 1.20\n|\nCash 50.00 Change 30.00")
+    monkeypatch.setattr(text_module, "read", reads((None, first, 90.0), (text_module.OCR_BLOCK_PSM, second, 80.0)))
+    text, path = text_module.ocr_page(BLANK)
+    assert path == "ocr+block" == TextSource.OCR_MERGED
+    assert text == first + "\n\nDocNo CS241999 Date 03/02/2018"  # misread copies of held lines and specks stay out
+    assert choose_text(BLANK, None, mode="auto")[1] == TextSource.OCR_MERGED  # the page records the path
+
+
+def test_a_second_reading_of_a_held_line_that_kept_its_date_is_added() -> None:
+    # the first reading has the line but lost its date; the second reads it: the date is what the page needs
+    first = "RESTORAN WAN SHENG\nDate * 12-11-2O!7 18:45:28\nTotal 9.00"
+    second = "RESTORAN WAN SHENG\nDate * 12-11-2017 18:45:28\nTotal 9.00"
+    assert text_module.lines_not_in(second, first) == []
+    assert text_module.lines_not_in(second, first, dates_count=True) == ["Date * 12-11-2017 18:45:28"]
+
+
+def test_a_nearly_empty_reading_is_read_again_and_the_path_says_which_won(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = "99 SPEED MART S/B\nTOTAL 52.10 on 05/02/2018\nTHANK YOU " * 3
+    monkeypatch.setattr(text_module, "read", reads((None, "ot a ae", 90.0), (text_module.OCR_BLOCK_PSM, block, 70.0)))
+    text, path = text_module.ocr_page(BLANK)
+    assert path == "ocr_block" and "SPEED MART" in text
+
+
+def test_an_unsure_reading_is_read_again_smoothed_and_cut_from_its_background_and_the_surest_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a white receipt on a black table: the paper is cut out; the readings are told apart by their confidence
+    page = Image.new("RGB", (1300, 700), "black")
+    page.paste(text_image(RECEIPT_LINES + ["Date: 18/10/2017 Total 42.35"], size=LONG), (100, 140))
+    paper = text_module.crop_to_paper(page)
+    assert paper is not None and paper.size == LONG
+    assert text_module.crop_to_paper(BLANK) is None  # nothing to cut
+    seen: list[tuple[int, int]] = []
+    garbage = "ot a ae Rn 2 ~ eh pt wi o5 be ot dete See \\ a me Basis Tah"
+    receipt = " ".join(["GIN KEE 18/10/2017"] * 6)
+
+    def fake(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> text_module.Reading:
+        seen.append(image.size)
+        if image.size == LONG:  # the paper alone
+            return text_module.Reading(receipt, 80.0, len(receipt))
+        return text_module.Reading(garbage * 2, 30.0, 4)
+
+    monkeypatch.setattr(text_module, "read", fake)
+    text, path = text_module.ocr_page(page, line_height=0)
+    assert path == "ocr_crop" and text == receipt and seen == [page.size, (650, 350), LONG]  # first, smooth, crop
+    assert choose_text(page, None, mode="auto", line_height=0) == (receipt, TextSource.OCR_CROP)
+
+
+def test_a_reading_has_ocrs_text_and_tesseracts_confidence(words_image: Image.Image) -> None:
+    reading = text_module.read(words_image)
+    assert reading.text == ocr(words_image) and 60 < reading.confidence <= 100  # clear print: sure
+    assert text_module.read(BLANK) == text_module.Reading("", 0.0)
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 600), dtype=np.uint8))
+    assert text_module.read(noise).confident_chars < reading.confident_chars

@@ -30,6 +30,8 @@ def test_failed_pages_are_counted_listed_and_deleted_with_their_document(
     try:
         report = run_index(services, [corpus])
         assert (report.counts["indexed"], report.counts["duplicate"], report.counts["failed_pages"]) == (2, 1, 2)
+        # the photo has no text (OCR is off here): counted, not silent; the PDF's page has its text layer
+        assert report.counts["pages_without_text"] == 1
         with services.sessions() as session:
             job = session.get(Job, report.job_id)
             assert job.counts is not None and job.counts["failed_pages"] == 2  # settled onto the row at the end
@@ -46,9 +48,11 @@ def test_failed_pages_are_counted_listed_and_deleted_with_their_document(
             assert [(p.page_number, p.reason) for p in failed[document_id]] == [(n, r) for _, n, r in listed]
             assert failed[10**6] == []
             assert repository.collection_failed_pages(session) == {"default": 2}
+            assert repository.collection_pages_without_text(session) == {"default": 1}
 
         again = run_index(services, [corpus])  # nothing changed: nothing indexed, no page lost by this job
-        assert (again.counts["unchanged"], again.counts["failed_pages"]) == (3, 0)
+        counts = again.counts
+        assert (counts["unchanged"], counts["failed_pages"], counts["pages_without_text"]) == (3, 0, 0)
 
         delete_documents(services, "default", document_ids=[document_id])
         with services.sessions() as session:

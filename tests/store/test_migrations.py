@@ -59,7 +59,8 @@ def test_upgrading_settles_the_jobs_that_are_done(database_url: str) -> None:
     upgrade(engine)
     with Session(engine) as session:
         assert repository.job_counts(session, 1) == {  # settled before pages could fail: none did
-            "pending": 0, "indexed": 1, "unchanged": 2, "duplicate": 0, "failed": 1, "pages": 2, "failed_pages": 0
+            "pending": 0, "indexed": 1, "unchanged": 2, "duplicate": 0, "failed": 1, "pages": 2, "failed_pages": 0,
+            "pages_without_text": 0,
         }
         assert session.get(Job, 2).counts is None
         left = session.execute(select(JobItem.job_id, JobItem.path).order_by(JobItem.job_id, JobItem.path)).all()
