@@ -34,6 +34,10 @@ class IngestSettings(BaseModel):
     ocr_skip_photos: bool = True
     # Text lines shorter than this (pixels) are enlarged to it before OCR; 0 OCRs images at their own size.
     ocr_line_height: int = Field(32, ge=0, le=200)
+    # The second OCR engine (RapidOCR, mmrag.ingest.rapid) reads an OCR'd page too and adds the lines Tesseract's
+    # reading lacks: on every OCR'd page (always), where Tesseract is unsure or read no date (unsure), or never.
+    # Chosen on the shared SROIE receipts (README): unsure read a tenth of them again and found nearly all always did.
+    second_ocr: Literal["always", "unsure", "never"] = "unsure"
     workers: int = Field(2, ge=0)  # decode/render/OCR worker processes; 0 runs them inline
     # Where the ColPali processor makes a page's model input: in the workers (they then import colpali-engine,
     # seconds per fork server) or in this process from the stored page image. auto: workers when the models run

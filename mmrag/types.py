@@ -24,16 +24,13 @@ class DocumentStatus(StrEnum):
 
 
 class TextSource(StrEnum):
+    """Where a page's text came from. An OCR'd page records the path that gave it (mmrag.ingest.text.ocr_page):
+    the winning Tesseract reading ("ocr", or "ocr_block", "ocr_faint", "ocr_smooth", "ocr_crop" when a reading
+    again won), then "+block" when lines of a one-block reading were added, "+rapid" when lines of the second
+    engine's were: "ocr_smooth+block+rapid"."""
+
     TEXT_LAYER = "text_layer"
-    OCR = "ocr"  # Tesseract's reading of the page (mmrag.ingest.text.ocr_page), and the ways it read it again:
-    OCR_BLOCK = "ocr_block"  # the first reading was (nearly) empty; read as one block of text
-    OCR_FAINT = "ocr_faint"  # the same, on a contrast-stretched grey image at twice the size
-    OCR_SMOOTH = "ocr_smooth"  # the first reading was unsure; the image halved and enlarged back read better
-    OCR_CROP = "ocr_crop"  # the same, the paper cut out of a dark background
-    # The reading (first, smooth or crop) held no date; lines only a one-block reading found were added:
-    OCR_MERGED = "ocr+block"
-    OCR_SMOOTH_MERGED = "ocr_smooth+block"
-    OCR_CROP_MERGED = "ocr_crop+block"
+    OCR = "ocr"
     NONE = "none"
 
 
@@ -71,7 +68,7 @@ class PageContent:
     page_number: int  # 1-based
     image: Image.Image
     text: str
-    text_source: TextSource
+    text_source: str  # a TextSource, or the OCR path that gave the text (see TextSource)
     renderer: str | None = None  # what drew a PDF page (mmrag.ingest.pdf.PDF_RENDERERS); None for an image
 
 

@@ -13,7 +13,7 @@ from mmrag.errors import CollectionBusyError, NotFoundError
 from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress
 from mmrag.indexing.loading import Loader, warm_modules
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
-from mmrag.ingest import check_ocr, discover
+from mmrag.ingest import check_ocr, check_rapidocr, discover
 from mmrag.ingest.cleanup import TEMP_DIR_NAME
 from mmrag.ingest.passwords import PasswordBook
 from mmrag.services import Services
@@ -75,6 +75,8 @@ def run_index(
     if services.settings.ingest.ocr != "never":
         # A missing Tesseract is a setup problem, not a bad file: say so once instead of failing every file.
         check_ocr(services.settings.ingest.ocr_lang)
+        if services.settings.ingest.second_ocr != "never":
+            check_rapidocr()
 
     with transaction(services.sessions) as session:
         collection_id = repository.get_or_create_collection(session, collection).id

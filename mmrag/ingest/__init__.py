@@ -34,6 +34,7 @@ from mmrag.ingest.pdf import (
     render_page,
 )
 from mmrag.ingest.pdf_pages import DrawnPage, PageFailure, count_pdf_pages, draw_pages
+from mmrag.ingest.rapid import check_rapidocr
 from mmrag.ingest.text import check_ocr, choose_text, normalize_text, ocr
 from mmrag.types import DocumentKind, PageContent, SourceFile
 
@@ -49,6 +50,7 @@ __all__ = [
     "PopplerRenderer",
     "build_renderer",
     "check_ocr",
+    "check_rapidocr",
     "choose_text",
     "count_pages",
     "count_pdf_pages",
@@ -172,6 +174,7 @@ def _page(
             min_chars=settings.ocr_min_chars,
             line_height=settings.ocr_line_height,
             skip_photos=settings.ocr_skip_photos,
+            second=settings.second_ocr,
         )
     except pytesseract.TesseractError as exc:
         # Tesseract is installed and the language exists (those raise before this), so it is this image it

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
+from datetime import date, timedelta
 import os
 import re
 from dataclasses import dataclass
@@ -14,7 +16,10 @@ from PIL import Image, ImageOps
 
 from mmrag.analysis import page_dates
 from mmrag.errors import ConfigError, MissingToolError
+from mmrag.ingest.rapid import rapid_read
 from mmrag.types import TextSource
+
+log = logging.getLogger(__name__)
 
 OcrMode = Literal["auto", "always", "never"]
 
@@ -229,7 +234,12 @@ def _missing_tesseract_message() -> str:
     )
 
 
-def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT) -> tuple[str, str]:
+SecondOcr = Literal["always", "unsure", "never"]
+
+
+def ocr_page(
+    image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT, second: SecondOcr = "never"
+) -> tuple[str, str]:
     """OCR that does not give up on a page at the first try; returns the text and the path that gave it (a
     TextSource value: the page records it).
 
@@ -241,10 +251,14 @@ def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_
       shrunk then enlarged back to the line height ("ocr_smooth": print dots and JPEG noise averaged away) and on
       the paper alone, cut out of a dark background ("ocr_crop"), when there is one.
       Of the readings, the one with the most confident characters (Reading.confident_chars) wins.
-    - A winning reading that holds no date is read again as one block, and the lines only that reading found are
-      added after its own (path + "+block"): automatic segmentation drops whole text regions now and then, and on
-      receipts, invoices and forms the dropped line is often the date (about one SROIE receipt in six lost it).
-    A clear page whose reading holds a date costs one pass, as before.
+    - A winning reading that holds no date (holds_a_date) is read again as one block, and the lines only that
+      reading found are added after its own (path + "+block"): automatic segmentation drops whole text regions now
+      and then, and on receipts, invoices and forms the dropped line is often the date (about one SROIE receipt in
+      six lost it).
+    - `second`: the second engine (RapidOCR, mmrag.ingest.rapid) reads the page too, on every page ("always") or
+      where Tesseract's winning reading is unsure (under OCR_LOW_CONFIDENCE) or holds no date even with the
+      one-block lines ("unsure"), and the lines it found that the text lacks are added after it (path + "+rapid").
+    With `second` "never", a clear page whose reading holds a date costs one pass.
     """
     enlarged = upscale_for_ocr(image, line_height)
     best, best_image, path = read(enlarged, lang), enlarged, "ocr"
@@ -260,13 +274,34 @@ def ocr_page(image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_
         reading = read(candidate, lang, psm=psm)
         if reading.confident_chars > best.confident_chars:
             best, best_image, path = reading, candidate, name
-    if path in ("ocr", "ocr_smooth", "ocr_crop") and best.text and not page_dates(best.text):
-        added = lines_not_in(read(best_image, lang, psm=OCR_BLOCK_PSM).text, best.text, dates_count=True)
+    text, dated = best.text, holds_a_date(best.text)
+    if path in ("ocr", "ocr_smooth", "ocr_crop") and text and not dated:
+        added = lines_not_in(read(best_image, lang, psm=OCR_BLOCK_PSM).text, text, dates_count=True)
         if added:
-            return normalize_text(best.text + "\n\n" + "\n".join(added)), path + "+block"
-    return best.text, path
+            text, path = normalize_text(text + "\n\n" + "\n".join(added)), path + "+block"
+            dated = holds_a_date(text)
+    if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not dated):
+        try:
+            added = lines_not_in(rapid_read(image), text, dates_count=not dated)
+        except MissingToolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - its failure must not cost the page the text Tesseract read
+            log.warning("the second OCR engine failed on a page (%s: %s); Tesseract's text is kept",
+                        type(exc).__name__, exc)
+            added = []
+        if added:
+            text, path = normalize_text(text + "\n\n" + "\n".join(added)), path + "+rapid"
+    return text, path
 
 
+def holds_a_date(text: str) -> bool:
+    """Whether `text` holds a date that could be printed on a page today: 1970 to a year ahead. A reading whose
+    only date is 2042 misread a date (OCR's "2042-11-23" for "15-03-18"): it is read again as one that has none."""
+    latest = date.today() + timedelta(days=366)
+    return any(EARLIEST_DATE <= day <= latest for day in page_dates(text))
+
+
+EARLIEST_DATE = date(1970, 1, 1)
 SMOOTH_WIDTH = 1000  # ocr_smooth shrinks a page to at most this width (and at least by half) before enlarging it
 
 
@@ -346,7 +381,8 @@ def choose_text(
     min_chars: int = 16,
     line_height: int = OCR_LINE_HEIGHT,
     skip_photos: bool = False,
-) -> tuple[str, TextSource]:
+    second: SecondOcr = "never",
+) -> tuple[str, str]:
     """The text to index for one page and where it came from.
 
     `text_layer` is the PDF page's extracted text, or None for an image file (which has none).
@@ -366,9 +402,9 @@ def choose_text(
         return (layer, TextSource.TEXT_LAYER) if layer else ("", TextSource.NONE)
     if mode == "auto" and skip_photos and text_layer is None and looks_like_photo(image):
         return "", TextSource.NONE
-    recognised, path = ocr_page(image, lang, line_height)
+    recognised, path = ocr_page(image, lang, line_height, second)
     if recognised:
-        return recognised, TextSource(path)
+        return recognised, path
     if layer:
         return layer, TextSource.TEXT_LAYER
     return "", TextSource.NONE

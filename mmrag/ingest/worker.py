@@ -185,7 +185,7 @@ def load_file(
             prepared = tuple(spec.from_jpeg(data) for spec in inputs)
             input_bytes += sum(_nbytes(value) for value in prepared)
         stored.append(
-            StoredPage(page.page_number, width, height, page.text, page.text_source.value, relative, prepared,
+            StoredPage(page.page_number, width, height, page.text, str(page.text_source), relative, prepared,
                        renderer=page.renderer, dates=tuple(page_dates(page.text)))
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:

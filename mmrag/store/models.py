@@ -148,7 +148,8 @@ class Page(Base):
     height: Mapped[int] = mapped_column(Integer)
     image_path: Mapped[str | None] = mapped_column(Text, default=None)  # relative to the data dir
     text: Mapped[str] = mapped_column(Text, default="")
-    text_source: Mapped[str] = mapped_column(String(16), default="none")  # text_layer | ocr | none
+    # text_layer | none | the OCR path that gave the text (mmrag.ingest.text.ocr_page: "ocr", "ocr_smooth+rapid")
+    text_source: Mapped[str] = mapped_column(String(32), default="none")
     # What drew a PDF page (pypdfium2 | pdf2image: the other one when the configured renderer refused it); None for
     # an image, and for pages indexed before renderers were recorded.
     renderer: Mapped[str | None] = mapped_column(String(16), default=None)

@@ -170,9 +170,9 @@ def test_lines_only_the_second_reading_found_are_added_after_the_first(monkeypat
               "Tota1 : 20.00 1.20\n|\nCash 50.00 Change 30.00")
     monkeypatch.setattr(text_module, "read", reads((None, first, 90.0), (text_module.OCR_BLOCK_PSM, second, 80.0)))
     text, path = text_module.ocr_page(BLANK)
-    assert path == "ocr+block" == TextSource.OCR_MERGED
+    assert path == "ocr+block"
     assert text == first + "\n\nDocNo CS241999 Date 03/02/2018"  # misread copies of held lines and specks stay out
-    assert choose_text(BLANK, None, mode="auto")[1] == TextSource.OCR_MERGED  # the page records the path
+    assert choose_text(BLANK, None, mode="auto")[1] == "ocr+block"  # the page records the path
 
 
 def test_a_second_reading_of_a_held_line_that_kept_its_date_is_added() -> None:
@@ -212,7 +212,7 @@ def test_an_unsure_reading_is_read_again_smoothed_and_cut_from_its_background_an
     monkeypatch.setattr(text_module, "read", fake)
     text, path = text_module.ocr_page(page, line_height=0)
     assert path == "ocr_crop" and text == receipt and seen == [page.size, (650, 350), LONG]  # first, smooth, crop
-    assert choose_text(page, None, mode="auto", line_height=0) == (receipt, TextSource.OCR_CROP)
+    assert choose_text(page, None, mode="auto", line_height=0) == (receipt, "ocr_crop")
 
 
 def test_a_reading_has_ocrs_text_and_tesseracts_confidence(words_image: Image.Image) -> None:
@@ -221,3 +221,57 @@ def test_a_reading_has_ocrs_text_and_tesseracts_confidence(words_image: Image.Im
     assert text_module.read(BLANK) == text_module.Reading("", 0.0)
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 600), dtype=np.uint8))
     assert text_module.read(noise).confident_chars < reading.confident_chars
+
+
+def test_the_second_engine_reads_a_page_into_lines_top_to_bottom_left_to_right() -> None:
+    from mmrag.ingest.rapid import rapid_read
+
+    page = text_image(["GIN KEE HARDWARE", "Date 18/10/2017", "TOTAL 42.35"], size=(900, 380))
+    lines = rapid_read(page).splitlines()
+    assert len(lines) == 3 and "GIN" in lines[0] and "18/10/2017" in lines[1] and "42.35" in lines[2]
+    two_columns = Image.new("RGB", (1200, 200), "white")
+    two_columns.paste(text_image(["TOTAL"], size=(400, 140)), (0, 0))
+    two_columns.paste(text_image(["42.35"], size=(400, 140)), (700, 10))  # the same line, a little lower
+    assert rapid_read(two_columns) == "TOTAL 42.35"
+    assert rapid_read(BLANK) == ""
+
+
+@pytest.mark.parametrize(("second", "runs"), [("always", True), ("unsure", False), ("never", False)])
+def test_the_second_engine_adds_the_lines_tesseract_lacks(
+    monkeypatch: pytest.MonkeyPatch, second: str, runs: bool
+) -> None:
+    tesseract = ("GIN KEE HARDVVARE\nNO 290 JALAN AIR PANAS, SETAPAK\nDate 18/10/2017 Cash\n"
+                 "Total 42.35 Change 7.65 Thank you")
+    monkeypatch.setattr(text_module, "read", reads((None, tesseract, 90.0)))  # sure, and dated
+    rapid = "GIN KEE HARDWARE\nSYARIKAT PERNIAGAAN GIN KEE (81109-A)\nDate 18/10/2017 Cash"
+    monkeypatch.setattr(text_module, "rapid_read", lambda image: rapid)
+    text, path = text_module.ocr_page(BLANK, second=second)
+    if runs:  # the merchant line Tesseract missed is added; lines both read are not doubled
+        assert path == "ocr+rapid" and text == tesseract + "\n\nSYARIKAT PERNIAGAAN GIN KEE (81109-A)"
+    else:
+        assert (text, path) == (tesseract, "ocr")
+    monkeypatch.setattr(text_module, "read", reads((None, tesseract, 50.0)))  # unsure: "unsure" reads it too
+    monkeypatch.setattr(text_module, "rapid_read", lambda image: rapid)
+    assert text_module.ocr_page(BLANK, line_height=0, second="unsure")[1].endswith("+rapid")
+
+
+def test_a_second_engine_that_fails_on_a_page_costs_it_nothing_tesseract_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tesseract = "GIN KEE HARDWARE\nNO 290 JALAN AIR PANAS, SETAPAK\nCash 50.00\nTotal 42.35 Change 7.65 Thank you"
+
+    def broken(image: Image.Image) -> str:
+        raise RuntimeError("onnxruntime: bad input shape")
+
+    readings = reads((None, tesseract, 90.0), (text_module.OCR_BLOCK_PSM, tesseract, 90.0))
+    monkeypatch.setattr(text_module, "read", readings)
+    monkeypatch.setattr(text_module, "rapid_read", broken)
+    assert text_module.ocr_page(BLANK, second="always") == (tesseract, "ocr")
+    assert "second OCR engine failed" in caplog.text and "bad input shape" in caplog.text
+
+
+def test_a_reading_whose_only_date_is_impossible_holds_no_date() -> None:
+    assert text_module.holds_a_date("Date: 15-03-18 10:21")
+    assert not text_module.holds_a_date("DATE 2042-11-23 TOTAL 9.00")  # a misread date, read again
+    assert not text_module.holds_a_date("TOTAL 9.00")
+    assert text_module.holds_a_date("DATE 2042-11-23 paid 01/02/2019")  # one plausible date is enough

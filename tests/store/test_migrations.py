@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from mmrag.store import repository
 from mmrag.store.db import build_engine, downgrade, upgrade
-from mmrag.store.models import Base, Job, JobItem
+from mmrag.store.models import Base, Collection, Document, Job, JobItem, Page
 
 
 def test_migration_matches_models(database_url: str) -> None:
@@ -66,5 +66,22 @@ def test_upgrading_settles_the_jobs_that_are_done(database_url: str) -> None:
         left = session.execute(select(JobItem.job_id, JobItem.path).order_by(JobItem.job_id, JobItem.path)).all()
         assert [tuple(row) for row in left] == [(1, "a"), (1, "d"), (2, "a"), (2, "e")]
         assert repository.job_counts(session, 2)["unchanged"] == 1  # counted from its items
+    downgrade(engine)
+    engine.dispose()
+
+
+def test_a_pages_ocr_path_fits_its_column_and_a_downgrade_cuts_it_to_the_old_one(database_url: str) -> None:
+    engine = build_engine(database_url)
+    upgrade(engine)
+    with Session(engine) as session, session.begin():
+        collection = Collection(name="c")
+        session.add(collection)
+        session.flush()
+        document = Document(collection_id=collection.id, sha256="x", kind="image", mime="image/png", size_bytes=1)
+        session.add(Page(document=document, page_number=1, width=10, height=10, text="GIN KEE",
+                         text_source="ocr_smooth+block+rapid"))
+    downgrade(engine, "0005")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT text_source FROM pages")).scalar_one() == "ocr_smooth+block"
     downgrade(engine)
     engine.dispose()
