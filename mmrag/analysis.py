@@ -16,8 +16,9 @@ from datetime import date
 # index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
 # is rebuilt from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-3"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-amounts-4"
 DATE_PREFIX = "date:"
+AMOUNT_PREFIX = "amount:"
 NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
 
 _TOKEN = re.compile(
@@ -247,19 +248,41 @@ def repair_ocr_digits(text: str) -> str:
     return _NUMERIC_LOOKING.sub(lambda match: match.group(0).translate(_LOOKALIKES), text)
 
 
+# An amount with two decimals, "." or "," before them (OCR reads one for the other, and half the world writes ","),
+# thousands grouped or not: "9.00", "4,90", "1,234.56", "1234.56". Not inside a longer run of digits and
+# separators, so dates ("10.03.2018"), times and codes are no amounts.
+_DECIMAL_AMOUNT = re.compile(r"(?<![\d.,/:\-])(\d{1,3}(?:,\d{3})+|\d+)[.,](\d{2})(?![\d]|[.,/:\-]\d)")
+# A whole amount after a currency: "RM 15", "$1,200", "EUR 30" (a question's "RM 15" is the receipt's "15.00").
+_CURRENCY_AMOUNT = re.compile(
+    r"(?:(?<![^\W\d_])(?:rm|myr|usd|sgd|eur|gbp|idr|aud)|[$€£¥])\s?(\d{1,3}(?:,\d{3})+|\d+)(?![\d]|[.,]\d)"
+)
+
+
+def amount_keys(text: str) -> list[str]:
+    """One "amount:N.NN" term per amount in `text`, however it is written: "15.00", "15,00", "RM 15", "RM15",
+    "$15" all give "amount:15.00"; "1,234.56" and "1234.56" give "amount:1234.56". Integers without a currency
+    are not amounts (a quantity, a page number, a year)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    keys = [f"{AMOUNT_PREFIX}{int(whole.replace(',', ''))}.{cents}" for whole, cents in _DECIMAL_AMOUNT.findall(text)]
+    keys += [f"{AMOUNT_PREFIX}{int(whole.replace(',', ''))}.00" for whole in _CURRENCY_AMOUNT.findall(text)]
+    return list(dict.fromkeys(keys))
+
+
 def analyze(text: str) -> list[str]:
-    """The word terms BM25 indexes and searches: tokenize()'s tokens plus one key per reading of each date.
+    """The word terms BM25 indexes and searches: tokenize()'s tokens plus one key per reading of each date and one
+    per amount (amount_keys).
 
     Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
     dates with OCR letter-for-digit slips also yield their repaired reading's terms.
     """
     dates = date_keys(text)
-    terms = tokenize(text) + dates + month_day_keys(text, dates)
+    terms = tokenize(text) + dates + month_day_keys(text, dates) + amount_keys(text)
     repaired = repair_ocr_digits(text)
     if repaired != text:
         seen = set(terms)
         more = date_keys(repaired)
-        terms += [term for term in tokenize(repaired) + more + month_day_keys(repaired, more) if term not in seen]
+        again = tokenize(repaired) + more + month_day_keys(repaired, more) + amount_keys(repaired)
+        terms += [term for term in again if term not in seen]
     return terms
 
 
@@ -290,11 +313,11 @@ def query_terms(text: str) -> list[str]:
 def char_ngrams(terms: Iterable[str], n: int = NGRAM) -> list[str]:
     """Character n-grams of each term, padded with "#" at both ends ("total" → "#to", "tot", "ota", "tal", "al#").
 
-    Date keys stay whole: they are already normalised, and their digits would match every other date.
+    Date and amount keys stay whole: they are already normalised, and their digits would match every other one.
     """
     grams: list[str] = []
     for term in terms:
-        if term.startswith(DATE_PREFIX):
+        if term.startswith((DATE_PREFIX, AMOUNT_PREFIX)):
             grams.append(term)
             continue
         grams.extend(_term_ngrams(term, n))

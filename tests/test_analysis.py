@@ -83,6 +83,7 @@ def test_analyze_keeps_tokenize_tokens_and_adds_date_keys() -> None:
     assert analyze("Paid 9.00 on 05-02-18") == [
         "paid", "9.00", "on", "05-02-18", "05", "02", "18", "date:2018-02-05", "date:2018-05-02",
         "date:--02-05", "date:--05-02",  # month-day keys: a year OCR misread still meets
+        "amount:9.00",
     ]
 
 
@@ -105,7 +106,8 @@ def test_ocr_letter_for_digit_slips_are_read_as_digits_in_numbers_only() -> None
     assert "date:2018-03-20" in terms and "20/03/2018" in terms  # the repaired reading joins the original terms
     clean = "Total 12.50 on 20/03/2018"
     dates = date_keys(clean)
-    assert analyze(clean) == tokenize(clean) + dates + month_day_keys(clean, dates)  # nothing to repair: no more
+    # nothing to repair: no more
+    assert analyze(clean) == tokenize(clean) + dates + month_day_keys(clean, dates) + ["amount:12.50"]
 
 
 # The table the dates must hold to: printed forms, OCR-damaged forms, typed forms → the date terms they give
@@ -165,3 +167,35 @@ def test_a_page_with_two_dates_keeps_both_and_a_question_meets_either() -> None:
     assert "date:--11-18" in query_terms("what was due on November 18th?")
     # a printed 2018 that OCR read as 2016 still shares the month-day term with the question
     assert set(query_terms("the Bhpetrol bill from 10-04-2018")) & set(analyze("10-04-2016")) >= {"date:--04-10"}
+
+
+# Amounts, as receipts print them, OCR reads them and people type them → the amount terms they give; and numbers
+# that are no amounts.
+AMOUNT_TABLE = [
+    ("TOTAL 15.00", {"amount:15.00"}),
+    ("RM 15", {"amount:15.00"}),  # a question's whole amount after a currency
+    ("RM15", {"amount:15.00"}),
+    ("$1,200", {"amount:1200.00"}),
+    ("1,234.56", {"amount:1234.56"}),
+    ("1234.56", {"amount:1234.56"}),
+    ("4,90", {"amount:4.90"}),  # OCR's comma for a point, or a European price
+    ("RM9.00", {"amount:9.00"}),
+    ("TOTAL 1O.5O", {"amount:10.50"}),  # letter O for zero, repaired
+    ("GST 6% 99.80 5.64", {"amount:99.80", "amount:5.64"}),
+    ("Date 10.03.2018 10:30", set()),  # a date and a time
+    ("qty 3 page 12 of 2018", set()),  # integers without a currency
+    ("12.5", set()),
+    ("v1.2.3", set()),
+    ("alarm 5", set()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), AMOUNT_TABLE)
+def test_the_amount_table(text: str, expected: set[str]) -> None:
+    assert {term for term in analyze(text) if term.startswith("amount:")} == expected
+
+
+def test_an_amount_typed_in_a_question_meets_the_one_printed_on_the_page() -> None:
+    page = set(analyze("SUBTOTAL 14.15 ROUNDING 0.00 TOTAL 15.00 CASH 20.00"))
+    assert "amount:15.00" in set(query_terms("the receipt where I paid RM 15")) & page
+    assert char_ngrams(["amount:15.00"]) == ["amount:15.00"]  # whole, as date keys are
