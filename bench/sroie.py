@@ -6,8 +6,9 @@ The shared data (../shared/data/sroie) is read, never copied: bench/results/sroi
 only (no queries, no page text). It skips cleanly when the data folder is absent.
 
 --tune fits the weighted-RRF parameters (the dense text and dates retrievers' weights against BM25's 1.0, and
-rrf_k) on one half of the questions and reports them on the other half, both ways round (2-fold cross-validation, halves split
-by question order: even / odd). The per-retriever rankings are computed once; fusion is re-run offline with fuse().
+rrf_k) on one half of the questions and reports them on the other half, both ways round (2-fold cross-validation,
+halves split by question order: even / odd). The per-retriever rankings are computed once; fusion is re-run offline
+with fuse().
 
 --ocr-check compares the indexed page text with the annotated text lines in box/ (share of ground-truth words the
 OCR found) and counts receipts whose OCR holds the annotated total and date: the ceiling OCR puts on retrieval
@@ -215,11 +216,12 @@ def text_left(services) -> dict:  # noqa: ANN001 - Services
     """How many indexed pages ended with no usable text, by where their text came from."""
     from sqlalchemy import select
 
+    from mmrag.ingest.text import count_chars
     from mmrag.store.models import Page
 
     with services.sessions() as session:
         rows = session.execute(select(Page.text, Page.text_source)).all()
-    short = [source for text, source in rows if sum(not c.isspace() for c in text) < USABLE_CHARS]
+    short = [source for text, source in rows if count_chars(text) < USABLE_CHARS]
     by_source = {source: short.count(source) for source in sorted(set(short))}
     return {"pages": len(rows), "without_usable_text": len(short), "by_source": by_source}
 

@@ -275,15 +275,17 @@ def analyze(text: str) -> list[str]:
     Both sides of a match go through this same function, so a date written two ways still meets. Numbers and
     dates with OCR letter-for-digit slips also yield their repaired reading's terms.
     """
-    dates = date_keys(text)
-    terms = tokenize(text) + dates + month_day_keys(text, dates) + amount_keys(text)
+    terms = _terms(text)
     repaired = repair_ocr_digits(text)
     if repaired != text:
         seen = set(terms)
-        more = date_keys(repaired)
-        again = tokenize(repaired) + more + month_day_keys(repaired, more) + amount_keys(repaired)
-        terms += [term for term in again if term not in seen]
+        terms += [term for term in _terms(repaired) if term not in seen]
     return terms
+
+
+def _terms(text: str) -> list[str]:
+    dates = date_keys(text)
+    return tokenize(text) + dates + month_day_keys(text, dates) + amount_keys(text)
 
 
 def date_terms(text: str) -> list[str]:

@@ -447,7 +447,6 @@ def _check_pixels(path: Path, label: str, max_pixels: int) -> None:
 
 def index_sizes(services: Services) -> IndexSizes:
     with services.sessions() as session:
-        documents, pages, vectors = repository.collection_sizes(session)
+        documents, pages, vectors, without_text = repository.collection_sizes(session)
         failed_pages = repository.collection_failed_pages(session)
-        without_text = repository.collection_pages_without_text(session)
     return IndexSizes(documents, pages, vectors, failed_pages, without_text)

@@ -11,15 +11,12 @@ One engine per process, made on first use with one ONNX Runtime thread (the job 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mmrag.errors import MissingToolError
-
-log = logging.getLogger(__name__)
 
 MIN_SCORE = 0.5  # a box read with less confidence (0-1) is left out: specks and ruled lines come out as garbage
 

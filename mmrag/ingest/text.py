@@ -64,8 +64,7 @@ def count_chars(text: str) -> int:
 def ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str:
     """Tesseract's text for `image`, normalised (page segmentation mode `psm`: Tesseract's default, 3, when None).
     Raises MissingToolError or ConfigError (unknown lang)."""
-    config = "" if psm is None else f"--psm {psm}"
-    return normalize_text(_tesseract(pytesseract.image_to_string, image, lang, config))
+    return normalize_text(_tesseract(pytesseract.image_to_string, image, lang, psm))
 
 
 SURE_WORD = 60.0  # a word Tesseract reads with at least this confidence (0-100) counts in Reading.confident_chars
@@ -86,8 +85,7 @@ class Reading:
 def read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> Reading:
     """ocr() with Tesseract's word confidences: the text rebuilt from its words (a line per line, a blank line
     between paragraphs, as ocr() has it) and their mean confidence."""
-    config = "" if psm is None else f"--psm {psm}"
-    data = _tesseract(pytesseract.image_to_data, image, lang, config, output_type=pytesseract.Output.DICT)
+    data = _tesseract(pytesseract.image_to_data, image, lang, psm, output_type=pytesseract.Output.DICT)
     lines: list[str] = []
     words: list[str] = []
     line_key = paragraph_key = None
@@ -114,14 +112,14 @@ def read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> Re
     return Reading(normalize_text("\n".join(lines)), weighted / length if length else 0.0, sure)
 
 
-def _tesseract(call, image: Image.Image, lang: str, config: str, **kwargs):  # noqa: ANN001, ANN202 - pytesseract's
+def _tesseract(call, image: Image.Image, lang: str, psm: int | None, **kwargs):  # noqa: ANN001, ANN202 - pytesseract's
     # Tesseract's OpenMP threads spin against each other and against our other workers, which makes a page several
     # times slower on a small machine than with one thread. Tesseract's own docs advise
     # a limit of 1 when pages are processed in parallel, as the indexing job does. A value set by the user wins;
     # pytesseract offers no per-call environment, hence the process-wide default.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:
-        return call(image, lang=lang, config=config, **kwargs)
+        return call(image, lang=lang, config="" if psm is None else f"--psm {psm}", **kwargs)
     except pytesseract.TesseractNotFoundError as exc:
         raise MissingToolError(_missing_tesseract_message()) from exc
     except pytesseract.TesseractError as exc:
@@ -278,7 +276,7 @@ def ocr_page(
     if path in ("ocr", "ocr_smooth", "ocr_crop") and text and not dated:
         added = lines_not_in(read(best_image, lang, psm=OCR_BLOCK_PSM).text, text, dates_count=True)
         if added:
-            text, path = normalize_text(text + "\n\n" + "\n".join(added)), path + "+block"
+            text, path = _with_lines(text, added), path + "+block"
             dated = holds_a_date(text)
     if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not dated):
         try:
@@ -290,8 +288,13 @@ def ocr_page(
                         type(exc).__name__, exc)
             added = []
         if added:
-            text, path = normalize_text(text + "\n\n" + "\n".join(added)), path + "+rapid"
+            text, path = _with_lines(text, added), path + "+rapid"
     return text, path
+
+
+def _with_lines(text: str, added: list[str]) -> str:
+    """A reading with the lines another reading found added after it, a blank line between."""
+    return normalize_text(text + "\n\n" + "\n".join(added))
 
 
 def holds_a_date(text: str) -> bool:

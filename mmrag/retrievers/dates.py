@@ -11,8 +11,8 @@ on that day, full dates first, then a month and day alone (a year OCR misread), 
 A page of another shop that happens to share the date is not in it (a bonus for every page of that day put other
 shops' receipts first whenever OCR had lost the right one's date); a query of a date alone ranks every page holding
 it. Fusion adds the ranking to the others, so of a merchant's many receipts the one of that day comes first. A
-query without a date asks nothing of it (no ranking, no cost). Its index is
-the BM25 index: no model, nothing to write.
+query without a date asks nothing of it (no ranking, no cost). Its index is the BM25 index: no model, nothing to
+write.
 """
 
 from __future__ import annotations

@@ -352,10 +352,7 @@ def _counted_items(session: Session, job_id: int) -> dict[str, int]:
     counts["pages"] = pages
     counts["failed_pages"] = session.scalar(_job_failed_pages(job_id, func.count())) or 0
     counts["pages_without_text"] = session.scalar(
-        select(func.count())
-        .select_from(JobItem)
-        .join(Page, Page.document_id == JobItem.document_id)
-        .where(JobItem.job_id == job_id, JobItem.state == ItemState.INDEXED, Page.text == "")
+        _job_documents_rows(job_id, Page, func.count()).where(Page.text == "")
     ) or 0
     return counts
 
@@ -381,12 +378,17 @@ class FailedPage:
 
 
 def _job_failed_pages(job_id: int, *columns: Any) -> Select[Any]:
-    # The documents this job indexed (an indexed item records its document): a duplicate's or an unchanged file's
-    # failed pages were counted by the job that indexed its document.
+    # A duplicate's or an unchanged file's failed pages were counted by the job that indexed its document.
+    return _job_documents_rows(job_id, PageFailure, *columns)
+
+
+def _job_documents_rows(job_id: int, model: type[Page] | type[PageFailure], *columns: Any) -> Select[Any]:
+    """`columns` over the rows of `model` (a table of documents' pages) of the documents this job indexed (an
+    indexed item records its document)."""
     return (
         select(*columns)
         .select_from(JobItem)
-        .join(PageFailure, PageFailure.document_id == JobItem.document_id)
+        .join(model, model.document_id == JobItem.document_id)
         .where(JobItem.job_id == job_id, JobItem.state == ItemState.INDEXED)
     )
 
@@ -542,8 +544,12 @@ def documents_at_paths(session: Session, collection_id: int, paths: Iterable[str
     return result
 
 
-def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[str, str], int]]:
-    """(collection, status) → documents, collection → pages, (collection, retriever) → pages with vectors."""
+def collection_sizes(
+    session: Session,
+) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[str, str], int], dict[str, int]]:
+    """(collection, status) → documents, collection → pages, (collection, retriever) → pages with vectors, and
+    collection → pages with no text (photos, and pages OCR read nothing on: BM25 cannot find them; counted in the
+    pages' one pass)."""
     documents = {
         (name, status): n
         for name, status, n in session.execute(
@@ -552,15 +558,17 @@ def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict
             .group_by(Collection.name, Document.status)
         )
     }
-    pages = {
-        name: n
-        for name, n in session.execute(
-            select(Collection.name, func.count(Page.id))
-            .join(Document, Document.collection_id == Collection.id)
-            .join(Page, Page.document_id == Document.id)
-            .group_by(Collection.name)
-        )
-    }
+    pages: dict[str, int] = {}
+    without_text: dict[str, int] = {}
+    for name, n, textless in session.execute(
+        select(Collection.name, func.count(Page.id), func.count(Page.id).filter(Page.text == ""))
+        .join(Document, Document.collection_id == Collection.id)
+        .join(Page, Page.document_id == Document.id)
+        .group_by(Collection.name)
+    ):
+        pages[name] = n
+        if textless:
+            without_text[name] = textless
     vectors = {
         (name, retriever): n
         for name, retriever, n in session.execute(
@@ -571,26 +579,17 @@ def collection_sizes(session: Session) -> tuple[dict[tuple[str, str], int], dict
             .group_by(Collection.name, PageEmbedding.retriever)
         )
     }
-    return documents, pages, vectors
-
-
-def collection_pages_without_text(session: Session) -> dict[str, int]:
-    """Collection → its pages with no text (photos, and pages OCR read nothing on): BM25 cannot find them."""
-    return _per_collection(session, Page, Page.text == "")
+    return documents, pages, vectors, without_text
 
 
 def collection_failed_pages(session: Session) -> dict[str, int]:
     """Collection → pages its documents could not have (PageFailure rows; a deleted document keeps none)."""
-    return _per_collection(session, PageFailure)
-
-
-def _per_collection(session: Session, model: type[Page] | type[PageFailure], *where: Any) -> dict[str, int]:
-    """Collection → how many rows of `model` (a table of its documents' pages) meet `where`."""
-    rows = session.execute(
-        select(Collection.name, func.count(model.id))
-        .join(Document, Document.collection_id == Collection.id)
-        .join(model, model.document_id == Document.id)
-        .where(*where)
-        .group_by(Collection.name)
-    )
-    return {name: n for name, n in rows}
+    return {
+        name: n
+        for name, n in session.execute(
+            select(Collection.name, func.count(PageFailure.id))
+            .join(Document, Document.collection_id == Collection.id)
+            .join(PageFailure, PageFailure.document_id == Document.id)
+            .group_by(Collection.name)
+        )
+    }

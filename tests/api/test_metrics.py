@@ -38,6 +38,6 @@ def test_index_sizes_are_read_at_most_every_metrics_sizes_seconds(tmp_path: Path
         statements.clear()
         pages()
         pages()
-        assert sum("count" in sql.lower() for sql in statements) == 10  # 0: five counting queries every scrape
+        assert sum("count" in sql.lower() for sql in statements) == 8  # 0: four counting queries every scrape
     finally:
         services.close()

@@ -48,7 +48,7 @@ def test_failed_pages_are_counted_listed_and_deleted_with_their_document(
             assert [(p.page_number, p.reason) for p in failed[document_id]] == [(n, r) for _, n, r in listed]
             assert failed[10**6] == []
             assert repository.collection_failed_pages(session) == {"default": 2}
-            assert repository.collection_pages_without_text(session) == {"default": 1}
+            assert repository.collection_sizes(session)[3] == {"default": 1}
 
         again = run_index(services, [corpus])  # nothing changed: nothing indexed, no page lost by this job
         counts = again.counts
