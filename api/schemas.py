@@ -22,6 +22,7 @@ from pydantic_core import CoreSchema, core_schema
 from mmrag.documents import DocumentInfo, DocumentPages, FailedPage, PageHit
 from mmrag.errors import ConfigError
 from mmrag.jobs import JobStatus
+from mmrag.layout import Region
 from mmrag.retrievers import RETRIEVERS
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
 
@@ -150,6 +151,21 @@ class SearchRequest(Strict):
     offset: int = Field(0, ge=0, le=1000)
     retrievers: list[Retriever] | None = Field(None, max_length=32, description="default: every loaded retriever")
     filters: Filters = Field(default_factory=Filters)
+    highlight: bool = Field(True, description="give each hit the boxes of its words that match the query")
+
+
+class RegionOut(BaseModel):
+    """A rectangle of a page image: (x0, y0, x1, y1), each 0-1 of the page image's width and height, origin at its
+    top-left corner (the same for the full image and its thumbnail)."""
+
+    box: tuple[float, float, float, float]
+    source: str = Field(description="what located it: ocr | text_layer (word boxes) | similarity_map")
+    score: float = Field(description="0-1: how well it matches (1 for a word matching a query term)")
+    text: str = Field("", description="the words it holds")
+
+
+def region(r: Region) -> RegionOut:
+    return RegionOut(box=tuple(round(v, 5) for v in r.box), source=r.source, score=r.score, text=r.text)
 
 
 class SearchHit(BaseModel):
@@ -163,6 +179,12 @@ class SearchHit(BaseModel):
     snippet: str
     image_url: str
     thumbnail_url: str
+    highlights: list[RegionOut] = Field(
+        default_factory=list,
+        description="boxes of the page's words that match a text query (through the lexical analyzer: words, dates "
+        "however written, amounts); empty for an image query, with highlight=false, or for a page indexed before "
+        "word boxes were stored",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -192,6 +214,11 @@ class CitationOut(BaseModel):
     score: float
     quote: str = Field(description="text of the cited page that supports the answer; empty when none does")
     image_url: str
+    regions: list[RegionOut] = Field(
+        default_factory=list,
+        description="where the quote is on the page: one box per line of it, located among the page's word boxes "
+        "(a fuzzy match, scored by the share of the quote's words found); empty when the page has no word boxes",
+    )
 
 
 class RetrievedPageOut(BaseModel):
@@ -390,6 +417,7 @@ def search_hit(hit: PageHit, urls: Urls) -> SearchHit:
         snippet=hit.snippet,
         image_url=urls.page_image(r.page_id),
         thumbnail_url=urls.thumbnail(r.page_id),
+        highlights=[region(h) for h in hit.highlights],
     )
 
 
@@ -402,6 +430,7 @@ def citation(c: Citation, urls: Urls) -> CitationOut:
         score=c.score,
         quote=c.quote,
         image_url=urls.page_image(c.page_id),
+        regions=[region(r) for r in c.regions],
     )
 
 

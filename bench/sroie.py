@@ -24,15 +24,19 @@ import json
 import logging
 import platform
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from mmrag.config import RetrievalSettings, Settings
 from mmrag.evaluation import (
     EvalReport,
+    GoldRegion,
+    Question,
     contains_answer,
     evaluate,
     judge,
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(
                 f"indexed {job.pages_indexed} pages in {job.seconds:.1f} s: {job.pages_per_second:.2f} pages/s"
             )
-        questions = load_questions(args.data / "questions.jsonl")
+        questions = with_gold_regions(load_questions(args.data / "questions.jsonl"), args.data)
         answerer = None
         if args.answerer != "none":
             from mmrag.answer import ANSWERERS
@@ -119,6 +123,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def with_gold_regions(questions: list[Question], data: Path) -> list[Question]:
+    """Each question with its gold regions: the annotated lines (box/NNN.csv: four corners, then the text) of its
+    relevant receipts that hold one of its answers, as boxes normalised to the receipt's image."""
+    found = []
+    for question in questions:
+        regions = []
+        for relevant in question.relevant:
+            name = Path(relevant.path).name
+            boxes = data / "box" / f"{Path(name).stem}.csv"
+            if not boxes.is_file():
+                continue
+            with Image.open(data / "img" / name) as image:
+                width, height = image.size
+            for row in csv.reader(boxes.read_text(encoding="utf-8", errors="replace").splitlines()):
+                if len(row) < 9 or not contains_answer(",".join(row[8:]), question.answers):
+                    continue
+                xs, ys = [float(v) for v in row[0:8:2]], [float(v) for v in row[1:8:2]]
+                box = (min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height)
+                if box[0] < box[2] and box[1] < box[3]:
+                    regions.append(GoldRegion(relevant.path, tuple(min(max(v, 0.0), 1.0) for v in box)))
+        found.append(replace(question, regions=tuple(regions)))
+    return found
+
+
 def print_report(report: EvalReport) -> None:
     table = Table(title=f"SROIE · {report.questions} questions")
     for column in ("ranking", "R@1", "R@5", "R@10", "MRR", "nDCG@5", "p50 ms", "p95 ms"):
@@ -134,6 +162,7 @@ def print_report(report: EvalReport) -> None:
         console.print(
             f"answers ({a.answerer}, {a.questions} q): exact match {a.exact_match:.3f} · answer-in-evidence "
             f"{a.answer_in_evidence:.3f} · answer-in-top-page {a.answer_in_top_page:.3f} · supported {a.supported:.3f}"
+            f" · region hit {a.region_hit_rate:.3f} (IoU >= 0.5, {a.region_questions} q) · mean IoU {a.mean_iou:.3f}"
         )
 
 

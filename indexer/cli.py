@@ -368,10 +368,12 @@ def ask(
         console.print(f"not supported by the {len(pages)} pages retrieved ({answer.answerer})", style="yellow")
         raise typer.Exit(1)
     table = Table(title=f"citations · answerer {answer.answerer}")
-    for column in ("#", "path", "page", "score", "quote"):
+    for column in ("#", "path", "page", "score", "quote", "regions (x0 y0 x1 y1, 0-1 of the page)"):
         table.add_column(column, overflow="fold")
     for number, citation in enumerate(answer.citations, start=1):
-        table.add_row(str(number), citation.path, str(citation.page_number), f"{citation.score:.4f}", citation.quote)
+        table.add_row(str(number), citation.path, str(citation.page_number), f"{citation.score:.4f}", citation.quote,
+                      "\n".join(f"{r.box[0]:.3f} {r.box[1]:.3f} {r.box[2]:.3f} {r.box[3]:.3f} {r.source} {r.score:.2f}"
+                                for r in citation.regions))
     console.print(table)
 
 

@@ -146,10 +146,8 @@ def _ranking_table(result) -> Table:  # noqa: ANN001 - EvalReport, imported lazi
 def _answer_table(result) -> Table:  # noqa: ANN001 - EvalReport, imported lazily
     answers = result.answers
     table = Table(title=f"answers · {answers.questions} questions with gold answers")
-    columns = ("answerer", "exact match", "answer in evidence", "answer in top page", "supported", "p50 ms", "p95 ms")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_row(
+    columns = ["answerer", "exact match", "answer in evidence", "answer in top page", "supported", "p50 ms", "p95 ms"]
+    cells = [
         answers.answerer,
         f"{answers.exact_match:.3f}",
         f"{answers.answer_in_evidence:.3f}",
@@ -157,5 +155,13 @@ def _answer_table(result) -> Table:  # noqa: ANN001 - EvalReport, imported lazil
         f"{answers.supported:.3f}",
         f"{answers.latency_p50_ms:.1f}",
         f"{answers.latency_p95_ms:.1f}",
-    )
+    ]
+    if answers.region_questions:  # the question set gives gold regions
+        from mmrag.evaluation import REGION_HIT_IOU
+
+        columns += [f"region hit (IoU>={REGION_HIT_IOU})", "mean IoU"]
+        cells += [f"{answers.region_hit_rate:.3f}", f"{answers.mean_iou:.3f}"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*cells)
     return table

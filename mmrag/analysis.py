@@ -16,7 +16,7 @@ from datetime import date
 # index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
 # is rebuilt from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-amounts-4"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-amounts-gluedtime-5"
 DATE_PREFIX = "date:"
 AMOUNT_PREFIX = "amount:"
 NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
@@ -83,7 +83,12 @@ _MONTHS = {
 }
 _MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")(?![^\W\d_])\.?"
 # A space may follow a separator ("12- 01-19": OCR's reading of a narrow gap), never precede one.
-_NUMERIC_DATE = re.compile(r"(?<![\d.,/:\-])(\d{1,4})([./\-]) ?(\d{1,2})\2 ?(\d{4}|\d{2})(?!\d|[.,/:\-]\d)")
+# A year may run into the time printed after it ("25/Feb/201707:43:54", a receipt printer's missing space).
+_THEN_TIME = r"(?=\d{1,2}:\d{2})"
+_YEAR = r"(\d{4}|\d{2})(?:(?!\d)|" + _THEN_TIME + ")"  # a year that ends a date written with a month's name
+_NUMERIC_DATE = re.compile(
+    r"(?<![\d.,/:\-])(\d{1,4})([./\-]) ?(\d{1,2})\2 ?(\d{4}|\d{2})(?:(?!\d|[.,/:\-]\d)|" + _THEN_TIME + ")"
+)
 # Eight digits standing alone that read as a year 1970-2099, a month and a day ("20180428", as systems print them).
 _COMPACT_DATE = re.compile(
     r"(?<![\w.,/:\-])((?:19[789]|20\d)\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![\w]|[.,/:\-]\d)"
@@ -92,14 +97,16 @@ _COMPACT_DATE = re.compile(
 # date as printed is a date, one digit at a time.
 _DIGIT_SLIPS = {"0": "689", "1": "74", "2": "7", "3": "8", "5": "6", "6": "05", "7": "12", "8": "03", "9": "0"}
 _DAY_MONTH_YEAR = re.compile(
-    r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]*" + _MONTH + r"[\s.,/\-]*(\d{4}|\d{2})(?!\d)"
+    r"(?<![\d.,/:\-])(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]*" + _MONTH + r"[\s.,/\-]*" + _YEAR
 )
 _MONTH_DAY_YEAR = re.compile(
-    r"(?<![^\W\d_])" + _MONTH + r"[\s.,/\-]*(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]+(\d{4}|\d{2})(?!\d)"
+    r"(?<![^\W\d_])" + _MONTH + r"[\s.,/\-]*(\d{1,2})(?:st|nd|rd|th)?[\s.,/\-]+" + _YEAR
 )
 # A day, a word the OCR made of a month's abbreviation ("14/dun/2017", "14/fMay/2017"), a year, between the same
 # separators: the word is read as the one month within one edit of it (see _ocr_month).
-_DAY_WORD_YEAR = re.compile(r"(?<![\d.,/:\-])(\d{1,2})([./\-])([^\W\d_]{2,4})\2(\d{4}|\d{2})(?!\d)")
+_DAY_WORD_YEAR = re.compile(
+    r"(?<![\d.,/:\-])(\d{1,2})([./\-])([^\W\d_]{2,4})\2" + _YEAR
+)
 # A month and a day with no year, as a question puts it ("March 5th", "5 March"): month-day keys only.
 _MONTH_DAY = re.compile(
     r"(?<![^\W\d_])(?<!\d)(?<!\d[\s./\-])" + _MONTH + r"[\s.,]*(\d{1,2})(st|nd|rd|th)?(?![\d.,/:\-]*\d)"

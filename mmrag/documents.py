@@ -31,10 +31,12 @@ from mmrag.errors import (
     TooLargeError,
     UnsupportedTypeError,
 )
+from mmrag import layout
 from mmrag.indexing import delete_documents
 from mmrag.ingest import count_pdf_pages, load_image, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
 from mmrag.ingest.passwords import PasswordBook
+from mmrag.layout import Region
 from mmrag.retrieval import search
 from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
@@ -122,6 +124,7 @@ class PageHit:
     result: SearchResult
     collection: str
     snippet: str
+    highlights: tuple[Region, ...] = ()  # the boxes of its words that match the query (a text query's only)
 
 
 @dataclass(frozen=True)
@@ -246,9 +249,11 @@ def search_hits(
     offset: int = 0,
     retrievers: Sequence[str] | None = None,
     filters: SearchFilters | None = None,
+    highlight: bool = True,
 ) -> list[PageHit]:
-    """retrieval.search over `collections`, each hit with its collection and a snippet; an image query is given as
-    the uploaded bytes, sniffed and bounded in pixels before it is decoded."""
+    """retrieval.search over `collections`, each hit with its collection, a snippet and (`highlight`, a text query)
+    the boxes of its words that match the query; an image query is given as the uploaded bytes, sniffed and
+    bounded in pixels before it is decoded."""
     picture = None
     if image is not None:
         picture = decode_query_image(services, image, max_pixels=max_image_pixels)
@@ -266,7 +271,17 @@ def search_hits(
     with services.sessions() as session:
         of_document = repository.documents_collections(session, [r.document_id for r in results])
         names = repository.collection_names(session, set(of_document.values()))
-    return [PageHit(r, names[of_document[r.document_id]], snippet(r.text, text)) for r in results]
+        words = repository.page_words(session, [r.page_id for r in results]) if highlight and text else {}
+    return [
+        PageHit(r, names[of_document[r.document_id]], snippet(r.text, text), _highlights(text, words.get(r.page_id)))
+        for r in results
+    ]
+
+
+def _highlights(query: str | None, stored: tuple[bytes, str] | None) -> tuple[Region, ...]:
+    if not query or stored is None:
+        return ()
+    return tuple(layout.highlights(query, layout.decode_words(stored[0]), layout.region_source(stored[1])))
 
 
 def decode_query_image(services: Services, data: bytes, *, max_pixels: int) -> Image.Image:

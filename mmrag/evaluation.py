@@ -48,7 +48,9 @@ from mmrag.protocols import Answerer
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.store.models import Document, DocumentPath, Page
-from mmrag.types import DocumentStatus
+from mmrag.layout import iou
+from mmrag.qa import check_citations
+from mmrag.types import Answer, DocumentStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +79,35 @@ class Relevant:
 
 
 @dataclass(frozen=True)
+class GoldRegion:
+    """Where a question's answer is: a box ([x0, y0, x1, y1], 0-1 of the page image, origin top-left) on a page of
+    a relevant file (page None: its first)."""
+
+    path: str
+    box: tuple[float, float, float, float]
+    page: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"path": self.path, "box": list(self.box)}
+        return found if self.page is None else {**found, "page": self.page}
+
+
+@dataclass(frozen=True)
 class Question:
     id: str
     query: str
     relevant: tuple[Relevant, ...]
     answers: tuple[str, ...] = ()
+    regions: tuple[GoldRegion, ...] = ()  # where the answer is; a cited region is scored against them
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "id": self.id,
             "query": self.query,
             "relevant": [item.to_json() for item in self.relevant],
             "answers": list(self.answers),
         }
+        return {**found, "regions": [r.to_json() for r in self.regions]} if self.regions else found
 
 
 def path_matches(wanted: str, recorded: str) -> bool:
@@ -130,7 +148,31 @@ def parse_question(obj: object, where: str) -> Question:
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise InputError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
     question_id = obj.get("id", where)
-    return Question(str(question_id), query.strip(), tuple(relevant), tuple(a for a in answers if a.strip()))
+    regions = tuple(_gold_region(item, where) for item in _list_of(obj, "regions", where))
+    return Question(str(question_id), query.strip(), tuple(relevant), tuple(a for a in answers if a.strip()), regions)
+
+
+def _list_of(obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise InputError(f"{where}: '{key}' must be a list, got {value!r}")
+    return value
+
+
+def _gold_region(item: object, where: str) -> GoldRegion:
+    """One {"path", "box", "page"?} of a question's "regions"."""
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
+        raise InputError(f"{where}: a region is {{\"path\", \"box\": [x0, y0, x1, y1], \"page\"?}}, got {item!r}")
+    box = item.get("box")
+    if (not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                              and 0 <= v <= 1 for v in box)
+            or not (box[0] < box[2] and box[1] < box[3])):
+        raise InputError(f"{where}: a region's box is [x0, y0, x1, y1], 0-1 of the page, x0 < x1 and y0 < y1; "
+                         f"got {box!r}")
+    page = item.get("page")
+    if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 1):
+        raise InputError(f"{where}: a region's page must be an integer >= 1 (1-based), got {page!r}")
+    return GoldRegion(item["path"].strip(), (float(box[0]), float(box[1]), float(box[2]), float(box[3])), page)
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -291,6 +333,11 @@ class AnswerMetrics:
     supported: float  # share of answers the answerer marked supported
     latency_p50_ms: float
     latency_p95_ms: float
+    # Over the questions with gold regions: the share whose first citation has a region overlapping one of them with
+    # IoU >= REGION_HIT_IOU, and the mean of the best IoU (0 for a question with no cited region on its page).
+    region_questions: int = 0
+    region_hit_rate: float = 0.0
+    mean_iou: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -407,6 +454,7 @@ def evaluate(
     gains: dict[str, list[tuple[list[bool], int]]] = {name: [] for name in [*names, FUSED]}
     latencies: dict[str, list[float]] = {name: [] for name in [*names, FUSED]}
     answer_rows: list[tuple[bool, bool, bool, bool, float]] = []
+    region_ious: list[float] = []
     results: list[QuestionResult] = []
 
     def judged(page_ids: Sequence[int], relevant: Sequence[Relevant]) -> list[bool]:
@@ -436,8 +484,11 @@ def evaluate(
             began = time.perf_counter()
             answer = answerer.answer(question.query, pages)
             elapsed = 1000 * (time.perf_counter() - began)
+            answer = check_citations(answer, pages)  # as /v1/ask has it: honest citations, with their regions
             evidence = answer.citations[0].quote if answer.citations else ""
-            em = exact_match(answer.text, question.answers)
+            em = exact_match(answer.value or answer.text, question.answers)
+            if question.regions:
+                region_ious.append(_best_iou(answer, question.regions, locations))
             in_evidence = bool(evidence) and contains_answer(evidence, question.answers)
             in_top_page = bool(fused) and contains_answer(fused[0].text, question.answers)
             answer_rows.append((em, in_evidence, in_top_page, answer.supported, elapsed))
@@ -446,7 +497,7 @@ def evaluate(
         if on_question is not None:
             on_question()
 
-    answer_metrics = _answer_metrics(answerer.name, answer_rows) if answerer is not None else None
+    answer_metrics = _answer_metrics(answerer.name, answer_rows, region_ious) if answerer is not None else None
     settings = services.settings
     return EvalReport(
         collection=collection,
@@ -486,8 +537,26 @@ def _unresolved(questions: Sequence[Question], locations: Mapping[int, PageLocat
     return unresolved
 
 
-def _answer_metrics(answerer: str, rows: Sequence[tuple[bool, bool, bool, bool, float]]) -> AnswerMetrics:
-    """Shares of (exact match, answer in evidence, answer in top page, supported) and latency over answered rows."""
+REGION_HIT_IOU = 0.5
+
+
+def _best_iou(answer: Answer, gold: Sequence[GoldRegion], locations: Mapping[int, PageLocation]) -> float:
+    """The best IoU between a region of the answer's first citation and a gold region on the same page."""
+    if not answer.citations:
+        return 0.0
+    cited = answer.citations[0]
+    where = locations.get(cited.page_id)
+    if where is None:
+        return 0.0
+    on_page = [g for g in gold if Relevant(g.path, g.page or 1).matches(where.paths, where.page_number)]
+    return max((iou(r.box, g.box) for r in cited.regions for g in on_page), default=0.0)
+
+
+def _answer_metrics(
+    answerer: str, rows: Sequence[tuple[bool, bool, bool, bool, float]], region_ious: Sequence[float] = ()
+) -> AnswerMetrics:
+    """Shares of (exact match, answer in evidence, answer in top page, supported) and latency over answered rows;
+    region hit rate and mean IoU over the questions with gold regions."""
     n = len(rows)
 
     def share(column: int) -> float:
@@ -503,6 +572,9 @@ def _answer_metrics(answerer: str, rows: Sequence[tuple[bool, bool, bool, bool, 
         supported=share(3),
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
+        region_questions=len(region_ious),
+        region_hit_rate=sum(v >= REGION_HIT_IOU for v in region_ious) / len(region_ious) if region_ious else 0.0,
+        mean_iou=sum(region_ious) / len(region_ious) if region_ious else 0.0,
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from mmrag.answer.prompt import NOT_ANSWERED, not_answered
+from mmrag.layout import locate
 from mmrag.protocols import Answerer
 from mmrag.retrieval import retrieved_pages, search
 from mmrag.services import Services
@@ -175,6 +176,7 @@ def check_citations(answer: Answer, pages: Sequence[RetrievedPage]) -> Answer:
                 path=page.path,
                 score=page.score,
                 quote=quote,
+                regions=tuple(locate(quote, page.words, page.words_source)) if quote else (),
             )
         )
         new_number[number] = len(kept)

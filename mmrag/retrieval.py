@@ -11,6 +11,7 @@ from PIL import Image
 
 from mmrag.collections import Collections
 from mmrag.config import RetrievalSettings, Settings
+from mmrag import layout
 from mmrag.errors import ConfigError
 from mmrag.protocols import LexicalIndex
 from mmrag.retrievers import RETRIEVERS, Query
@@ -187,6 +188,7 @@ def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list
     """Search results as answerer input: text plus the absolute path of each stored page image."""
     with services.sessions() as session:
         image_paths = repository.page_image_paths(session, [r.page_id for r in results])
+        words = repository.page_words(session, [r.page_id for r in results])
     return [
         RetrievedPage(
             page_id=r.page_id,
@@ -196,6 +198,8 @@ def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list
             score=r.score,
             text=r.text,
             image_path=(services.data_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
+            words=tuple(layout.decode_words(words[r.page_id][0])) if r.page_id in words else (),
+            words_source=layout.region_source(words[r.page_id][1]) if r.page_id in words else "ocr",
         )
         for r in results
     ]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmrag.layout import Region, Word
+
 
 class DocumentKind(StrEnum):
     IMAGE = "image"
@@ -70,6 +72,7 @@ class PageContent:
     text: str
     text_source: str  # a TextSource, or the OCR path that gave the text (see TextSource)
     renderer: str | None = None  # what drew a PDF page (mmrag.ingest.pdf.PDF_RENDERERS); None for an image
+    words: tuple[Word, ...] = field(default=(), repr=False)  # where the text's words are on the image
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class RetrievedPage:
     score: float
     text: str
     image_path: Path | None  # absolute path of the stored page image
+    words: tuple[Word, ...] = field(default=(), repr=False)  # where its words are on the image (none: not stored)
+    words_source: str = "ocr"  # what read them: ocr | text_layer (a Region's source)
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class Citation:
     path: str
     score: float
     quote: str
+    regions: tuple[Region, ...] = ()  # where the quote is on the page (mmrag.layout.locate)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,9 @@ class Answer:
     citations: list[Citation]
     supported: bool  # False: the retrieved pages do not answer the question
     answerer: str  # e.g. "extractive", "openai:qwen2.5-vl", "transformers:HuggingFaceTB/SmolVLM-Instruct"
+    # The value the question asks for (an amount, a date) where the answerer read one: what the text leads with,
+    # and what exact match is scored on. "" when the question asks for no value or none was found.
+    value: str = ""
 
 
 @dataclass(frozen=True)

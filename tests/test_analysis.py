@@ -124,6 +124,10 @@ DATE_TABLE = [
     ("14/dun/2017", {"date:2017-06-14", "date:--06-14"}),  # OCR's "dun": June
     ("14/fMay/2017", {"date:2017-05-14", "date:--05-14"}),  # a stray letter before May
     ("25-FEB-2017", {"date:2017-02-25", "date:--02-25"}),
+    ("25/Feb/201707:43:54", {"date:2017-02-25", "date:--02-25"}),  # the year run into the time after it
+    ("25/02/201707:43", {"date:2017-02-25", "date:--02-25"}),
+    ("5 March 201812:30", {"date:2018-03-05", "date:--03-05"}),
+    ("25/02/2017123", set()),  # digits run on with no time after them: no date
     ("20180428", {"date:2018-04-28", "date:--04-28"}),  # no separators, as systems print them
     ("12- 01-19", {"date:2019-01-12", "date:2019-12-01", "date:--01-12", "date:--12-01"}),  # a space OCR put in
     ("19/62/2018", {"date:2018-02-19", "date:--02-19"}),  # OCR's 6 for a 0: the one digit that mends it

@@ -246,7 +246,8 @@ def test_small_eval_end_to_end_with_page_level_relevance(services: Services, tmp
     assert answers.answer_in_evidence == pytest.approx(
         sum(bool(by_id[q].answer_in_evidence) for q in ("page-2", "kestrel", "curlew")) / 3
     )
-    assert answers.exact_match == 0.0  # an extractive answer is a quoted line, never the bare amount
+    # the extractive answer leads with the amount its evidence line gives: exact match is scored on that value
+    assert answers.exact_match == 1.0 and by_id["page-2"].answer.startswith("48213.75 [1]\n")
 
     saved = json.loads(report.write_json(tmp_path / "report.json").read_text())
     assert saved["rankings"]["fused"]["recall"]["@1"] == pytest.approx(5 / 7)

@@ -49,6 +49,7 @@ SEARCH_FORM_SCHEMA: dict[str, Any] = {
         "collections": {"type": "array", "items": {"type": "string"}},
         "retrievers": {"type": "array", "items": {"type": "string", "enum": []}},  # filled by search_form_schema
         "filters": {"type": "string", "description": "a JSON object, as SearchRequest.filters"},
+        "highlight": {"type": "boolean", "default": True},
     },
 }
 
@@ -89,6 +90,7 @@ async def search(
             offset=body.offset,
             retrievers=body.retrievers,
             filters=body.filters.to_library(),
+            highlight=body.highlight,
         )
     meaningless = services.embedders().meaningless
     return schemas.SearchResponse(

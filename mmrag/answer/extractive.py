@@ -128,9 +128,11 @@ class ExtractiveAnswerer:
         chosen = [s for s in scored[: self.max_lines] if s.score >= self.relative_line_cutoff * scored[0].score]
         kind = expected_value(question)
         evidence = self._typed_evidence(kind, question, lines, answering_pages, weight, next_line, label_tokens)
+        value = ""
         if evidence is not None:
             chosen = [evidence, *[s for s in chosen if s.line != evidence.line]][: self.max_lines]
-        return self._compose(chosen, pages)
+            value = value_in(evidence.quote, kind, question) if kind is not None else ""
+        return self._compose(chosen, pages, value)
 
     def _typed_evidence(
         self,
@@ -187,8 +189,9 @@ class ExtractiveAnswerer:
         yield answer.text
         yield answer
 
-    def _compose(self, chosen: list[_ScoredLine], pages: Sequence[RetrievedPage]) -> Answer:
-        """Lines grouped by page (best page first), in reading order within a page, each ending in its citation."""
+    def _compose(self, chosen: list[_ScoredLine], pages: Sequence[RetrievedPage], value: str = "") -> Answer:
+        """Lines grouped by page (best page first), in reading order within a page, each ending in its citation;
+        led by the `value` the question asks for, cited to the page of its line (the first), when there is one."""
         page_order = list(dict.fromkeys(s.line.page_index for s in chosen))
         text_lines: list[str] = []
         citations = []
@@ -197,7 +200,10 @@ class ExtractiveAnswerer:
             # chosen is in evidence order: the page's first chosen line is its best evidence
             citations.append(citation_for(pages[page_index], page_lines[0].quote))
             text_lines.extend(f"{s.quote} [{number}]" for s in sorted(page_lines, key=lambda s: s.line.line_index))
-        return Answer(text="\n".join(text_lines), citations=citations, supported=True, answerer=self.name)
+        if value:
+            text_lines.insert(0, f"{value} [1]")
+        return Answer(text="\n".join(text_lines), citations=citations, supported=True, answerer=self.name,
+                      value=value)
 
 
 def _quote(line: _Line, following: _Line | None, label_tokens: set[str]) -> str:
@@ -207,6 +213,29 @@ def _quote(line: _Line, following: _Line | None, label_tokens: set[str]) -> str:
     if following is not None and is_label:
         return trim_quote(f"{line.text} {following.text}")
     return trim_quote(line.text)
+
+
+def value_in(quote: str, kind: str, question: str) -> str:
+    """The value of `kind` the evidence line `quote` gives, as printed, that the question does not already hold.
+
+    An amount: the first after the first field label ("Rounding 0.02 Total 12.30": 12.30; "TOTAL 42.35 CASH 50.00":
+    42.35), else the largest (a total is at least any part it sums). A date: the first word that reads as one."""
+    if kind == "amount":
+        amounts = [m for m in AMOUNT_PATTERN.finditer(quote) if m.group() not in question]
+        if not amounts:
+            return ""
+        lowered = quote.lower()
+        labelled = [m.end() for label in FIELD_LABELS["amount"] for m in re.finditer(rf"\b{label}\b", lowered)]
+        after = [m for m in amounts if labelled and m.start() >= min(labelled)]
+        if after:
+            return after[0].group()
+        return max(amounts, key=lambda m: _largest_amount(m.group())).group()
+    asked = set(date_keys(question))
+    for word in quote.split():
+        word = word.strip(",;()[]")
+        if set(date_keys(word)) - asked:
+            return word
+    return ""
 
 
 def _holds_new_value(line: _Line, question_tokens: set[str]) -> bool:

@@ -75,8 +75,9 @@ def run_index(
     if services.settings.ingest.ocr != "never":
         # A missing Tesseract is a setup problem, not a bad file: say so once instead of failing every file.
         check_ocr(services.settings.ingest.ocr_lang)
-        if services.settings.ingest.second_ocr != "never":
-            check_rapidocr()
+        ingest = services.settings.ingest
+        if ingest.second_ocr != "never" or ingest.ocr == "auto" and ingest.ocr_skip_photos:
+            check_rapidocr()  # the second engine, and the text detector that tells photos from documents
 
     with transaction(services.sessions) as session:
         collection_id = repository.get_or_create_collection(session, collection).id

@@ -64,6 +64,12 @@ def write_pages(services: Services, loaded: list[tuple[int, LoadedFile]]) -> lis
             for page in file.pages
             for day in page.dates
         ])
+        bulk.insert_page_words(session, [
+            {"page_id": id_of_page[(document_id, page.page_number)], "words": page.words}
+            for document_id, file in loaded
+            for page in file.pages
+            if page.words
+        ])
     return [[id_of_page[(document_id, page.page_number)] for page in file.pages] for document_id, file in loaded]
 
 

@@ -36,6 +36,7 @@ from mmrag.ingest.pdf import (
 from mmrag.ingest.pdf_pages import DrawnPage, PageFailure, count_pdf_pages, draw_pages
 from mmrag.ingest.rapid import check_rapidocr
 from mmrag.ingest.text import check_ocr, choose_text, normalize_text, ocr
+from mmrag.layout import Word
 from mmrag.types import DocumentKind, PageContent, SourceFile
 
 __all__ = [
@@ -148,7 +149,7 @@ def iter_pages(
                 try:
                     if isinstance(page, PageFailure):
                         raise CorruptFileError(f"{path}: {page.reason}")
-                    yield _page(path, page.page_number, page.image, page.text, settings, page.renderer)
+                    yield _page(path, page.page_number, page.image, page.text, settings, page.renderer, page.words)
                 except InputError as exc:
                     if failures is None:
                         raise
@@ -164,7 +165,9 @@ def iter_pages(
 def _page(
     path: Path, number: int, image: Image.Image, text_layer: str | None, settings: IngestSettings,
     renderer: str | None = None,
+    layer_words: Sequence[Word] = (),
 ) -> PageContent:
+    words: list[Word] = []
     try:
         text, source = choose_text(
             image,
@@ -175,9 +178,12 @@ def _page(
             line_height=settings.ocr_line_height,
             skip_photos=settings.ocr_skip_photos,
             second=settings.second_ocr,
+            layer_words=layer_words,
+            words=words,
         )
     except pytesseract.TesseractError as exc:
         # Tesseract is installed and the language exists (those raise before this), so it is this image it
         # could not handle (leptonica refuses some sizes and formats).
         raise InputError(f"{path}: page {number}: OCR failed: {exc.message}") from exc
-    return PageContent(page_number=number, image=image, text=text, text_source=source, renderer=renderer)
+    return PageContent(page_number=number, image=image, text=text, text_source=source, renderer=renderer,
+                       words=tuple(words))

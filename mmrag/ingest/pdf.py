@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ from PIL import Image
 from mmrag.errors import CorruptFileError, EncryptedPdfError, MissingToolError, TooLargeError
 from mmrag.ingest.native import quiet_native
 from mmrag.ingest.text import normalize_text
+from mmrag.layout import Word
 from mmrag.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class PdfPageInfo:
     width_pt: float  # as displayed: crop box, after the page's /Rotate
     height_pt: float
     text: str  # the text layer, whitespace-normalised; "" when the page has none
+    words: tuple[Word, ...] = field(default=(), repr=False)  # the text layer's words and boxes (mmrag.layout)
 
 
 @contextmanager
@@ -168,13 +171,66 @@ def read_page_info(doc: pdfium.PdfDocument, path: Path, number: int) -> PdfPageI
                 textpage = page.get_textpage()
                 try:
                     text = normalize_text(textpage.get_text_range())
+                    words = text_layer_words(page, textpage) if text else ()
                 finally:
                     textpage.close()
             finally:
                 page.close()
     except pdfium.PdfiumError as exc:
         raise CorruptFileError(f"{path}: page {number}: cannot read the page: {exc}") from exc
-    return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text)
+    return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text, words=words)
+
+
+def text_layer_words(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage) -> tuple[Word, ...]:
+    """The text layer's words (runs of characters between spaces and line breaks), each boxed by the union of its
+    characters' boxes, normalised to the page as rendered: its crop box, turned by its /Rotate."""
+    left, bottom, right, top = page.get_bbox()  # the crop box within the media box: what is rendered
+    width, height = max(right - left, 1e-6), max(top - bottom, 1e-6)
+    turn = page.get_rotation() % 360
+    words: list[Word] = []
+    characters: list[str] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    line = 0
+
+    def flush() -> None:
+        if characters:
+            x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+            x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+            # PDF space (origin bottom-left, points) -> the unturned page, normalised, origin top-left
+            box = ((x0 - left) / width, (top - y1) / height, (x1 - left) / width, (top - y0) / height)
+            words.append(Word("".join(characters), _turned(box, turn), 100.0, line))
+            characters.clear()
+            boxes.clear()
+
+    for index in range(textpage.count_chars()):
+        code = pdfium_c.FPDFText_GetUnicode(textpage, index)
+        character = chr(code) if 0 < code < 0x110000 else ""
+        if not character or character.isspace() or unicodedata.category(character) == "Cc":
+            flush()
+            line += character in "\r\n\x0c" and bool(words)
+            continue
+        characters.append(character)
+        boxes.append(textpage.get_charbox(index))
+    flush()
+    return tuple(_numbered_lines(words))
+
+
+def _turned(box: tuple[float, float, float, float], turn: int) -> tuple[float, float, float, float]:
+    """A normalised box of an unturned page on the page turned `turn` degrees clockwise (its /Rotate)."""
+    x0, y0, x1, y1 = box
+    if turn == 90:
+        x0, y0, x1, y1 = 1 - y1, x0, 1 - y0, x1
+    elif turn == 180:
+        x0, y0, x1, y1 = 1 - x1, 1 - y1, 1 - x0, 1 - y0
+    elif turn == 270:
+        x0, y0, x1, y1 = y0, 1 - x1, y1, 1 - x0
+    return (min(max(x0, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0))
+
+
+def _numbered_lines(words: list[Word]) -> list[Word]:
+    """Line numbers 0, 1, 2... in order (a run of line breaks counts once)."""
+    numbers: dict[int, int] = {}
+    return [replace(w, line=numbers.setdefault(w.line, len(numbers))) for w in words]
 
 
 def fit_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int, *, where: str = "page") -> float:

@@ -8,13 +8,14 @@ Which renderer drew each page is recorded with it.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import re
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pdf2image
@@ -35,6 +36,7 @@ from mmrag.ingest.pdf import (
     render_pdfium_page,
 )
 from mmrag.ingest.text import normalize_text
+from mmrag.layout import Word
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class DrawnPage:
     image: Image.Image
     text: str
     renderer: str
+    words: tuple[Word, ...] = field(default=(), repr=False)  # the text layer's words (mmrag.layout)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ class _PopplerSource:
 
     def info(self, number: int) -> PdfPageInfo:
         width, height = self._size(number)
-        return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=self._text(number))
+        text, words = self._text(number)
+        return PdfPageInfo(page_number=number, width_pt=width, height_pt=height, text=text, words=words)
 
     def _size(self, number: int) -> tuple[float, float]:
         """The page's size as displayed (after its rotation), from pdfinfo; pages are asked for in order, so one
@@ -136,8 +140,10 @@ class _PopplerSource:
             raise CorruptFileError(f"{self.path}: page {number}: poppler reports no size for the page")
         return self._sizes[number]
 
-    def _text(self, number: int) -> str:
-        command = ["pdftotext", "-f", str(number), "-l", str(number), "-enc", "UTF-8"]
+    def _text(self, number: int) -> tuple[str, tuple[Word, ...]]:
+        """The page's text layer and its words, from pdftotext's word boxes (-bbox-layout): a line per line, a
+        blank line between blocks."""
+        command = ["pdftotext", "-f", str(number), "-l", str(number), "-enc", "UTF-8", "-bbox-layout"]
         if self.password is not None:
             command += ["-upw", self.password]
         try:
@@ -149,14 +155,43 @@ class _PopplerSource:
         except subprocess.TimeoutExpired:
             log.debug("%s: page %d: pdftotext took longer than %d s; the page is OCR'd", self.path, number,
                       self.timeout_s)
-            return ""
+            return "", ()
         if done.returncode != 0:
             log.debug("%s: page %d: pdftotext: %s", self.path, number, done.stderr.decode("utf-8", "replace"))
-            return ""  # no text layer then: OCR reads the rendered page
-        return normalize_text(done.stdout.decode("utf-8", "replace"))
+            return "", ()  # no text layer then: OCR reads the rendered page
+        return _bbox_layout(done.stdout.decode("utf-8", "replace"))
 
     def render(self, number: int, dpi: float) -> Image.Image:
         return self.renderer.render(self.path, number, dpi, self.password)
+
+
+_BBOX_PAGE = re.compile(r'<page width="([\d.]+)" height="([\d.]+)"')
+_BBOX_ITEM = re.compile(
+    r'<(block|line)\b|<word xMin="([-\d.]+)" yMin="([-\d.]+)" xMax="([-\d.]+)" yMax="([-\d.]+)">(.*?)</word>'
+)
+
+
+def _bbox_layout(xhtml: str) -> tuple[str, tuple[Word, ...]]:
+    """pdftotext -bbox-layout's page as (text, words): boxes in points from the top-left corner, normalised."""
+    page = _BBOX_PAGE.search(xhtml)
+    if page is None:
+        return "", ()
+    width, height = max(float(page[1]), 1e-6), max(float(page[2]), 1e-6)
+    lines: list[list[str]] = []
+    words: list[Word] = []
+    for match in _BBOX_ITEM.finditer(xhtml):
+        if match[1] == "block" and lines:
+            lines.append([])
+        elif match[1] == "line":
+            lines.append([])
+        elif match[6] is not None and lines:
+            text = html.unescape(match[6]).strip()
+            if text:
+                x0, y0, x1, y1 = (float(match[i]) for i in range(2, 6))
+                box = (max(0.0, x0 / width), max(0.0, y0 / height), min(1.0, x1 / width), min(1.0, y1 / height))
+                lines[-1].append(text)
+                words.append(Word(text, box, 100.0, sum(1 for line in lines if line) - 1))
+    return normalize_text("\n".join(" ".join(line) for line in lines)), tuple(words)
 
 
 def _page_sizes(info: dict[str, object]) -> dict[int, tuple[float, float]]:
@@ -304,7 +339,7 @@ def _draw(path: Path, number: int, dpi: float, max_pixels: int, sources: _Source
         if reasons or sized_by is not sources.pdfium:
             why = _joined(reasons) or "PDFium could not size it"
             log.info("%s: page %d drawn by %s (%s)", path, number, source.name, why)
-        return DrawnPage(number, image, info.text, source.name)
+        return DrawnPage(number, image, info.text, source.name, info.words)
     return PageFailure(number, f"page {number}: no renderer could draw it: " + _joined(reasons))
 
 

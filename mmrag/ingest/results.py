@@ -27,6 +27,7 @@ class StoredPage:
     renderer: str | None = None  # what drew a PDF page; None for an image
     # the dates its text holds (mmrag.analysis.page_dates), read in the worker: the main process only records them
     dates: tuple[date, ...] = ()
+    words: bytes = field(default=b"", repr=False)  # where its words are (mmrag.layout.encode_words)
 
     def without_inputs(self) -> StoredPage:
         """This page with no model inputs: the embedding thread makes them from the stored image instead."""

@@ -7,7 +7,8 @@ import logging
 from datetime import date, timedelta
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image, ImageOps
 
 from mmrag.analysis import page_dates
 from mmrag.errors import ConfigError, MissingToolError
-from mmrag.ingest.rapid import rapid_read
+from mmrag.ingest.rapid import rapid_lines, text_boxes
+from mmrag.layout import Box, Word, renumber_lines, split_line
 from mmrag.types import TextSource
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ OCR_MAX_PIXELS = 25_000_000  # an enlarged image stays under this: Tesseract's t
 # taken for a photo. Chosen between the two kinds of image it separates: receipt scans stay below it, most ordinary
 # photos are above it, and a photo it misses is only OCRed needlessly.
 PHOTO_COLOURFULNESS = 25.0
+# A colourful image in which the text detector finds this many boxes of text is a document, not a photo: photos of
+# street scenes show a sign or two (each a box or two), a receipt or a slide a dozen lines and more.
+PHOTO_TEXT_BOXES = 6
 # A page whose OCR reads fewer characters than this is read again in other ways (ocr_page). Receipts that Tesseract's
 # automatic segmentation gave up on came out with 0-16 characters; a receipt read well has hundreds.
 OCR_RETRY_BELOW_CHARS = 80
@@ -68,6 +73,9 @@ def ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> str
 
 
 SURE_WORD = 60.0  # a word Tesseract reads with at least this confidence (0-100) counts in Reading.confident_chars
+# A date counts as read (Reading.surely_dated) from words read with at least this confidence: on the shared receipts
+# misread dates came with confidences in the 60s, and a misread date names another day.
+CLEAR_WORD = 80.0
 
 
 @dataclass(frozen=True)
@@ -80,17 +88,35 @@ class Reading:
     text: str
     confidence: float
     confident_chars: int = 0
+    clear_text: str = ""  # the text of the words it read clearly (CLEAR_WORD) alone, a line per line
+    words: tuple[Word, ...] = field(default=(), repr=False)  # boxes normalised to the image read
+
+    def line_words(self, lines: Iterable[str]) -> list[Word]:
+        """The words of those of its lines that read as one of `lines` (lines_not_in's picks from this reading)."""
+        wanted = {normalize_text(line) for line in lines}
+        by_line: dict[int, list[Word]] = {}
+        for word in self.words:
+            by_line.setdefault(word.line, []).append(word)
+        return [w for words in by_line.values() if normalize_text(" ".join(w.text for w in words)) in wanted
+                for w in words]
+
+    @property
+    def surely_dated(self) -> bool:
+        """Whether the words Tesseract read clearly hold a date (holds_a_date): a date read from words it was less
+        sure of ("15-09-19" at 66 for a printed "15-03-18", "18-05-17" for "10-05-17") is as likely a misreading as
+        not."""
+        return holds_a_date(self.clear_text)
 
 
 def read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> Reading:
-    """ocr() with Tesseract's word confidences: the text rebuilt from its words (a line per line, a blank line
-    between paragraphs, as ocr() has it) and their mean confidence."""
+    """ocr() with Tesseract's word confidences and boxes: the text rebuilt from its words (a line per line, a blank
+    line between paragraphs, as ocr() has it), their mean confidence, and the words (boxes normalised to `image`)."""
     data = _tesseract(pytesseract.image_to_data, image, lang, psm, output_type=pytesseract.Output.DICT)
-    lines: list[str] = []
-    words: list[str] = []
+    lines: list[list[Word]] = []  # a line's words; [] between paragraphs
     line_key = paragraph_key = None
     weighted = length = 0.0
     sure = 0
+    width, height = max(1, image.width), max(1, image.height)
     for i, word in enumerate(data["text"]):
         confidence = float(data["conf"][i])
         if confidence < 0 or not word.strip():
@@ -98,18 +124,22 @@ def read(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> Re
         paragraph = (data["page_num"][i], data["block_num"][i], data["par_num"][i])
         line = (*paragraph, data["line_num"][i])
         if line != line_key:
-            if words:
-                lines.append(" ".join(words))
             if paragraph != paragraph_key and lines:
-                lines.append("")
-            words, line_key, paragraph_key = [], line, paragraph
-        words.append(word)
+                lines.append([])
+            lines.append([])
+            line_key, paragraph_key = line, paragraph
+        left, top = data["left"][i], data["top"][i]
+        box = (left / width, top / height, (left + data["width"][i]) / width, (top + data["height"][i]) / height)
+        lines[-1].append(Word(word.strip(), box, confidence))
         weighted += confidence * len(word)
         length += len(word)
         sure += len(word) if confidence >= SURE_WORD else 0
-    if words:
-        lines.append(" ".join(words))
-    return Reading(normalize_text("\n".join(lines)), weighted / length if length else 0.0, sure)
+
+    def text(least: float) -> str:
+        return normalize_text("\n".join(" ".join(w.text for w in words if w.confidence >= least) for words in lines))
+
+    numbered = tuple(replace(w, line=n) for n, words in enumerate(line for line in lines if line) for w in words)
+    return Reading(text(0.0), weighted / length if length else 0.0, sure, text(CLEAR_WORD), numbered)
 
 
 def _tesseract(call, image: Image.Image, lang: str, psm: int | None, **kwargs):  # noqa: ANN001, ANN202 - pytesseract's
@@ -168,9 +198,15 @@ def colourfulness(image: Image.Image) -> float:
 
 
 def looks_like_photo(image: Image.Image) -> bool:
-    """Colourful and without a single band of rows that could be a line of text: a photo, not a document, a slide
-    or a poster (ocr_skip_photos). Both tests are cheap next to OCR."""
-    return colourfulness(image) > PHOTO_COLOURFULNESS and len(_line_heights(image)) == 0
+    """A photo, not a document, a slide or a poster (ocr_skip_photos): colourful, without a single band of rows
+    that could be a line of text, and with fewer than PHOTO_TEXT_BOXES boxes of text where a text detector looks
+    (mmrag.ingest.rapid.text_boxes). The first two tests are cheap and let grey pages and pages of plain lines
+    through at once; the detector decides the rest, for a row profile misses the lines of a receipt on coloured
+    paper or under a coloured stripe (Otsu's threshold then splits paper from colour, not ink from paper), and
+    skipping a document loses all its text where reading a photo costs a few seconds."""
+    if colourfulness(image) <= PHOTO_COLOURFULNESS or len(_line_heights(image)) > 0:
+        return False
+    return text_boxes(image) < PHOTO_TEXT_BOXES
 
 
 def _otsu_threshold(grey: np.ndarray) -> int:
@@ -236,7 +272,8 @@ SecondOcr = Literal["always", "unsure", "never"]
 
 
 def ocr_page(
-    image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT, second: SecondOcr = "never"
+    image: Image.Image, lang: str = "eng", line_height: int = OCR_LINE_HEIGHT, second: SecondOcr = "never",
+    words: list[Word] | None = None,
 ) -> tuple[str, str]:
     """OCR that does not give up on a page at the first try; returns the text and the path that gave it (a
     TextSource value: the page records it).
@@ -254,42 +291,76 @@ def ocr_page(
       and then, and on receipts, invoices and forms the dropped line is often the date (about one SROIE receipt in
       six lost it).
     - `second`: the second engine (RapidOCR, mmrag.ingest.rapid) reads the page too, on every page ("always") or
-      where Tesseract's winning reading is unsure (under OCR_LOW_CONFIDENCE) or holds no date even with the
-      one-block lines ("unsure"), and the lines it found that the text lacks are added after it (path + "+rapid").
+      where Tesseract's winning reading is unsure (under OCR_LOW_CONFIDENCE) or holds no date that Tesseract was
+      sure of (Reading.surely_dated), even with the one-block lines ("unsure"), and the lines it found that the text
+      lacks (lines_not_in: a line with a date of its own counts as one) are added after it (path + "+rapid"). On
+      the shared receipts, the date a question names was misread in words Tesseract was unsure of ("18-05-17" for
+      "10-05-17") as often as it was lost.
     With `second` "never", a clear page whose reading holds a date costs one pass.
+    `words`: the page's words are appended to it (mmrag.layout.Word, boxes normalised to `image`): the winning
+    reading's, then those of the lines each later reading added, each such line numbered after the page's own.
     """
     enlarged = upscale_for_ocr(image, line_height)
     best, best_image, path = read(enlarged, lang), enlarged, "ocr"
     tries: list[tuple[str, Image.Image, int | None]] = []
     if count_chars(best.text) < OCR_RETRY_BELOW_CHARS:
         tries += [("ocr_block", enlarged, OCR_BLOCK_PSM), ("ocr_faint", _faint_print(image), OCR_BLOCK_PSM)]
+    paper_box = None
     if best.confidence < OCR_LOW_CONFIDENCE:
         tries.append(("ocr_smooth", upscale_for_ocr(_shrunk(image), line_height), None))
-        paper = crop_to_paper(image)
-        if paper is not None:
-            tries.append(("ocr_crop", upscale_for_ocr(paper, line_height), None))
+        paper_box = paper_of(image)
+        if paper_box is not None:
+            tries.append(("ocr_crop", upscale_for_ocr(image.crop(paper_box), line_height), None))
     for name, candidate, psm in tries:
         reading = read(candidate, lang, psm=psm)
         if reading.confident_chars > best.confident_chars:
             best, best_image, path = reading, candidate, name
-    text, dated = best.text, holds_a_date(best.text)
-    if path in ("ocr", "ocr_smooth", "ocr_crop") and text and not dated:
-        added = lines_not_in(read(best_image, lang, psm=OCR_BLOCK_PSM).text, text, dates_count=True)
+    text, surely_dated = best.text, best.surely_dated
+    found = list(best.words)
+    if path == "ocr_crop" and paper_box is not None:  # boxes of the paper cut out, back on the whole image
+        found = [replace(w, box=_uncropped(w.box, paper_box, image.size)) for w in found]
+    if path in ("ocr", "ocr_smooth", "ocr_crop") and text and not holds_a_date(text):
+        block = read(best_image, lang, psm=OCR_BLOCK_PSM)
+        added = lines_not_in(block.text, text)
         if added:
             text, path = _with_lines(text, added), path + "+block"
-            dated = holds_a_date(text)
-    if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not dated):
+            surely_dated = block.surely_dated and holds_a_date(text)
+            more = block.line_words(added)
+            if path.startswith("ocr_crop") and paper_box is not None:
+                more = [replace(w, box=_uncropped(w.box, paper_box, image.size)) for w in more]
+            found += renumber_lines(more, _next_line(found))
+    if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not surely_dated):
         try:
-            added = lines_not_in(rapid_read(image), text, dates_count=not dated)
+            read_lines = rapid_lines(image)
         except MissingToolError:
             raise
         except Exception as exc:  # noqa: BLE001 - its failure must not cost the page the text Tesseract read
             log.warning("the second OCR engine failed on a page (%s: %s); Tesseract's text is kept",
                         type(exc).__name__, exc)
-            added = []
+            read_lines = []
+        added = lines_not_in("\n".join(line for line, _, _ in read_lines), text)
         if added:
             text, path = _with_lines(text, added), path + "+rapid"
+            wanted, first = set(added), _next_line(found)
+            for line, box, score in read_lines:
+                if line.strip() in wanted:
+                    wanted.discard(line.strip())
+                    found += split_line(line, box, 100 * score, first)
+                    first += 1
+    if words is not None:
+        words.extend(found)
     return text, path
+
+
+def _next_line(words: list[Word]) -> int:
+    return max((w.line for w in words), default=-1) + 1
+
+
+def _uncropped(box: Box, crop: tuple[int, int, int, int], size: tuple[int, int]) -> Box:
+    """A box normalised to a crop of an image (crop: left, top, right, bottom pixels) normalised to the image."""
+    width, height = crop[2] - crop[0], crop[3] - crop[1]
+    return ((crop[0] + box[0] * width) / size[0], (crop[1] + box[1] * height) / size[1],
+            (crop[0] + box[2] * width) / size[0], (crop[1] + box[3] * height) / size[1])
 
 
 def _with_lines(text: str, added: list[str]) -> str:
@@ -321,9 +392,15 @@ PAPER_MIN_CUT = 0.05  # crop_to_paper cuts only when the background is at least 
 
 
 def crop_to_paper(image: Image.Image) -> Image.Image | None:
-    """The bright paper of a photographed page, cut out of a dark background (a receipt on a table): the rows and
-    columns whose pixels are mostly above the Otsu threshold, first to last. None when there is no such background
-    to cut (under PAPER_MIN_CUT of the area) or no paper."""
+    """The bright paper of a photographed page, cut out of a dark background (a receipt on a table; paper_of)."""
+    box = paper_of(image)
+    return None if box is None else image.crop(box)
+
+
+def paper_of(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """Where the bright paper of a photographed page is on a dark background (left, top, right, bottom pixels):
+    the rows and columns whose pixels are mostly above the Otsu threshold, first to last. None when there is no
+    such background to cut (under PAPER_MIN_CUT of the area) or no paper."""
     grey = np.asarray(ImageOps.grayscale(image))
     bright = grey > _otsu_threshold(grey)
     rows = np.flatnonzero(bright.mean(axis=1) > 0.5)
@@ -333,19 +410,20 @@ def crop_to_paper(image: Image.Image) -> Image.Image | None:
     box = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
     if (box[2] - box[0]) * (box[3] - box[1]) > (1 - PAPER_MIN_CUT) * image.width * image.height:
         return None
-    return image.crop(box)
+    return box
 
 
 SAME_LINE_RATIO = 0.75  # difflib ratio above which two readings of a line are taken for the same line
 _MIN_LINE_CHARS = 4  # shorter lines in a second reading are specks and rules, not text the first one missed
 
 
-def lines_not_in(second: str, first: str, *, dates_count: bool = False) -> list[str]:
+def lines_not_in(second: str, first: str) -> list[str]:
     """The lines of `second` (a second OCR reading of a page) that `first` does not hold, in their order: a line
     counts as held when a line of `first` reads the same, casefolded and within SAME_LINE_RATIO (two readings of
-    one line differ by a few characters). With `dates_count` (`first` holds no date), a line of `second` that holds
-    a date is never held: the first reading of that line lost the date, which a few characters can do."""
+    one line differ by a few characters), unless it holds a date `first` does not: then the first reading of that
+    line lost or misread the date, which a few characters can do, and the page keeps both readings."""
     held = [" ".join(line.casefold().split()) for line in first.splitlines() if line.strip()]
+    known_dates = set(page_dates(first))
     exact = set(held)
     added: list[str] = []
     for line in second.splitlines():
@@ -353,7 +431,7 @@ def lines_not_in(second: str, first: str, *, dates_count: bool = False) -> list[
         if count_chars(key) < _MIN_LINE_CHARS or key in exact:
             continue
         matcher = difflib.SequenceMatcher(None, "", key, autojunk=False)
-        if any(_similar(matcher, other) for other in held) and not (dates_count and page_dates(key)):
+        if any(_similar(matcher, other) for other in held) and known_dates.issuperset(page_dates(key)):
             continue
         added.append(line.strip())
         exact.add(key)
@@ -385,8 +463,11 @@ def choose_text(
     line_height: int = OCR_LINE_HEIGHT,
     skip_photos: bool = False,
     second: SecondOcr = "never",
+    layer_words: Sequence[Word] = (),
+    words: list[Word] | None = None,
 ) -> tuple[str, str]:
-    """The text to index for one page and where it came from.
+    """The text to index for one page and where it came from; with `words`, its words are appended to that list
+    (the text layer's `layer_words` when the text layer is chosen, OCR's words when OCR is: mmrag.layout).
 
     `text_layer` is the PDF page's extracted text, or None for an image file (which has none).
 
@@ -401,13 +482,20 @@ def choose_text(
     Small print is enlarged to about `line_height` pixels a line first (upscale_for_ocr; 0 turns that off).
     """
     layer = normalize_text(text_layer) if text_layer else ""
+    sink: list[Word] = [] if words is None else words
     if mode == "never" or (mode == "auto" and count_chars(layer) >= min_chars):
-        return (layer, TextSource.TEXT_LAYER) if layer else ("", TextSource.NONE)
+        if not layer:
+            return "", TextSource.NONE
+        sink.extend(layer_words)
+        return layer, TextSource.TEXT_LAYER
     if mode == "auto" and skip_photos and text_layer is None and looks_like_photo(image):
         return "", TextSource.NONE
-    recognised, path = ocr_page(image, lang, line_height, second)
+    recognised_words: list[Word] = []
+    recognised, path = ocr_page(image, lang, line_height, second, recognised_words)
     if recognised:
+        sink.extend(recognised_words)
         return recognised, path
     if layer:
+        sink.extend(layer_words)
         return layer, TextSource.TEXT_LAYER
     return "", TextSource.NONE

@@ -25,6 +25,7 @@ from mmrag.ingest.cleanup import use_temp_dir
 from mmrag.ingest.discover import SNIFF_BYTES, sniff_bytes
 from mmrag.ingest.images import _DECODE_ERRORS
 from mmrag.inputs import InputSpec
+from mmrag.layout import encode_words
 from mmrag.ingest.results import FileFailure, LoadedFile, StoredPage
 from mmrag.ingest.shared import SharedResults, export
 from mmrag.types import DocumentKind, TextSource
@@ -186,7 +187,7 @@ def load_file(
             input_bytes += sum(_nbytes(value) for value in prepared)
         stored.append(
             StoredPage(page.page_number, width, height, page.text, str(page.text_source), relative, prepared,
-                       renderer=page.renderer, dates=tuple(page_dates(page.text)))
+                       renderer=page.renderer, dates=tuple(page_dates(page.text)), words=encode_words(page.words))
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
         stored = [page.without_inputs() for page in stored]

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageDate, PageEmbedding, PageFailure
+from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageWords
 from mmrag.types import DocumentStatus, ItemState
 
 # --- planning: what SQL knows about the files of a chunk ------------------------------------------------------
@@ -159,6 +159,12 @@ def insert_page_dates(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """The dates pages hold (rows of PageDate's columns)."""
     if rows:
         session.connection().execute(insert(PageDate.__table__), list(rows))
+
+
+def insert_page_words(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Where pages' words are (rows of PageWords' columns)."""
+    if rows:
+        session.connection().execute(insert(PageWords.__table__), list(rows))
 
 
 def insert_embeddings(session: Session, records: Sequence[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    LargeBinary,
     BigInteger,
     Date,
     DateTime,
@@ -168,6 +169,16 @@ class PageDate(Base):
 
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
     date: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class PageWords(Base):
+    """Where a page's words are: mmrag.layout.encode_words of its words and their boxes, for search highlights and
+    cited regions. A page indexed before word boxes were stored, or without text, has no row."""
+
+    __tablename__ = "page_words"
+
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
+    words: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class PageFailure(Base):

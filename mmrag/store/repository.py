@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.store.models import (
-    Collection, Document, DocumentPath, Job, JobItem, Page, PageDate, PageEmbedding, PageFailure, utcnow,
+    Collection, Document, DocumentPath, Job, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageWords, utcnow,
 )
 from mmrag.types import DocumentStatus, ItemState, JobState, SearchFilters
 
@@ -76,6 +76,7 @@ def drop_pages(session: Session, document_ids: Iterable[int]) -> list[int]:
     page_ids = page_ids_of_documents(session, document_ids)
     if page_ids:
         session.execute(delete(PageDate).where(PageDate.page_id.in_(page_ids)))
+        session.execute(delete(PageWords).where(PageWords.page_id.in_(page_ids)))
         session.execute(delete(PageEmbedding).where(PageEmbedding.page_id.in_(page_ids)))
         session.execute(delete(Page).where(Page.id.in_(page_ids)))
     return page_ids
@@ -266,6 +267,19 @@ def page_image_paths(session: Session, page_ids: Sequence[int]) -> dict[int, str
     if not ids:
         return {}
     return dict(session.execute(select(Page.id, Page.image_path).where(Page.id.in_(ids))).all())
+
+
+def page_words(session: Session, page_ids: Sequence[int]) -> dict[int, tuple[bytes, str]]:
+    """Page id → its stored words (mmrag.layout.encode_words) and its text_source, for the pages that have words."""
+    ids = list(page_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(PageWords.page_id, PageWords.words, Page.text_source)
+        .join(Page, Page.id == PageWords.page_id)
+        .where(PageWords.page_id.in_(ids))
+    )
+    return {page_id: (words, source) for page_id, words, source in rows}
 
 
 # --- jobs --------------------------------------------------------------------------------------------------

@@ -56,13 +56,14 @@ def test_terms_spread_over_a_page_answer_it_and_every_quoted_line_is_cited(
     answer = extractive.answer("What was the total at Starbucks?", pages)
     assert answer.supported
     # "Starbucks" is in the header and "Total" at the bottom: the page answers though no one line holds both.
-    assert answer.text == "STARBUCKS COFFEE [1]\nTotal 9.02 [1]"
+    # An amount question's answer leads with the amount, cited to its line's page.
+    assert answer.text == "9.02 [1]\nSTARBUCKS COFFEE [1]\nTotal 9.02 [1]" and answer.value == "9.02"
     assert [c.page_id for c in answer.citations] == [pages[RECEIPT].page_id]
 
 
 def test_a_question_several_pages_answer_cites_each(extractive: ExtractiveAnswerer, pages: list[RetrievedPage]) -> None:
     answer = extractive.answer("What is the total?", pages)
-    assert answer.text == "Total 9.02 [1]\nTotal charged 282.00 EUR [2]"
+    assert answer.text == "9.02 [1]\nTotal 9.02 [1]\nTotal charged 282.00 EUR [2]" and answer.value == "9.02"
     assert [(c.page_id, c.quote) for c in answer.citations] == [
         (pages[RECEIPT].page_id, "Total 9.02"),
         (pages[HOTEL].page_id, "Total charged 282.00 EUR"),
@@ -124,3 +125,22 @@ def test_the_asked_for_kind_of_value_picks_the_evidence_line(extractive: Extract
     assert total.citations[0].quote == "Total Sales Incl GST 9.00"
     when = extractive.answer("When did I buy a latte at Corner Cafe?", [receipt])
     assert when.citations[0].quote == "Date: 12/03/2018"
+
+
+@pytest.mark.parametrize(
+    ("quote", "kind", "question", "value"),
+    [
+        ("Total Incl. GST@6% RM 26.10", "amount", "How much did I pay?", "26.10"),
+        ("TOTAL 42.35 CASH 50.00", "amount", "What was the total?", "42.35"),  # the first after the label
+        ("Rounding Adj 0.02 Total 12.30", "amount", "What was the total?", "12.30"),
+        ("Subtotal 8.50 Tax 0.51", "amount", "How much?", "8.50"),  # no label word before them: the largest
+        ("Total 9.02", "amount", "Was the total 9.02?", ""),  # the question holds it already
+        ("Date: 18/10/2017 Time 10:21", "date", "When was the Gin Kee receipt?", "18/10/2017"),
+        ("Date: 18/10/2017 paid 19/10/2017", "date", "When, after 18/10/2017?", "19/10/2017"),
+        ("No date here", "date", "When?", ""),
+    ],
+)
+def test_the_value_is_read_off_the_evidence_line(quote: str, kind: str, question: str, value: str) -> None:
+    from mmrag.answer.extractive import value_in
+
+    assert value_in(quote, kind, question) == value

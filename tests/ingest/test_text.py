@@ -28,10 +28,19 @@ def no_ocr(image: Image.Image, lang: str = "eng", *, psm: int | None = None) -> 
 
 
 def reads(*readings: tuple[int | None, str, float]):  # noqa: ANN201 - a fake text_module.read
-    """A stand-in for Tesseract's reading (text_module.read) that gives these (psm, text, confidence) readings."""
-    by_psm = {psm: text_module.Reading(text, confidence, round(text_module.count_chars(text) * confidence / 100))
-              for psm, text, confidence in readings}
+    """A stand-in for Tesseract's reading (text_module.read) that gives these (psm, text, confidence) readings, each
+    of whose words is read with that confidence (all clear, or none: CLEAR_WORD)."""
+    by_psm = {
+        psm: text_module.Reading(text, confidence, round(text_module.count_chars(text) * confidence / 100),
+                                 text if confidence >= text_module.CLEAR_WORD else "")
+        for psm, text, confidence in readings
+    }
     return lambda image, lang="eng", psm=None: by_psm[psm]
+
+
+def rapid_says(text: str):  # noqa: ANN201 - a fake text_module.rapid_lines
+    """A stand-in for the second engine's reading: these lines, one a tenth of the page high each, top to bottom."""
+    return lambda image: [(line, (0.1, i / 10, 0.9, (i + 0.8) / 10), 0.9) for i, line in enumerate(text.splitlines())]
 
 
 def test_normalize_text() -> None:
@@ -138,6 +147,25 @@ def test_auto_skips_ocr_on_photos_only_when_asked(monkeypatch: pytest.MonkeyPatc
     assert len(ocred) == 4
 
 
+def _receipt_on_pink_paper() -> Image.Image:
+    """A receipt whose right half is pink paper: colourful, and Otsu's threshold splits the pink from the white,
+    so the row profile sees one band the height of the page and no line of text. A detector sees eight lines."""
+    lines = ["GIN KEE HARDWARE SDN BHD", "NO 290 JALAN AIR PANAS", "Date 18/10/2017 Cash", "1 PAINT BRUSH 12.00",
+             "2 NAILS 1KG 8.50", "Total 42.35", "Change 7.65", "Thank you, come again"]
+    pixels = np.asarray(text_image(lines, size=(760, 620), font_size=36)).copy()
+    right = pixels[:, 380:]
+    right[right.sum(axis=2) > 600] = (235, 120, 170)
+    return Image.fromarray(pixels)
+
+
+def test_a_document_on_coloured_paper_is_never_taken_for_a_photo() -> None:
+    receipt = _receipt_on_pink_paper()
+    assert colourfulness(receipt) > 2 * PHOTO_COLOURFULNESS and text_module._line_heights(receipt).size == 0
+    assert not looks_like_photo(receipt)  # the text detector finds its lines
+    text, source = choose_text(receipt, None, mode="auto", skip_photos=True)
+    assert source.startswith("ocr") and "GIN KEE" in text and "18/10/2017" in text
+
+
 def test_a_poster_on_colour_is_still_read(words_image: Image.Image) -> None:
     text, source = choose_text(_on_orange(words_image), None, mode="auto", skip_photos=True)
     assert source == TextSource.OCR and "INVOICE" in text
@@ -175,12 +203,39 @@ def test_lines_only_the_second_reading_found_are_added_after_the_first(monkeypat
     assert choose_text(BLANK, None, mode="auto")[1] == "ocr+block"  # the page records the path
 
 
-def test_a_second_reading_of_a_held_line_that_kept_its_date_is_added() -> None:
+def test_a_second_reading_of_a_held_line_with_a_date_of_its_own_is_added() -> None:
     # the first reading has the line but lost its date; the second reads it: the date is what the page needs
     first = "RESTORAN WAN SHENG\nDate * 12-11-2O!7 18:45:28\nTotal 9.00"
     second = "RESTORAN WAN SHENG\nDate * 12-11-2017 18:45:28\nTotal 9.00"
-    assert text_module.lines_not_in(second, first) == []
-    assert text_module.lines_not_in(second, first, dates_count=True) == ["Date * 12-11-2017 18:45:28"]
+    assert text_module.lines_not_in(second, first) == ["Date * 12-11-2017 18:45:28"]
+    # a misread date: both readings are kept, for the page cannot tell which is right
+    misread = "RESTORAN WAN SHENG\nDate * 18-11-2017 18:45:28\nTotal 9.00"
+    assert text_module.lines_not_in(second, misread) == ["Date * 12-11-2017 18:45:28"]
+    assert text_module.lines_not_in(second, second.replace("Total", "Tota1")) == []  # the same date: held
+
+
+def test_a_date_read_from_words_tesseract_was_unsure_of_is_read_by_the_second_engine_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tesseract = ("99 SPEED MART S/B\nLOT P.T. 2811, JALAN ANGSA\n1214-JINJANG UTARA, 41150 KLANG, SELANGOR\n"
+                 "563497 18-05-17\nTotal Sales RM 11.50 Cash RM 52.00 Change RM 40.50 Thank you")
+    clear = tesseract.replace("18-05-17", "")  # Tesseract read every word clearly but the date
+    monkeypatch.setattr(text_module, "read", lambda image, lang="eng", psm=None: text_module.Reading(
+        tesseract, 85.0, text_module.count_chars(tesseract), clear))
+    monkeypatch.setattr(text_module, "rapid_lines", rapid_says("99SPEED MART S/B\n563497 10-05-17"))
+    text, path = text_module.ocr_page(BLANK, second="unsure")
+    assert path == "ocr+rapid" and text == tesseract + "\n\n563497 10-05-17"
+    assert text_module.ocr_page(BLANK, second="never") == (tesseract, "ocr")
+    monkeypatch.setattr(text_module, "read", reads((None, tesseract, 85.0)))  # the date's words were clear too
+    assert text_module.ocr_page(BLANK, second="unsure") == (tesseract, "ocr")
+
+
+def test_a_reading_keeps_the_words_tesseract_was_sure_of_apart(words_image: Image.Image) -> None:
+    reading = text_module.read(words_image)
+    assert reading.confidence > 80 and reading.clear_text == reading.text and "INVOICE" in reading.text
+    assert text_module.read(BLANK) == text_module.Reading("", 0.0, 0, "")
+    dated = text_module.Reading("Date 18/10/2017\nTotal 42.35", 70.0, 20, "Date\nTotal 42.35")
+    assert text_module.holds_a_date(dated.text) and not dated.surely_dated
 
 
 def test_a_nearly_empty_reading_is_read_again_and_the_path_says_which_won(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,14 +299,14 @@ def test_the_second_engine_adds_the_lines_tesseract_lacks(
                  "Total 42.35 Change 7.65 Thank you")
     monkeypatch.setattr(text_module, "read", reads((None, tesseract, 90.0)))  # sure, and dated
     rapid = "GIN KEE HARDWARE\nSYARIKAT PERNIAGAAN GIN KEE (81109-A)\nDate 18/10/2017 Cash"
-    monkeypatch.setattr(text_module, "rapid_read", lambda image: rapid)
+    monkeypatch.setattr(text_module, "rapid_lines", rapid_says(rapid))
     text, path = text_module.ocr_page(BLANK, second=second)
     if runs:  # the merchant line Tesseract missed is added; lines both read are not doubled
         assert path == "ocr+rapid" and text == tesseract + "\n\nSYARIKAT PERNIAGAAN GIN KEE (81109-A)"
     else:
         assert (text, path) == (tesseract, "ocr")
     monkeypatch.setattr(text_module, "read", reads((None, tesseract, 50.0)))  # unsure: "unsure" reads it too
-    monkeypatch.setattr(text_module, "rapid_read", lambda image: rapid)
+    monkeypatch.setattr(text_module, "rapid_lines", rapid_says(rapid))
     assert text_module.ocr_page(BLANK, line_height=0, second="unsure")[1].endswith("+rapid")
 
 
@@ -260,12 +315,12 @@ def test_a_second_engine_that_fails_on_a_page_costs_it_nothing_tesseract_read(
 ) -> None:
     tesseract = "GIN KEE HARDWARE\nNO 290 JALAN AIR PANAS, SETAPAK\nCash 50.00\nTotal 42.35 Change 7.65 Thank you"
 
-    def broken(image: Image.Image) -> str:
+    def broken(image: Image.Image) -> list:
         raise RuntimeError("onnxruntime: bad input shape")
 
     readings = reads((None, tesseract, 90.0), (text_module.OCR_BLOCK_PSM, tesseract, 90.0))
     monkeypatch.setattr(text_module, "read", readings)
-    monkeypatch.setattr(text_module, "rapid_read", broken)
+    monkeypatch.setattr(text_module, "rapid_lines", broken)
     assert text_module.ocr_page(BLANK, second="always") == (tesseract, "ocr")
     assert "second OCR engine failed" in caplog.text and "bad input shape" in caplog.text
 

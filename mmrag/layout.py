@@ -1,0 +1,173 @@
+"""Where a page's words are: word boxes, stored with each page, for search highlights and cited regions.
+
+A box is (x0, y0, x1, y1) in the page image, normalised: 0-1 of its width and height, origin at its top-left
+corner. Normalised boxes hold for the page image at any size (the stored JPEG is shrunk to page_image_max_side, a
+thumbnail further) and whatever size OCR read the page at.
+
+Words come from Tesseract (OCR'd pages: each word's box and confidence), from RapidOCR (a line it added: its box,
+shared among its words by their characters), or from the PDF text layer (each word the union of its characters'
+boxes, confidence 100). A page stores them compactly (encode_words): zlib over the texts and, per word, four
+uint16 coordinates, a uint8 confidence and a uint16 line number; about 8 bytes a word.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmrag.analysis import analyze, query_terms, tokenize
+
+Box = tuple[float, float, float, float]
+
+_MAGIC = b"MW1"
+_SCALE = 65535
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    box: Box
+    confidence: float = 100.0  # 0-100: Tesseract's, RapidOCR's score x 100, or 100 for a text layer's word
+    line: int = 0  # the page's line it is on (words of a line share the number; lines in reading order)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of a page that shows something: a matched word, a quoted line."""
+
+    box: Box
+    source: str  # ocr | text_layer | similarity_map
+    score: float  # 0-1: how well it matches what it is a region of
+    text: str = ""
+
+
+def encode_words(words: Sequence[Word]) -> bytes:
+    """`words` in the stored form (empty bytes for none)."""
+    if not words:
+        return b""
+    boxes = np.clip(np.round(np.asarray([w.box for w in words], dtype=np.float64) * _SCALE), 0, _SCALE)
+    confidence = np.clip(np.round([w.confidence for w in words]), 0, 100).astype(np.uint8)
+    lines = np.clip([w.line for w in words], 0, 65535).astype(np.uint16)
+    texts = "\x00".join(w.text.replace("\x00", "") for w in words).encode("utf-8")
+    body = struct.pack("<I", len(words)) + boxes.astype("<u2").tobytes() + confidence.tobytes() + lines.astype(
+        "<u2").tobytes() + texts
+    return _MAGIC + zlib.compress(body, 6)
+
+
+def decode_words(data: bytes | None) -> list[Word]:
+    """The words encode_words stored; [] for none (a page indexed before word boxes were stored, or without text)."""
+    if not data:
+        return []
+    if data[:3] != _MAGIC:
+        raise ValueError("not a word-box record this version of mmrag wrote")
+    body = zlib.decompress(data[3:])
+    (count,) = struct.unpack_from("<I", body)
+    offset = 4
+    boxes = np.frombuffer(body, dtype="<u2", count=4 * count, offset=offset).reshape(count, 4) / _SCALE
+    offset += 8 * count
+    confidence = np.frombuffer(body, dtype=np.uint8, count=count, offset=offset)
+    offset += count
+    lines = np.frombuffer(body, dtype="<u2", count=count, offset=offset)
+    offset += 2 * count
+    texts = body[offset:].decode("utf-8").split("\x00")
+    return [
+        Word(text, (float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(c), int(n))
+        for text, b, c, n in zip(texts, boxes, confidence, lines, strict=True)
+    ]
+
+
+def union(boxes: Iterable[Box]) -> Box:
+    boxes = list(boxes)
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (0 when they do not overlap)."""
+    inner = area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    outer = area(a) + area(b) - inner
+    return inner / outer if outer > 0 else 0.0
+
+
+def split_line(text: str, box: Box, confidence: float, line: int) -> list[Word]:
+    """A line read as one box (RapidOCR's) as its words, the box shared among them by their characters' offsets."""
+    words: list[Word] = []
+    length = max(1, len(text))
+    width = box[2] - box[0]
+    position = 0
+    for token in text.split():
+        start = text.index(token, position)
+        position = start + len(token)
+        left = box[0] + width * start / length
+        words.append(Word(token, (left, box[1], box[0] + width * position / length, box[3]), confidence, line))
+    return words
+
+
+def renumber_lines(words: Sequence[Word], first: int) -> list[Word]:
+    """`words` with their lines numbered from `first` on, in their order (words added after a page's own)."""
+    numbers: dict[int, int] = {}
+    return [Word(w.text, w.box, w.confidence, numbers.setdefault(w.line, first + len(numbers))) for w in words]
+
+
+def line_regions(words: Sequence[Word], source: str, score: float = 1.0) -> list[Region]:
+    """One region per line the words are on (the union of that line's words), top to bottom."""
+    by_line: dict[int, list[Word]] = {}
+    for word in words:
+        by_line.setdefault(word.line, []).append(word)
+    regions = [
+        Region(union(w.box for w in line), source, score, " ".join(w.text for w in line)) for line in by_line.values()
+    ]
+    return sorted(regions, key=lambda r: (r.box[1], r.box[0]))
+
+
+def region_source(text_source: str) -> str:
+    """What a page's word boxes came from, for a Region: its text layer, or OCR (a page's text_source)."""
+    return "text_layer" if text_source == "text_layer" else "ocr"
+
+
+def highlights(query: str, words: Sequence[Word], source: str) -> list[Region]:
+    """The boxes of the page's words that match the query through the shared analyzer (mmrag.analysis): a word
+    holding one of the query's terms (its words, a date however either writes it, an amount), in reading order."""
+    wanted = set(query_terms(query))
+    if not wanted:
+        return []
+    return [Region(w.box, source, 1.0, w.text) for w in words if wanted.intersection(analyze(w.text))]
+
+
+def locate(quote: str, words: Sequence[Word], source: str, *, min_score: float = 0.5) -> list[Region]:
+    """Where on the page `quote` (a quoted line, a VLM's quoted span) is: the run of consecutive words whose tokens
+    best cover the quote's (a fuzzy match: OCR and a model's quote differ by a few characters or words), one region
+    per line it spans, scored by the share of the quote's tokens found. [] when no run covers `min_score` of them."""
+    wanted = tokenize(quote)
+    if not wanted or not words:
+        return []
+    tokens = [tokenize(w.text) for w in words]
+    needed = len(wanted)
+    best: tuple[float, int, int] = (0.0, 0, 0)
+    # A quote's words are near each other: try each start, grow the run up to twice the quote's length.
+    for start in range(len(words)):
+        if not tokens[start] or not set(tokens[start]) & set(wanted):
+            continue
+        remaining = list(wanted)
+        found = 0
+        for end in range(start, min(len(words), start + 2 * needed + 2)):
+            for token in tokens[end]:
+                if token in remaining:
+                    remaining.remove(token)
+                    found += 1
+            score = found / needed
+            if score > best[0] + 1e-9:
+                best = (score, start, end + 1)
+            if not remaining:
+                break
+    score, start, end = best
+    if score < min_score:
+        return []
+    return [Region(r.box, source, round(score, 3), r.text) for r in line_regions(words[start:end], source)]
