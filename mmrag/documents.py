@@ -8,6 +8,7 @@ other collections hold.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from sqlalchemy.orm import Session
 
 from mmrag.digest import new_digest
@@ -353,6 +354,45 @@ def page_image(
     if not thumbnail.is_file():
         _write_thumbnail(full, thumbnail, thumbnail_side)
     return thumbnail
+
+
+MARKED_REGIONS = (255, 140, 0)  # orange: the regions a caller asked to see (a citation's)
+MARKED_HIGHLIGHTS = (30, 144, 255)  # blue: the words matching a query
+
+
+def marked_page_image(
+    services: Services,
+    page_id: int,
+    collections: Names[str] | None,
+    *,
+    regions: Sequence[layout.Box] = (),
+    highlight: str | None = None,
+    thumbnail_side: int | None = None,
+) -> bytes:
+    """The page's image (or thumbnail) as JPEG bytes with `regions` (boxes 0-1 of the page, a citation's) drawn in
+    orange and the boxes of its words that match `highlight` (a query) in blue: a picture of the evidence for
+    clients without a UI. A page without stored words gets no highlight boxes (drawn regions are the caller's)."""
+    path = page_image(services, page_id, collections, thumbnail_side=thumbnail_side)
+    marked: list[tuple[layout.Box, tuple[int, int, int]]] = [(box, MARKED_REGIONS) for box in regions]
+    if highlight:
+        with services.sessions() as session:
+            stored = repository.page_words(session, [page_id]).get(page_id)
+        for region in _highlights(highlight, stored):
+            marked.append((region.box, MARKED_HIGHLIGHTS))
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    width, height = image.size
+    line = max(2, round(min(width, height) / 300))
+    for (x0, y0, x1, y1), colour in marked:
+        # a little larger than the box, so the outline does not cover the ink it frames
+        rect = (x0 * width - line, y0 * height - line, x1 * width + line, y1 * height + line)
+        draw.rectangle(rect, fill=(*colour, 56), outline=(*colour, 255), width=line)
+    picture = Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+    encoded = io.BytesIO()
+    picture.save(encoded, format="JPEG", quality=90)
+    return encoded.getvalue()
 
 
 def _write_thumbnail(source: Path, target: Path, side: int) -> None:

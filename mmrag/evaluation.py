@@ -281,7 +281,12 @@ def normalize_answer(text: str) -> str:
     return _SPACE.sub(" ", text).strip(_EDGE_PUNCTUATION)
 
 
+_CURRENCY = re.compile(r"^(?:rm|myr|usd|eur|gbp|sgd|\$|€|£)\s*|\s*(?:rm|myr|usd|eur|gbp|sgd|\$|€|£)$")
+
+
 def _number(text: str) -> float | None:
+    """The amount `text` writes, a currency before or after it ignored ("$8.20", "RM 7.00", "12.50 EUR")."""
+    text = _CURRENCY.sub("", text)
     return float(text.replace(",", "")) if _PLAIN_NUMBER.fullmatch(text) else None
 
 

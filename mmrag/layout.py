@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -142,32 +143,51 @@ def highlights(query: str, words: Sequence[Word], source: str) -> list[Region]:
 
 
 def locate(quote: str, words: Sequence[Word], source: str, *, min_score: float = 0.5) -> list[Region]:
-    """Where on the page `quote` (a quoted line, a VLM's quoted span) is: the run of consecutive words whose tokens
-    best cover the quote's (a fuzzy match: OCR and a model's quote differ by a few characters or words), one region
-    per line it spans, scored by the share of the quote's tokens found. [] when no run covers `min_score` of them."""
-    wanted = tokenize(quote)
+    """Where on the page `quote` (a quoted line or two, a VLM's quoted span) is: the line, or run of up to
+    LOCATE_LINES consecutive lines, whose words' tokens best cover the quote's (a fuzzy match: OCR and a model's quote
+    differ by a few characters or words), ties to the run with the fewest other tokens; one region per line of it,
+    scored by the share of the quote's tokens found. [] when no run covers `min_score` of them."""
+    wanted = Counter(tokenize(quote))
     if not wanted or not words:
         return []
-    tokens = [tokenize(w.text) for w in words]
-    needed = len(wanted)
-    best: tuple[float, int, int] = (0.0, 0, 0)
-    # A quote's words are near each other: try each start, grow the run up to twice the quote's length.
-    for start in range(len(words)):
-        if not tokens[start] or not set(tokens[start]) & set(wanted):
+    by_line: dict[int, list[Word]] = {}
+    for word in words:
+        by_line.setdefault(word.line, []).append(word)
+    lines = [by_line[n] for n in sorted(by_line)]
+    tokens = [Counter(t for w in line for t in tokenize(w.text)) for line in lines]
+    needed = sum(wanted.values())
+    best: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)
+    for start in range(len(lines)):
+        if not wanted.keys() & tokens[start].keys():
             continue
-        remaining = list(wanted)
-        found = 0
-        for end in range(start, min(len(words), start + 2 * needed + 2)):
-            for token in tokens[end]:
-                if token in remaining:
-                    remaining.remove(token)
-                    found += 1
-            score = found / needed
-            if score > best[0] + 1e-9:
-                best = (score, start, end + 1)
-            if not remaining:
-                break
-    score, start, end = best
-    if score < min_score:
+        held: Counter[str] = Counter()
+        for end in range(start, min(len(lines), start + LOCATE_LINES)):
+            held += tokens[end]
+            found = sum((wanted & held).values())
+            score = (found / needed, found / max(1, sum(held.values())), start, end + 1)
+            if score[:2] > best[:2]:
+                best = score
+    recall, _, start, end = best
+    if recall < min_score:
         return []
-    return [Region(r.box, source, round(score, 3), r.text) for r in line_regions(words[start:end], source)]
+    return [Region(r.box, source, round(recall, 3), r.text) for line in lines[start:end]
+            for r in line_regions(line, source)]
+
+
+LOCATE_LINES = 3  # a quote spans at most this many of a page's lines (a label and its value below it, a sentence)
+
+
+def value_region(value: str, near: Sequence[Region], words: Sequence[Word], source: str) -> Region | None:
+    """The box of the word(s) that print `value` (an answer's amount or date) within the regions of its quoted
+    line, `near`; None when no word there reads as it."""
+    if not value:
+        return None
+    key = "".join(value.split()).casefold()
+    for region in near:
+        x0, y0, x1, y1 = region.box
+        inside = [w for w in words if w.box[0] >= x0 - 1e-6 and w.box[2] <= x1 + 1e-6
+                  and w.box[1] >= y0 - 1e-6 and w.box[3] <= y1 + 1e-6]
+        for word in inside:
+            if key in word.text.casefold():
+                return Region(word.box, source, 1.0, word.text)
+    return None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from mmrag.answer.prompt import NOT_ANSWERED, not_answered
-from mmrag.layout import locate
+from mmrag.layout import Region, locate, value_region
 from mmrag.protocols import Answerer
 from mmrag.retrieval import retrieved_pages, search
 from mmrag.services import Services
@@ -176,7 +176,7 @@ def check_citations(answer: Answer, pages: Sequence[RetrievedPage]) -> Answer:
                 path=page.path,
                 score=page.score,
                 quote=quote,
-                regions=tuple(locate(quote, page.words, page.words_source)) if quote else (),
+                regions=_regions(quote, page, answer.value if not kept else ""),
             )
         )
         new_number[number] = len(kept)
@@ -190,6 +190,16 @@ def check_citations(answer: Answer, pages: Sequence[RetrievedPage]) -> Answer:
         return match.group(0).replace(f"[{match.group(1)}]", f"[{number}]") if number else ""
 
     return replace(answer, text=_MARKER.sub(renumber, answer.text).strip(), citations=kept)
+
+
+def _regions(quote: str, page: RetrievedPage, value: str) -> tuple[Region, ...]:
+    """Where the quote is on the page (layout.locate), led by the box of the answer's `value` on its line where
+    the answer has one (given for the first citation only: the value is read off its evidence line)."""
+    if not quote:
+        return ()
+    lines = locate(quote, page.words, page.words_source)
+    found = value_region(value, lines, page.words, page.words_source)
+    return (found, *lines) if found is not None else tuple(lines)
 
 
 def _quoted_from(quote: str, text: str) -> bool:

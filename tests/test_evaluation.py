@@ -128,7 +128,10 @@ def test_answer_matching() -> None:
     assert exact_match("190", ["190.00"])  # plain numbers compare by value
     assert exact_match("1,234.50", ["1234.5"])
     assert exact_match("Acme SDN BHD", ["acme sdn  bhd"])
-    assert not exact_match("RM 190.00", ["190.00"])
+    # an amount is the same amount whatever currency is written beside it (the gold "$8.20" or "RM7.00")
+    assert exact_match("RM 190.00", ["190.00"]) and exact_match("8.20", ["$8.20"]) and exact_match("7.00", ["RM7.00"])
+    assert exact_match("12.50 EUR", ["12.5"]) and not exact_match("RM 190.01", ["190.00"])
+    assert not exact_match("RM", ["190.00"]) and not exact_match("USD 9", ["RM 19"])
     assert not exact_match("190.00 [1]", ["190.00"])
     assert contains_answer("TOTAL RM 9.00\nCASH 10.00", ["9.00"])
     assert contains_answer("Total: 9.00.", ["9.00"])

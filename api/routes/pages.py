@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from api import schemas
 from api.auth import Principal, principal
 from api.deps import get_services, get_settings
+from api.errors import invalid
 from mmrag import documents
 from mmrag.config import Settings
 from mmrag.services import Services
 
 router = APIRouter(prefix="/v1", tags=["pages"])
+
+
+MAX_REGIONS = 100
 
 
 @router.get(
@@ -24,16 +29,51 @@ router = APIRouter(prefix="/v1", tags=["pages"])
         200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "JPEG"},
         **schemas.error_responses(401, 404, 422),
     },
-    summary="A page's image (full size or a thumbnail)",
+    summary="A page's image (full size or a thumbnail), optionally with evidence drawn on it",
 )
 def page_image(
     page_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     size: Annotated[Literal["full", "thumbnail"], Query()] = "full",
+    regions: Annotated[
+        str | None,
+        Query(max_length=4000, description="boxes to draw (orange), as a citation's regions give them: "
+              "'x0,y0,x1,y1;x0,y0,x1,y1', each 0-1 of the page image, at most 100"),
+    ] = None,
+    highlight: Annotated[
+        str | None,
+        Query(min_length=1, max_length=500, description="a query: the page's words that match it are drawn (blue)"),
+    ] = None,
     caller: Principal = Depends(principal),
     services: Services = Depends(get_services),
     settings: Settings = Depends(get_settings),
-) -> FileResponse:
+) -> Response:
     side = settings.api.thumbnail_side if size == "thumbnail" else None
+    if regions is not None or highlight is not None:
+        boxes = parse_regions(regions) if regions is not None else []
+        data = documents.marked_page_image(
+            services, page_id, caller.scope(), regions=boxes, highlight=highlight, thumbnail_side=side
+        )
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
     path = documents.page_image(services, page_id, caller.scope(), thumbnail_side=side)
     # Stored images are content-addressed and never rewritten in place, so clients may cache them.
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def parse_regions(text: str) -> list[tuple[float, float, float, float]]:
+    """'x0,y0,x1,y1;...' as boxes; a 422 naming the parameter for anything else."""
+    parts = [part for part in text.split(";") if part.strip()]
+    if not parts or len(parts) > MAX_REGIONS:
+        raise invalid("query", "regions", message=f"give 1 to {MAX_REGIONS} boxes 'x0,y0,x1,y1' separated by ';'")
+    boxes = []
+    for part in parts:
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4 or not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
+            raise invalid("query", "regions", message=f"{part.strip()!r} is not four numbers 0-1 'x0,y0,x1,y1'")
+        x0, y0, x1, y1 = values
+        if not (x0 < x1 and y0 < y1):
+            raise invalid("query", "regions", message=f"{part.strip()!r}: a box needs x0 < x1 and y0 < y1")
+        boxes.append((x0, y0, x1, y1))
+    return boxes

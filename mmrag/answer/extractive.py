@@ -47,14 +47,29 @@ log = logging.getLogger(__name__)
 MIN_COVERAGE = 0.5
 
 # Question wording → the kind of value that answers it.
-AMOUNT_CUES = frozenset("amount amounts cost costs price prices total totals sum fee fees balance due".split())
+AMOUNT_CUES = frozenset(
+    "amount amounts cost costs price prices total totals sum fee fees balance due spent spend paid pay charged".split()
+)
 DATE_CUES = frozenset("date day".split())
+# A lookup that names a bill and asks nothing ("the Gin Kee receipt from 18/10/2017", "receipt 99 Speed Mart
+# 2017-11-01") is answered with what the bill comes to.
+BILL_CUES = frozenset("receipt receipts bill bills invoice invoices".split())
+WH_WORDS = frozenset("what which when where who whom whose why how".split())
 # Words documents use to label the field that holds each kind of value.
 FIELD_LABELS = {
     "amount": frozenset("total amount due paid payable balance grand net sum".split()),
     "date": frozenset("date dated issued".split()),
 }
-AMOUNT_PATTERN = re.compile(r"\d[\d,]*[.,]\d{2}(?!\d)")  # 9.00, 1,234.56, 12,50
+# 9.00, 1,234.56, 12,50; not a time ("8.08:53"), an id ("0017361544.36": more than 7 digits before the point),
+# nor part of a longer number
+# Words that make a labelled amount a part of the bill, or what was handed over, not what it came to: a line holding
+# one gets no label bonus ("Total Sales (Excluding GST): 94.34", "GST Summary Amount 58.11", "Cash 50.00"), and
+# reading a line's amount stops at one ("TOTAL 42.35 CASH 50.00").
+NOT_THE_TOTAL = frozenset(
+    "excl excluding exclusive sub subtotal summary tax cash change tendered rounding round discount saving savings "
+    "points qty quantity received".split()
+)
+AMOUNT_PATTERN = re.compile(r"(?<![\d.,:])(?:\d{1,3}(?:,\d{3})+|\d{1,7})[.,]\d{2}(?![\d:]|[.,]\d)")
 MAX_LINES = 3
 RELATIVE_LINE_CUTOFF = 0.5
 
@@ -91,9 +106,9 @@ class ExtractiveAnswerer:
         self.relative_line_cutoff = relative_line_cutoff
 
     def answer(self, question: str, pages: Sequence[RetrievedPage]) -> Answer:
-        terms = content_terms(question)
+        terms = _with_dates(content_terms(question), question)
         lines = [
-            _Line(page_index, line_index, text, frozenset(tokenize(text)))
+            _Line(page_index, line_index, text, frozenset(tokenize(text)) | frozenset(_full_dates(text)))
             for page_index, page in enumerate(pages)
             for line_index, text in enumerate(page_segments(page.text))
         ]
@@ -171,7 +186,8 @@ class ExtractiveAnswerer:
             # Among equals, an amount question prefers the largest amount: a total is at least any part it sums
             # (subtotal, tax, discount); a date question prefers the later line.
             size = _largest_amount(line.text) if kind == "amount" else 0.0
-            return shared + (bonus if tokens & labels else 0.0), size, line.line_index
+            labelled = bool(tokens & labels) and not (kind == "amount" and tokens & NOT_THE_TOTAL - set(weight))
+            return shared + (bonus if labelled else 0.0), size, line.line_index
 
         for page_index in sorted(answering_pages):
             typed = [line for line in lines if line.page_index == page_index and _holds_value(line.text, kind, question)]
@@ -215,6 +231,19 @@ def _quote(line: _Line, following: _Line | None, label_tokens: set[str]) -> str:
     return trim_quote(line.text)
 
 
+def _full_dates(text: str) -> list[str]:
+    return date_keys(text)
+
+
+def _with_dates(terms: list[str], question: str) -> list[str]:
+    """The question's terms with its dates as the analyzer reads them ("date:2017-05-05", which a page printing
+    "05-05-17" holds too) in place of the dates as typed."""
+    dates = _full_dates(question)
+    if not dates:
+        return terms
+    return [t for t in terms if not date_keys(t)] + list(dict.fromkeys(dates))
+
+
 def value_in(quote: str, kind: str, question: str) -> str:
     """The value of `kind` the evidence line `quote` gives, as printed, that the question does not already hold.
 
@@ -226,9 +255,16 @@ def value_in(quote: str, kind: str, question: str) -> str:
             return ""
         lowered = quote.lower()
         labelled = [m.end() for label in FIELD_LABELS["amount"] for m in re.finditer(rf"\b{label}\b", lowered)]
-        after = [m for m in amounts if labelled and m.start() >= min(labelled)]
-        if after:
-            return after[0].group()
+        if labelled:
+            # the amounts after the first label, up to a word that starts another field ("CASH 50.00"); of those,
+            # the largest: a table row gives the amount, its tax and then their total
+            start = min(labelled)
+            stops = [m.start() for word in NOT_THE_TOTAL - set(tokenize(question))
+                     for m in re.finditer(rf"\b{word}\b", lowered) if m.start() >= start]
+            end = min(stops, default=len(quote))
+            after = [m for m in amounts if start <= m.start() < end]
+            if after:
+                return max(after, key=lambda m: _largest_amount(m.group())).group()
         return max(amounts, key=lambda m: _largest_amount(m.group())).group()
     asked = set(date_keys(question))
     for word in quote.split():
@@ -256,6 +292,7 @@ def expected_value(question: str) -> str | None:
         return "amount"
     if words and words[0] in ("where", "who", "whom", "whose", "why"):
         return None  # a place, a person, a reason: not a value
+    lookup = not WH_WORDS.intersection(words)  # no question word: a lookup ("receipt Gin Kee 18/10/2017")
     focus = re.search(r"\b(?:what|which)(?:'s| is| was| are| were)? (?:the |a |an )?(\w+)", text)
     if focus and words[0] == "which":
         words = [focus.group(1)]  # "which card paid ..." asks for a card, whatever else the question says
@@ -264,6 +301,8 @@ def expected_value(question: str) -> str | None:
             return "amount"
         if word in DATE_CUES:
             return "date"
+    if lookup and BILL_CUES.intersection(words):
+        return "amount"
     return None
 
 

@@ -144,3 +144,47 @@ def test_the_value_is_read_off_the_evidence_line(quote: str, kind: str, question
     from mmrag.answer.extractive import value_in
 
     assert value_in(quote, kind, question) == value
+
+
+@pytest.mark.parametrize(
+    ("question", "kind"),
+    [
+        ("How much did I pay at Gin Kee on 18/10/2017?", "amount"),
+        ("Show me what I spent at B & Best Restaurant on 10 February 2017", "amount"),
+        ("the Bemed (Sp) Sdn. Bhd. bill from 14/MAY/2017", "amount"),  # a bare lookup of a bill: its total
+        ("receipt TONYMOLY VIVA CITY 29/03/2018", "amount"),
+        ("When was the Gin Kee receipt printed?", "date"),
+        ("Which invoice is dated 2024-01-17?", None),  # asks for an invoice, not a value
+        ("Which card paid at Starbucks?", None),
+        ("Where is the Gin Kee shop?", None),
+        ("Gin Kee hardware opening hours", None),
+    ],
+)
+def test_the_question_says_which_kind_of_value_answers_it(question: str, kind: str | None) -> None:
+    from mmrag.answer.extractive import expected_value
+
+    assert expected_value(question) == kind
+
+
+@pytest.mark.parametrize(
+    ("quote", "value"),
+    [
+        ("[OTAL AMOUNT 235.85 14.15 250.00", "250.00"),  # a table row: amount, tax, their total
+        ("Total (RM) SR 6 7,395.09 443.71 7,838.80", "7,838.80"),
+        ("CB#: 389772 17/01/2018 8.08:53", ""),  # a time, not an amount
+        ("GST Reg : 0017361544.36", ""),  # an id
+    ],
+)
+def test_the_amount_of_a_total_line(quote: str, value: str) -> None:
+    from mmrag.answer.extractive import value_in
+
+    assert value_in(quote, "amount", "How much did I pay?") == value
+
+
+def test_a_total_beats_the_parts_and_the_cash_handed_over(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
+        "GIN KEE HARDWARE", "Total Sales (Excluding GST): 94.34", "GST Summary Amount Tax", "SR 6% 94.34 5.66",
+        "Total Sales (Inclusive GST): 100.00", "Cash 150.00 Change 50.00",
+    ]), None)
+    answer = extractive.answer("How much did I pay at Gin Kee hardware?", [receipt])
+    assert answer.value == "100.00" and answer.citations[0].quote == "Total Sales (Inclusive GST): 100.00"

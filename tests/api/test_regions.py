@@ -4,10 +4,13 @@ quoted line, from the text layer of a PDF and from OCR of a scan. SQLite and Pos
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
@@ -55,12 +58,39 @@ def test_hits_and_citations_point_at_their_words(ocr_services: Services, tmp_pat
         assert answer["supported"], answer
         cited = answer["citations"][0]
         assert cited["path"].endswith(".pdf") and "1,250.00" in cited["quote"]
-        (region,) = [r for r in cited["regions"] if "1,250.00" in r["text"]]
-        assert region["source"] == "text_layer" and region["score"] == 1.0
+        assert answer["answer"].startswith("1,250.00 [1]")  # the value first
+        value, region = cited["regions"]  # the value's own box, then its line's
+        assert value["text"] == "1,250.00" and region["text"] == "Total due: 1,250.00 EUR"
+        assert region["source"] == value["source"] == "text_layer" and region["score"] == 1.0
         x0, y0, x1, y1 = region["box"]
         assert 0 < x0 < x1 < 1 and 0 < y0 < y1 < 0.2  # the third line near the top of an A4 page
+        assert x0 < value["box"][0] < value["box"][2] < x1 and y0 <= value["box"][1] < value["box"][3] <= y1
         retrieved = {p["page_id"] for p in answer["pages"]}
         assert all(c["page_id"] in retrieved for c in answer["citations"])
+
+        # the evidence drawn on the page, for clients without a UI
+        url = cited["image_url"]
+        boxes = ";".join(",".join(str(v) for v in r["box"]) for r in cited["regions"])
+        drawn = client.get(url, params={"regions": boxes})
+        assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/jpeg"
+        assert _colour_share(drawn.content, region["box"], (255, 140, 0)) > 0.3  # orange around the quoted line
+        plain = client.get(url).content
+        assert _colour_share(plain, region["box"], (255, 140, 0)) == 0
+        marked = client.get(receipt["image_url"], params={"highlight": "Gin Kee", "size": "thumbnail"})
+        assert marked.status_code == 200 and _colour_share(marked.content, gin, (30, 144, 255)) > 0.3
+        for bad in ("1,2,3", "0.5,0.5,0.2,0.9", "a,b,c,d", "0,0,1,1;" * 101, ";"):
+            refused = client.get(url, params={"regions": bad})
+            assert refused.status_code == 422 and "regions" in refused.text, bad
+        assert client.get(url, params={"highlight": ""}).status_code == 422
+
+
+def _colour_share(jpeg: bytes, box: list[float], colour: tuple[int, int, int]) -> float:
+    """The share of the pixels on a box's outline (just outside it) within a JPEG's error of `colour`."""
+    image = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
+    edge = np.concatenate([image[max(0, y0 - 2), x0:x1], image[min(height - 1, y1 + 1), x0:x1]])
+    return float((np.abs(edge - np.array(colour)).max(axis=1) < 60).mean())
 
 
 def _page(page_id: int, words: list[Word], text: str) -> RetrievedPage:
@@ -78,6 +108,10 @@ def test_a_citation_has_regions_only_on_a_retrieved_page_it_quotes() -> None:
     (region,) = citation.regions
     assert region.box == union(w.box for w in words[:2]) and region.text == "TOTAL 42.35" and region.source == "ocr"
     assert answer.text == "TOTAL 42.35 [1]"
+    # an answer with a value: its first citation's regions lead with the value's own box
+    valued = check_citations(Answer("42.35 [1]", [quoted], True, "test", value="42.35"), [page])
+    assert [r.text for r in valued.citations[0].regions] == ["42.35", "TOTAL 42.35"]
+    assert valued.citations[0].regions[0].box == words[1].box
     # a quote the page's words read a little differently (a model's quote against OCR's words) still finds them
     (fuzzy,) = locate("Total: 42.35 RM", words, "ocr")
     assert iou(fuzzy.box, region.box) == 1.0 and fuzzy.score == pytest.approx(2 / 3, abs=1e-3)
