@@ -12,6 +12,7 @@ uint16 coordinates, a uint8 confidence and a uint16 line number; about 8 bytes a
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections import Counter
@@ -139,7 +140,13 @@ def highlights(query: str, words: Sequence[Word], source: str) -> list[Region]:
     wanted = set(query_terms(query))
     if not wanted:
         return []
-    return [Region(w.box, source, 1.0, w.text) for w in words if wanted.intersection(analyze(w.text))]
+    return [Region(w.box, source, 1.0, w.text) for w in words if wanted.intersection(_terms_of(w.text))]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _terms_of(word: str) -> frozenset[str]:
+    """A word's analyzer terms; a page's words are highlighted again and again, for one query after another."""
+    return frozenset(analyze(word))
 
 
 def locate(quote: str, words: Sequence[Word], source: str, *, min_score: float = 0.5) -> list[Region]:
@@ -183,11 +190,12 @@ def value_region(value: str, near: Sequence[Region], words: Sequence[Word], sour
     if not value:
         return None
     key = "".join(value.split()).casefold()
+    keys = {key, key[:-3] + "," + key[-2:]} if key[-3:-2] == "." else {key}  # "5.90" is printed "5,90" too
     for region in near:
         x0, y0, x1, y1 = region.box
         inside = [w for w in words if w.box[0] >= x0 - 1e-6 and w.box[2] <= x1 + 1e-6
                   and w.box[1] >= y0 - 1e-6 and w.box[3] <= y1 + 1e-6]
         for word in inside:
-            if key in word.text.casefold():
+            if any(k in word.text.casefold() for k in keys):
                 return Region(word.box, source, 1.0, word.text)
     return None

@@ -57,7 +57,7 @@ BILL_CUES = frozenset("receipt receipts bill bills invoice invoices".split())
 WH_WORDS = frozenset("what which when where who whom whose why how".split())
 # Words documents use to label the field that holds each kind of value.
 FIELD_LABELS = {
-    "amount": frozenset("total amount due paid payable balance grand net sum".split()),
+    "amount": frozenset("total amount amt due paid payable balance grand net nett sum".split()),
     "date": frozenset("date dated issued".split()),
 }
 # 9.00, 1,234.56, 12,50; not a time ("8.08:53"), an id ("0017361544.36": more than 7 digits before the point),
@@ -65,11 +65,15 @@ FIELD_LABELS = {
 # Words that make a labelled amount a part of the bill, or what was handed over, not what it came to: a line holding
 # one gets no label bonus ("Total Sales (Excluding GST): 94.34", "GST Summary Amount 58.11", "Cash 50.00"), and
 # reading a line's amount stops at one ("TOTAL 42.35 CASH 50.00").
+# Words that mark a labelled amount as the final one: after tax, rounded, what is due ("Total Inclusive GST: 83.00"
+# over "Type: 2 Total 84.00"; "Total Amt Payable 12.00" over "Paid Amount 20.00", the cash handed over).
+FINAL_TOTAL = frozenset("incl inclusive included including rounded grand net nett payable due after".split())
 NOT_THE_TOTAL = frozenset(
     "excl excluding exclusive sub subtotal summary tax cash change tendered rounding round discount saving savings "
     "points qty quantity received".split()
 )
-AMOUNT_PATTERN = re.compile(r"(?<![\d.,:])(?:\d{1,3}(?:,\d{3})+|\d{1,7})[.,]\d{2}(?![\d:]|[.,]\d)")
+# (and not the start of a code: "7.23SH01ZJ42"; a tax code's one letter may follow, "RM4.65s")
+AMOUNT_PATTERN = re.compile(r"(?<![\d.,:])(?:\d{1,3}(?:,\d{3})+|\d{1,7})[.,]\d{2}(?![\d:]|[.,]\d|[^\W\d_]{2})")
 MAX_LINES = 3
 RELATIVE_LINE_CUTOFF = 0.5
 
@@ -179,15 +183,23 @@ class ExtractiveAnswerer:
                 return before
             return None
 
-        def rank(line: _Line) -> tuple[float, float, int]:
+        def rank(line: _Line) -> tuple[float, int, float, int]:
             label = label_before(line)
             tokens = line.tokens | (label.tokens if label is not None else frozenset())
             shared = sum(w for term, w in weight.items() if term in tokens)
-            # Among equals, an amount question prefers the largest amount: a total is at least any part it sums
-            # (subtotal, tax, discount); a date question prefers the later line.
+            # Among equals, an amount question prefers the line that labels its amount as final (and more labels),
+            # then the largest amount: a total is at least any part it sums (subtotal, tax, discount); a date
+            # question prefers the later line.
             size = _largest_amount(line.text) if kind == "amount" else 0.0
-            labelled = bool(tokens & labels) and not (kind == "amount" and tokens & NOT_THE_TOTAL - set(weight))
-            return shared + (bonus if labelled else 0.0), size, line.line_index
+            if kind != "amount":
+                return shared + (bonus if tokens & labels else 0.0), 0, size, line.line_index
+            rounded = bool(tokens & {"round", "rounded", "rounding"}) and size >= 1.0  # the total, rounded
+            parts = tokens & NOT_THE_TOTAL - set(weight) - ({"round", "rounding"} if rounded else set())
+            labelled = bool(tokens & labels or rounded) and not parts
+            # a part of the bill or the cash handed over ranks below a line that says nothing of what it is
+            score = shared + (bonus if labelled else -0.5 * bonus if parts else 0.0)
+            final = len(tokens & labels) + len(tokens & FINAL_TOTAL) + rounded if labelled else 0
+            return score, final, size, line.line_index
 
         for page_index in sorted(answering_pages):
             typed = [line for line in lines if line.page_index == page_index and _holds_value(line.text, kind, question)]
@@ -264,8 +276,8 @@ def value_in(quote: str, kind: str, question: str) -> str:
             end = min(stops, default=len(quote))
             after = [m for m in amounts if start <= m.start() < end]
             if after:
-                return max(after, key=lambda m: _largest_amount(m.group())).group()
-        return max(amounts, key=lambda m: _largest_amount(m.group())).group()
+                return _plain_amount(max(after, key=lambda m: _largest_amount(m.group())).group())
+        return _plain_amount(max(amounts, key=lambda m: _largest_amount(m.group())).group())
     asked = set(date_keys(question))
     for word in quote.split():
         word = word.strip(",;()[]")
@@ -312,6 +324,12 @@ def _holds_value(text: str, kind: str, question: str) -> bool:
         return any(value not in question for value in AMOUNT_PATTERN.findall(text))
     return bool(set(date_keys(text)) - set(date_keys(question)))
 
+
+
+def _plain_amount(printed: str) -> str:
+    """An amount as printed ("5,90", "1,234.50") written plainly: a point before its two decimals ("5.90",
+    "1,234.50"); thousands separators kept."""
+    return printed[:-3] + "." + printed[-2:] if printed[-3] == "," else printed
 
 
 def _largest_amount(text: str) -> float:
