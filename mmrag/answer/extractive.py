@@ -68,6 +68,7 @@ FIELD_LABELS = {
 # Words that mark a labelled amount as the final one: after tax, rounded, what is due ("Total Inclusive GST: 83.00"
 # over "Type: 2 Total 84.00"; "Total Amt Payable 12.00" over "Paid Amount 20.00", the cash handed over).
 FINAL_TOTAL = frozenset("incl inclusive included including rounded grand net nett payable due after".split())
+ADJUSTMENT = frozenset("adj adjust adjustment adjustments".split())
 NOT_THE_TOTAL = frozenset(
     "excl excluding exclusive sub subtotal summary tax cash change tendered rounding round discount saving savings "
     "points qty quantity received".split()
@@ -120,12 +121,16 @@ class ExtractiveAnswerer:
             return not_answered(self.name)
         doc_freq = Counter(token for line in lines for token in line.tokens)
         weight = {term: bm25_idf(doc_freq[term], len(lines)) for term in terms}
-        question_weight = sum(weight.values())
+        # What an amount question asks with ("spent", "paid"; "receipt" in a bare lookup) is no content a page
+        # must hold; in "which card paid at Starbucks?" (no amount asked) "paid" is.
+        asking = _asking_words(question) if expected_value(question) == "amount" else frozenset()
+        about = [term for term in terms if term not in asking] or terms
+        question_weight = sum(weight[term] for term in about)
 
         answering_pages = set()
         for page_index in range(len(pages)):
             page_tokens = frozenset().union(*(line.tokens for line in lines if line.page_index == page_index))
-            coverage = sum(weight[term] for term in terms if term in page_tokens) / question_weight
+            coverage = sum(weight[term] for term in about if term in page_tokens) / question_weight
             if coverage >= self.min_coverage:
                 answering_pages.add(page_index)
         if not answering_pages:
@@ -193,7 +198,8 @@ class ExtractiveAnswerer:
             size = _largest_amount(line.text) if kind == "amount" else 0.0
             if kind != "amount":
                 return shared + (bonus if tokens & labels else 0.0), 0, size, line.line_index
-            rounded = bool(tokens & {"round", "rounded", "rounding"}) and size >= 1.0  # the total, rounded
+            # the total, rounded ("Rounding RM 45.35"), not the adjustment ("Rounding Adj: 0.02", read "6.00")
+            rounded = bool(tokens & {"round", "rounded", "rounding"}) and size >= 1.0 and not tokens & ADJUSTMENT
             parts = tokens & NOT_THE_TOTAL - set(weight) - ({"round", "rounding"} if rounded else set())
             labelled = bool(tokens & labels or rounded) and not parts
             # a part of the bill or the cash handed over ranks below a line that says nothing of what it is
@@ -241,6 +247,17 @@ def _quote(line: _Line, following: _Line | None, label_tokens: set[str]) -> str:
     if following is not None and is_label:
         return trim_quote(f"{line.text} {following.text}")
     return trim_quote(line.text)
+
+
+ASKING_VERBS = frozenset("spent spend paid pay charged".split())
+
+
+def _asking_words(question: str) -> frozenset[str]:
+    """The question's words that say what it asks for, not what the page is about: a verb of paying, and the kind
+    of document a bare lookup names ("receipt Gin Kee 18/10/2017")."""
+    words = re.findall(r"[a-z]+", question.lower())
+    lookup = not WH_WORDS.intersection(words)
+    return ASKING_VERBS | (BILL_CUES if lookup else frozenset())
 
 
 def _full_dates(text: str) -> list[str]:

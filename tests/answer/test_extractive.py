@@ -188,3 +188,15 @@ def test_a_total_beats_the_parts_and_the_cash_handed_over(extractive: Extractive
     ]), None)
     answer = extractive.answer("How much did I pay at Gin Kee hardware?", [receipt])
     assert answer.value == "100.00" and answer.citations[0].quote == "Total Sales (Inclusive GST): 100.00"
+
+
+def test_a_bill_lookup_is_answered_by_the_page_without_the_words_it_asks_with(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
+        "DOMINO'S PIZZA", "Date: 17/04/2018 19:02", "Sub-Total : 25.60", "Rounding Adj : 6.00",
+        "Total Incl. GST : 25.60",
+    ]), None)
+    # "spent" is on no page: it says what is asked, as "receipt" does in a bare lookup
+    for question in ("Show me what I spent at Domino's Pizza on 17 April 2018", "receipt Domino's Pizza 2018-04-17"):
+        answer = extractive.answer(question, [receipt])
+        assert answer.supported and answer.value == "25.60", question  # not the adjustment OCR read as 6.00
+    assert not extractive.answer("Which card paid at Domino's Pizza?", [receipt]).supported  # "paid" is content
