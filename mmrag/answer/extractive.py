@@ -204,7 +204,8 @@ class ExtractiveAnswerer:
             labelled = bool(tokens & labels or rounded) and not parts
             # a part of the bill or the cash handed over ranks below a line that says nothing of what it is
             score = shared + (bonus if labelled else -0.5 * bonus if parts else 0.0)
-            final = len(tokens & labels) + len(tokens & FINAL_TOTAL) + rounded if labelled else 0
+            # a rounded total is the last word on what was paid: it outranks "Total Sales (Inclusive GST)" above it
+            final = len(tokens & labels) + len(tokens & FINAL_TOTAL) + 3 * rounded if labelled else 0
             return score, final, size, line.line_index
 
         for page_index in sorted(answering_pages):

@@ -200,3 +200,12 @@ def test_a_bill_lookup_is_answered_by_the_page_without_the_words_it_asks_with(ex
         answer = extractive.answer(question, [receipt])
         assert answer.supported and answer.value == "25.60", question  # not the adjustment OCR read as 6.00
     assert not extractive.answer("Which card paid at Domino's Pizza?", [receipt]).supported  # "paid" is content
+
+
+def test_the_rounded_total_is_what_was_paid(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
+        "99 SPEED MART S/B", "03:16PM 569337 07-02-18", "Total Sales (Inclusive GST) RM 45.34", "Rounding RM 45.35",
+        "CREDIT RM 45.35",
+    ]), None)
+    answer = extractive.answer("How much did I pay at 99 Speed Mart on 07-02-18?", [receipt])
+    assert answer.value == "45.35" and answer.citations[0].quote == "Rounding RM 45.35"
