@@ -211,11 +211,12 @@ def page_dates(text: str) -> list[date]:
 def _ocr_month(word: str) -> int | None:
     """The month whose three-letter abbreviation is one edit (a letter changed, added or dropped) from `word`, when
     exactly one is: OCR's "dun" is June, "fmay" May; "mat" (March or May) is none."""
-    found = {number for name, number in _ABBREVIATIONS.items() if _one_edit(word, name)}
+    found = {number for name, number in _ABBREVIATIONS.items() if one_edit(word, name)}
     return found.pop() if len(found) == 1 else None
 
 
-def _one_edit(a: str, b: str) -> bool:
+def one_edit(a: str, b: str) -> bool:
+    """Whether `a` and `b` differ by exactly one letter changed, added or dropped (OCR's "tatal" for "total")."""
     if abs(len(a) - len(b)) > 1 or a == b:
         return False
     if len(a) == len(b):

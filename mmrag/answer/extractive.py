@@ -23,6 +23,7 @@ held by no line, has the highest idf and so outweighs the matched one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ import re
 from dataclasses import dataclass
 from itertools import pairwise
 
-from mmrag.analysis import date_keys, tokenize
+from mmrag.analysis import date_keys, one_edit, tokenize
 from mmrag.answer.prompt import (
     STOPWORDS,
     bm25_idf,
@@ -67,7 +68,7 @@ FIELD_LABELS = {
 # reading a line's amount stops at one ("TOTAL 42.35 CASH 50.00").
 # Words that mark a labelled amount as the final one: after tax, rounded, what is due ("Total Inclusive GST: 83.00"
 # over "Type: 2 Total 84.00"; "Total Amt Payable 12.00" over "Paid Amount 20.00", the cash handed over).
-FINAL_TOTAL = frozenset("incl inclusive included including rounded grand net nett payable due after".split())
+FINAL_TOTAL = frozenset("inc incl inclusive included including rounded grand net nett payable due after".split())
 ADJUSTMENT = frozenset("adj adjust adjustment adjustments".split())
 NOT_THE_TOTAL = frozenset(
     "excl excluding exclusive sub subtotal summary tax cash change tendered rounding round discount saving savings "
@@ -192,6 +193,7 @@ class ExtractiveAnswerer:
             label = label_before(line)
             tokens = line.tokens | (label.tokens if label is not None else frozenset())
             shared = sum(w for term, w in weight.items() if term in tokens)
+            tokens = tokens.union(*(_as_read(token) for token in tokens))  # "Tota! inclusive" is a total line
             # Among equals, an amount question prefers the line that labels its amount as final (and more labels),
             # then the largest amount: a total is at least any part it sums (subtotal, tax, discount); a date
             # question prefers the later line.
@@ -283,15 +285,14 @@ def value_in(quote: str, kind: str, question: str) -> str:
         amounts = [m for m in AMOUNT_PATTERN.finditer(quote) if m.group() not in question]
         if not amounts:
             return ""
-        lowered = quote.lower()
-        labelled = [m.end() for label in FIELD_LABELS["amount"] for m in re.finditer(rf"\b{label}\b", lowered)]
+        words = [(m.start(), m.end(), _as_read(m.group())) for m in re.finditer(r"[^\W\d_]+", quote.lower())]
+        labelled = [end for _, end, read in words if read & FIELD_LABELS["amount"]]
         if labelled:
             # the amounts after the first label, up to a word that starts another field ("CASH 50.00"); of those,
             # the largest: a table row gives the amount, its tax and then their total
             start = min(labelled)
-            stops = [m.start() for word in NOT_THE_TOTAL - set(tokenize(question))
-                     for m in re.finditer(rf"\b{word}\b", lowered) if m.start() >= start]
-            end = min(stops, default=len(quote))
+            stopping = NOT_THE_TOTAL - set(tokenize(question))
+            end = min((begin for begin, _, read in words if begin >= start and read & stopping), default=len(quote))
             after = [m for m in amounts if start <= m.start() < end]
             if after:
                 return _plain_amount(max(after, key=lambda m: _largest_amount(m.group())).group())
@@ -302,6 +303,20 @@ def value_in(quote: str, kind: str, question: str) -> str:
         if set(date_keys(word)) - asked:
             return word
     return ""
+
+
+_VOCABULARY = FIELD_LABELS["amount"] | FIELD_LABELS["date"] | FINAL_TOTAL | NOT_THE_TOTAL | ADJUSTMENT
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _as_read(word: str) -> frozenset[str]:
+    """The field words `word` is, as printed or as OCR misread it by a letter ("tatal", "tota", "payabte",
+    "adjustuent": words of four letters or more); empty for any other word."""
+    if word in _VOCABULARY:
+        return frozenset((word,))
+    if len(word) < 4:
+        return frozenset()
+    return frozenset(known for known in _VOCABULARY if len(known) >= 4 and one_edit(word, known))
 
 
 def _holds_new_value(line: _Line, question_tokens: set[str]) -> bool:

@@ -209,3 +209,12 @@ def test_the_rounded_total_is_what_was_paid(extractive: ExtractiveAnswerer) -> N
     ]), None)
     answer = extractive.answer("How much did I pay at 99 Speed Mart on 07-02-18?", [receipt])
     assert answer.value == "45.35" and answer.citations[0].quote == "Rounding RM 45.35"
+
+
+def test_field_words_ocr_misread_by_a_letter_still_label_the_total(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
+        "YONG SOON FATT S/B", "Date: 06/02/2017", "Item A 2 x 349.50 699.00", "Tota] Inc.6ST 6%: 758.70",
+        "Rounding Adjustuent: 9.00",
+    ]), None)
+    answer = extractive.answer("How much did I pay at Yong Soon Fatt on 2017-02-06?", [receipt])
+    assert answer.value == "758.70" and answer.citations[0].quote == "Tota] Inc.6ST 6%: 758.70"
