@@ -8,6 +8,7 @@ retrievers still run through the whole path.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Ret
 from mmrag.errors import InputError
 from mmrag.evaluation import (
     FUSED,
+    GoldRegion,
     PageLocation,
     Question,
     Relevant,
@@ -147,6 +149,8 @@ def test_question_sets_round_trip_and_report_bad_lines(tmp_path: Path) -> None:
     questions = [
         Question("q1", "total at acme", (Relevant("a.jpg"),), ("9.00",)),
         Question("q2", "page three", (Relevant("docs/x.pdf", 3), Relevant("y.pdf")), ()),
+        Question("q3", "total at acme", (Relevant("a.jpg"),), ("9.00",),
+                 (GoldRegion("a.jpg", (0.5, 0.8, 0.7, 0.85)), GoldRegion("b.pdf", (0.0, 0.0, 1.0, 0.5), 2))),
     ]
     path = write_questions(tmp_path / "set.jsonl", questions)
     assert load_questions(path) == questions
@@ -164,6 +168,12 @@ def test_question_sets_round_trip_and_report_bad_lines(tmp_path: Path) -> None:
     assert "page" in bad('{"id": "b", "query": "q", "relevant": [{"path": "x.pdf", "page": 0}]}')
     assert "'query'" in bad('{"id": "b", "relevant": ["a.jpg"]}')
     assert "repeats" in bad('{"id": "ok", "query": "q", "relevant": ["a.jpg"]}')
+    region = '{"id": "b", "query": "q", "relevant": ["a.jpg"], "regions": %s}'
+    assert "'regions' must be a list" in bad(region % '{"path": "a.jpg"}')
+    assert "a region is" in bad(region % '[{"box": [0, 0, 1, 1]}]')
+    for box in ("[0, 0, 1]", "[0.5, 0, 0.2, 1]", "[0, 0, 1, 1.5]", '["0", 0, 1, 1]', "[true, 0, 1, 1]"):
+        assert "a region's box" in bad(region % f'[{{"path": "a.jpg", "box": {box}}}]'), box
+    assert "a region's page" in bad(region % '[{"path": "a.jpg", "box": [0, 0, 1, 1], "page": 0}]')
 
 
 def test_passages_are_clean_distinctive_pieces_of_a_page() -> None:
@@ -305,3 +315,21 @@ def test_eval_command_generates_runs_and_writes(
     assert not (tmp_path / "r2.png").exists()
 
     assert runner.invoke(app, ["eval"]).exit_code != 0  # neither a file nor --generate
+
+
+def test_cited_regions_are_scored_against_gold_regions(services: Services, tmp_path: Path) -> None:
+    # the gold box of "311.20" from poppler's word boxes: another reader of the page than the PDFium one indexed
+    from mmrag.ingest.pdf_pages import _PopplerSource
+
+    words = _PopplerSource(tmp_path / "corpus" / "memos" / "kestrel.pdf", ()).info(1).words
+    total = next(w for w in words if w.text == "311.20")
+    kestrel, curlew = (q for q in QUESTIONS if q.id in ("kestrel", "curlew"))
+    questions = [
+        replace(kestrel, regions=(GoldRegion("kestrel.pdf", total.box),)),
+        replace(curlew, regions=(GoldRegion("curlew.pdf", (0.9, 0.9, 1.0, 1.0)),)),  # not where its answer is
+        replace(curlew, id="curlew-no-gold"),
+    ]
+    answers = evaluate(services, questions, answerer=ExtractiveAnswerer()).answers
+    assert answers is not None and answers.exact_match == 1.0
+    assert answers.region_questions == 2 and answers.region_hit_rate == 0.5
+    assert 0.25 < answers.mean_iou < 0.5  # one near 1, one 0

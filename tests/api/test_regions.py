@@ -19,7 +19,7 @@ from mmrag.layout import Word, iou, locate, union
 from mmrag.qa import check_citations
 from mmrag.services import Services, build_services
 from mmrag.types import Answer, Citation, RetrievedPage
-from tests.api.conftest import live_server, make_settings, upload, wait_for_job
+from tests.api.conftest import live_server, make_settings, sse_events, upload, wait_for_job
 from tests.ingest.samples import text_image, text_pdf
 
 
@@ -67,6 +67,10 @@ def test_hits_and_citations_point_at_their_words(ocr_services: Services, tmp_pat
         assert x0 < value["box"][0] < value["box"][2] < x1 and y0 <= value["box"][1] < value["box"][3] <= y1
         retrieved = {p["page_id"] for p in answer["pages"]}
         assert all(c["page_id"] in retrieved for c in answer["citations"])
+        with client.stream("POST", "/v1/ask", json={"question": "What is the total due on invoice INV-2024-0117?",
+                                                    "stream": True}) as response:
+            events = sse_events(response.read().decode())
+        assert events[-1][0] == "answer" and events[-1][1]["citations"][0]["regions"] == cited["regions"]
 
         # the evidence drawn on the page, for clients without a UI
         url = cited["image_url"]

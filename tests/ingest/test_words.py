@@ -12,8 +12,8 @@ from PIL import Image
 
 from mmrag.config import IngestSettings
 from mmrag.ingest import iter_pages, ocr
-from mmrag.ingest.pdf_pages import POPPLER, PDFIUM, _PopplerSource, draw_pages
 from mmrag.ingest.discover import describe
+from mmrag.ingest.pdf_pages import PDFIUM, POPPLER, _PopplerSource, draw_pages
 from mmrag.layout import Word, decode_words, encode_words
 from tests.ingest.samples import scanned_pdf, text_image, text_pdf
 
