@@ -180,9 +180,7 @@ def _bbox_layout(xhtml: str) -> tuple[str, tuple[Word, ...]]:
     lines: list[list[str]] = []
     words: list[Word] = []
     for match in _BBOX_ITEM.finditer(xhtml):
-        if match[1] == "block" and lines:
-            lines.append([])
-        elif match[1] == "line":
+        if match[1] == "line" or match[1] == "block" and lines:  # a blank line before a block
             lines.append([])
         elif match[6] is not None and lines:
             text = html.unescape(match[6]).strip()
