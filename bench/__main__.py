@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ("gpu", "index", "lexical", "load", "pdfs", "peer", "query", "render", "search", "sroie", "stores")
+BENCHMARKS = ("gpu", "index", "lexical", "load", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "words")
 
 
 def main(argv: list[str]) -> int:

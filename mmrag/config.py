@@ -38,6 +38,9 @@ class IngestSettings(BaseModel):
     # reading lacks: on every OCR'd page (always), where Tesseract is unsure or read no date (unsure), or never.
     # Chosen on the shared SROIE receipts (README): unsure read a tenth of them again and found nearly all always did.
     second_ocr: Literal["always", "unsure", "never"] = "unsure"
+    # Store where each page's words are (mmrag.layout: search highlights, cited regions); about 1.7 KB a receipt
+    # page in SQL. False stores none: searches and answers work as before, without highlights or regions.
+    word_boxes: bool = True
     workers: int = Field(2, ge=0)  # decode/render/OCR worker processes; 0 runs them inline
     # Where the ColPali processor makes a page's model input: in the workers (they then import colpali-engine,
     # seconds per fork server) or in this process from the stored page image. auto: workers when the models run

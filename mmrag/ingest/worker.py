@@ -187,7 +187,8 @@ def load_file(
             input_bytes += sum(_nbytes(value) for value in prepared)
         stored.append(
             StoredPage(page.page_number, width, height, page.text, str(page.text_source), relative, prepared,
-                       renderer=page.renderer, dates=tuple(page_dates(page.text)), words=encode_words(page.words))
+                       renderer=page.renderer, dates=tuple(page_dates(page.text)),
+                       words=encode_words(page.words) if settings.word_boxes else b"")
         )
     if input_bytes > MAX_INPUT_BYTES_PER_FILE:
         stored = [page.without_inputs() for page in stored]

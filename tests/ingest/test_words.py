@@ -120,3 +120,20 @@ def test_words_survive_their_stored_form() -> None:
     assert len(encode_words(many)) < 12 * len(many)  # compact: about 8 bytes a word before zlib
     with pytest.raises(ValueError, match="word-box record"):
         decode_words(b"not ours")
+
+
+@pytest.mark.parametrize("boxes", [True, False])
+def test_a_worker_hands_back_the_words_unless_told_not_to_keep_them(tmp_path: Path, boxes: bool) -> None:
+    from mmrag.digest import new_digest
+    from mmrag.ingest.worker import load_file
+
+    pdf = text_pdf(tmp_path / "known.pdf", ["\n".join(LINES)])
+    digest = new_digest()
+    digest.update(pdf.read_bytes())
+    loaded = load_file(str(pdf), digest.hexdigest(), IngestSettings(word_boxes=boxes), str(tmp_path / "data"))
+    (page,) = loaded.pages
+    assert page.text.startswith("INVOICE 4217")
+    if boxes:
+        assert [w.text for w in decode_words(page.words)][:2] == ["INVOICE", "4217"]
+    else:
+        assert page.words == b""
