@@ -280,9 +280,9 @@ def search_hits(
 
 
 def _highlights(query: str | None, stored: tuple[bytes, str] | None) -> tuple[Region, ...]:
-    if not query or stored is None:
+    if not query:
         return ()
-    return tuple(layout.highlights(query, layout.decode_words(stored[0]), layout.region_source(stored[1])))
+    return tuple(layout.highlights(query, *layout.stored_words(stored)))
 
 
 def decode_query_image(services: Services, data: bytes, *, max_pixels: int) -> Image.Image:

@@ -138,10 +138,7 @@ def parse_question(obj: object, where: str) -> Question:
         if isinstance(item, str) and item.strip():
             relevant.append(Relevant(item.strip()))
         elif isinstance(item, dict) and isinstance(item.get("path"), str) and item["path"].strip():
-            page = item.get("page")
-            if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 1):
-                raise InputError(f"{where}: a relevant page must be an integer >= 1 (1-based), got {page!r}")
-            relevant.append(Relevant(item["path"].strip(), page))
+            relevant.append(Relevant(item["path"].strip(), _page_number(item, where, "a relevant page")))
         else:
             raise InputError(f"{where}: a relevant item is a file name or {{\"path\", \"page\"}}, got {item!r}")
     answers = obj.get("answers", [])
@@ -169,10 +166,16 @@ def _gold_region(item: object, where: str) -> GoldRegion:
             or not (box[0] < box[2] and box[1] < box[3])):
         raise InputError(f"{where}: a region's box is [x0, y0, x1, y1], 0-1 of the page, x0 < x1 and y0 < y1; "
                          f"got {box!r}")
+    page = _page_number(item, where, "a region's page")
+    return GoldRegion(item["path"].strip(), (float(box[0]), float(box[1]), float(box[2]), float(box[3])), page)
+
+
+def _page_number(item: dict[str, Any], where: str, what: str) -> int | None:
+    """An item's optional "page": None, or an integer >= 1; InputError naming `what` otherwise."""
     page = item.get("page")
     if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 1):
-        raise InputError(f"{where}: a region's page must be an integer >= 1 (1-based), got {page!r}")
-    return GoldRegion(item["path"].strip(), (float(box[0]), float(box[1]), float(box[2]), float(box[3])), page)
+        raise InputError(f"{where}: {what} must be an integer >= 1 (1-based), got {page!r}")
+    return page
 
 
 def load_questions(path: Path) -> list[Question]:

@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -112,19 +112,26 @@ def split_line(text: str, box: Box, confidence: float, line: int) -> list[Word]:
     return words
 
 
-def renumber_lines(words: Sequence[Word], first: int) -> list[Word]:
-    """`words` with their lines numbered from `first` on, in their order (words added after a page's own)."""
+def renumber_lines(words: Sequence[Word], first: int = 0) -> list[Word]:
+    """`words` with their lines numbered first, first + 1, ... in the order they appear (words added after a page's
+    own; a text layer's line breaks, a run of them counting once)."""
     numbers: dict[int, int] = {}
-    return [Word(w.text, w.box, w.confidence, numbers.setdefault(w.line, first + len(numbers))) for w in words]
+    return [replace(w, line=numbers.setdefault(w.line, first + len(numbers))) for w in words]
+
+
+def by_line(words: Iterable[Word]) -> dict[int, list[Word]]:
+    """The words grouped by the line they are on, lines in the order they first appear, words in theirs."""
+    lines: dict[int, list[Word]] = {}
+    for word in words:
+        lines.setdefault(word.line, []).append(word)
+    return lines
 
 
 def line_regions(words: Sequence[Word], source: str, score: float = 1.0) -> list[Region]:
     """One region per line the words are on (the union of that line's words), top to bottom."""
-    by_line: dict[int, list[Word]] = {}
-    for word in words:
-        by_line.setdefault(word.line, []).append(word)
     regions = [
-        Region(union(w.box for w in line), source, score, " ".join(w.text for w in line)) for line in by_line.values()
+        Region(union(w.box for w in line), source, score, " ".join(w.text for w in line))
+        for line in by_line(words).values()
     ]
     return sorted(regions, key=lambda r: (r.box[1], r.box[0]))
 
@@ -132,6 +139,14 @@ def line_regions(words: Sequence[Word], source: str, score: float = 1.0) -> list
 def region_source(text_source: str) -> str:
     """What a page's word boxes came from, for a Region: its text layer, or OCR (a page's text_source)."""
     return "text_layer" if text_source == "text_layer" else "ocr"
+
+
+def stored_words(stored: tuple[bytes, str] | None) -> tuple[list[Word], str]:
+    """A page's words and their Region source from its stored row (repository.page_words: the encoded words and
+    the page's text_source); none, from OCR, for a page without one."""
+    if stored is None:
+        return [], "ocr"
+    return decode_words(stored[0]), region_source(stored[1])
 
 
 def highlights(query: str, words: Sequence[Word], source: str) -> list[Region]:
@@ -157,10 +172,8 @@ def locate(quote: str, words: Sequence[Word], source: str, *, min_score: float =
     wanted = Counter(tokenize(quote))
     if not wanted or not words:
         return []
-    by_line: dict[int, list[Word]] = {}
-    for word in words:
-        by_line.setdefault(word.line, []).append(word)
-    lines = [by_line[n] for n in sorted(by_line)]
+    grouped = by_line(words)
+    lines = [grouped[n] for n in sorted(grouped)]
     tokens = [Counter(t for w in line for t in tokenize(w.text)) for line in lines]
     needed = sum(wanted.values())
     best: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)

@@ -185,12 +185,14 @@ def search(
 
 
 def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list[RetrievedPage]:
-    """Search results as answerer input: text plus the absolute path of each stored page image."""
+    """Search results as answerer input: text, the absolute path of each stored page image, and its words."""
     with services.sessions() as session:
         image_paths = repository.page_image_paths(session, [r.page_id for r in results])
-        words = repository.page_words(session, [r.page_id for r in results])
-    return [
-        RetrievedPage(
+        stored = repository.page_words(session, [r.page_id for r in results])
+    pages = []
+    for r in results:
+        words, source = layout.stored_words(stored.get(r.page_id))
+        pages.append(RetrievedPage(
             page_id=r.page_id,
             document_id=r.document_id,
             page_number=r.page_number,
@@ -198,8 +200,7 @@ def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list
             score=r.score,
             text=r.text,
             image_path=(services.data_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
-            words=tuple(layout.decode_words(words[r.page_id][0])) if r.page_id in words else (),
-            words_source=layout.region_source(words[r.page_id][1]) if r.page_id in words else "ocr",
-        )
-        for r in results
-    ]
+            words=tuple(words),
+            words_source=source,
+        ))
+    return pages

@@ -113,8 +113,9 @@ class ExtractiveAnswerer:
 
     def answer(self, question: str, pages: Sequence[RetrievedPage]) -> Answer:
         terms = _with_dates(content_terms(question), question)
+        kind = expected_value(question)
         lines = [
-            _Line(page_index, line_index, text, frozenset(tokenize(text)) | frozenset(_full_dates(text)))
+            _Line(page_index, line_index, text, frozenset(tokenize(text)) | frozenset(date_keys(text)))
             for page_index, page in enumerate(pages)
             for line_index, text in enumerate(page_segments(page.text))
         ]
@@ -124,7 +125,7 @@ class ExtractiveAnswerer:
         weight = {term: bm25_idf(doc_freq[term], len(lines)) for term in terms}
         # What an amount question asks with ("spent", "paid"; "receipt" in a bare lookup) is no content a page
         # must hold; in "which card paid at Starbucks?" (no amount asked) "paid" is.
-        asking = _asking_words(question) if expected_value(question) == "amount" else frozenset()
+        asking = _asking_words(question) if kind == "amount" else frozenset()
         about = [term for term in terms if term not in asking] or terms
         question_weight = sum(weight[term] for term in about)
 
@@ -151,7 +152,6 @@ class ExtractiveAnswerer:
         scored.sort(key=lambda s: (-s.score, not _holds_new_value(s.line, question_tokens), s.line.page_index,
                                    s.line.line_index))  # fmt: skip
         chosen = [s for s in scored[: self.max_lines] if s.score >= self.relative_line_cutoff * scored[0].score]
-        kind = expected_value(question)
         evidence = self._typed_evidence(kind, question, lines, answering_pages, weight, next_line, label_tokens)
         value = ""
         if evidence is not None:
@@ -263,14 +263,10 @@ def _asking_words(question: str) -> frozenset[str]:
     return ASKING_VERBS | (BILL_CUES if lookup else frozenset())
 
 
-def _full_dates(text: str) -> list[str]:
-    return date_keys(text)
-
-
 def _with_dates(terms: list[str], question: str) -> list[str]:
     """The question's terms with its dates as the analyzer reads them ("date:2017-05-05", which a page printing
     "05-05-17" holds too) in place of the dates as typed."""
-    dates = _full_dates(question)
+    dates = date_keys(question)
     if not dates:
         return terms
     return [t for t in terms if not date_keys(t)] + list(dict.fromkeys(dates))

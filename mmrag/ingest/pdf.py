@@ -7,7 +7,7 @@ import math
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,7 +20,7 @@ from PIL import Image
 from mmrag.errors import CorruptFileError, EncryptedPdfError, MissingToolError, TooLargeError
 from mmrag.ingest.native import quiet_native
 from mmrag.ingest.text import normalize_text
-from mmrag.layout import Word
+from mmrag.layout import Word, renumber_lines
 from mmrag.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def text_layer_words(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage) -> tupl
         characters.append(character)
         boxes.append(textpage.get_charbox(index))
     flush()
-    return tuple(_numbered_lines(words))
+    return tuple(renumber_lines(words))  # 0, 1, 2...: a run of line breaks counts once
 
 
 def _turned(box: tuple[float, float, float, float], turn: int) -> tuple[float, float, float, float]:
@@ -226,11 +226,6 @@ def _turned(box: tuple[float, float, float, float], turn: int) -> tuple[float, f
         x0, y0, x1, y1 = y0, 1 - x1, y1, 1 - x0
     return (min(max(x0, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0))
 
-
-def _numbered_lines(words: list[Word]) -> list[Word]:
-    """Line numbers 0, 1, 2... in order (a run of line breaks counts once)."""
-    numbers: dict[int, int] = {}
-    return [replace(w, line=numbers.setdefault(w.line, len(numbers))) for w in words]
 
 
 def fit_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int, *, where: str = "page") -> float:

@@ -179,6 +179,7 @@ def _bbox_layout(xhtml: str) -> tuple[str, tuple[Word, ...]]:
     width, height = max(float(page[1]), 1e-6), max(float(page[2]), 1e-6)
     lines: list[list[str]] = []
     words: list[Word] = []
+    filled = 0  # lines holding a word so far: a word's line number is that count less one
     for match in _BBOX_ITEM.finditer(xhtml):
         if match[1] == "line" or match[1] == "block" and lines:  # a blank line before a block
             lines.append([])
@@ -187,8 +188,9 @@ def _bbox_layout(xhtml: str) -> tuple[str, tuple[Word, ...]]:
             if text:
                 x0, y0, x1, y1 = (float(match[i]) for i in range(2, 6))
                 box = (max(0.0, x0 / width), max(0.0, y0 / height), min(1.0, x1 / width), min(1.0, y1 / height))
+                filled += not lines[-1]
                 lines[-1].append(text)
-                words.append(Word(text, box, 100.0, sum(1 for line in lines if line) - 1))
+                words.append(Word(text, box, 100.0, filled - 1))
     return normalize_text("\n".join(" ".join(line) for line in lines)), tuple(words)
 
 

@@ -43,9 +43,12 @@ def _rapidocr_class() -> Any:
     return RapidOCR
 
 
+_ONE_THREAD = {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "print_verbose": False}
+
+
 @functools.cache
 def _engine() -> Any:
-    return _rapidocr_class()(intra_op_num_threads=1, inter_op_num_threads=1, print_verbose=False)
+    return _rapidocr_class()(**_ONE_THREAD)
 
 
 def rapid_lines(image: Image.Image) -> list[tuple[str, tuple[float, float, float, float], float]]:
@@ -81,10 +84,10 @@ class _Box(NamedTuple):
     centre: float
     height: float
     text: str
-    right: float = 0.0
-    top: float = 0.0
-    bottom: float = 0.0
-    score: float = 1.0
+    right: float
+    top: float
+    bottom: float
+    score: float
 
 
 DETECT_SIDE = 640  # text_boxes looks at an image this size at most (its longer side, pixels)
@@ -103,8 +106,7 @@ def text_boxes(image: Image.Image) -> int:
 @functools.cache
 def _detector() -> Any:
     # "max": an image is shrunk to fit the limit, never enlarged (the engine's default, "min", enlarges).
-    return _rapidocr_class()(intra_op_num_threads=1, inter_op_num_threads=1, print_verbose=False,
-                             det_limit_type="max", det_limit_side_len=DETECT_SIDE)
+    return _rapidocr_class()(**_ONE_THREAD, det_limit_type="max", det_limit_side_len=DETECT_SIDE)
 
 
 def _lines(boxes: list[_Box]) -> list[list[_Box]]:

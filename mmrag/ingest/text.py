@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from mmrag.analysis import page_dates
 from mmrag.errors import ConfigError, MissingToolError
 from mmrag.ingest.rapid import rapid_lines, text_boxes
-from mmrag.layout import Box, Word, renumber_lines, split_line
+from mmrag.layout import Box, Word, by_line, renumber_lines, split_line
 from mmrag.types import TextSource
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,7 @@ class Reading:
     def line_words(self, lines: Iterable[str]) -> list[Word]:
         """The words of those of its lines that read as one of `lines` (lines_not_in's picks from this reading)."""
         wanted = {normalize_text(line) for line in lines}
-        by_line: dict[int, list[Word]] = {}
-        for word in self.words:
-            by_line.setdefault(word.line, []).append(word)
-        return [w for words in by_line.values() if normalize_text(" ".join(w.text for w in words)) in wanted
+        return [w for words in by_line(self.words).values() if normalize_text(" ".join(w.text for w in words)) in wanted
                 for w in words]
 
     @property
@@ -316,19 +313,21 @@ def ocr_page(
         if reading.confident_chars > best.confident_chars:
             best, best_image, path = reading, candidate, name
     text, surely_dated = best.text, best.surely_dated
-    found = list(best.words)
-    if path == "ocr_crop" and paper_box is not None:  # boxes of the paper cut out, back on the whole image
-        found = [replace(w, box=_uncropped(w.box, paper_box, image.size)) for w in found]
+
+    def on_page(read_words: Iterable[Word]) -> list[Word]:
+        """Words of the image read (best_image) with their boxes on `image`: the paper's, when it was cut out."""
+        if path.startswith("ocr_crop") and paper_box is not None:
+            return [replace(w, box=_uncropped(w.box, paper_box, image.size)) for w in read_words]
+        return list(read_words)
+
+    found = on_page(best.words)
     if path in ("ocr", "ocr_smooth", "ocr_crop") and text and not holds_a_date(text):
         block = read(best_image, lang, psm=OCR_BLOCK_PSM)
         added = lines_not_in(block.text, text)
         if added:
             text, path = _with_lines(text, added), path + "+block"
             surely_dated = block.surely_dated and holds_a_date(text)
-            more = block.line_words(added)
-            if path.startswith("ocr_crop") and paper_box is not None:
-                more = [replace(w, box=_uncropped(w.box, paper_box, image.size)) for w in more]
-            found += renumber_lines(more, _next_line(found))
+            found += renumber_lines(on_page(block.line_words(added)), _next_line(found))
     if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not surely_dated):
         try:
             read_lines = rapid_lines(image)

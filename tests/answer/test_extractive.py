@@ -134,6 +134,10 @@ def test_the_asked_for_kind_of_value_picks_the_evidence_line(extractive: Extract
         ("TOTAL 42.35 CASH 50.00", "amount", "What was the total?", "42.35"),  # the first after the label
         ("Rounding Adj 0.02 Total 12.30", "amount", "What was the total?", "12.30"),
         ("Subtotal 8.50 Tax 0.51", "amount", "How much?", "8.50"),  # no label word before them: the largest
+        ("[OTAL AMOUNT 235.85 14.15 250.00", "amount", "How much did I pay?", "250.00"),  # amount, tax, their total
+        ("Total (RM) SR 6 7,395.09 443.71 7,838.80", "amount", "How much did I pay?", "7,838.80"),
+        ("CB#: 389772 17/01/2018 8.08:53", "amount", "How much did I pay?", ""),  # a time, not an amount
+        ("GST Reg : 0017361544.36", "amount", "How much did I pay?", ""),  # an id
         ("Total 9.02", "amount", "Was the total 9.02?", ""),  # the question holds it already
         ("Date: 18/10/2017 Time 10:21", "date", "When was the Gin Kee receipt?", "18/10/2017"),
         ("Date: 18/10/2017 paid 19/10/2017", "date", "When, after 18/10/2017?", "19/10/2017"),
@@ -167,27 +171,31 @@ def test_the_question_says_which_kind_of_value_answers_it(question: str, kind: s
 
 
 @pytest.mark.parametrize(
-    ("quote", "value"),
+    ("lines", "question", "value", "quote"),
     [
-        ("[OTAL AMOUNT 235.85 14.15 250.00", "250.00"),  # a table row: amount, tax, their total
-        ("Total (RM) SR 6 7,395.09 443.71 7,838.80", "7,838.80"),
-        ("CB#: 389772 17/01/2018 8.08:53", ""),  # a time, not an amount
-        ("GST Reg : 0017361544.36", ""),  # an id
+        (  # the total, not the parts of the bill or the cash handed over
+            ["GIN KEE HARDWARE", "Total Sales (Excluding GST): 94.34", "GST Summary Amount Tax", "SR 6% 94.34 5.66",
+             "Total Sales (Inclusive GST): 100.00", "Cash 150.00 Change 50.00"],
+            "How much did I pay at Gin Kee hardware?", "100.00", "Total Sales (Inclusive GST): 100.00",
+        ),
+        (  # the rounded total is what was paid
+            ["99 SPEED MART S/B", "03:16PM 569337 07-02-18", "Total Sales (Inclusive GST) RM 45.34",
+             "Rounding RM 45.35", "CREDIT RM 45.35"],
+            "How much did I pay at 99 Speed Mart on 07-02-18?", "45.35", "Rounding RM 45.35",
+        ),
+        (  # field words OCR misread by a letter still label the total
+            ["YONG SOON FATT S/B", "Date: 06/02/2017", "Item A 2 x 349.50 699.00", "Tota] Inc.6ST 6%: 758.70",
+             "Rounding Adjustuent: 9.00"],
+            "How much did I pay at Yong Soon Fatt on 2017-02-06?", "758.70", "Tota] Inc.6ST 6%: 758.70",
+        ),
     ],
 )
-def test_the_amount_of_a_total_line(quote: str, value: str) -> None:
-    from mmrag.answer.extractive import value_in
-
-    assert value_in(quote, "amount", "How much did I pay?") == value
-
-
-def test_a_total_beats_the_parts_and_the_cash_handed_over(extractive: ExtractiveAnswerer) -> None:
-    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
-        "GIN KEE HARDWARE", "Total Sales (Excluding GST): 94.34", "GST Summary Amount Tax", "SR 6% 94.34 5.66",
-        "Total Sales (Inclusive GST): 100.00", "Cash 150.00 Change 50.00",
-    ]), None)
-    answer = extractive.answer("How much did I pay at Gin Kee hardware?", [receipt])
-    assert answer.value == "100.00" and answer.citations[0].quote == "Total Sales (Inclusive GST): 100.00"
+def test_the_total_of_a_receipt(
+    extractive: ExtractiveAnswerer, lines: list[str], question: str, value: str, quote: str
+) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join(lines), None)
+    answer = extractive.answer(question, [receipt])
+    assert answer.value == value and answer.citations[0].quote == quote
 
 
 def test_a_bill_lookup_is_answered_by_the_page_without_the_words_it_asks_with(extractive: ExtractiveAnswerer) -> None:
@@ -200,21 +208,3 @@ def test_a_bill_lookup_is_answered_by_the_page_without_the_words_it_asks_with(ex
         answer = extractive.answer(question, [receipt])
         assert answer.supported and answer.value == "25.60", question  # not the adjustment OCR read as 6.00
     assert not extractive.answer("Which card paid at Domino's Pizza?", [receipt]).supported  # "paid" is content
-
-
-def test_the_rounded_total_is_what_was_paid(extractive: ExtractiveAnswerer) -> None:
-    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
-        "99 SPEED MART S/B", "03:16PM 569337 07-02-18", "Total Sales (Inclusive GST) RM 45.34", "Rounding RM 45.35",
-        "CREDIT RM 45.35",
-    ]), None)
-    answer = extractive.answer("How much did I pay at 99 Speed Mart on 07-02-18?", [receipt])
-    assert answer.value == "45.35" and answer.citations[0].quote == "Rounding RM 45.35"
-
-
-def test_field_words_ocr_misread_by_a_letter_still_label_the_total(extractive: ExtractiveAnswerer) -> None:
-    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
-        "YONG SOON FATT S/B", "Date: 06/02/2017", "Item A 2 x 349.50 699.00", "Tota] Inc.6ST 6%: 758.70",
-        "Rounding Adjustuent: 9.00",
-    ]), None)
-    answer = extractive.answer("How much did I pay at Yong Soon Fatt on 2017-02-06?", [receipt])
-    assert answer.value == "758.70" and answer.citations[0].quote == "Tota] Inc.6ST 6%: 758.70"
