@@ -151,7 +151,10 @@ class SearchRequest(Strict):
     offset: int = Field(0, ge=0, le=1000)
     retrievers: list[Retriever] | None = Field(None, max_length=32, description="default: every loaded retriever")
     filters: Filters = Field(default_factory=Filters)
-    highlight: bool = Field(True, description="give each hit the boxes of its words that match the query")
+    highlight: bool = Field(
+        True, description="give each hit the boxes of its words that match the query and where its similarity map "
+        "points"
+    )
 
 
 class RegionOut(BaseModel):
@@ -160,7 +163,10 @@ class RegionOut(BaseModel):
 
     box: tuple[float, float, float, float]
     source: str = Field(description="what located it: ocr | text_layer (word boxes) | similarity_map")
-    score: float = Field(description="0-1: how well it matches (1 for a word matching a query term)")
+    score: float = Field(
+        description="0-1: how well it matches (1 for a word matching a query term; a similarity map's best patch "
+        "similarity)"
+    )
     text: str = Field("", description="the words it holds")
 
 
@@ -182,8 +188,10 @@ class SearchHit(BaseModel):
     highlights: list[RegionOut] = Field(
         default_factory=list,
         description="boxes of the page's words that match a text query (through the lexical analyzer: words, dates "
-        "however written, amounts); empty for an image query, with highlight=false, or for a page indexed before "
-        "word boxes were stored",
+        "however written, amounts; source ocr or text_layer), then the regions a late-interaction retriever's "
+        "similarity map points at (source similarity_map, score its best patch's similarity; colpali, at most 3); "
+        "empty for an image query and with highlight=false; no word boxes for a page indexed before they were "
+        "stored",
     )
 
 

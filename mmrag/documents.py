@@ -38,7 +38,7 @@ from mmrag.ingest import count_pdf_pages, load_image, sniff_bytes
 from mmrag.ingest.discover import SNIFF_BYTES
 from mmrag.ingest.passwords import PasswordBook
 from mmrag.layout import Region
-from mmrag.retrieval import search
+from mmrag.retrieval import looked_at, search
 from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
 from mmrag.store import repository
@@ -125,7 +125,8 @@ class PageHit:
     result: SearchResult
     collection: str
     snippet: str
-    highlights: tuple[Region, ...] = ()  # the boxes of its words that match the query (a text query's only)
+    # the boxes of its words that match the query, then where a similarity map points (a text query's only)
+    highlights: tuple[Region, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,8 +274,10 @@ def search_hits(
         of_document = repository.documents_collections(session, [r.document_id for r in results])
         names = repository.collection_names(session, set(of_document.values()))
         words = repository.page_words(session, [r.page_id for r in results]) if highlight and text else {}
+    maps = looked_at(services, {r.page_id: r.document_id for r in results}, text) if highlight and text else {}
     return [
-        PageHit(r, names[of_document[r.document_id]], snippet(r.text, text), _highlights(text, words.get(r.page_id)))
+        PageHit(r, names[of_document[r.document_id]], snippet(r.text, text),
+                (*_highlights(text, words.get(r.page_id)), *maps.get(r.page_id, ())))
         for r in results
     ]
 
@@ -370,14 +373,17 @@ def marked_page_image(
     thumbnail_side: int | None = None,
 ) -> bytes:
     """The page's image (or thumbnail) as JPEG bytes with `regions` (boxes 0-1 of the page, a citation's) drawn in
-    orange and the boxes of its words that match `highlight` (a query) in blue: a picture of the evidence for
-    clients without a UI. A page without stored words gets no highlight boxes (drawn regions are the caller's)."""
+    orange and the boxes of its words that match `highlight` (a query), and where a similarity map for it points,
+    in blue: a picture of the evidence for clients without a UI. A page without stored words gets no word boxes
+    (drawn regions are the caller's)."""
     path = page_image(services, page_id, collections, thumbnail_side=thumbnail_side)
     marked: list[tuple[layout.Box, tuple[int, int, int]]] = [(box, MARKED_REGIONS) for box in regions]
     if highlight:
         with services.sessions() as session:
             stored = repository.page_words(session, [page_id]).get(page_id)
-        for region in _highlights(highlight, stored):
+            found = repository.page_with_document(session, page_id)
+        maps = looked_at(services, {page_id: found[1].id}, highlight) if found is not None else {}
+        for region in (*_highlights(highlight, stored), *maps.get(page_id, ())):
             marked.append((region.box, MARKED_HIGHLIGHTS))
     with Image.open(path) as opened:
         image = opened.convert("RGB")

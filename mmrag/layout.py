@@ -212,3 +212,48 @@ def value_region(value: str, near: Sequence[Region], words: Sequence[Word], sour
             if any(k in word.text.casefold() for k in keys):
                 return Region(word.box, source, 1.0, word.text)
     return None
+
+
+# A patch belongs to a similarity region when its score is within this top share of the page's range (lowest patch
+# 0, highest 1): the patches the query's words match best, not every patch above the page's average.
+SIMILARITY_SHARE = 0.75
+SIMILARITY_REGIONS = 3  # the regions a similarity map gives, those with the highest peaks
+
+
+def looked_at(
+    query: np.ndarray, patches: np.ndarray, rows: int, cols: int, *, share: float = SIMILARITY_SHARE,
+    most: int = SIMILARITY_REGIONS,
+) -> list[Region]:
+    """Where a late-interaction model's page patches answer a query (source similarity_map), best first.
+
+    `query` is (tokens, dim), the query's own tokens; `patches` (rows * cols, dim) the page's patch vectors in
+    row-major grid order. Each patch scores its best query token's similarity (the term it would add to MaxSim
+    for that token); patches within the top `share` of the page's range that touch (4-neighbours) merge into one
+    rectangle, a whole number of grid cells. A region's score is its best patch's similarity, clipped to 0-1."""
+    if rows <= 0 or cols <= 0 or len(patches) != rows * cols or not len(query):
+        return []
+    scores = (np.asarray(query, np.float32) @ np.asarray(patches, np.float32).T).max(axis=0).reshape(rows, cols)
+    low, high = float(scores.min()), float(scores.max())
+    if not np.isfinite(high) or high - low < 1e-6:
+        return []  # a flat map points nowhere
+    hot = (scores - low) >= share * (high - low)
+    seen = np.zeros_like(hot)
+    found: list[tuple[float, Region]] = []
+    for row, col in zip(*np.nonzero(hot), strict=True):
+        if seen[row, col]:
+            continue
+        seen[row, col] = True
+        stack, cells = [(int(row), int(col))], []
+        while stack:
+            y, x = stack.pop()
+            cells.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < rows and 0 <= nx < cols and hot[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        ys, xs = [y for y, _ in cells], [x for _, x in cells]
+        peak = max(float(scores[y, x]) for y, x in cells)
+        box = (min(xs) / cols, min(ys) / rows, (max(xs) + 1) / cols, (max(ys) + 1) / rows)
+        found.append((peak, Region(box, "similarity_map", round(min(max(peak, 0.0), 1.0), 3))))
+    found.sort(key=lambda item: -item[0])
+    return [region for _, region in found[:most]]

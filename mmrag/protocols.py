@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from mmrag.types import Answer, Hit, RetrievedPage
+from mmrag.types import Answer, Hit, PatchGrid, RetrievedPage
 
 if TYPE_CHECKING:
     from mmrag.inputs import InputSpec
@@ -83,6 +83,21 @@ class PreparedMultiVectorEmbedder(MultiVectorEmbedder, Protocol):
         ...
 
     def embed_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class MappedMultiVectorEmbedder(MultiVectorEmbedder, Protocol):
+    """A MultiVectorEmbedder whose page vectors can be laid back on the page: a similarity map (mmrag.layout)."""
+
+    def patch_grid(self, width: int, height: int) -> PatchGrid | None:
+        """Where the patch vectors of a `width` x `height` page image sit in its token sequence; None when this
+        model's layout of patches is not a single grid over the page."""
+        ...
+
+    def query_words(self, text: str) -> np.ndarray:
+        """(tokens,) bool over embed_queries([text])[0]: the tokens of the text itself, not of the prompt prefix or
+        the padding a query is augmented with."""
+        ...
 
 
 @runtime_checkable

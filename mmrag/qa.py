@@ -81,7 +81,7 @@ def retrieve(
         return []
     began = time.perf_counter()
     results = search(services, collections, text=question, k=k, filters=filters, retrievers=retrievers)
-    pages = retrieved_pages(services, results)
+    pages = retrieved_pages(services, results, question)
     if observe is not None:
         observe("retrieval", time.perf_counter() - began)
     return pages
@@ -194,7 +194,10 @@ def check_citations(answer: Answer, pages: Sequence[RetrievedPage]) -> Answer:
 
 def _regions(quote: str, page: RetrievedPage, value: str) -> tuple[Region, ...]:
     """Where the quote is on the page (layout.locate), led by the box of the answer's `value` on its line where
-    the answer has one (given for the first citation only: the value is read off its evidence line)."""
+    the answer has one (given for the first citation only: the value is read off its evidence line). A page
+    without words has its similarity map's regions for the question instead, when a retriever gave them."""
+    if not page.words:
+        return page.looked_at
     if not quote:
         return ()
     lines = locate(quote, page.words, page.words_source)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mmrag.collections import Collections
 from mmrag.config import RetrievalSettings, Settings
@@ -184,11 +184,60 @@ def search(
     ]
 
 
-def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list[RetrievedPage]:
-    """Search results as answerer input: text, the absolute path of each stored page image, and its words."""
+def looked_at(services: Services, pages: Mapping[int, int], text: str) -> dict[int, tuple[layout.Region, ...]]:
+    """Page id → where the similarity maps of the loaded retrievers that have them (colpali) point for the text
+    query on each of `pages` (page id → its document id) they hold, best region first; pages without any are left
+    out. A retriever with fusion weight 0 is not asked (its model is not run for a search either)."""
+    embedders = services.embedders()
+    mapping = [
+        retriever for retriever in RETRIEVERS
+        if retriever.similarity_maps and embedders.get(retriever.name) is not None
+        and fusion_weight(retriever.name, services.settings.retrieval) > 0
+    ]
+    if not pages or not text.strip() or not mapping:
+        return {}
+    with services.sessions() as session:
+        of_document = repository.documents_collections(session, set(pages.values()))
+        image_paths = repository.page_image_paths(session, list(pages))
+    by_collection: dict[int, dict[int, tuple[int, int]]] = {}
+    for page_id, document_id in pages.items():
+        size = _stored_size(services, image_paths.get(page_id))
+        if size is not None and document_id in of_document:
+            by_collection.setdefault(of_document[document_id], {})[page_id] = size
+    found: dict[int, tuple[layout.Region, ...]] = {}
+    for collection_id, sizes in by_collection.items():
+        stores = services.collections.stores(collection_id)
+        for retriever in mapping:
+            store = stores.get(retriever.name)
+            if store is None:
+                continue
+            for page_id, regions in retriever.looked_at(embedders.get(retriever.name), store, text, sizes).items():
+                found[page_id] = (*found.get(page_id, ()), *regions)
+    return found
+
+
+def _stored_size(services: Services, image_path: str | None) -> tuple[int, int] | None:
+    """The width and height of a stored page image, the pixels its vectors were made from (read from its header)."""
+    if not image_path:
+        return None
+    try:
+        with Image.open(services.data_dir / image_path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError):
+        log.warning("page image %s cannot be read; no similarity map for it", image_path)
+        return None
+
+
+def retrieved_pages(
+    services: Services, results: Sequence[SearchResult], question: str | None = None
+) -> list[RetrievedPage]:
+    """Search results as answerer input: text, the absolute path of each stored page image, and its words. Given
+    the `question`, a page without words carries where the similarity maps for it point (its citations' regions)."""
     with services.sessions() as session:
         image_paths = repository.page_image_paths(session, [r.page_id for r in results])
         stored = repository.page_words(session, [r.page_id for r in results])
+    wordless = {r.page_id: r.document_id for r in results if r.page_id not in stored}
+    maps = looked_at(services, wordless, question) if question and wordless else {}
     pages = []
     for r in results:
         words, source = layout.stored_words(stored.get(r.page_id))
@@ -202,5 +251,6 @@ def retrieved_pages(services: Services, results: Sequence[SearchResult]) -> list
             image_path=(services.data_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
             words=tuple(words),
             words_source=source,
+            looked_at=maps.get(r.page_id, ()),
         ))
     return pages

@@ -94,6 +94,18 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class PatchGrid:
+    """Where a late-interaction model's image-patch vectors sit in a page's stored token sequence, and how they
+    tile the page: `positions[r * cols + c]` is the token of the patch in grid row r, column c (row-major, top-left
+    first). `length` is the page's whole sequence (patches plus prompt tokens), which a stored page must match."""
+
+    positions: tuple[int, ...]
+    rows: int
+    cols: int
+    length: int
+
+
+@dataclass(frozen=True)
 class RetrievedPage:
     """A page handed to an answerer: its text for quoting and its stored image for a VLM."""
 
@@ -106,6 +118,9 @@ class RetrievedPage:
     image_path: Path | None  # absolute path of the stored page image
     words: tuple[Word, ...] = field(default=(), repr=False)  # where its words are on the image (none: not stored)
     words_source: str = "ocr"  # what read them: ocr | text_layer (a Region's source)
+    # Where a late-interaction retriever's similarity map for the question points (source similarity_map): given
+    # for a page without words, whose citations have no words to be located in.
+    looked_at: tuple[Region, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def page_image(
     ] = None,
     highlight: Annotated[
         str | None,
-        Query(min_length=1, max_length=500, description="a query: the page's words that match it are drawn (blue)"),
+        Query(min_length=1, max_length=500, description="a query: the page's words that match it, and where "
+              "a similarity map for it points, are drawn (blue)"),
     ] = None,
     caller: Principal = Depends(principal),
     services: Services = Depends(get_services),

@@ -18,6 +18,7 @@ from mmrag.checkpoints import LocatedCheckpoint, locate_checkpoint
 from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import MmragError, ModelUnavailableError
 from mmrag.inputs import ProcessorInputs, QwenPage, QwenPixels, TensorData
+from mmrag.types import PatchGrid
 
 if TYPE_CHECKING:
     pass
@@ -43,6 +44,12 @@ FAMILIES: dict[str, ColPaliFamily] = {
 
 # transformers' own ColPaliForRetrieval / ColQwen2ForRetrieval ("-hf" checkpoints) are a different format.
 TRANSFORMERS_NATIVE_TYPES = {"colpali", "colqwen2"}
+
+# Families whose page patches tile the page in one grid, and how its rows and columns are read (patch_grid): Qwen2-VL's
+# merged patches from the processor's image_grid_thw, PaliGemma's from its square image. Idefics3 splits a page into
+# tiles plus a shrunk copy of the whole, which one grid does not describe.
+GRID_FAMILIES = {"ColPali": "square", "ColQwen2": "qwen", "ColQwen2_5": "qwen"}
+MAX_GRIDS = 256  # page sizes whose patch grid is kept (patch_grid)
 
 ADAPTER_CONFIG = "adapter_config.json"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -82,6 +89,7 @@ class ColPaliEmbedder:
         # QwenPixels: resized (h, w) → one page's text inputs (their token count follows from the resized size, so
         # the cache holds at most one entry per 28-pixel grid within max_pixels, whatever the photos' sizes)
         self._page_text: dict[tuple[int, int], dict[str, Any]] = {}
+        self._grids: dict[tuple[int, int], PatchGrid | None] = {}
 
     @property
     def attn_implementation(self) -> str:
@@ -95,6 +103,55 @@ class ColPaliEmbedder:
         """One (tokens, dim) float32 array per query; padding tokens removed."""
         # process_queries (not process_texts) adds the query prefix and augmentation tokens the models were trained on.
         return self._encode_all(list(texts), self.processor.process_queries)
+
+    def patch_grid(self, width: int, height: int) -> PatchGrid | None:
+        """Where the patch vectors of a `width` x `height` page image sit in its stored token sequence (the
+        processor's image-token mask over a blank page of that size), and the grid they tile the page in; None for
+        a family whose patches are not one grid (see GRID_FAMILIES)."""
+        key = (int(width), int(height))
+        if key not in self._grids:
+            if len(self._grids) >= MAX_GRIDS:
+                self._grids.clear()
+            self._grids[key] = self._patch_grid(*key)
+        return self._grids[key]
+
+    def _patch_grid(self, width: int, height: int) -> PatchGrid | None:
+        layout = GRID_FAMILIES.get(self.family)
+        if layout is None:
+            return None
+        processed = self.processor.process_images([Image.new("RGB", (width, height))])
+        kept = processed["attention_mask"][0].bool()
+        image_tokens = self.processor.get_image_mask(processed)[0][kept]
+        positions = tuple(int(i) for i in image_tokens.nonzero().flatten().tolist())
+        if layout == "qwen":
+            _, grid_h, grid_w = (int(n) for n in processed["image_grid_thw"][0].tolist())
+            merge = int(self.processor.image_processor.merge_size)
+            rows, cols = grid_h // merge, grid_w // merge
+        else:  # PaliGemma resizes every page to one square image
+            rows = cols = round(len(positions) ** 0.5)
+        if rows * cols != len(positions):
+            log.warning("%s: %d image tokens for a %dx%d patch grid; no similarity maps", self.model_id,
+                        len(positions), rows, cols)
+            return None
+        return PatchGrid(positions, rows, cols, int(kept.sum()))
+
+    def query_words(self, text: str) -> np.ndarray:
+        """Which of embed_queries([text])[0]'s tokens are the text's own: the tokens an empty query lacks, i.e.
+        without the prompt prefix and the augmentation padding every query shares."""
+        def ids(query: str) -> list[int]:
+            processed = self.processor.process_queries([query])
+            return processed["input_ids"][0][processed["attention_mask"][0].bool()].tolist()
+
+        full, empty = ids(text), ids("")
+        start = 0
+        while start < min(len(full), len(empty)) and full[start] == empty[start]:
+            start += 1
+        suffix = 0
+        while suffix < min(len(full), len(empty)) - start and full[-1 - suffix] == empty[-1 - suffix]:
+            suffix += 1
+        own = np.zeros(len(full), dtype=bool)
+        own[start:len(full) - suffix] = True
+        return own
 
     def input_spec(self, cache_dir: Path) -> QwenPixels | ProcessorInputs:
         """What the bulk job's workers should hand back instead of a PIL image: for a Qwen2-VL image processor, the

@@ -17,7 +17,7 @@ its name; no other module names it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -28,6 +28,7 @@ from PIL import Image
 from mmrag.types import Hit
 
 if TYPE_CHECKING:
+    from mmrag.layout import Region
     from mmrag.config import Settings
     from mmrag.protocols import LexicalIndex
 
@@ -102,6 +103,8 @@ class Retriever:
     # False for a retriever with no model of its own whose index is derived from SQL (BM25): it has no store to
     # write, nothing to embed, and is always on.
     embeds: ClassVar[bool] = True
+    # True for a retriever whose page vectors can be laid back on the page (looked_at): a similarity map.
+    similarity_maps: ClassVar[bool] = False
 
     def enabled(self, settings: Settings) -> bool:
         """Whether settings turn it on (a model that cannot load switches it off anyway, with its reason)."""
@@ -137,6 +140,14 @@ class Retriever:
     def search(self, embedder: Any, store: Any, query: Query, depth: int, context: SearchContext) -> list[Hit]:
         """Its own ranking of the collection for `query`, `depth` deep, best first."""
         raise NotImplementedError
+
+    def looked_at(
+        self, embedder: Any, store: Any, text: str, pages: Mapping[int, tuple[int, int]]
+    ) -> dict[int, list[Region]]:
+        """Where its model's similarity map for the text query points on each page it holds of `pages` (page id →
+        the width and height of its stored image, what was embedded): regions of source similarity_map. {} for a
+        retriever whose vectors cannot be laid back on the page."""
+        return {}
 
     def model_record(self, embedder: Any) -> ModelRecord:
         return ModelRecord(model=embedder.model_id, revision=embedder.revision, dim=embedder.dim)

@@ -3,11 +3,18 @@ searched exactly or through the candidate index (settings.index.multivector_sear
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from mmrag import layout
 from mmrag.errors import IndexError_
-from mmrag.protocols import PreparedMultiVectorEmbedder
+from mmrag.protocols import MappedMultiVectorEmbedder, PreparedMultiVectorEmbedder
 from mmrag.retrievers import RETRIEVERS
 from mmrag.retrievers.base import Embedded, PageBatch, Query, Retriever, SearchContext
 from mmrag.types import Hit
@@ -26,10 +33,20 @@ def inputs_in_workers(settings: Settings) -> bool:
     return choice == "always"
 
 
+QUERIES_KEPT = 64  # query token matrices kept from searches, for the similarity maps of their hits (looked_at)
+
+
 @RETRIEVERS.register
 class ColpaliRetriever(Retriever):
     name = "colpali"
     modality = "image"
+    similarity_maps = True
+
+    def __init__(self) -> None:
+        # (embedder, query) → its token matrix: a search's hits get their similarity maps without a second forward
+        # pass. The embedder is held weakly, so a closed collection's model is not kept alive by its last queries.
+        self._queries: OrderedDict[tuple[int, str], tuple[weakref.ref[Any], np.ndarray]] = OrderedDict()
+        self._queries_lock = threading.Lock()
 
     def enabled(self, settings: Settings) -> bool:
         return settings.embedders.colpali.enabled
@@ -79,10 +96,48 @@ class ColpaliRetriever(Retriever):
         store.add(embedded.ids.tolist(), embedded.vectors)
 
     def search(self, embedder: Any, store: Any, query: Query, depth: int, context: SearchContext) -> list[Hit]:
-        tokens = embedder.embed_queries([query.text])[0]
+        tokens = self._query_tokens(embedder, str(query.text))
         use_candidates = context.settings.index.multivector_search == "candidates"
         candidates = context.candidates(self.name) if use_candidates else None
         if candidates is not None:
             count = max(context.settings.index.multivector_candidates, depth)
             return candidates.search(tokens, store, depth, candidates=count)
         return store.search(tokens, depth)
+
+    def looked_at(
+        self, embedder: Any, store: Any, text: str, pages: Mapping[int, tuple[int, int]]
+    ) -> dict[int, list[layout.Region]]:
+        """Each held page's similarity map for the query's own tokens (layout.looked_at). A page whose stored
+        sequence does not match its grid (pooled at index time: multivector_pool_factor > 1) gets none."""
+        held = [page_id for page_id in pages if page_id in store]
+        if not held or not isinstance(embedder, MappedMultiVectorEmbedder):
+            return {}
+        tokens = self._query_tokens(embedder, text)
+        own = embedder.query_words(text)
+        if len(own) == len(tokens) and own.any():
+            tokens = tokens[own]
+        found: dict[int, list[layout.Region]] = {}
+        for page_id in held:
+            grid = embedder.patch_grid(*pages[page_id])
+            if grid is None:
+                continue
+            vectors = store.tokens(page_id)
+            if len(vectors) != grid.length:
+                continue
+            patches = vectors[list(grid.positions)].astype(np.float32)
+            found[page_id] = layout.looked_at(tokens, patches, grid.rows, grid.cols)
+        return found
+
+    def _query_tokens(self, embedder: Any, text: str) -> np.ndarray:
+        key = (id(embedder), text)
+        with self._queries_lock:
+            kept = self._queries.get(key)
+            if kept is not None and kept[0]() is embedder:  # not another embedder at a reused address
+                self._queries.move_to_end(key)
+                return kept[1]
+        tokens = embedder.embed_queries([text])[0]
+        with self._queries_lock:
+            self._queries[key] = (weakref.ref(embedder), tokens)
+            while len(self._queries) > QUERIES_KEPT:
+                self._queries.popitem(last=False)
+        return tokens

@@ -42,9 +42,12 @@ def test_hits_and_citations_point_at_their_words(ocr_services: Services, tmp_pat
 
         hits = client.post("/v1/search", json={"query": "Gin Kee receipt of 2017-10-18", "k": 2}).json()["hits"]
         receipt = next(h for h in hits if h["path"].endswith(".png"))  # uploads are stored by digest
-        marked = {r["text"]: r for r in receipt["highlights"]}
+        marked = {r["text"]: r for r in receipt["highlights"] if r["source"] != "similarity_map"}
         assert {"GIN", "KEE", "18/10/2017"} <= set(marked)  # words, and a date written another way
         assert all(r["source"] == "ocr" for r in marked.values())
+        mapped = [r for r in receipt["highlights"] if r["source"] == "similarity_map"]  # the tiny ColQwen2's map
+        assert mapped and all(0 <= v <= 1 for r in mapped for v in r["box"])
+        assert mapped == receipt["highlights"][-len(mapped):]  # after the words
         gin, date = marked["GIN"]["box"], marked["18/10/2017"]["box"]
         assert gin[1] < date[1] and 0 < gin[0] < gin[2] < 0.5  # the first line, left; the date below it
         assert abs(gin[0] - 40 / 900) < 0.02 and abs(gin[1] - 40 / 380) < 0.04  # drawn at (40, 40)
