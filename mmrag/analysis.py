@@ -16,7 +16,7 @@ from datetime import date
 # index names both in its saved MODEL, so an index saved with another version fails its manifest check on load (and
 # is rebuilt from SQL).
 TOKENIZER_VERSION = "mmrag-tokenize-1"
-ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-amounts-gluedtime-5"
+ANALYZER_VERSION = "dates-ngram3-ocrdigits-monthday-ocrmonths-digitslips-compact-amounts-gluedtime-labelcolon-6"
 DATE_PREFIX = "date:"
 AMOUNT_PREFIX = "amount:"
 NGRAM = 3  # character n-gram length: short enough that a word misread by a letter or two still shares most of them
@@ -87,7 +87,7 @@ _MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")(?![^\W\d_]
 _THEN_TIME = r"(?=\d{1,2}:\d{2})"
 _YEAR = r"(\d{4}|\d{2})(?:(?!\d)|" + _THEN_TIME + ")"  # a year that ends a date written with a month's name
 _NUMERIC_DATE = re.compile(
-    r"(?<![\d.,/:\-])(\d{1,4})([./\-]) ?(\d{1,2})\2 ?(\d{4}|\d{2})(?:(?!\d|[.,/:\-]\d)|" + _THEN_TIME + ")"
+    r"(?<![\d.,/\-])(?<!\d:)(\d{1,4})([./\-]) ?(\d{1,2})\2 ?(\d{4}|\d{2})(?:(?!\d|[.,/:\-]\d)|" + _THEN_TIME + ")"
 )
 # Eight digits standing alone that read as a year 1970-2099, a month and a day ("20180428", as systems print them).
 _COMPACT_DATE = re.compile(

@@ -128,6 +128,8 @@ DATE_TABLE = [
     ("25/02/201707:43", {"date:2017-02-25", "date:--02-25"}),
     ("5 March 201812:30", {"date:2018-03-05", "date:--03-05"}),
     ("25/02/2017123", set()),  # digits run on with no time after them: no date
+    ("Date:25/02/2017", {"date:2017-02-25", "date:--02-25"}),  # a label's colon with no space after it
+    ("12:25/02/2017", set()),  # after a time's colon: digits run on, no date
     ("20180428", {"date:2018-04-28", "date:--04-28"}),  # no separators, as systems print them
     ("12- 01-19", {"date:2019-01-12", "date:2019-12-01", "date:--01-12", "date:--12-01"}),  # a space OCR put in
     ("19/62/2018", {"date:2018-02-19", "date:--02-19"}),  # OCR's 6 for a 0: the one digit that mends it

@@ -14,6 +14,9 @@ and shares most question weight, is quoted first and becomes its page's citation
 matches rarer terms. This is the answer-type step of classic question answering (e.g. TREC QA systems):
 the question's wording says what shape the answer has, and the evidence must have that shape.
 
+A question term counts as held by a page that prints it, or, for a word of MISREAD_MIN letters or more, a page
+word OCR misread by one letter ("FEORIST" for "florist"): a receipt's header is misread as often as its other lines.
+
 Why coverage is per page, not per line: a receipt puts "STARBUCKS" in the header and "Total 9.02" at the bottom,
 so "what was the total at Starbucks?" is answered by the page even though no one line holds both terms. Why 0.5:
 on receipts and invoices it accepts questions whose distinctive terms the page holds and refuses those that share
@@ -31,7 +34,7 @@ import re
 from dataclasses import dataclass
 from itertools import pairwise
 
-from mmrag.analysis import date_keys, one_edit, tokenize
+from mmrag.analysis import date_keys, one_edit, tokenize, without_dates
 from mmrag.answer.prompt import (
     STOPWORDS,
     bm25_idf,
@@ -71,11 +74,17 @@ FIELD_LABELS = {
 FINAL_TOTAL = frozenset("inc incl inclusive included including rounded grand net nett payable due after".split())
 ADJUSTMENT = frozenset("adj adjust adjustment adjustments".split())
 NOT_THE_TOTAL = frozenset(
-    "excl excluding exclusive sub subtotal summary tax cash change tendered rounding round discount saving savings "
+    "excl excluding exclusive sub subtotal summary cash change tendered rounding round discount saving savings "
     "points qty quantity received".split()
 )
-# (and not the start of a code: "7.23SH01ZJ42"; a tax code's one letter may follow, "RM4.65s")
-AMOUNT_PATTERN = re.compile(r"(?<![\d.,:])(?:\d{1,3}(?:,\d{3})+|\d{1,7})[.,]\d{2}(?![\d:]|[.,]\d|[^\W\d_]{2})")
+# A tax named on a line makes its amount the tax ("Total GST Amt: 2.40", "GST payable (6%): 3.49"), unless the line
+# says the tax is included ("Total Incl. GST 37.10"), which labels a total even where OCR lost the word "total"
+# ("(Inclusive of GST): 599.45").
+TAX_WORDS = frozenset("tax gst vat sst".split())
+INCLUDED = frozenset("inc incl inclusive included including with".split())
+# (and not the start of a code: "7.23SH01ZJ42"; a tax code's one letter may follow, "RM4.65s"), nor a rate or a unit
+# price after "@" ("GST @6.00%", "2 x @17.90")
+AMOUNT_PATTERN = re.compile(r"(?<![\d.,:@])(?<!@ )(?:\d{1,3}(?:,\d{3})+|\d{1,7})[.,]\d{2}(?![\d:]|[.,]\d|[^\W\d_]{2})")
 MAX_LINES = 3
 RELATIVE_LINE_CUTOFF = 0.5
 
@@ -112,7 +121,8 @@ class ExtractiveAnswerer:
         self.relative_line_cutoff = relative_line_cutoff
 
     def answer(self, question: str, pages: Sequence[RetrievedPage]) -> Answer:
-        terms = _with_dates(content_terms(question), question)
+        # a possessive's "s" ("Nando's") is no term: as one letter it matches every "S" a receipt prints
+        terms = _with_dates(content_terms(_POSSESSIVE.sub("", question)), question)
         kind = expected_value(question)
         lines = [
             _Line(page_index, line_index, text, frozenset(tokenize(text)) | frozenset(date_keys(text)))
@@ -132,7 +142,7 @@ class ExtractiveAnswerer:
         answering_pages = set()
         for page_index in range(len(pages)):
             page_tokens = frozenset().union(*(line.tokens for line in lines if line.page_index == page_index))
-            coverage = sum(weight[term] for term in about if term in page_tokens) / question_weight
+            coverage = sum(weight[term] for term in about if _held(term, page_tokens)) / question_weight
             if coverage >= self.min_coverage:
                 answering_pages.add(page_index)
         if not answering_pages:
@@ -157,6 +167,9 @@ class ExtractiveAnswerer:
         if evidence is not None:
             chosen = [evidence, *[s for s in chosen if s.line != evidence.line]][: self.max_lines]
             value = value_in(evidence.quote, kind, question) if kind is not None else ""
+            if kind == "amount" and value:
+                value = paid_after_rounding(value, [line.text for line in lines
+                                                    if line.page_index == evidence.line.page_index])
         return self._compose(chosen, pages, value)
 
     def _typed_evidence(
@@ -180,6 +193,9 @@ class ExtractiveAnswerer:
             return None
         bonus = 0.5 * max(weight.values())
         labels = FIELD_LABELS[kind]
+        # A date in an amount question says which bill, never which of its amounts: the date line ("21/02/18 11.19",
+        # a time read as an amount) is not the evidence for sharing it.
+        naming = _date_terms(question) if kind == "amount" else frozenset()
         previous = {(b.page_index, b.line_index): a for a, b in pairwise(lines) if a.page_index == b.page_index}
 
         def label_before(line: _Line) -> _Line | None:
@@ -189,30 +205,37 @@ class ExtractiveAnswerer:
                 return before
             return None
 
-        def rank(line: _Line) -> tuple[float, int, float, int]:
+        reread: set[_Line] = set()
+
+        def rank(line: _Line) -> tuple[float, int, bool, float, int]:
             label = label_before(line)
             tokens = line.tokens | (label.tokens if label is not None else frozenset())
-            shared = sum(w for term, w in weight.items() if term in tokens)
+            shared = sum(w for term, w in weight.items() if term in tokens and term not in naming)
             tokens = tokens.union(*(_as_read(token) for token in tokens))  # "Tota! inclusive" is a total line
             # Among equals, an amount question prefers the line that labels its amount as final (and more labels),
             # then the largest amount: a total is at least any part it sums (subtotal, tax, discount); a date
             # question prefers the later line.
             size = _largest_amount(line.text) if kind == "amount" else 0.0
             if kind != "amount":
-                return shared + (bonus if tokens & labels else 0.0), 0, size, line.line_index
+                return shared + (bonus if tokens & labels else 0.0), 0, True, size, line.line_index
             # the total, rounded ("Rounding RM 45.35"), not the adjustment ("Rounding Adj: 0.02", read "6.00")
             rounded = bool(tokens & {"round", "rounded", "rounding"}) and size >= 1.0 and not tokens & ADJUSTMENT
             parts = tokens & NOT_THE_TOTAL - set(weight) - ({"round", "rounding"} if rounded else set())
-            labelled = bool(tokens & labels or rounded) and not parts
+            taxed = tokens & TAX_WORDS - set(weight)
+            included = bool(taxed and tokens & INCLUDED)
+            if taxed and not included:
+                parts |= taxed
+            labelled = bool(tokens & labels or rounded or included) and not parts
             # a part of the bill or the cash handed over ranks below a line that says nothing of what it is
             score = shared + (bonus if labelled else -0.5 * bonus if parts else 0.0)
             # a rounded total is the last word on what was paid: it outranks "Total Sales (Inclusive GST)" above it
             final = len(tokens & labels) + len(tokens & FINAL_TOTAL) + 3 * rounded if labelled else 0
-            return score, final, size, line.line_index
+            return score, final, line not in reread, size, line.line_index
 
         for page_index in sorted(answering_pages):
             typed = [line for line in lines if line.page_index == page_index and _holds_value(line.text, kind, question)]
             if typed:
+                reread = _read_again(typed)
                 best = max(typed, key=rank)
                 label = label_before(best)
                 if label is not None:
@@ -272,6 +295,39 @@ def _with_dates(terms: list[str], question: str) -> list[str]:
     return [t for t in terms if not date_keys(t)] + list(dict.fromkeys(dates))
 
 
+_POSSESSIVE = re.compile(r"(?<=[^\W\d_])['’]s\b", re.IGNORECASE)
+
+
+def _date_terms(question: str) -> frozenset[str]:
+    """The question's terms that write its dates ("21", "02", "18", "mar") and the dates as the analyzer reads them."""
+    written = frozenset(tokenize(question)) - frozenset(tokenize(without_dates(question)))
+    return frozenset(date_keys(question)) | written
+
+
+ROUNDING_WORDS = frozenset("round rounded rounding rnd".split())
+
+
+def paid_after_rounding(value: str, page_lines: Sequence[str]) -> str:
+    """An amount as paid: `value` rounded to the nearest 0.05 when its page shows a rounding adjustment that is not
+    zero ("Rounding Adj -0.02", as receipts print where the smallest coins are 5 cents: Malaysia, Singapore, New
+    Zealand...), so the total before it becomes what was paid even when OCR lost or misread the rounded total's line.
+    `value` as is for an amount already a multiple of 0.05, or a page whose rounding line reads zero ("Rounding:
+    0.00") or shows no figure."""
+    cents = round(float(value.replace(",", "")) * 100)
+    if cents % 5 == 0:
+        return value
+    for text in page_lines:
+        words = re.findall(r"[^\W\d_]+", text.lower())
+        if not any(word in ROUNDING_WORDS or _as_read(word) & ROUNDING_WORDS for word in words):
+            continue
+        # the adjustment as printed ("-0.02", "0,00", "$. 61": OCR's reading of a figure); none but digits: unsure
+        figures = re.findall(r"\d*[.,]\s?\d{2}(?!\d)", text) or [char for char in text if char.isdigit()]
+        if any(char not in "0., " for figure in figures for char in figure):
+            rounded = 5 * round(cents / 5)
+            return f"{rounded / 100:,.2f}" if "," in value else f"{rounded / 100:.2f}"
+    return value
+
+
 def value_in(quote: str, kind: str, question: str) -> str:
     """The value of `kind` the evidence line `quote` gives, as printed, that the question does not already hold.
 
@@ -301,7 +357,9 @@ def value_in(quote: str, kind: str, question: str) -> str:
     return ""
 
 
-_VOCABULARY = FIELD_LABELS["amount"] | FIELD_LABELS["date"] | FINAL_TOTAL | NOT_THE_TOTAL | ADJUSTMENT
+_VOCABULARY = (
+    FIELD_LABELS["amount"] | FIELD_LABELS["date"] | FINAL_TOTAL | NOT_THE_TOTAL | ADJUSTMENT | ROUNDING_WORDS | TAX_WORDS
+)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -312,7 +370,40 @@ def _as_read(word: str) -> frozenset[str]:
         return frozenset((word,))
     if len(word) < 4:
         return frozenset()
-    return frozenset(known for known in _VOCABULARY if len(known) >= 4 and one_edit(word, known))
+    if word.endswith("total") and word[:-5] in _VOCABULARY:
+        return frozenset((word[:-5], "total"))  # printed as one word: "NetTotal", "GrandTotal"
+    # OCR's classic confusions of letter pairs ("Indusive" for "Inclusive", "Arnount" for "Amount") first undone
+    readings = {word, word.replace("d", "cl"), word.replace("rn", "m")}
+    return frozenset(known for known in _VOCABULARY
+                     if len(known) >= 4 and any(r == known or one_edit(r, known) for r in readings))
+
+
+MISREAD_MIN = 5  # a question word this long counts as held by a page word OCR misread by one letter
+
+
+def _held(term: str, page_tokens: frozenset[str]) -> bool:
+    """Whether a page holds a question term: as written, or a word of MISREAD_MIN letters or more as OCR misread it
+    by one letter ("FEORIST" for "florist"), for a page's header is as often misread as any other line."""
+    if term in page_tokens:
+        return True
+    if len(term) < MISREAD_MIN or not term.isalpha():
+        return False
+    return any(abs(len(token) - len(term)) <= 1 and one_edit(term, token) for token in page_tokens)
+
+
+def _read_again(typed: Sequence[_Line]) -> set[_Line]:
+    """The lines a later line of the page reads again with another value: the same words, other figures ("TOTAL
+    INCL GST 62.06", then "TOTAL INCL GST 62.00"). A page's second OCR reading adds the lines it read otherwise after
+    the first reading's (mmrag.ingest.text.lines_not_in), so of two readings of a line the later is the second
+    engine's, which on the shared receipts misread a total's digits less often."""
+    def words(line: _Line) -> frozenset[str]:
+        return frozenset(token for token in line.tokens if token.isalpha())
+
+    return {
+        line for i, line in enumerate(typed)
+        if words(line) and any(words(other) == words(line) and _largest_amount(other.text) != _largest_amount(line.text)
+                               for other in typed[i + 1:])
+    }
 
 
 def _holds_new_value(line: _Line, question_tokens: set[str]) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import pytesseract
 from PIL import Image, ImageOps
 
-from mmrag.analysis import page_dates
+from mmrag.analysis import amount_keys, page_dates
 from mmrag.errors import ConfigError, MissingToolError
 from mmrag.ingest.rapid import rapid_lines, text_boxes
 from mmrag.layout import Box, Word, by_line, renumber_lines, split_line
@@ -76,6 +76,10 @@ SURE_WORD = 60.0  # a word Tesseract reads with at least this confidence (0-100)
 # A date counts as read (Reading.surely_dated) from words read with at least this confidence: on the shared receipts
 # misread dates came with confidences in the 60s, and a misread date names another day.
 CLEAR_WORD = 80.0
+# A line that labels its amount as what a bill comes to, as printed or with OCR's usual slips ("Tota]", "T0TAL"),
+# and an amount's word ("14.85", "RM14,85").
+_TOTAL_LABEL = re.compile(r"t[o0]ta|[o0]tal|amount|\bamt\b|\bdue\b|payable|\bnett?\b|round", re.IGNORECASE)
+_AMOUNT_WORD = re.compile(r"\d[.,]\s?\d{2}(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,18 @@ class Reading:
         wanted = {normalize_text(line) for line in lines}
         return [w for words in by_line(self.words).values() if normalize_text(" ".join(w.text for w in words)) in wanted
                 for w in words]
+
+    @property
+    def surely_totalled(self) -> bool:
+        """Whether Tesseract read clearly (CLEAR_WORD) each amount on the lines that label one as what a bill comes
+        to (a total, an amount due or paid, a rounding): a total's digits read from words it was less sure of are
+        misread as often as a date's (on the shared receipts "NET TOTAL 14,05" for 14.85)."""
+        for words in by_line(self.words).values():
+            if _TOTAL_LABEL.search(" ".join(w.text for w in words)) and any(
+                w.confidence < CLEAR_WORD and _AMOUNT_WORD.search(w.text) for w in words
+            ):
+                return False
+        return True
 
     @property
     def surely_dated(self) -> bool:
@@ -328,7 +344,9 @@ def ocr_page(
             text, path = _with_lines(text, added), path + "+block"
             surely_dated = block.surely_dated and holds_a_date(text)
             found += renumber_lines(on_page(block.line_words(added)), _next_line(found))
-    if second == "always" or second == "unsure" and (best.confidence < OCR_LOW_CONFIDENCE or not surely_dated):
+    if second == "always" or second == "unsure" and (
+        best.confidence < OCR_LOW_CONFIDENCE or not surely_dated or not best.surely_totalled
+    ):
         try:
             read_lines = rapid_lines(image)
         except MissingToolError:
@@ -419,8 +437,8 @@ _MIN_LINE_CHARS = 4  # shorter lines in a second reading are specks and rules, n
 def lines_not_in(second: str, first: str) -> list[str]:
     """The lines of `second` (a second OCR reading of a page) that `first` does not hold, in their order: a line
     counts as held when a line of `first` reads the same, casefolded and within SAME_LINE_RATIO (two readings of
-    one line differ by a few characters), unless it holds a date `first` does not: then the first reading of that
-    line lost or misread the date, which a few characters can do, and the page keeps both readings."""
+    one line differ by a few characters) and holds no amount that line lacks, nor a date `first` lacks: otherwise the
+    first reading of that line lost or misread it, which a few characters can do, and the page keeps both."""
     held = [" ".join(line.casefold().split()) for line in first.splitlines() if line.strip()]
     known_dates = set(page_dates(first))
     exact = set(held)
@@ -430,7 +448,10 @@ def lines_not_in(second: str, first: str) -> list[str]:
         if count_chars(key) < _MIN_LINE_CHARS or key in exact:
             continue
         matcher = difflib.SequenceMatcher(None, "", key, autojunk=False)
-        if any(_similar(matcher, other) for other in held) and known_dates.issuperset(page_dates(key)):
+        amounts = set(amount_keys(key))
+        if known_dates.issuperset(page_dates(key)) and any(
+            _similar(matcher, other) and amounts.issubset(amount_keys(other)) for other in held
+        ):
             continue
         added.append(line.strip())
         exact.add(key)

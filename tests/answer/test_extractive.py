@@ -138,6 +138,8 @@ def test_the_asked_for_kind_of_value_picks_the_evidence_line(extractive: Extract
         ("Total (RM) SR 6 7,395.09 443.71 7,838.80", "amount", "How much did I pay?", "7,838.80"),
         ("CB#: 389772 17/01/2018 8.08:53", "amount", "How much did I pay?", ""),  # a time, not an amount
         ("GST Reg : 0017361544.36", "amount", "How much did I pay?", ""),  # an id
+        ("Total Sales Inclusive GST @6.00%", "amount", "How much did I pay?", ""),  # a rate
+        ("2 x @17.90 35.80", "amount", "How much did I pay?", "35.80"),  # not the unit price
         ("Total 9.02", "amount", "Was the total 9.02?", ""),  # the question holds it already
         ("Date: 18/10/2017 Time 10:21", "date", "When was the Gin Kee receipt?", "18/10/2017"),
         ("Date: 18/10/2017 paid 19/10/2017", "date", "When, after 18/10/2017?", "19/10/2017"),
@@ -188,6 +190,44 @@ def test_the_question_says_which_kind_of_value_answers_it(question: str, kind: s
              "Rounding Adjustuent: 9.00"],
             "How much did I pay at Yong Soon Fatt on 2017-02-06?", "758.70", "Tota] Inc.6ST 6%: 758.70",
         ),
+        (  # the tax, however labelled, is a part; a line saying the tax is included labels the total
+            ["WAHIN HARDWARE SDN BHD", "Date: 04/12/17", "Sub Total : 40.00", "Total GST Amt : 2.40",
+             "Total (RM) : 42.40", "GST payable (6%) : 2.40"],
+            "How much did I pay at Wahin Hardware on 04/12/17?", "42.40", "Total (RM) : 42.40",
+        ),
+        (  # "(Inclusive of GST)" labels the total where OCR lost the word "Total" ("Indusive": OCR's d for cl)
+            ["BEYOND BROTHERS HARDWARE", "Date 14/03/2018", "Jotal GST 33.93", "hab@ffos (Indusive of GST): 599.45",
+             "CASH : 599.45"],
+            "How much did I pay at Beyond Brothers Hardware on 14/03/2018?", "599.45",
+            "hab@ffos (Indusive of GST): 599.45",
+        ),
+        (  # a date in the question names the bill, not its amount: not the time on the date line ("11.19")
+            ["SUN WONG KUT SDN BHD", "Total Gross C RM 88.17", "Date Time Num", "21/02/18 11.19 40278 07"],
+            "SUN WONG KUT SDN BHD receipt dated 21/02/18: what was the total?", "88.17", "Total Gross C RM 88.17",
+        ),
+        (  # a possessive's "s" is no term (it matched "S=GST"); "Amt Due" labels what was paid
+            ["Nando's Chickenland Malaysia", "28 Mar 18 18:32:36", "Sub Total 129.30", "Amt Due 129.30",
+             "GSTSummary Amount(RM) GST(RM)", "S=GST @6%: 122.00 7.30"],
+            "How much did I pay at NANDO'S CHICKENLAND MALAYSIA on 28 MAR 18?", "129.30", "Amt Due 129.30",
+        ),
+        (  # one word: "NetTotal"
+            ["C W KHOO HARDWARE", "Date : 01-03-18", "5 Item(s) Total(MYR): 20.00", "GST @ 6% : 1.20",
+             "NetTotal(MYR): 21.20", "Cash : 21.20"],
+            "How much did I pay at C W Khoo Hardware on 01-03-18?", "21.20", "NetTotal(MYR): 21.20",
+        ),
+        (  # what was paid after a 5-cent rounding the receipt shows, where OCR lost the rounded total
+            ["AEON CO. (M) BHD", "12/03/2018 13:07", "Total Sales Incl GST 42.48", "Rounding Adj 0.02", "Cash 50.00"],
+            "How much did I pay at AEON on 12/03/2018?", "42.50", "Total Sales Incl GST 42.48",
+        ),
+        (  # a line read twice (a second OCR engine's reading comes after the page's own): the later reading
+            ["TANJONGMAS BOOKCENTRE", "17/03/2017 21:35", "SUB-TOTAL 62.00", "TOTAL INCL GST RK 62.06",
+             "CARD TYPE VISA 62.88", "", "TOTAL INCL GST RK 62.00"],
+            "How much did I pay at Tanjongmas Bookcentre on 17/03/2017?", "62.00", "TOTAL INCL GST RK 62.00",
+        ),
+        (  # a rounding line that reads zero: the total as printed
+            ["YONG CEN ENTERPRISE", "25/04/2017", "TOTAL 63.37", "ROUNDING 0.00 7", "CASH 70.00"],
+            "How much did I pay at Yong Cen Enterprise on 25/04/2017?", "63.37", "TOTAL 63.37",
+        ),
     ],
 )
 def test_the_total_of_a_receipt(
@@ -208,3 +248,14 @@ def test_a_bill_lookup_is_answered_by_the_page_without_the_words_it_asks_with(ex
         answer = extractive.answer(question, [receipt])
         assert answer.supported and answer.value == "25.60", question  # not the adjustment OCR read as 6.00
     assert not extractive.answer("Which card paid at Domino's Pizza?", [receipt]).supported  # "paid" is content
+
+
+def test_a_page_whose_header_ocr_misread_still_answers(extractive: ExtractiveAnswerer) -> None:
+    receipt = RetrievedPage(1, 1, 1, "/r.png", 1.0, "\n".join([
+        "LEE WAF- FEORIST SON BHD", "Doc No : CS00183546 Date: 52/02/2018", "Total Sales (Excluding GST) : 353.00",
+        "TotalGST : 21.18", "Total Sales (Inclusive of GST) : 374.20", "CASH : 400.00",
+    ]), None)
+    answer = extractive.answer("receipt LEE WAH FLORIST SDN BHD 2018-02-02", [receipt])
+    assert answer.supported and answer.value == "374.20"  # "FEORIST": florist misread by a letter
+    # short words are not matched loosely: "WAF" is no "wah", and a page holding none of the long ones does not answer
+    assert not extractive.answer("receipt LEE WAH ORCHIDS 2018-02-02", [receipt]).supported

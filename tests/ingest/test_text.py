@@ -330,3 +330,12 @@ def test_a_reading_whose_only_date_is_impossible_holds_no_date() -> None:
     assert not text_module.holds_a_date("DATE 2042-11-23 TOTAL 9.00")  # a misread date, read again
     assert not text_module.holds_a_date("TOTAL 9.00")
     assert text_module.holds_a_date("DATE 2042-11-23 paid 01/02/2019")  # one plausible date is enough
+
+
+def test_a_second_reading_of_a_held_line_with_an_amount_of_its_own_is_added() -> None:
+    # Tesseract misread the total's digits; the amount read right elsewhere on the page does not make the line held
+    first = "TANJONG BOOKS\nNET TOTAL 14,05\nCash 14.85\nThank you"
+    second = "TANJONG BOOKS\nNET TOTAL 14.85\nCash 14.85\nThank you"
+    assert text_module.lines_not_in(second, first) == ["NET TOTAL 14.85"]
+    assert text_module.lines_not_in(second, second.replace("TOTAL", "T0TAL")) == []  # the same amount: held
+    assert text_module.lines_not_in("NET TOTAL 14,85", second) == []  # the same amount, written with a comma
