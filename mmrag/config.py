@@ -35,8 +35,8 @@ class IngestSettings(BaseModel):
     # Text lines shorter than this (pixels) are enlarged to it before OCR; 0 OCRs images at their own size.
     ocr_line_height: int = Field(32, ge=0, le=200)
     # The second OCR engine (RapidOCR, mmrag.ingest.rapid) reads an OCR'd page too and adds the lines Tesseract's
-    # reading lacks: on every OCR'd page (always), where Tesseract is unsure or read no date (unsure), or never.
-    # Chosen on the shared SROIE receipts (README): unsure read a tenth of them again and found nearly all always did.
+    # reading lacks or read with other dates or amounts: on every OCR'd page (always); where Tesseract is unsure, read
+    # no date, or read a total's figures unclearly (unsure); or never. Chosen on the shared SROIE receipts (README).
     second_ocr: Literal["always", "unsure", "never"] = "unsure"
     # Store where each page's words are (mmrag.layout: search highlights, cited regions); about 1.7 KB a receipt
     # page in SQL. False stores none: searches and answers work as before, without highlights or regions.

@@ -358,7 +358,8 @@ def value_in(quote: str, kind: str, question: str) -> str:
 
 
 _VOCABULARY = (
-    FIELD_LABELS["amount"] | FIELD_LABELS["date"] | FINAL_TOTAL | NOT_THE_TOTAL | ADJUSTMENT | ROUNDING_WORDS | TAX_WORDS
+    FIELD_LABELS["amount"] | FIELD_LABELS["date"] | FINAL_TOTAL | NOT_THE_TOTAL | ADJUSTMENT | ROUNDING_WORDS
+    | TAX_WORDS
 )
 
 

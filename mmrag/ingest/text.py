@@ -304,11 +304,12 @@ def ocr_page(
       and then, and on receipts, invoices and forms the dropped line is often the date (about one SROIE receipt in
       six lost it).
     - `second`: the second engine (RapidOCR, mmrag.ingest.rapid) reads the page too, on every page ("always") or
-      where Tesseract's winning reading is unsure (under OCR_LOW_CONFIDENCE) or holds no date that Tesseract was
-      sure of (Reading.surely_dated), even with the one-block lines ("unsure"), and the lines it found that the text
-      lacks (lines_not_in: a line with a date of its own counts as one) are added after it (path + "+rapid"). On
-      the shared receipts, the date a question names was misread in words Tesseract was unsure of ("18-05-17" for
-      "10-05-17") as often as it was lost.
+      where Tesseract's winning reading is unsure (under OCR_LOW_CONFIDENCE), holds no date that Tesseract was
+      sure of (Reading.surely_dated), even with the one-block lines, or read a total's figures unclearly
+      (Reading.surely_totalled) ("unsure"), and the lines it found that the text lacks (lines_not_in: a line with a
+      date or an amount of its own counts as one) are added after it (path + "+rapid"). On the shared receipts,
+      the date a question names was misread in words Tesseract was unsure of ("18-05-17" for "10-05-17") as often
+      as it was lost, and so was the total.
     With `second` "never", a clear page whose reading holds a date costs one pass.
     `words`: the page's words are appended to it (mmrag.layout.Word, boxes normalised to `image`): the winning
     reading's, then those of the lines each later reading added, each such line numbered after the page's own.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,6 +12,7 @@ from mmrag.errors import ConfigError, MissingToolError
 from mmrag.ingest import check_ocr, choose_text, normalize_text, ocr
 from mmrag.ingest import text as text_module
 from mmrag.ingest.text import PHOTO_COLOURFULNESS, colourfulness, looks_like_photo
+from mmrag.layout import Word
 from mmrag.types import TextSource
 from tests.ingest.samples import spy_on_reads, text_image
 
@@ -339,3 +342,25 @@ def test_a_second_reading_of_a_held_line_with_an_amount_of_its_own_is_added() ->
     assert text_module.lines_not_in(second, first) == ["NET TOTAL 14.85"]
     assert text_module.lines_not_in(second, second.replace("TOTAL", "T0TAL")) == []  # the same amount: held
     assert text_module.lines_not_in("NET TOTAL 14,85", second) == []  # the same amount, written with a comma
+
+
+def test_a_total_read_from_words_tesseract_was_unsure_of_is_read_by_the_second_engine_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = [("TANJONG BOOKS", 95.0), ("Date 17/03/2017", 95.0), ("NET TOTAL 14,05", 62.0), ("Cash 14.85", 93.0)]
+    words = tuple(  # a line's figures at its confidence, its other words at 95
+        Word(text, (0.1, 0.1 * n, 0.2, 0.1 * n + 0.05), confidence if any(c.isdigit() for c in text) else 95.0, n)
+        for n, (line, confidence) in enumerate(lines) for text in line.split()
+    )
+    tesseract = "\n".join(line for line, _ in lines)
+    reading = text_module.Reading(tesseract, 90.0, text_module.count_chars(tesseract), tesseract, words)
+    assert reading.surely_dated and not reading.surely_totalled  # the total's figure read at 62
+    monkeypatch.setattr(text_module, "read", lambda image, lang="eng", psm=None: reading)
+    monkeypatch.setattr(text_module, "rapid_lines", rapid_says("TANJONG BOOKS\nNET TOTAL 14.85\nCash 14.85"))
+    assert text_module.ocr_page(BLANK, second="unsure") == (tesseract + "\n\nNET TOTAL 14.85", "ocr+rapid")
+    # the same figures read clearly (a figure on a line that labels no total does not count): one pass
+    clear = tuple(replace(w, confidence=95.0) if w.line == 2 else replace(w, confidence=50.0) if w.line == 3 else w
+                  for w in words)
+    assert text_module.Reading(tesseract, 90.0, 0, tesseract, clear).surely_totalled
+    monkeypatch.setattr(text_module, "read", lambda image, lang="eng", psm=None: replace(reading, words=clear))
+    assert text_module.ocr_page(BLANK, second="unsure") == (tesseract, "ocr")
