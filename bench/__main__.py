@@ -6,7 +6,9 @@ import importlib
 import logging
 import sys
 
-BENCHMARKS = ("gpu", "index", "lexical", "load", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "words")
+BENCHMARKS = (
+    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "words",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -183,3 +183,15 @@ def _image_path(services: Services, page_id: int) -> str:
         path = repository.page_image_paths(session, [page_id])[page_id]
     assert path is not None
     return path
+
+
+def test_the_maps_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
+    import json
+
+    from bench import maps
+
+    out = tmp_path / "maps.json"
+    assert maps.main(["--pages", "12", "--k", "3", "--repeat", "2", "--grid", "4", "6", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["k"] == 3 and row["tokens_per_page"] == 6 + 24 and row["search_p50_ms"] > 0
+    assert 1 <= row["regions_per_hit"] <= layout.SIMILARITY_REGIONS  # random vectors still have a best patch
