@@ -53,6 +53,7 @@ def create_app(
 
     errors.install(app)
     app.include_router(routes.health.router)
+    app.include_router(routes.ui.router)
     for module in (routes.search, routes.ask, routes.documents, routes.pages, routes.jobs):
         # The /v1 prefix is on each router, not given here, so a route's own path (the metrics label) carries it.
         app.include_router(module.router)

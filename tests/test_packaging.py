@@ -59,6 +59,8 @@ def test_wheel_ships_migrations_in_the_package_and_no_bench(wheel: Path) -> None
     }
     assert migrations == expected
     assert len(expected) >= 5  # env.py, the template and at least the three revisions of today
+    # the web UI's files, served from the package by `mmrag serve` (api/routes/ui.py)
+    assert {"api/ui/index.html", "api/ui/app.js", "api/ui/app.css"} <= set(names)
 
 
 def test_installed_wheel_migrates_from_any_directory(wheel: Path, tmp_path: Path) -> None:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from api.routes import ask, documents, health, jobs, pages, search
+from api.routes import ask, documents, health, jobs, pages, search, ui
 
-__all__ = ["ask", "documents", "health", "jobs", "pages", "search"]
+__all__ = ["ask", "documents", "health", "jobs", "pages", "search", "ui"]

@@ -1,0 +1,143 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright against a live `mmrag serve` app on tiny
+models. Search by text and by image, the page viewer drawing a hit's highlights, a streamed answer whose citation
+opens the viewer at its region, and the key prompt when keys are on. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.app import create_app
+from mmrag.answer.extractive import ExtractiveAnswerer
+from mmrag.services import Services, build_services
+from tests.api.conftest import live_server, make_settings, upload, wait_for_job
+from tests.factories import make_image, make_pdf
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+INVOICE = ["Invoice INV-2024-0117\nIssued by Acme Tools GmbH\nTotal due: 1,250.00 EUR\nPayment within 30 days"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def _screenshot(page: object, tmp_path: Path, name: str) -> None:
+    """Kept with the test's files; also in MMRAG_UI_SCREENSHOTS (a folder) when set, which is how the README's
+    pictures are made."""
+    page.screenshot(path=str(tmp_path / name))  # type: ignore[attr-defined]
+    if os.environ.get("MMRAG_UI_SCREENSHOTS"):
+        target = Path(os.environ["MMRAG_UI_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / name, target / name)
+
+
+def test_search_view_and_ask_in_a_browser(services: Services, browser: object, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "invoice.pdf", INVOICE)
+    photo = make_image(tmp_path / "red.png", 0, size=(320, 240))
+    app = create_app(services=services, answerer=ExtractiveAnswerer())
+    with live_server(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        assert wait_for_job(client, upload(client, [pdf, photo])["job_id"])["state"] == "done"
+        context = browser.new_context(viewport={"width": 1100, "height": 800})  # type: ignore[attr-defined]
+        page = context.new_page()
+        loaded: list[int] = []
+        page.on("response", lambda r: loaded.append(len(r.body())) if r.url.startswith(base_url + "/ui") or
+                r.url == base_url + "/" else None)
+        page.goto(base_url + "/")
+        assert page.title() == "mmrag" and 0 < sum(loaded) < 64_000  # the page's own weight: 15.9 KB today
+
+        # search by text: a grid of hits, each a thumbnail with its name and score
+        page.fill("#query", "invoice total due")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#results li img[src^='blob:']")
+        cards = page.locator("#results li")
+        assert cards.count() == 2
+        invoice = cards.filter(has_text=".pdf")  # uploads are stored by digest: the name is the hash
+        assert "fused" in invoice.locator("button").get_attribute("title")
+        _screenshot(page, tmp_path, "ui-search.png")
+
+        # the page viewer draws the hit's highlights over the page
+        invoice.locator("button").click()
+        page.wait_for_selector("#viewer[open] #viewer-image[src^='blob:']")
+        words = page.locator("#viewer-boxes .box.text_layer")
+        assert words.count() >= 2  # "Invoice", "Total"...
+        frame = page.locator(".page-frame").bounding_box()
+        box = words.first.bounding_box()
+        assert frame and box and box["width"] > 2 and box["height"] > 2
+        assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1
+        _screenshot(page, tmp_path, "ui-viewer.png")
+        page.click("#viewer-close")
+
+        # search by image: a picture dropped on the search view
+        picture = base64.b64encode(photo.read_bytes()).decode()
+        page.evaluate(
+            """(data) => {
+                const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                const drop = new DataTransfer();
+                drop.items.add(new File([bytes], "red.png", { type: "image/png" }));
+                document.getElementById("search-view").dispatchEvent(
+                    new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+            }""",
+            picture,
+        )
+        page.wait_for_function("document.querySelector('#query').placeholder.includes('red.png')")
+        page.wait_for_selector("#results li img[src^='blob:']")
+        assert page.locator("#results li").count() >= 1 and page.locator("#notice").is_hidden()
+
+        # ask: the answer streams in, its citation opens the viewer at the cited region
+        page.click("nav button[data-view='ask']")
+        page.fill("#question", "What is the total due on invoice INV-2024-0117?")
+        page.press("#question", "Enter")
+        page.wait_for_selector("#citations li button")
+        assert page.locator("#answer").inner_text().startswith("1,250.00 [1]")
+        _screenshot(page, tmp_path, "ui-answer.png")
+        page.locator("#citations li button").first.click()
+        page.wait_for_selector("#viewer[open] #viewer-boxes .box.cited")
+        assert page.locator("#viewer-boxes .box.cited").count() >= 1
+
+        # a question the pages do not answer is said plainly, not as an error
+        page.click("#viewer-close")
+        page.fill("#question", "Who painted the Sistine Chapel ceiling?")
+        page.press("#question", "Enter")
+        page.wait_for_selector("#answer.unsupported")
+        assert page.locator("#answer").inner_text() == "The indexed pages do not answer this."
+        assert page.locator("#notice").is_hidden()
+        context.close()
+
+
+def test_a_server_with_keys_asks_for_one(tmp_path: Path, database_url: str, tiny_embedders, browser: object) -> None:  # noqa: ANN001
+    settings = make_settings(tmp_path / "data", database_url, keys={"right-key": ["*"]})
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        with live_server(create_app(services=services, answerer=ExtractiveAnswerer())) as base_url:
+            context = browser.new_context()  # type: ignore[attr-defined]
+            page = context.new_page()
+            page.goto(base_url + "/")
+            assert page.locator("#key-form").is_hidden()
+            page.fill("#query", "anything")
+            page.press("#query", "Enter")
+            page.wait_for_selector("#key-form:not([hidden])")
+            assert "needs an API key" in page.locator("#notice").inner_text()
+            page.fill("#key", "wrong-key")
+            page.press("#key", "Enter")
+            page.press("#query", "Enter")
+            page.wait_for_selector("#key-form:not([hidden])")
+            page.fill("#key", "right-key")
+            page.press("#key", "Enter")
+            page.press("#query", "Enter")
+            page.wait_for_function("document.querySelector('#search-status').textContent === 'Nothing found.'")
+            assert page.locator("#notice").is_hidden()
+            context.close()
+    finally:
+        services.close()
