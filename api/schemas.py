@@ -180,6 +180,8 @@ class SearchHit(BaseModel):
     collection: str
     page_number: int
     path: str
+    name: str = Field("", description="the document's name to show: the file name it was uploaded as, else the last "
+                      "part of its path (an upload's path is its content digest)")
     score: float = Field(description="fused score (weighted reciprocal-rank fusion)")
     scores: dict[str, float] = Field(description="each retriever's own score for this page")
     snippet: str
@@ -219,6 +221,8 @@ class CitationOut(BaseModel):
     page_id: int
     page_number: int
     path: str
+    name: str = Field("", description="the document's name to show: the file name it was uploaded as, else the last "
+                      "part of its path (an upload's path is its content digest)")
     score: float
     quote: str = Field(description="text of the cited page that supports the answer; empty when none does")
     image_url: str
@@ -234,6 +238,8 @@ class RetrievedPageOut(BaseModel):
     document_id: int
     page_number: int
     path: str
+    name: str = Field("", description="the document's name to show: the file name it was uploaded as, else the last "
+                      "part of its path (an upload's path is its content digest)")
     score: float
     image_url: str
     thumbnail_url: str
@@ -420,6 +426,7 @@ def search_hit(hit: PageHit, urls: Urls) -> SearchHit:
         collection=hit.collection,
         page_number=r.page_number,
         path=r.path,
+        name=r.name,
         score=r.score,
         scores=r.scores,
         snippet=hit.snippet,
@@ -435,6 +442,7 @@ def citation(c: Citation, urls: Urls) -> CitationOut:
         page_id=c.page_id,
         page_number=c.page_number,
         path=c.path,
+        name=c.name,
         score=c.score,
         quote=c.quote,
         image_url=urls.page_image(c.page_id),
@@ -448,6 +456,7 @@ def retrieved_page(page: RetrievedPage, urls: Urls) -> RetrievedPageOut:
         document_id=page.document_id,
         page_number=page.page_number,
         path=page.path,
+        name=page.name,
         score=page.score,
         image_url=urls.page_image(page.page_id),
         thumbnail_url=urls.thumbnail(page.page_id),

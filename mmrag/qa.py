@@ -177,6 +177,7 @@ def check_citations(answer: Answer, pages: Sequence[RetrievedPage]) -> Answer:
                 score=page.score,
                 quote=quote,
                 regions=_regions(quote, page, answer.value if not kept else ""),
+                name=page.name,
             )
         )
         new_number[number] = len(kept)

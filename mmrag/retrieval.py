@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -169,6 +170,9 @@ def search(
             break
         depth *= 4
     retriever_name = "+".join(rankings_used)
+    shown = passing[offset:wanted]
+    with services.sessions() as session:
+        uploaded = repository.uploaded_names(session, {rows[page_id].document_id for page_id, _, _ in shown})
     return [
         SearchResult(
             page_id=page_id,
@@ -179,8 +183,9 @@ def search(
             retriever=retriever_name,
             text=rows[page_id].text,
             scores=scores,
+            name=uploaded.get(rows[page_id].document_id) or PurePath(rows[page_id].path).name,
         )
-        for page_id, score, scores in passing[offset:wanted]
+        for page_id, score, scores in shown
     ]
 
 
@@ -252,5 +257,6 @@ def retrieved_pages(
             words=tuple(words),
             words_source=source,
             looked_at=maps.get(r.page_id, ()),
+            name=r.name,
         ))
     return pages

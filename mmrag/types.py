@@ -91,6 +91,8 @@ class SearchResult:
     retriever: str
     text: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    # its document's name to show: the file name an upload was sent with, else its path's last part
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class RetrievedPage:
     # Where a late-interaction retriever's similarity map for the question points (source similarity_map): given
     # for a page without words, whose citations have no words to be located in.
     looked_at: tuple[Region, ...] = field(default=(), repr=False)
+    name: str = ""  # its document's name to show (SearchResult.name)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Citation:
     score: float
     quote: str
     regions: tuple[Region, ...] = ()  # where the quote is on the page (mmrag.layout.locate)
+    name: str = ""  # its document's name to show (SearchResult.name)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ async function authImage(img, url) {
 // --- search ----------------------------------------------------------------------------------------------------
 
 function describe(hit) {
-  const name = hit.path.split("/").pop();
+  const name = hit.name || hit.path.split("/").pop();
   return { name, label: `${name}, page ${hit.page_number}` };
 }
 

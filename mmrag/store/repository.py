@@ -229,6 +229,16 @@ def describe_pages(
     return result
 
 
+def uploaded_names(session: Session, document_ids: Iterable[int]) -> dict[int, str]:
+    """Document id → the file name it was uploaded as (its metadata's "filename"), for those that have one."""
+    ids = list(document_ids)
+    if not ids:
+        return {}
+    name = Document.user_metadata["filename"].as_string()
+    rows = session.execute(select(Document.id, name).where(Document.id.in_(ids), name.is_not(None)))
+    return {document_id: str(value) for document_id, value in rows}
+
+
 def _filtered(query: Select, filters: SearchFilters, *, pages: bool = False) -> Select:
     """`query` (over documents, or over pages joined to their documents with `pages`) narrowed by `filters`."""
     if filters.kind:

@@ -49,6 +49,8 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
     app = create_app(services=services, answerer=ExtractiveAnswerer())
     with live_server(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         assert wait_for_job(client, upload(client, [pdf, photo])["job_id"])["state"] == "done"
+        hits = client.post("/v1/search", json={"query": "invoice total due"}).json()["hits"]
+        assert {hit["name"] for hit in hits} == {"invoice.pdf", "red.png"}  # the names they were uploaded as
         context = browser.new_context(viewport={"width": 1100, "height": 800})  # type: ignore[attr-defined]
         page = context.new_page()
         loaded: list[int] = []
@@ -63,7 +65,7 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.wait_for_selector("#results li img[src^='blob:']")
         cards = page.locator("#results li")
         assert cards.count() == 2
-        invoice = cards.filter(has_text=".pdf")  # uploads are stored by digest: the name is the hash
+        invoice = cards.filter(has_text="invoice.pdf")  # shown by the name it was uploaded as
         assert "fused" in invoice.locator("button").get_attribute("title")
         _screenshot(page, tmp_path, "ui-search.png")
 
