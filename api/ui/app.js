@@ -219,6 +219,118 @@ function showAnswer(data) {
   });
 }
 
+// --- library: uploads and documents ---------------------------------------------------------------------------
+
+const DOCUMENTS = 20; // documents per page of the list
+const library = { offset: 0, total: 0 };
+
+function documentName(doc) {
+  return doc.metadata?.filename || (doc.paths[0] || "").split("/").pop() || `document ${doc.id}`;
+}
+
+async function listDocuments() {
+  try {
+    const response = await call(`/v1/documents?limit=${DOCUMENTS}&offset=${library.offset}`);
+    const listing = await response.json();
+    library.total = listing.total;
+    const rows = listing.items.map((doc) => {
+      const row = document.createElement("tr");
+      const cells = [documentName(doc), doc.kind, doc.page_count ?? "", doc.status + (doc.error ? `: ${doc.error}` : "")];
+      for (const value of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = String(value);
+        row.append(cell);
+      }
+      const action = document.createElement("td");
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "Delete";
+      remove.setAttribute("aria-label", `Delete ${documentName(doc)}`);
+      remove.addEventListener("click", () => deleteDocument(doc));
+      action.append(remove);
+      row.append(action);
+      return row;
+    });
+    document.querySelector("#documents tbody").replaceChildren(...rows);
+    const last = Math.min(library.offset + listing.items.length, listing.total);
+    $("documents-caption").textContent = listing.total
+      ? `Documents ${library.offset + 1}–${last} of ${listing.total}` : "No documents yet.";
+    $("documents-previous").disabled = library.offset === 0;
+    $("documents-next").disabled = last >= listing.total;
+  } catch (error) {
+    notify(error.message);
+  }
+}
+
+async function deleteDocument(doc) {
+  if (!confirm(`Delete ${documentName(doc)} and its pages? This cannot be undone.`)) return;
+  try {
+    await call(`/v1/documents/${doc.id}`, { method: "DELETE" });
+    notify(`Deleted ${documentName(doc)}.`);
+    await listDocuments();
+  } catch (error) {
+    notify(error.message);
+  }
+}
+
+// The upload goes through XMLHttpRequest, the one browser API that reports upload progress; then the job's counts
+// drive the bar until it is done or failed.
+function upload(files) {
+  if (!files.length) return;
+  const form = new FormData();
+  for (const file of files) form.append("files", file);
+  const request = new XMLHttpRequest();
+  request.open("POST", "/v1/documents");
+  for (const [name, value] of Object.entries(headers())) request.setRequestHeader(name, value);
+  $("upload-progress").hidden = false;
+  $("job-failures").replaceChildren();
+  $("job-bar").value = 0;
+  $("job-status").textContent = `Uploading ${files.length} file${files.length === 1 ? "" : "s"}…`;
+  request.upload.onprogress = (event) => {
+    if (event.lengthComputable) $("job-bar").value = 0.5 * (event.loaded / event.total);
+  };
+  request.onload = async () => {
+    const response = new Response(request.responseText, { status: request.status });
+    if (request.status !== 202) {
+      $("upload-progress").hidden = true;
+      notify(await problem(response));
+      return;
+    }
+    notify("");
+    watchJob((await response.json()).job_id, files.length);
+  };
+  request.onerror = () => notify("The upload did not reach the server.");
+  request.send(form);
+}
+
+async function watchJob(jobId, files) {
+  for (;;) {
+    let job;
+    try {
+      job = await (await call(`/v1/jobs/${jobId}`)).json();
+    } catch (error) {
+      notify(error.message);
+      return;
+    }
+    const counts = job.counts;
+    const finished = ["indexed", "unchanged", "duplicate", "failed"].reduce((sum, key) => sum + (counts[key] || 0), 0);
+    $("job-bar").value = 0.5 + 0.5 * Math.min(1, finished / Math.max(1, files));
+    $("job-status").textContent = `${job.state}: ${counts.indexed || 0} indexed, ${counts.failed || 0} failed` +
+      (counts.duplicate ? `, ${counts.duplicate} already there` : "") + ` of ${files}`;
+    if (job.state === "done" || job.state === "failed") {
+      $("job-failures").replaceChildren(...job.failures.map((failure) => {
+        const item = document.createElement("li");
+        item.textContent = `${failure.path.split("/").pop()}: ${failure.reason}`;
+        return item;
+      }));
+      if (job.error) notify(job.error);
+      await listDocuments();
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+}
+
 // --- wiring ----------------------------------------------------------------------------------------------------
 
 function show(view) {
@@ -227,7 +339,9 @@ function show(view) {
   }
   $("search-view").hidden = view !== "search";
   $("ask-view").hidden = view !== "ask";
-  (view === "search" ? $("query") : $("question")).focus();
+  $("library-view").hidden = view !== "library";
+  if (view === "library") listDocuments();
+  ({ search: $("query"), ask: $("question"), library: $("files") })[view].focus();
 }
 
 function searchImage(file) {
@@ -262,6 +376,26 @@ document.addEventListener("DOMContentLoaded", () => {
     notify("Key saved in this browser.");
   });
   $("viewer-close").addEventListener("click", () => $("viewer").close());
+  $("upload-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    upload([...$("files").files]);
+  });
+  const drop = $("upload-form");
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("dropping"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("dropping"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dropping");
+    upload([...event.dataTransfer.files]);
+  });
+  $("documents-previous").addEventListener("click", () => {
+    library.offset = Math.max(0, library.offset - DOCUMENTS);
+    listDocuments();
+  });
+  $("documents-next").addEventListener("click", () => {
+    library.offset += DOCUMENTS;
+    listDocuments();
+  });
   const view = $("search-view");
   view.addEventListener("dragover", (event) => { event.preventDefault(); view.classList.add("dropping"); });
   view.addEventListener("dragleave", () => view.classList.remove("dropping"));

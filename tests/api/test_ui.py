@@ -16,7 +16,7 @@ import pytest
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.services import Services, build_services
-from tests.api.conftest import live_server, make_settings, upload, wait_for_job
+from tests.api.conftest import live_server, make_settings
 from tests.factories import make_image, make_pdf
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,16 +48,26 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
     photo = make_image(tmp_path / "red.png", 0, size=(320, 240))
     app = create_app(services=services, answerer=ExtractiveAnswerer())
     with live_server(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
-        assert wait_for_job(client, upload(client, [pdf, photo])["job_id"])["state"] == "done"
-        hits = client.post("/v1/search", json={"query": "invoice total due"}).json()["hits"]
-        assert {hit["name"] for hit in hits} == {"invoice.pdf", "red.png"}  # the names they were uploaded as
         context = browser.new_context(viewport={"width": 1100, "height": 800})  # type: ignore[attr-defined]
         page = context.new_page()
         loaded: list[int] = []
         page.on("response", lambda r: loaded.append(len(r.body())) if r.url.startswith(base_url + "/ui") or
                 r.url == base_url + "/" else None)
         page.goto(base_url + "/")
-        assert page.title() == "mmrag" and 0 < sum(loaded) < 64_000  # the page's own weight: 15.9 KB today
+        assert page.title() == "mmrag" and 0 < sum(loaded) < 64_000  # the page's own weight: 23 KB today
+
+        # upload in the library, watch the job finish, see the documents listed
+        page.click("nav button[data-view='library']")
+        page.set_input_files("#files", [str(pdf), str(photo)])
+        page.click("#upload-form button[type='submit']")
+        page.wait_for_function("document.querySelector('#job-status').textContent.startsWith('done')")
+        assert page.locator("#job-bar").evaluate("bar => bar.value") == 1
+        page.wait_for_function("document.querySelectorAll('#documents tbody tr').length === 2")
+        assert "invoice.pdf" in page.locator("#documents").inner_text()
+        assert page.locator("#documents-caption").inner_text() == "Documents 1–2 of 2"
+        hits = client.post("/v1/search", json={"query": "invoice total due"}).json()["hits"]
+        assert {hit["name"] for hit in hits} == {"invoice.pdf", "red.png"}  # the names they were uploaded as
+        page.click("nav button[data-view='search']")
 
         # search by text: a grid of hits, each a thumbnail with its name and score
         page.fill("#query", "invoice total due")
@@ -115,7 +125,41 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.wait_for_selector("#answer.unsupported")
         assert page.locator("#answer").inner_text() == "The indexed pages do not answer this."
         assert page.locator("#notice").is_hidden()
+
+        # delete a document (confirmed) and see it gone from the list and from search
+        page.click("nav button[data-view='library']")
+        page.wait_for_function("document.querySelectorAll('#documents tbody tr').length === 2")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[aria-label='Delete invoice.pdf']")
+        page.wait_for_function("document.querySelectorAll('#documents tbody tr').length === 1")
+        assert "invoice.pdf" not in page.locator("#documents").inner_text()
+        page.click("nav button[data-view='search']")
+        page.fill("#query", "invoice total due")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelector('#search-status').textContent === '1 results'")
+        assert "invoice.pdf" not in page.locator("#results").inner_text()
         context.close()
+
+
+def test_a_file_over_the_upload_limit_is_refused_in_a_sentence(
+    tmp_path: Path, database_url: str, tiny_embedders, browser: object  # noqa: ANN001 - Embedders
+) -> None:
+    settings = make_settings(tmp_path / "data", database_url, max_upload_bytes=512)
+    services = build_services(settings, embedders=tiny_embedders)
+    try:
+        with live_server(create_app(services=services, answerer=ExtractiveAnswerer())) as base_url:
+            context = browser.new_context()  # type: ignore[attr-defined]
+            page = context.new_page()
+            page.goto(base_url + "/")
+            page.click("nav button[data-view='library']")
+            page.set_input_files("#files", [str(make_pdf(tmp_path / "big.pdf", INVOICE * 3))])
+            page.click("#upload-form button[type='submit']")
+            page.wait_for_selector("#notice:not([hidden])")
+            assert page.locator("#notice").inner_text() == "That file is too large for this server."
+            assert page.locator("#upload-progress").is_hidden()
+            context.close()
+    finally:
+        services.close()
 
 
 def test_a_server_with_keys_asks_for_one(tmp_path: Path, database_url: str, tiny_embedders, browser: object) -> None:  # noqa: ANN001
