@@ -9,6 +9,8 @@ const NOT_ANSWERED = "The indexed pages do not answer this.";
 const $ = (id) => document.getElementById(id);
 
 const state = { query: null, image: null, offset: 0, done: false, loading: false, urls: [] };
+// What the viewer shows: a page of a document (its id, number and name) and its image's URL.
+const viewing = { documentId: null, pageNumber: 0, name: "", imageUrl: "", pages: null };
 
 // --- the API ---------------------------------------------------------------------------------------------------
 
@@ -126,7 +128,7 @@ function showHit(hit) {
   score.className = "score";
   score.textContent = `score ${hit.score.toFixed(4)}`;
   button.append(img, caption, score);
-  button.addEventListener("click", () => openViewer(hit.image_url, label, hit.highlights, []));
+  button.addEventListener("click", () => openViewer(hit, hit.highlights, []));
   item.append(button);
   $("results").append(item);
   authImage(img, hit.thumbnail_url);
@@ -147,7 +149,13 @@ function drawBoxes(regions, className) {
   }
 }
 
-async function openViewer(imageUrl, label, highlights, cited) {
+// Opens the viewer on a page of a hit, a citation or a document's page list (anything with document_id,
+// page_number, name or path, and image_url), drawing the given regions over it.
+async function openViewer(page, highlights, cited) {
+  const { name, label } = describe(page);
+  if (viewing.documentId !== page.document_id) viewing.pages = null;
+  Object.assign(viewing, { documentId: page.document_id, pageNumber: page.page_number, name, imageUrl: page.image_url });
+  const imageUrl = page.image_url;
   $("viewer-title").textContent = label;
   $("viewer-image").alt = `${label}, with ${cited.length ? "the cited region" : "the matches"} marked`;
   $("viewer-boxes").replaceChildren();
@@ -157,8 +165,48 @@ async function openViewer(imageUrl, label, highlights, cited) {
     (cited.length ? `, ${cited.length} cited region${cited.length === 1 ? "" : "s"}` : "");
   $("viewer-caption").textContent = counts;
   if (!$("viewer").open) $("viewer").showModal();
+  showNeighbours();
   await authImage($("viewer-image"), imageUrl);
   (cited.length ? $("viewer-boxes").querySelector(".cited") : null)?.scrollIntoView({ block: "center" });
+}
+
+// The document's pages, fetched once per document, for previous/next.
+async function documentPages() {
+  if (viewing.pages === null && viewing.documentId !== null) {
+    try {
+      viewing.pages = (await (await call(`/v1/documents/${viewing.documentId}`)).json()).pages;
+    } catch (error) {
+      notify(error.message);
+      viewing.pages = [];
+    }
+  }
+  return viewing.pages || [];
+}
+
+async function showNeighbours() {
+  const pages = await documentPages();
+  $("viewer-previous").disabled = !pages.some((p) => p.page_number === viewing.pageNumber - 1);
+  $("viewer-next").disabled = !pages.some((p) => p.page_number === viewing.pageNumber + 1);
+}
+
+async function turnPage(step) {
+  const pages = await documentPages();
+  const target = pages.find((p) => p.page_number === viewing.pageNumber + step);
+  if (!target) return;
+  openViewer({ document_id: viewing.documentId, page_number: target.page_number, name: viewing.name,
+               image_url: target.image_url }, [], []);
+}
+
+// "Similar": search by the page's own image.
+async function similar() {
+  try {
+    const blob = await (await call(viewing.imageUrl)).blob();
+    $("viewer").close();
+    show("search");
+    searchImage(new File([blob], `${viewing.name} p. ${viewing.pageNumber}`, { type: blob.type || "image/jpeg" }));
+  } catch (error) {
+    notify(error.message);
+  }
 }
 
 // --- ask -------------------------------------------------------------------------------------------------------
@@ -211,7 +259,7 @@ function showAnswer(data) {
     button.type = "button";
     const { label } = describe(citation);
     button.textContent = `[${index + 1}] ${label}`;
-    button.addEventListener("click", () => openViewer(citation.image_url, label, [], citation.regions));
+    button.addEventListener("click", () => openViewer(citation, [], citation.regions));
     const quote = document.createElement("q");
     quote.textContent = citation.quote;
     item.append(button, " ", quote);
@@ -376,6 +424,9 @@ document.addEventListener("DOMContentLoaded", () => {
     notify("Key saved in this browser.");
   });
   $("viewer-close").addEventListener("click", () => $("viewer").close());
+  $("viewer-previous").addEventListener("click", () => turnPage(-1));
+  $("viewer-next").addEventListener("click", () => turnPage(1));
+  $("viewer-similar").addEventListener("click", similar);
   $("upload-form").addEventListener("submit", (event) => {
     event.preventDefault();
     upload([...$("files").files]);

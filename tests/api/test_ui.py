@@ -20,7 +20,8 @@ from tests.api.conftest import live_server, make_settings
 from tests.factories import make_image, make_pdf
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-INVOICE = ["Invoice INV-2024-0117\nIssued by Acme Tools GmbH\nTotal due: 1,250.00 EUR\nPayment within 30 days"]
+INVOICE = ["Invoice INV-2024-0117\nIssued by Acme Tools GmbH\nTotal due: 1,250.00 EUR\nPayment within 30 days",
+           "Delivery address: 12 Harbour Street, Bristol"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,7 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.wait_for_function("document.querySelectorAll('#documents tbody tr').length === 2")
         assert "invoice.pdf" in page.locator("#documents").inner_text()
         assert page.locator("#documents-caption").inner_text() == "Documents 1–2 of 2"
+        assert page.locator("#documents-next").is_disabled() and page.locator("#documents-previous").is_disabled()
         hits = client.post("/v1/search", json={"query": "invoice total due"}).json()["hits"]
         assert {hit["name"] for hit in hits} == {"invoice.pdf", "red.png"}  # the names they were uploaded as
         page.click("nav button[data-view='search']")
@@ -74,8 +76,8 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.press("#query", "Enter")
         page.wait_for_selector("#results li img[src^='blob:']")
         cards = page.locator("#results li")
-        assert cards.count() == 2
-        invoice = cards.filter(has_text="invoice.pdf")  # shown by the name it was uploaded as
+        assert cards.count() == 3  # the invoice's two pages and the photo
+        invoice = cards.filter(has_text="invoice.pdf · p. 1")  # shown by the name it was uploaded as
         assert "fused" in invoice.locator("button").get_attribute("title")
         _screenshot(page, tmp_path, "ui-search.png")
 
@@ -89,7 +91,18 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         assert frame and box and box["width"] > 2 and box["height"] > 2
         assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1
         _screenshot(page, tmp_path, "ui-viewer.png")
-        page.click("#viewer-close")
+        # the document's other pages, one step at a time
+        assert page.locator("#viewer-previous").is_disabled() and page.locator("#viewer-next").is_enabled()
+        page.click("#viewer-next")
+        page.wait_for_function("document.querySelector('#viewer-title').textContent.endsWith('page 2')")
+        assert page.locator("#viewer-next").is_disabled() and page.locator("#viewer-boxes .box").count() == 0
+        page.click("#viewer-previous")
+        page.wait_for_function("document.querySelector('#viewer-title').textContent.endsWith('page 1')")
+        # "similar": a search by the page's own image
+        page.click("#viewer-similar")
+        page.wait_for_function("document.querySelector('#query').placeholder.includes('invoice.pdf p. 1')")
+        page.wait_for_selector("#results li img[src^='blob:']")
+        assert page.locator("#viewer").evaluate("dialog => dialog.open") is False
 
         # search by image: a picture dropped on the search view
         picture = base64.b64encode(photo.read_bytes()).decode()
