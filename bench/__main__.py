@@ -7,7 +7,8 @@ import logging
 import sys
 
 BENCHMARKS = (
-    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "words",
+    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "ui",
+    "words",
 )
 
 

@@ -200,3 +200,16 @@ def test_a_server_with_keys_asks_for_one(tmp_path: Path, database_url: str, tiny
             context.close()
     finally:
         services.close()
+
+
+def test_the_ui_benchmark_measures_the_page_in_the_browser(tmp_path: Path) -> None:
+    import json
+
+    from api.routes.ui import UI_DIR
+    from bench import ui
+
+    out = tmp_path / "ui.json"
+    assert ui.main(["--pages", "60", "--queries", "2", "--words-per-page", "20", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["first_load_bytes"] == sum(path.stat().st_size for path in UI_DIR.iterdir())  # the page and its files
+    assert row["results_painted_p50_ms"] > 0 and row["thumbnail_shown_p50_ms"] > 0
