@@ -22,18 +22,22 @@ function headers(extra = {}) {
 // An error response as a plain sentence; 401/403 also bring up the key prompt.
 async function problem(response) {
   let detail = "";
-  try { detail = (await response.json()).detail || ""; } catch (_) { /* not JSON */ }
-  if (typeof detail === "object") detail = detail.message || JSON.stringify(detail);
+  try {
+    const body = await response.json(); // {"error": {"type", "message"}}, the API's one error shape
+    detail = body.error?.message || "";
+  } catch (_) { /* not JSON: a proxy's page */ }
   const say = {
     401: "This server needs an API key. Enter yours above.",
     403: "Your API key may not do that.",
+    404: "Not found",
     413: "That file is too large for this server.",
     415: "That kind of file cannot be searched or indexed.",
     422: "The request was not understood",
     503: "The server is not ready: a model it needs is not loaded.",
   }[response.status] || `The server answered ${response.status}`;
   if (response.status === 401 || response.status === 403) $("key-form").hidden = false;
-  return response.status === 422 && detail ? `${say}: ${detail}` : say + (detail && response.status >= 500 ? ` (${detail})` : "");
+  if ((response.status === 422 || response.status === 404) && detail) return `${say}: ${detail}`;
+  return say + (detail && response.status >= 500 ? ` (${detail})` : "");
 }
 
 function notify(message) {
@@ -71,6 +75,24 @@ function scoresTitle(hit) {
   return `fused ${hit.score.toFixed(4)}${each ? ` (${each})` : ""}`;
 }
 
+// The filters panel as the API's `collections` and `filters`; a metadata entry without "=" is refused in a sentence.
+function searchScope() {
+  const filters = {};
+  const kind = $("filter-kind").value;
+  if (kind) filters.kind = kind;
+  const metadata = {};
+  for (const pair of $("filter-metadata").value.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const at = pair.indexOf("=");
+    if (at < 1) throw new Error(`Metadata filters are key=value pairs; "${pair}" is not one.`);
+    metadata[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+  }
+  if (Object.keys(metadata).length) filters.metadata = metadata;
+  if ($("filter-from").value) filters.date_from = $("filter-from").value;
+  if ($("filter-to").value) filters.date_to = $("filter-to").value;
+  const collection = $("filter-collection").value.trim();
+  return { filters, collections: collection ? [collection] : null };
+}
+
 async function search(fresh) {
   if (state.loading || (!fresh && state.done)) return;
   if (fresh) {
@@ -83,17 +105,22 @@ async function search(fresh) {
   const began = performance.now();
   try {
     let response;
+    const { filters, collections } = searchScope();
     if (state.image) {
       const form = new FormData();
       form.append("image", state.image);
       form.append("k", String(PAGE));
       form.append("offset", String(state.offset));
+      form.append("filters", JSON.stringify(filters));
+      if (collections) form.append("collections", collections[0]);
       response = await call("/v1/search", { method: "POST", body: form });
     } else {
+      const body = { query: state.query, k: PAGE, offset: state.offset, filters };
+      if (collections) body.collections = collections;
       response = await call("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query: state.query, k: PAGE, offset: state.offset }),
+        body: JSON.stringify(body),
       });
     }
     const hits = (await response.json()).hits;
@@ -237,7 +264,7 @@ async function ask(question) {
         const data = JSON.parse(/^data: (.*)$/m.exec(frame)?.[1] || "null");
         if (event === "token") answer.textContent += data.text;
         else if (event === "answer") showAnswer(data);
-        else if (event === "error") notify(data.detail?.message || data.detail || "The answer failed.");
+        else if (event === "error") notify(data.error?.message || "The answer failed.");
       }
     }
   } catch (error) {

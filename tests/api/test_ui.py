@@ -81,6 +81,25 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         assert "fused" in invoice.locator("button").get_attribute("title")
         _screenshot(page, tmp_path, "ui-search.png")
 
+        # filters: only images; a metadata filter that is no key=value pair is refused in a sentence
+        page.click("#filters summary")
+        page.select_option("#filter-kind", "image")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelector('#search-status').textContent === '1 results'")
+        assert "red.png" in page.locator("#results").inner_text()
+        page.fill("#filter-metadata", "nonsense")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "key=value" in page.locator("#notice").inner_text()
+        page.fill("#filter-metadata", "")
+        page.fill("#filter-collection", "nowhere")
+        page.select_option("#filter-kind", "")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelector('#notice').textContent.includes('nowhere')")
+        page.fill("#filter-collection", "")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelectorAll('#results li').length === 3")
+
         # the page viewer draws the hit's highlights over the page
         invoice.locator("button").click()
         page.wait_for_selector("#viewer[open] #viewer-image[src^='blob:']")
@@ -201,15 +220,3 @@ def test_a_server_with_keys_asks_for_one(tmp_path: Path, database_url: str, tiny
     finally:
         services.close()
 
-
-def test_the_ui_benchmark_measures_the_page_in_the_browser(tmp_path: Path) -> None:
-    import json
-
-    from api.routes.ui import UI_DIR
-    from bench import ui
-
-    out = tmp_path / "ui.json"
-    assert ui.main(["--pages", "60", "--queries", "2", "--words-per-page", "20", "--out", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["first_load_bytes"] == sum(path.stat().st_size for path in UI_DIR.iterdir())  # the page and its files
-    assert row["results_painted_p50_ms"] > 0 and row["thumbnail_shown_p50_ms"] > 0
