@@ -100,6 +100,14 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.press("#query", "Enter")
         page.wait_for_function("document.querySelectorAll('#results li').length === 3")
 
+        # by keyboard alone: a card opens with Enter, the viewer closes with Escape; every image says what it shows
+        assert all(alt for alt in page.locator("#results img").evaluate_all("imgs => imgs.map(i => i.alt)"))
+        invoice.locator("button").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#viewer[open]")
+        page.keyboard.press("Escape")
+        page.wait_for_function("!document.querySelector('#viewer').open")
+
         # the page viewer draws the hit's highlights over the page
         invoice.locator("button").click()
         page.wait_for_selector("#viewer[open] #viewer-image[src^='blob:']")
