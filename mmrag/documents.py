@@ -195,6 +195,34 @@ def get_document(services: Services, document_id: int, collections: Names[str] |
         return DocumentPages(_info(document, collection, paths), pages, failed)
 
 
+@dataclass(frozen=True)
+class OriginalFile:
+    path: Path
+    mime: str
+    name: str  # the file name it was uploaded as, else its path's last part
+
+
+def original_file(services: Services, document_id: int, collections: Names[str] | None) -> OriginalFile:
+    """The file an indexed document was read from, where it still is as it was indexed: the first of its recorded
+    paths whose size and modification time are those the job recorded (a file edited since holds other bytes than
+    the pages show). Only paths the indexer recorded are ever opened; none comes from the caller."""
+    with services.sessions() as session:
+        document, _ = _visible_document(session, document_id, collections)
+        if document.status != DocumentStatus.INDEXED:
+            raise NotFoundError(f"document {document_id} is {document.status.value}, not indexed")
+        recorded = repository.recorded_paths(session, document.id)
+        name = (document.user_metadata or {}).get("filename")
+        mime = document.mime
+    for path, size, mtime in recorded:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        if Path(path).is_file() and stat.st_size == size and stat.st_mtime == mtime:
+            return OriginalFile(Path(path), mime, str(name or Path(path).name))
+    raise NotFoundError(f"document {document_id}: its file is no longer where it was indexed, or changed since")
+
+
 def delete_document(services: Services, document_id: int, collections: Names[str] | None) -> None:
     """Delete one document, its pages and their vectors (see mmrag.indexing.delete_documents)."""
     with services.sessions() as session:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from api import schemas
@@ -91,6 +92,27 @@ def get_document(
     urls: schemas.Urls = Depends(get_urls),
 ) -> schemas.DocumentDetail:
     return schemas.document_detail(documents.get_document(services, document_id, caller.scope()), urls)
+
+
+@router.get(
+    "/documents/{document_id}/file",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "the file as it was indexed", "content": {"application/octet-stream": {}}},
+        **schemas.error_responses(401, 404, 422),
+    },
+    summary="The original file of a document, as it was indexed",
+)
+def document_file(
+    document_id: DocumentId,
+    caller: Principal = Depends(principal),
+    services: Services = Depends(get_services),
+) -> FileResponse:
+    found = documents.original_file(services, document_id, caller.scope())
+    return FileResponse(
+        found.path, media_type=found.mime, filename=found.name, content_disposition_type="inline",
+        headers={"Cache-Control": "private, no-cache"},
+    )
 
 
 @router.delete(

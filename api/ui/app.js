@@ -224,6 +224,20 @@ async function turnPage(step) {
                image_url: target.image_url }, [], []);
 }
 
+// The document's original file, as it was indexed (the API refuses one changed since), saved under its name.
+async function originalFile() {
+  try {
+    const blob = await (await call(`/v1/documents/${viewing.documentId}/file`)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = viewing.name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  } catch (error) {
+    notify(error.message);
+  }
+}
+
 // "Similar": search by the page's own image.
 async function similar() {
   try {
@@ -454,6 +468,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("viewer-previous").addEventListener("click", () => turnPage(-1));
   $("viewer-next").addEventListener("click", () => turnPage(1));
   $("viewer-similar").addEventListener("click", similar);
+  $("viewer-original").addEventListener("click", originalFile);
   $("upload-form").addEventListener("submit", (event) => {
     event.preventDefault();
     upload([...$("files").files]);

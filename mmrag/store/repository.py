@@ -499,6 +499,16 @@ def list_documents(
     return rows, total
 
 
+def recorded_paths(session: Session, document_id: int) -> list[tuple[str, int, float]]:
+    """(path, size in bytes, modification time) of each path a document's bytes were seen at, sorted by path."""
+    rows = session.execute(
+        select(DocumentPath.path, DocumentPath.size_bytes, DocumentPath.mtime)
+        .where(DocumentPath.document_id == document_id)
+        .order_by(DocumentPath.path)
+    )
+    return [(str(path), int(size), float(mtime)) for path, size, mtime in rows]
+
+
 def paths_of_documents(session: Session, document_ids: Sequence[int]) -> dict[int, list[str]]:
     """Document id → every path its bytes were seen at, sorted."""
     result: dict[int, list[str]] = {document_id: [] for document_id in document_ids}

@@ -125,6 +125,11 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         assert page.locator("#viewer-next").is_disabled() and page.locator("#viewer-boxes .box").count() == 0
         page.click("#viewer-previous")
         page.wait_for_function("document.querySelector('#viewer-title').textContent.endsWith('page 1')")
+        # the original file, saved under the name it was uploaded as
+        with page.expect_download() as saving:
+            page.click("#viewer-original")
+        assert saving.value.suggested_filename == "invoice.pdf"
+        assert Path(saving.value.path()).read_bytes() == pdf.read_bytes()
         # "similar": a search by the page's own image
         page.click("#viewer-similar")
         page.wait_for_function("document.querySelector('#query').placeholder.includes('invoice.pdf p. 1')")
