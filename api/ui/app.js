@@ -103,6 +103,7 @@ async function search(fresh) {
   state.loading = true;
   $("search-status").textContent = "Searching…";
   const began = performance.now();
+  let answered = false;
   try {
     let response;
     const { filters, collections } = searchScope();
@@ -131,12 +132,16 @@ async function search(fresh) {
     $("search-status").textContent = total ? `${total} results` : "Nothing found.";
     document.body.dataset.searchMs = String(Math.round(performance.now() - began));
     notify("");
+    answered = hits.length > 0;
   } catch (error) {
     $("search-status").textContent = "";
     notify(error.message);
   } finally {
     state.loading = false;
   }
+  // a grid shorter than the window leaves its end in view, which the observer saw already: ask again (after a
+  // request that worked only: a failing one is not repeated)
+  if (answered && !state.done && $("more").getBoundingClientRect().top < window.innerHeight) search(false);
 }
 
 function showHit(hit) {
@@ -501,9 +506,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const file = [...(event.clipboardData?.files || [])][0];
     if (file && !$("search-view").hidden) searchImage(file);
   });
-  // more results when the end of the grid comes into view
+  // more results when the end of the grid comes into view (a marker after it)
   new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting) && state.offset > 0) search(false);
-  }).observe($("search-status"));
+  }).observe($("more"));
   $("query").focus();
 });

@@ -236,3 +236,36 @@ def test_a_server_with_keys_asks_for_one(tmp_path: Path, database_url: str, tiny
     finally:
         services.close()
 
+
+
+def test_more_results_on_scroll_and_documents_a_page_at_a_time(
+    services: Services, browser: object, tmp_path: Path
+) -> None:
+    photos = [make_image(tmp_path / f"photo-{n:02d}.png", n, size=(64, 48)) for n in range(26)]
+    with live_server(create_app(services=services, answerer=ExtractiveAnswerer())) as base_url:
+        context = browser.new_context(viewport={"width": 1100, "height": 700})  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.goto(base_url + "/")
+        page.click("nav button[data-view='library']")
+        page.set_input_files("#files", [str(p) for p in photos])
+        page.click("#upload-form button[type='submit']")
+        page.wait_for_function("document.querySelector('#job-status').textContent.startsWith('done')")
+        page.wait_for_function("document.querySelector('#documents-caption').textContent === 'Documents 1–20 of 26'")
+        assert page.locator("#documents tbody tr").count() == 20 and page.locator("#documents-previous").is_disabled()
+        page.click("#documents-next")
+        page.wait_for_function("document.querySelector('#documents-caption').textContent === 'Documents 21–26 of 26'")
+        assert page.locator("#documents tbody tr").count() == 6 and page.locator("#documents-next").is_disabled()
+        page.click("#documents-previous")
+        page.wait_for_function("document.querySelectorAll('#documents tbody tr').length === 20")
+
+        # the grid asks for the next hits when its end scrolls into view
+        page.click("nav button[data-view='search']")
+        page.fill("#query", "photo")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelectorAll('#results li').length === 24")
+        page.locator("#more").scroll_into_view_if_needed()
+        page.wait_for_function("document.querySelectorAll('#results li').length === 26")
+        page.wait_for_function("document.querySelector('#search-status').textContent === '26 results'")
+        ids = page.locator("#results li button").evaluate_all("cards => cards.map(c => c.textContent)")
+        assert len(set(ids)) == 26  # the second request's hits are the next ones, none again
+        context.close()
