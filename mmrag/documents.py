@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+from stat import S_ISREG
 from collections.abc import Collection as Names
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,10 +216,10 @@ def original_file(services: Services, document_id: int, collections: Names[str] 
         mime = document.mime
     for path, size, mtime in recorded:
         try:
-            stat = os.stat(path)
+            found = os.stat(path)
         except OSError:
             continue
-        if Path(path).is_file() and stat.st_size == size and stat.st_mtime == mtime:
+        if S_ISREG(found.st_mode) and found.st_size == size and found.st_mtime == mtime:
             return OriginalFile(Path(path), mime, str(name or Path(path).name))
     raise NotFoundError(f"document {document_id}: its file is no longer where it was indexed, or changed since")
 
@@ -302,7 +303,8 @@ def search_hits(
         of_document = repository.documents_collections(session, [r.document_id for r in results])
         names = repository.collection_names(session, set(of_document.values()))
         words = repository.page_words(session, [r.page_id for r in results]) if highlight and text else {}
-    maps = looked_at(services, {r.page_id: r.document_id for r in results}, text) if highlight and text else {}
+    on_map = {r.page_id: of_document[r.document_id] for r in results} if highlight and text else {}
+    maps = looked_at(services, on_map, text or "")
     return [
         PageHit(r, names[of_document[r.document_id]], snippet(r.text, text),
                 (*_highlights(text, words.get(r.page_id)), *maps.get(r.page_id, ())))
@@ -410,7 +412,7 @@ def marked_page_image(
         with services.sessions() as session:
             stored = repository.page_words(session, [page_id]).get(page_id)
             found = repository.page_with_document(session, page_id)
-        maps = looked_at(services, {page_id: found[1].id}, highlight) if found is not None else {}
+        maps = looked_at(services, {page_id: found[1].collection_id}, highlight) if found is not None else {}
         for region in (*_highlights(highlight, stored), *maps.get(page_id, ())):
             marked.append((region.box, MARKED_HIGHLIGHTS))
     with Image.open(path) as opened:

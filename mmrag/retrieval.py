@@ -191,24 +191,26 @@ def search(
 
 def looked_at(services: Services, pages: Mapping[int, int], text: str) -> dict[int, tuple[layout.Region, ...]]:
     """Page id → where the similarity maps of the loaded retrievers that have them (colpali) point for the text
-    query on each of `pages` (page id → its document id) they hold, best region first; pages without any are left
-    out. A retriever with fusion weight 0 is not asked (its model is not run for a search either)."""
+    query on each of `pages` (page id → its collection id, which the callers have looked up already) they hold,
+    best region first; pages without any are left out. A retriever with fusion weight 0 is not asked (its model is
+    not run for a search either)."""
+    if not pages or not text.strip():
+        return {}
     embedders = services.embedders()
     mapping = [
         retriever for retriever in RETRIEVERS
         if retriever.similarity_maps and embedders.get(retriever.name) is not None
         and fusion_weight(retriever.name, services.settings.retrieval) > 0
     ]
-    if not pages or not text.strip() or not mapping:
+    if not mapping:
         return {}
     with services.sessions() as session:
-        of_document = repository.documents_collections(session, set(pages.values()))
         image_paths = repository.page_image_paths(session, list(pages))
     by_collection: dict[int, dict[int, tuple[int, int]]] = {}
-    for page_id, document_id in pages.items():
+    for page_id, collection_id in pages.items():
         size = _stored_size(services, image_paths.get(page_id))
-        if size is not None and document_id in of_document:
-            by_collection.setdefault(of_document[document_id], {})[page_id] = size
+        if size is not None:
+            by_collection.setdefault(collection_id, {})[page_id] = size
     found: dict[int, tuple[layout.Region, ...]] = {}
     for collection_id, sizes in by_collection.items():
         stores = services.collections.stores(collection_id)
@@ -241,8 +243,10 @@ def retrieved_pages(
     with services.sessions() as session:
         image_paths = repository.page_image_paths(session, [r.page_id for r in results])
         stored = repository.page_words(session, [r.page_id for r in results])
-    wordless = {r.page_id: r.document_id for r in results if r.page_id not in stored}
-    maps = looked_at(services, wordless, question) if question and wordless else {}
+        wordless = [r for r in results if r.page_id not in stored] if question else []
+        of_document = repository.documents_collections(session, {r.document_id for r in wordless})
+    on_map = {r.page_id: of_document[r.document_id] for r in wordless if r.document_id in of_document}
+    maps = looked_at(services, on_map, question or "")
     pages = []
     for r in results:
         words, source = layout.stored_words(stored.get(r.page_id))
