@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from bench.report import write_report
+from bench.report import print_rows, write_report
 from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.retrievers.colpali import ColpaliRetriever
 from mmrag.types import PatchGrid
@@ -109,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         "maps_per_hit_ms": round(float(np.median(maps_ms)) / args.k, 3),
         "regions_per_hit": round(float(np.mean(regions)), 2),
     }
-    table = Table(title="similarity-map regions of k hits beside the exact MaxSim search (CPU, random vectors)")
-    for name in row:
-        table.add_column(name)
-    table.add_row(*(str(value) for value in row.values()))
-    console.print(table)
+    print_rows("similarity-map regions of k hits beside the exact MaxSim search (CPU, random vectors)", [row], console)
     write_report("maps", args, [row], console)
     return 0

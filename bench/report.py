@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 
 def write_report(benchmark: str, args: argparse.Namespace, rows: list[dict], console: Console) -> None:
@@ -26,6 +27,16 @@ def write_report(benchmark: str, args: argparse.Namespace, rows: list[dict], con
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.out}")
+
+
+def print_rows(title: str, rows: list[dict], console: Console) -> None:
+    """`rows` (dicts with the same keys) as a table, a column per key."""
+    table = Table(title=title)
+    for name in rows[0]:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    console.print(table)
 
 
 def rows_by_size(

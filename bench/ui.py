@@ -14,23 +14,17 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import socket
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import uvicorn
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import update
 
 from bench.query import fill_collection
-from bench.report import write_report
+from bench.report import print_rows, write_report
+from bench.serving import live_server
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import DatabaseSettings, IngestSettings, Settings
 from mmrag.retrievers import Embedders
@@ -82,23 +76,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextmanager
-def serving(app: object) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
@@ -123,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(1)
         queries = [" ".join(rng.choice(texts[int(rng.integers(args.pages))].split(), 3)) for _ in range(args.queries)]
         app = create_app(services=services, answerer=ExtractiveAnswerer())
-        with serving(app) as base_url, sync_playwright() as playwright:
+        with live_server(app) as base_url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page()
             sizes: list[int] = []
@@ -148,10 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         "thumbnail_shown_p50_ms": round(float(np.percentile(thumbnail, 50)), 1),
         "thumbnail_shown_p95_ms": round(float(np.percentile(thumbnail, 95)), 1),
     }
-    table = Table(title="the web page in Chromium: first load, and a search's results painted (BM25, SQLite)")
-    for name in row:
-        table.add_column(name)
-    table.add_row(*(str(value) for value in row.values()))
-    console.print(table)
+    print_rows("the web page in Chromium: first load, and a search's results painted (BM25, SQLite)", [row], console)
     write_report("ui", args, [row], console)
     return 0

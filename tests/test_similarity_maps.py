@@ -12,13 +12,14 @@ import pytest
 from PIL import Image
 
 from mmrag import layout, qa
-from mmrag.config import DatabaseSettings, EmbedderSettings, IndexSettings, IngestSettings, Settings
+from mmrag.config import IndexSettings
 from mmrag.documents import search_hits
 from mmrag.embedders.colpali import ColPaliEmbedder
 from mmrag.indexing import run_index
 from mmrag.retrievers import Embedders
 from mmrag.services import Services, build_services
 from mmrag.types import Answer, Citation, RetrievedPage
+from tests.api.conftest import make_settings
 from tests.conftest import database
 from tests.factories import make_image, make_pdf
 
@@ -88,13 +89,7 @@ def test_query_words_are_the_texts_own_tokens(colqwen: ColPaliEmbedder) -> None:
 
 
 def _indexed(tmp_path: Path, database_url: str, embedders: Embedders, **index: int) -> Services:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database=DatabaseSettings(url=database_url),
-        embedders=EmbedderSettings(profile="tiny-random"),
-        ingest=IngestSettings(workers=0, ocr="never"),
-        index=IndexSettings(**index),
-    )
+    settings = make_settings(tmp_path / "data", database_url).model_copy(update={"index": IndexSettings(**index)})
     services = build_services(settings, embedders=embedders)
     corpus = tmp_path / "corpus"
     make_pdf(corpus / "receipt.pdf", ["Corner Bakery\n2 croissants 3.80\nTotal 9.02"])

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
+from bench.serving import live_server  # noqa: F401 - the API tests take it from here
 from mmrag.answer.extractive import ExtractiveAnswerer
 from mmrag.config import ApiSettings, DatabaseSettings, EmbedderSettings, IngestSettings, Settings
 from mmrag.retrievers import Embedders
@@ -69,29 +65,6 @@ def services(tmp_path: Path, database_url: str, tiny_embedders: Embedders) -> It
 @pytest.fixture(scope="session")
 def answerer() -> ExtractiveAnswerer:
     return ExtractiveAnswerer()
-
-
-@contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1 at a free port, in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
 
 
 def wait_for_job(client: httpx.Client | Any, job_id: int, timeout: float = 120) -> dict[str, Any]:
