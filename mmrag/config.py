@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,8 +82,32 @@ class EmbedderSettings(BaseModel):
     text: TextEmbedderSettings = TextEmbedderSettings()
 
 
+class QdrantSettings(BaseModel):
+    """The qdrant backend (index.backend = "qdrant"): a server or cluster at `url`, else Qdrant's embedded engine in
+    `path` (default <data_dir>/qdrant; one process at a time: `mmrag serve` then runs the jobs it is sent)."""
+
+    url: str | None = None  # http://qdrant:6333 (REST) of a server or a cluster's node
+    api_key: SecretStr | None = Field(None, repr=False)
+    path: Path | None = None
+    prefer_grpc: bool = False
+    timeout_s: int = Field(60, ge=1)
+    # Qdrant collections are named <prefix>-<mmrag collection id>-<retriever>: several mmrag deployments can share
+    # one Qdrant under different prefixes.
+    prefix: str = Field("mmrag", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+    # Multi-vector pages are searched as the local store is (index.multivector_search): exact MaxSim over every
+    # token, or "candidates": Qdrant's prefetch by MaxSim over 8 centroids a page, its rerank by every token.
+    # Vectors and their HNSW graphs on disk (memory-mapped) instead of in RAM, and quantisation of the dense and
+    # centroid vectors (scalar int8 or binary; the full multi-vectors that rerank are never quantised):
+    # `python -m bench qdrant` measures what each costs in recall.
+    on_disk: bool = False
+    quantization: Literal["none", "scalar", "binary"] = "none"
+    # A cluster's layout for new collections; None leaves Qdrant's defaults (one shard, no replicas).
+    shard_number: int | None = Field(None, ge=1)
+    replication_factor: int | None = Field(None, ge=1)
+
+
 class IndexSettings(BaseModel):
-    backend: Literal["faiss", "chroma"] = "faiss"
+    backend: Literal["faiss", "chroma", "qdrant"] = "faiss"
     kind: Literal["flat", "ivf", "hnsw"] = "flat"
     ivf_lists: int = Field(1024, ge=1)  # IVF trains once it holds 39 vectors per list; exact until then
     ivf_nprobe: int = Field(32, ge=1)
@@ -105,6 +129,7 @@ class IndexSettings(BaseModel):
     # Merge similar page tokens before storing (colpali-engine hierarchical pooling): ~1/factor of the tokens, at a
     # small cost in ranking quality (`python -m bench search` measures nDCG@10 against the unpooled store).
     multivector_pool_factor: int = Field(1, ge=1, le=16)
+    qdrant: QdrantSettings = QdrantSettings()
 
 
 class RetrievalSettings(BaseModel):
@@ -176,6 +201,14 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     batch_pages: int = Field(32, ge=1)  # pages per commit (one checkpoint of vectors + SQL)
+
+    @model_validator(mode="after")
+    def _qdrant_path(self) -> Settings:
+        """The embedded Qdrant engine lives in the data directory unless a server or a path is named."""
+        qdrant = self.index.qdrant
+        if self.index.backend == "qdrant" and qdrant.url is None and qdrant.path is None:
+            qdrant.path = self.data_dir / "qdrant"
+        return self
 
     def database_url(self) -> str:
         if self.database.url:

@@ -194,9 +194,11 @@ class DerivedIndexes:
         """The scalable multi-vector path's centroid index over a retriever's multi-vector store, current with the
         store: loaded from what a writer saved, or built, and brought up to date in memory. Never saved here: a
         search calls it."""
+        from mmrag.index.multivector import ShardedMultiVectorStore
+
         store = self.collections.stores(collection_id).get(retriever)
-        if store is None:
-            return None
+        if not isinstance(store, ShardedMultiVectorStore):
+            return None  # none yet, or a store that picks its own candidates (Qdrant's prefetch)
         with self._candidates_lock:
             return self._current_candidates(collection_id, retriever, store).index
 
@@ -230,10 +232,12 @@ class DerivedIndexes:
         """For the collection's writer: bring the candidate index of each multi-vector store up to date and save it
         once enough of it changed since it was saved (CANDIDATES_SAVE_*), when one is in use: searches use
         candidates, this process holds one, or one is saved. Returns whether it saved any."""
+        from mmrag.index.multivector import ShardedMultiVectorStore
+
         stores = self.collections.cached_stores(collection_id)  # none open: this process changed nothing
         saved = False
         for retriever, store in (stores.by_retriever() if stores is not None else {}).items():
-            if isinstance(store, MultiVectorStore) and self._save_candidates(collection_id, retriever, store):
+            if isinstance(store, ShardedMultiVectorStore) and self._save_candidates(collection_id, retriever, store):
                 saved = True
         return saved
 

@@ -4,6 +4,8 @@ Files under an index directory:
     <name>.faiss, <name>.faiss.journal, <name>.manifest.json
                                          FaissIndex (one per single-vector space, e.g. "clip", "text")
     chroma/                              ChromaIndex collections "mmrag_<name>"
+    (none: a Qdrant server, or qdrant.path) QdrantIndex / QdrantMultiVectorStore collections
+                                         "<prefix>-c<collection id>-<name>" (mmrag.index.qdrant_index)
 
 Multi-vector stores and BM25 indexes own a directory each, which the caller names: see
 open_multivector_store and Bm25Index.save.
@@ -22,7 +24,7 @@ from mmrag.analysis import tokenize
 from mmrag.index.lexical import Bm25Index, fingerprint_of
 from mmrag.index.manifest import Manifest, atomic_write_bytes
 from mmrag.index.multivector import ShardedMultiVectorStore
-from mmrag.protocols import VectorIndex
+from mmrag.protocols import MultiVectorStore, VectorIndex
 from mmrag.registry import Registry
 
 __all__ = [
@@ -71,6 +73,13 @@ def _build_chroma(settings: IndexSettings, directory: Path, *, name: str, model:
     return ChromaIndex.open(Path(directory) / "chroma", name=name, model=model, dim=dim, hnsw_m=settings.hnsw_m)
 
 
+@VECTOR_INDEXES.register("qdrant")
+def _build_qdrant(settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int) -> VectorIndex:
+    from mmrag.index.qdrant_index import QdrantIndex
+
+    return QdrantIndex.open(settings, directory, name=name, model=model, dim=dim)
+
+
 def build_vector_index(settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int) -> VectorIndex:
     """Open (or create) the single-vector index `name` (e.g. "clip", "text") of the configured backend."""
     return VECTOR_INDEXES.create(settings.backend, settings, directory, name=_check_name(name), model=model, dim=dim)
@@ -78,8 +87,14 @@ def build_vector_index(settings: IndexSettings, directory: Path, *, name: str, m
 
 def open_multivector_store(
     settings: IndexSettings, directory: Path, *, model: str, dim: int, device: str = "cpu", read_only: bool = False
-) -> ShardedMultiVectorStore:
-    """Open (or create) the multi-vector store that owns `directory`. `device` is a torch device or "auto"."""
+) -> MultiVectorStore:
+    """Open (or create) the multi-vector store that owns `directory` (of the qdrant backend: its collection named
+    after it). `device` is a torch device or "auto". A read-only open of a store its writer has not committed yet
+    raises IndexError_."""
+    if settings.backend == "qdrant":
+        from mmrag.index.qdrant_index import QdrantMultiVectorStore
+
+        return QdrantMultiVectorStore.open(settings, directory, model=model, dim=dim, read_only=read_only)
     return ShardedMultiVectorStore(
         Path(directory),
         dim,

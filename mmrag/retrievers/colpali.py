@@ -68,12 +68,9 @@ class ColpaliRetriever(Retriever):
         from mmrag.device import resolve_device
         from mmrag.index import open_multivector_store
 
-        store_dir = directory / self.name
-        if not writable and not store_dir.exists():
-            return None
         try:
             return open_multivector_store(
-                settings.index, store_dir, model=embedder.model_id, dim=embedder.dim,
+                settings.index, directory / self.name, model=embedder.model_id, dim=embedder.dim,
                 device=resolve_device(settings.embedders.device), read_only=not writable,
             )
         except IndexError_:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mmrag.config import IndexSettings, QdrantSettings
 from mmrag.errors import ManifestMismatchError
 from mmrag.index.chroma_index import ChromaIndex
 from mmrag.index.faiss_index import FaissIndex
+from mmrag.index.qdrant_index import QdrantIndex, close_clients
 from mmrag.protocols import VectorIndex
 from tests.contract.oracles import VectorOracle, clustered_vectors, normalise, queries_near
 
@@ -30,7 +32,8 @@ class Backend:
     # k on 600 vectors they are exact, so they are held to it; IVF (4 of 8 lists probed) is held to recall@10 >= 0.95.
     exact: bool
     # What reopening after a crash shows for adds that were never flushed: "lost" (the file still holds the last
-    # flush) or "detected" (the backend persisted them itself, and the manifest count check refuses the index).
+    # flush), "detected" (the backend persisted them itself, and the manifest count check refuses the index) or
+    # "kept" (every write is durable when it returns: SQL's recovery removes what it never vouched for).
     unflushed_after_crash: str
 
     def __str__(self) -> str:
@@ -48,17 +51,30 @@ def _chroma(directory: Path, *, model: str, dim: int) -> VectorIndex:
     return ChromaIndex.open(directory / "chroma", name="vectors", model=model, dim=dim)
 
 
+def _qdrant(kind: str) -> Callable[..., VectorIndex]:
+    def open_index(directory: Path, *, model: str, dim: int) -> VectorIndex:
+        # Every open is a new client on the directory, so a reopen reads what the engine persisted.
+        close_clients()
+        settings = IndexSettings(backend="qdrant", kind=kind, qdrant=QdrantSettings(path=directory / "qdrant"))
+        return QdrantIndex.open(settings, directory, name="vectors", model=model, dim=dim)
+
+    return open_index
+
+
 BACKENDS = [
     Backend("faiss-flat", _faiss("flat"), exact=True, unflushed_after_crash="lost"),
     Backend("faiss-ivf", _faiss("ivf", ivf_lists=8, ivf_nprobe=4), exact=False, unflushed_after_crash="lost"),
     Backend("faiss-hnsw", _faiss("hnsw", hnsw_m=16, hnsw_ef_search=128), exact=True, unflushed_after_crash="lost"),
     Backend("chroma", _chroma, exact=True, unflushed_after_crash="detected"),
+    # qdrant-client's embedded engine (local mode) searches exactly whatever the collection's HNSW settings.
+    Backend("qdrant-local", _qdrant("flat"), exact=True, unflushed_after_crash="kept"),
 ]
 
 
 @pytest.fixture(params=BACKENDS, ids=str)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return request.param
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield request.param
+    close_clients()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +87,12 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def open_index(backend: Backend, directory: Path, *, model: str = MODEL, dim: int = DIM) -> VectorIndex:
     return backend.open(directory, model=model, dim=dim)
+
+
+def _oracle(ids: np.ndarray, vectors: np.ndarray) -> VectorOracle:
+    oracle = VectorOracle()
+    oracle.add(ids, vectors)
+    return oracle
 
 
 def assert_matches_oracle(backend: Backend, index: VectorIndex, oracle: VectorOracle, queries: np.ndarray, k: int):
@@ -256,6 +278,11 @@ def test_a_crash_leaves_the_last_flushed_state(backend: Backend, tmp_path: Path,
     if backend.unflushed_after_crash == "detected":
         with pytest.raises(ManifestMismatchError, match="rebuild"):
             open_index(backend, tmp_path)
+        return
+    if backend.unflushed_after_crash == "kept":
+        reopened = open_index(backend, tmp_path)
+        np.testing.assert_array_equal(np.sort(reopened.ids()), np.sort(ids))
+        assert_matches_oracle(backend, reopened, _oracle(ids, vectors), queries, K)
         return
     reopened = open_index(backend, tmp_path)
     assert len(reopened) == 300

@@ -22,8 +22,8 @@ from tests.contract.oracles import clustered_vectors
 
 
 def test_registered_backends() -> None:
-    assert VECTOR_INDEXES.names() == ["chroma", "faiss"]
-    with pytest.raises(UnknownNameError, match="known: chroma, faiss"):
+    assert VECTOR_INDEXES.names() == ["chroma", "faiss", "qdrant"]
+    with pytest.raises(UnknownNameError, match="known: chroma, faiss, qdrant"):
         VECTOR_INDEXES.create("milvus", IndexSettings(), Path("."), name="clip", model="m", dim=4)
 
 
@@ -72,3 +72,25 @@ def test_an_absent_cuda_device_is_a_config_error(tmp_path: Path) -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="cuda"):
         ShardedMultiVectorStore(tmp_path, 8, "m", device="cuda")
+
+
+def test_qdrant_from_settings(tmp_path: Path) -> None:
+    from mmrag.index.qdrant_index import QdrantIndex, QdrantMultiVectorStore, close_clients
+
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(backend="qdrant"))
+    assert settings.index.qdrant.path == tmp_path / "data" / "qdrant"  # the embedded engine, unless a url is set
+    vectors = tmp_path / "data" / "collections" / "7" / "vectors"
+    try:
+        index = build_vector_index(settings.index, vectors, name="clip", model="clip-b32", dim=8)
+        store = open_multivector_store(settings.index, vectors / "colpali", model="colqwen", dim=8)
+        assert isinstance(index, QdrantIndex) and isinstance(index, VectorIndex)
+        assert isinstance(store, QdrantMultiVectorStore) and isinstance(store, MultiVectorStore)
+        assert (index.name, store.name) == ("mmrag-c7-clip", "mmrag-c7-colpali")
+        assert not vectors.exists()  # nothing of theirs in the collection's directory
+    finally:
+        close_clients()
+    with pytest.raises(ConfigError, match="url.*path"):
+        from mmrag.config import QdrantSettings
+        from mmrag.index.qdrant_index import connect
+
+        connect(QdrantSettings())

@@ -1,0 +1,519 @@
+"""The qdrant backend: single-vector indexes and multi-vector stores in Qdrant collections, keyed by SQL page ids.
+
+One Qdrant collection per mmrag collection and retriever, named `<prefix>-<scope>-<retriever>` (the scope is the
+mmrag collection: `c<id>`), point id = SQL page id. What identifies the vectors (model, dim, metric, kind, a uid)
+is the collection's metadata, checked on open like every manifest. SQL stays the source of truth:
+
+    QdrantIndex            one named dense vector "vector" (CLIP, dense text), inner product; exact (flat) or HNSW
+    QdrantMultiVectorStore "tokens": the page's token vectors, a multi-vector compared by MAX_SIM (float16, no HNSW
+                           graph: it only reranks or is scanned exactly), and "centroids": 8 centroids a page
+                           (mmrag.index.candidates.page_centroids), the prefetch stage of a candidates search
+
+Durability differs from the local stores: every write is made with wait=true, so Qdrant holds it before the call
+returns, and there is no "last flushed state": vectors a crashed job wrote before SQL vouched for them are still
+there when it resumes, and recovery (mmrag.indexing.recovery) compares SQL's ids with the collection's (a scroll)
+and removes them, as it does for the local stores. `flush` has nothing to do; a reader always sees the collection
+as it is now (`catch_up` is free), and the search path keeps only pages SQL has indexed.
+
+Where it runs: a server or cluster (`index.qdrant.url`, with `api_key`), or Qdrant's embedded engine in a directory
+(`index.qdrant.path`), which is qdrant-client's local mode: the same client API, implemented in Python, for one
+process. It keeps the collection's configuration (HNSW, quantisation, on-disk and float16 storage are accepted and
+recorded) but searches every point exactly, in float32. qdrant-client is imported lazily.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrag.config import IndexSettings, QdrantSettings
+from mmrag.errors import BackendUnavailableError, ConfigError, IndexError_
+from mmrag.index.manifest import Manifest, as_page_ids, checked_batch, last_occurrences
+from mmrag.types import Hit
+
+log = logging.getLogger(__name__)
+
+DENSE_KIND = "qdrant"
+MULTI_KIND = "qdrant-multivector"
+METRIC = "ip"
+CENTROIDS_PER_PAGE = 8  # as the local candidate index (mmrag.index.candidates)
+_META = "mmrag_"
+_SCROLL_PAGE = 10_000  # ids per scroll request when listing every id
+_IDS_PER_REQUEST = 1_000  # ids per retrieve/delete request
+_DENSE_PER_UPSERT = 512  # vectors per upsert request
+_PAGES_PER_UPSERT = 16  # multi-vector pages per upsert request (~1,000 tokens each)
+
+
+def _qdrant() -> tuple[Any, Any]:
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError as exc:
+        raise BackendUnavailableError("qdrant-client", "qdrant") from exc
+    return QdrantClient, models
+
+
+class _Client:
+    """One QdrantClient shared by every store of a process that uses the same server or directory. The embedded
+    engine allows one client per directory and is not thread-safe, so its calls are serialised; a server's are not."""
+
+    def __init__(self, client: Any, *, local: bool) -> None:
+        self.client = client
+        self.local = local
+        self._lock = threading.RLock() if local else None
+
+    @contextmanager
+    def using(self) -> Iterator[Any]:
+        if self._lock is None:
+            yield self.client
+            return
+        with self._lock:
+            yield self.client
+
+
+_CLIENTS: dict[tuple[str, str], _Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def connect(settings: QdrantSettings) -> _Client:
+    """The process's client for these settings' server or directory (made at the first call)."""
+    if settings.url is None and settings.path is None:
+        raise ConfigError("index.qdrant: set url (a Qdrant server) or path (the embedded engine's directory)")
+    key = ("url", settings.url) if settings.url is not None else ("path", str(Path(settings.path).resolve()))
+    with _CLIENTS_LOCK:
+        found = _CLIENTS.get(key)
+        if found is not None:
+            return found
+        client_class, _ = _qdrant()
+        if settings.url is not None:
+            api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+            client = client_class(
+                url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc, timeout=settings.timeout_s
+            )
+            found = _Client(client, local=False)
+        else:
+            Path(settings.path).mkdir(parents=True, exist_ok=True)
+            try:
+                client = client_class(path=str(settings.path))
+            except RuntimeError as exc:  # portalocker: another process has the directory
+                raise IndexError_(
+                    f"the embedded Qdrant engine in {settings.path} is in use by another process ({exc}); it serves "
+                    f"one process at a time: run jobs through that process (mmrag serve), or use a Qdrant server "
+                    f"(MMRAG_INDEX__QDRANT__URL)"
+                ) from exc
+            found = _Client(client, local=True)
+        _CLIENTS[key] = found
+        return found
+
+
+def close_clients() -> None:
+    """Close every client this process made (the embedded engine's directory lock goes with it)."""
+    with _CLIENTS_LOCK:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for found in clients:
+        with found.using() as client:
+            client.close()
+
+
+atexit.register(close_clients)  # the embedded engine's client cannot close itself while Python shuts down
+
+
+def store_scope(directory: Path) -> str:
+    """The mmrag collection a store belongs to, from its directory (`.../collections/<id>/vectors[/<retriever>]`):
+    `c<id>`. Any other directory (a test's, a benchmark's) is named by a hash of its path."""
+    parts = Path(directory).parts
+    if "collections" in parts:
+        at = len(parts) - 1 - parts[::-1].index("collections")
+        if at + 1 < len(parts) and parts[at + 1].isdigit():
+            return f"c{parts[at + 1]}"
+    return "d" + hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:12]
+
+
+def collection_name(settings: QdrantSettings, directory: Path, name: str) -> str:
+    return f"{settings.prefix}-{store_scope(directory)}-{name}"
+
+
+def _manifest(metadata: dict[str, Any] | None, where: str) -> tuple[Manifest, str]:
+    fields = {key.removeprefix(_META): value for key, value in (metadata or {}).items() if key.startswith(_META)}
+    if not fields:
+        raise IndexError_(f"{where}: Qdrant collection has no mmrag manifest in its metadata; it was not made by mmrag")
+    uid = str(fields.pop("uid", ""))
+    return Manifest.from_dict({**fields, "count": 0}), uid
+
+
+def _metadata(manifest: Manifest, uid: str) -> dict[str, Any]:
+    return {f"{_META}model": manifest.model, f"{_META}dim": manifest.dim, f"{_META}metric": manifest.metric,
+            f"{_META}kind": manifest.kind, f"{_META}uid": uid}
+
+
+def _quantization(settings: QdrantSettings, models: Any) -> Any | None:
+    if settings.quantization == "scalar":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+    if settings.quantization == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return None
+
+
+def _search_params(settings: IndexSettings, models: Any, *, exact: bool, local: bool) -> Any | None:
+    """How a server searches (exactly, or the HNSW graph with its ef; quantised vectors rescored). None for the
+    embedded engine, which always searches exactly and warns when given any."""
+    if local:
+        return None
+    quantized = settings.qdrant.quantization != "none"
+    return models.SearchParams(
+        exact=exact,
+        hnsw_ef=None if exact else settings.hnsw_ef_search,
+        # Quantised vectors pick candidates; their original vectors give the scores.
+        quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0) if quantized else None,
+    )
+
+
+class _Collection:
+    """What both stores share: the client, the collection's name, its manifest check on open, ids by scroll."""
+
+    kind: str
+
+    def __init__(self, client: _Client, name: str, *, model: str, dim: int, uid: str, exists: bool) -> None:
+        self._client = client
+        self.name = name
+        self.model = model
+        self.dim = dim
+        self.metric = METRIC
+        self._uid = uid
+        self._exists = exists
+        self._version = 0
+
+    @classmethod
+    def _opened(cls, client: _Client, name: str, *, model: str, dim: int, read_only: bool,
+                create: Any) -> tuple[str, bool]:
+        """(uid, exists) of collection `name`, created (by `create(uid)`) unless `read_only`; a collection that
+        exists must hold this kind of vectors of `model` and `dim`."""
+        if dim < 1:
+            raise ConfigError(f"vector dim must be >= 1, got {dim}")
+        with client.using() as qdrant:
+            if qdrant.collection_exists(name):
+                manifest, uid = _manifest(qdrant.get_collection(name).config.metadata, f"qdrant:{name}")
+                manifest.check(model, dim, METRIC, where=f"qdrant:{name}")
+                manifest.check_kind(cls.kind, where=f"qdrant:{name}")
+                return uid, True
+            if read_only:
+                return "", False
+            uid = uuid.uuid4().hex
+            create(qdrant, uid)
+            log.info("new Qdrant collection %s (%s, model %s, dim %d)", name, cls.kind, model, dim)
+            return uid, True
+
+    def _present(self) -> bool:
+        """Whether the collection exists (a reader opened it before its writer made it: empty until then)."""
+        if not self._exists:
+            with self._client.using() as qdrant:
+                self._exists = qdrant.collection_exists(self.name)
+        return self._exists
+
+    def ids(self) -> np.ndarray:
+        if not self._present():
+            return np.zeros(0, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        offset = None
+        while True:
+            with self._client.using() as qdrant:
+                points, offset = qdrant.scroll(
+                    self.name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
+                )
+            parts.append(np.fromiter((int(point.id) for point in points), dtype=np.int64, count=len(points)))
+            if offset is None:
+                break
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        if not self._present():
+            return 0
+        with self._client.using() as qdrant:
+            return int(qdrant.count(self.name, exact=True).count)
+
+    def __contains__(self, page_id: object) -> bool:
+        if not isinstance(page_id, int | np.integer) or page_id < 0 or not self._present():
+            return False
+        with self._client.using() as qdrant:
+            return bool(qdrant.retrieve(self.name, ids=[int(page_id)], with_payload=False, with_vectors=False))
+
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
+        """Delete these pages' points; unknown ids are ignored. Returns how many were there."""
+        _, models = _qdrant()
+        wanted = np.unique(as_page_ids(ids if isinstance(ids, np.ndarray) else list(ids)))
+        if not len(wanted) or not self._present():
+            return 0
+        removed = 0
+        for start in range(0, len(wanted), _IDS_PER_REQUEST):
+            chunk = [int(page_id) for page_id in wanted[start : start + _IDS_PER_REQUEST]]
+            with self._client.using() as qdrant:
+                present = [int(point.id) for point in qdrant.retrieve(
+                    self.name, ids=chunk, with_payload=False, with_vectors=False
+                )]
+                if present:
+                    qdrant.delete(self.name, points_selector=models.PointIdsList(points=present), wait=True)
+            removed += len(present)
+        if removed:
+            self._version += 1
+        return removed
+
+    def flush(self) -> None:
+        """Nothing to do: every write was acknowledged by Qdrant (wait=true) before it returned."""
+
+    def catch_up(self) -> bool:
+        """A reader searches the collection as it is now: nothing to read. False once a collection that did not
+        exist when it was opened does (it is opened again, with the manifest check)."""
+        return self._exists or not self._present()
+
+    def files(self) -> list[Path] | None:
+        return None  # Qdrant's own: a job compares SQL's ids with the collection's instead
+
+    @property
+    def uid(self) -> str:
+        return self._uid
+
+    @property
+    def version(self) -> int:
+        """Changes made through this object (add, remove)."""
+        return self._version
+
+    def manifest(self) -> Manifest:
+        return Manifest(model=self.model, dim=self.dim, metric=self.metric, count=len(self), kind=self.kind)
+
+    def drop(self) -> None:
+        """Delete the whole Qdrant collection (its mmrag collection was deleted)."""
+        with self._client.using() as qdrant:
+            if qdrant.collection_exists(self.name):
+                qdrant.delete_collection(self.name)
+        self._exists = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, model={self.model!r}, dim={self.dim})"
+
+
+class QdrantIndex(_Collection):
+    """A VectorIndex in a Qdrant collection: one named dense vector per page, compared by inner product."""
+
+    kind = DENSE_KIND
+
+    def __init__(self, client: _Client, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
+                 exists: bool) -> None:
+        super().__init__(client, name, model=model, dim=dim, uid=uid, exists=exists)
+        self._settings = settings
+
+    @classmethod
+    def open(cls, settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int,
+             read_only: bool = False) -> QdrantIndex:
+        """Open (or create) the dense collection of index `name` for the mmrag collection of `directory`."""
+        _, models = _qdrant()
+        qdrant_settings = settings.qdrant
+        client = connect(qdrant_settings)
+        collection = collection_name(qdrant_settings, directory, name)
+
+        def create(qdrant: Any, uid: str) -> None:
+            qdrant.create_collection(
+                collection,
+                vectors_config={"vector": models.VectorParams(
+                    size=dim, distance=models.Distance.DOT, on_disk=qdrant_settings.on_disk,
+                    hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant_settings.on_disk),
+                    quantization_config=_quantization(qdrant_settings, models),
+                )},
+                shard_number=qdrant_settings.shard_number,
+                replication_factor=qdrant_settings.replication_factor,
+                metadata=_metadata(Manifest(model, dim, METRIC, 0, DENSE_KIND), uid),
+            )
+
+        uid, exists = cls._opened(client, collection, model=model, dim=dim, read_only=read_only, create=create)
+        return cls(client, collection, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add or replace (upsert) one vector per page."""
+        _, models = _qdrant()
+        ids, vectors = checked_batch(ids, vectors, self.dim)
+        for start in range(0, len(ids), _DENSE_PER_UPSERT):
+            stop = start + _DENSE_PER_UPSERT
+            batch = models.Batch(ids=ids[start:stop].tolist(), vectors={"vector": vectors[start:stop].tolist()})
+            with self._client.using() as qdrant:
+                qdrant.upsert(self.name, points=batch, wait=True)
+        if len(ids):
+            self._version += 1
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        _, models = _qdrant()
+        queries = np.asarray(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        if k <= 0 or not len(queries) or not self._present():
+            return [[] for _ in range(len(queries))]
+        params = _search_params(self._settings, models, exact=self._settings.kind == "flat", local=self._client.local)
+        requests = [
+            models.QueryRequest(query=query.astype(np.float32).tolist(), using="vector", limit=int(k), params=params)
+            for query in queries
+        ]
+        with self._client.using() as qdrant:
+            responses = qdrant.query_batch_points(self.name, requests=requests)
+        return [_hits(response.points) for response in responses]
+
+
+class QdrantMultiVectorStore(_Collection):
+    """A MultiVectorStore in a Qdrant collection: each page's token vectors as a MAX_SIM multi-vector, and its
+    centroids as a second one that a candidates search prefetches by."""
+
+    kind = MULTI_KIND
+
+    def __init__(self, client: _Client, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
+                 exists: bool) -> None:
+        super().__init__(client, name, model=model, dim=dim, uid=uid, exists=exists)
+        self._settings = settings
+
+    @classmethod
+    def open(cls, settings: IndexSettings, directory: Path, *, model: str, dim: int,
+             read_only: bool = False) -> QdrantMultiVectorStore:
+        """Open (or create) the multi-vector collection of the store `directory` names (its last part: the
+        retriever). A read-only open of one not made yet raises IndexError_ (its writer has not committed it)."""
+        _, models = _qdrant()
+        qdrant_settings = settings.qdrant
+        client = connect(qdrant_settings)
+        collection = collection_name(qdrant_settings, Path(directory).parent, Path(directory).name)
+        max_sim = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+
+        def create(qdrant: Any, uid: str) -> None:
+            qdrant.create_collection(
+                collection,
+                vectors_config={
+                    # Scanned for exact search or read for a rerank, never walked: no graph (m=0) saves its build.
+                    "tokens": models.VectorParams(
+                        size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
+                        datatype=models.Datatype.FLOAT16, on_disk=qdrant_settings.on_disk,
+                        hnsw_config=models.HnswConfigDiff(m=0),
+                    ),
+                    "centroids": models.VectorParams(
+                        size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
+                        on_disk=qdrant_settings.on_disk,
+                        hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant_settings.on_disk),
+                        quantization_config=_quantization(qdrant_settings, models),
+                    ),
+                },
+                shard_number=qdrant_settings.shard_number,
+                replication_factor=qdrant_settings.replication_factor,
+                metadata=_metadata(Manifest(model, dim, METRIC, 0, MULTI_KIND), uid),
+            )
+
+        uid, exists = cls._opened(client, collection, model=model, dim=dim, read_only=read_only, create=create)
+        if not exists:
+            raise IndexError_(f"Qdrant collection {collection} does not exist yet")
+        return cls(client, collection, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+
+    def add(self, ids: Sequence[int], vectors: Sequence[np.ndarray]) -> None:
+        """Add or replace pages' token matrices (each (tokens >= 1, dim)), with their centroids."""
+        from mmrag.index.candidates import page_centroids
+
+        _, models = _qdrant()
+        page_ids = as_page_ids(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if len(page_ids) != len(vectors):
+            raise ValueError(f"{len(page_ids)} ids for {len(vectors)} token matrices")
+        pages: list[tuple[int, np.ndarray]] = []
+        for position in last_occurrences(page_ids):
+            tokens = np.asarray(vectors[position])
+            if tokens.ndim != 2 or tokens.shape[1] != self.dim or tokens.shape[0] < 1:
+                raise ValueError(
+                    f"page {page_ids[position]}: tokens must have shape (n>=1, {self.dim}), got {tokens.shape}"
+                )
+            with np.errstate(over="ignore"):  # stored as float16, as the local store does
+                tokens16 = tokens.astype(np.float16)
+            if not np.isfinite(tokens16).all():
+                raise ValueError(f"page {page_ids[position]}: token vectors are NaN/inf or overflow float16")
+            pages.append((int(page_ids[position]), tokens16.astype(np.float32)))
+        for start in range(0, len(pages), _PAGES_PER_UPSERT):
+            chunk = pages[start : start + _PAGES_PER_UPSERT]
+            centroids = page_centroids([tokens for _, tokens in chunk], CENTROIDS_PER_PAGE)
+            batch = models.Batch(
+                ids=[page_id for page_id, _ in chunk],
+                vectors={
+                    "tokens": [tokens.tolist() for _, tokens in chunk],
+                    "centroids": [c.astype(np.float32).tolist() for c in centroids],
+                },
+            )
+            with self._client.using() as qdrant:
+                qdrant.upsert(self.name, points=batch, wait=True)
+        if pages:
+            self._version += 1
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        """Top-k pages by MaxSim over every token: all pages scanned (index.multivector_search = "exact"), or the
+        index.multivector_candidates pages whose centroids score best, prefetched, then reranked ("candidates")."""
+        _, models = _qdrant()
+        query = np.asarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.dim or query.shape[0] < 1:
+            raise ValueError(f"a query must have shape (n>=1, {self.dim}), got {query.shape}")
+        if k <= 0 or not self._present():
+            return []
+        tokens = query.tolist()
+        settings = self._settings
+        if settings.multivector_search == "candidates":
+            prefetch = models.Prefetch(
+                query=tokens, using="centroids", limit=max(int(k), settings.multivector_candidates),
+                params=_search_params(settings, models, exact=False, local=self._client.local),
+            )
+            arguments = {"prefetch": prefetch}
+        else:
+            arguments = {} if self._client.local else {"search_params": models.SearchParams(exact=True)}
+        with self._client.using() as qdrant:
+            response = qdrant.query_points(self.name, query=tokens, using="tokens", limit=int(k), **arguments)
+        return _hits(response.points)
+
+    def tokens(self, page_id: int) -> np.ndarray:
+        """The stored token matrix of one page (KeyError when it has none)."""
+        with self._client.using() as qdrant:
+            points = qdrant.retrieve(self.name, ids=[int(page_id)], with_payload=False, with_vectors=["tokens"])
+        if not points:
+            raise KeyError(page_id)
+        return np.asarray(points[0].vector["tokens"], dtype=np.float16)
+
+    def compact(self) -> None:
+        """Nothing to do: Qdrant's optimizer reclaims deleted points by itself."""
+
+    def stats(self) -> dict[str, int]:
+        return {"pages": len(self), "tombstoned_pages": 0}
+
+
+def _hits(points: Sequence[Any]) -> list[Hit]:
+    hits = [Hit(page_id=int(point.id), score=float(point.score)) for point in points]
+    # Ties in id order, as the local stores break them.
+    hits.sort(key=lambda hit: (-hit.score, hit.page_id))
+    return hits
+
+
+def drop_collections(settings: QdrantSettings, directory: Path) -> list[str]:
+    """Delete every Qdrant collection of the mmrag collection whose directory this is; returns their names."""
+    client = connect(settings)
+    prefix = f"{settings.prefix}-{store_scope(directory)}-"
+    dropped = []
+    with client.using() as qdrant:
+        for described in qdrant.get_collections().collections:
+            if described.name.startswith(prefix):
+                qdrant.delete_collection(described.name)
+                dropped.append(described.name)
+    return dropped
+
+
+__all__ = [
+    "QdrantIndex",
+    "QdrantMultiVectorStore",
+    "close_clients",
+    "collection_name",
+    "connect",
+    "drop_collections",
+    "store_scope",
+]

@@ -1,0 +1,45 @@
+"""The bulk job, search, delete and crash recovery with every vector in Qdrant (its embedded engine): the same tests
+the local stores pass, on both databases, with the collection's stores checked against SQL after each step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mmrag.config import IndexSettings
+from mmrag.index.qdrant_index import QdrantIndex, QdrantMultiVectorStore, close_clients
+from mmrag.retrievers import Embedders
+from mmrag.services import Services, build_services
+from tests.test_pipeline import (  # noqa: F401 - collected here, on this module's `services`
+    make_settings,
+    test_index_reindex_change_delete,
+    test_recover_removes_orphans_and_repairs_lost_vectors,
+)
+
+
+@pytest.fixture(params=["exact", "candidates"])
+def services(request: pytest.FixtureRequest, tmp_path: Path, database_url: str,
+             tiny_embedders: Embedders) -> Iterator[Services]:
+    index = IndexSettings(backend="qdrant", multivector_search=request.param, multivector_candidates=4)
+    services = build_services(make_settings(tmp_path, database_url, index=index), embedders=tiny_embedders)
+    yield services
+    services.close()
+    close_clients()
+
+
+def test_the_stores_are_qdrant_collections_in_the_data_directory(services: Services, tmp_path: Path) -> None:
+    from tests.factories import make_corpus
+    from mmrag.indexing import run_index
+
+    make_corpus(tmp_path / "corpus", images=2, pdfs=1)
+    run_index(services, [tmp_path / "corpus"])
+    stores = services.collections.stores(1).by_retriever()
+    assert isinstance(stores["clip"], QdrantIndex) and isinstance(stores["text"], QdrantIndex)
+    assert isinstance(stores["colpali"], QdrantMultiVectorStore)
+    assert {store.name for store in stores.values()} == {"mmrag-c1-clip", "mmrag-c1-text", "mmrag-c1-colpali"}
+    assert services.settings.index.qdrant.path == services.settings.data_dir / "qdrant"
+    assert (services.settings.data_dir / "qdrant" / "collection" / "mmrag-c1-colpali").is_dir()
+    # no vector file of the local backends
+    assert not list((services.settings.data_dir / "collections" / "1").rglob("*.faiss"))
