@@ -44,6 +44,12 @@ class _Lexical:
     base: str | None
 
 
+def _empty_lexical() -> LexicalIndex:
+    from mmrag.index.lexical import Bm25Index
+
+    return Bm25Index()
+
+
 @dataclass
 class _Candidates:
     """A candidate index held in memory, derived from one multi-vector store object as of its `version`."""
@@ -96,6 +102,8 @@ class DerivedIndexes:
         but this object's, so it never waits for a writer. `writer` (the caller holds the collection's writer lock)
         also saves it, marked current with `generation`.
         """
+        if self.collections.settings.index.backend == "qdrant":
+            return self._qdrant_lexical(collection_id, writer=writer)
         if generation is None:
             generation = self.collections.generation(collection_id)
         with self._lexical_lock:
@@ -142,6 +150,36 @@ class DerivedIndexes:
             base = index.fingerprint
         return _Lexical(generation, index, base)
 
+    def _qdrant_lexical(self, collection_id: int, *, writer: bool) -> LexicalIndex:
+        """The qdrant backend's BM25 (mmrag.index.qdrant_lexical): a reader searches the collection as it is (the
+        object is kept, nothing is loaded); a writer first brings it up to date with SQL. An index of another
+        analyzer is derived data: the writer drops it and indexes every page again, a reader finds nothing in it
+        meanwhile."""
+        from mmrag.errors import ManifestMismatchError
+        from mmrag.index.qdrant_lexical import QdrantLexicalIndex
+
+        settings = self.collections.settings.index
+        directory = self.collections.directory(collection_id) / "vectors"
+        with self._lexical_lock:
+            cached = self._lexical.get(collection_id)
+            index = cached.index if cached is not None and isinstance(cached.index, QdrantLexicalIndex) else None
+            if index is None:
+                try:
+                    index = QdrantLexicalIndex.open(settings, directory, read_only=not writer)
+                except ManifestMismatchError as exc:
+                    if not writer:
+                        log.warning("BM25 of collection %s is being indexed again: %s", collection_id, exc)
+                        return _empty_lexical()
+                    from mmrag.index.qdrant_index import drop_collection
+
+                    log.warning("BM25 of collection %s indexed again: %s", collection_id, exc)
+                    drop_collection(settings.qdrant, directory, "lexical")
+                    index = QdrantLexicalIndex.open(settings, directory)
+                self._lexical[collection_id] = _Lexical(0, index, None)
+            if writer:
+                self._lexical_following_sql(collection_id, index)
+            return index
+
     def _lexical_following_sql(self, collection_id: int, index: Bm25Index | None) -> Bm25Index:
         """`index` (an empty one if None) holding exactly SQL's indexed pages with text: only the pages it lacks
         are read and tokenized, and deleted ones are flagged in it. In memory: saving is the caller's."""
@@ -171,6 +209,9 @@ class DerivedIndexes:
 
         if (stores := self.collections.cached_stores(collection_id)) is not None:
             stores.pages_removed = False  # the pages removed so far are covered by what follows
+        if self.collections.settings.index.backend == "qdrant":
+            self.lexical(collection_id, writer=True)  # compares the collection's ids with SQL's, adds what it lacks
+            return
         generation = self.collections.generation(collection_id)  # before the ids: see _current_lexical
         with self.collections.sessions() as session:
             page_ids = repository.text_page_ids(session, collection_id)

@@ -495,6 +495,14 @@ def _hits(points: Sequence[Any]) -> list[Hit]:
     return hits
 
 
+def drop_collection(settings: QdrantSettings, directory: Path, name: str) -> None:
+    """Delete one store's Qdrant collection (derived data of another version, made again from SQL)."""
+    collection = collection_name(settings, directory, name)
+    with connect(settings).using() as qdrant:
+        if qdrant.collection_exists(collection):
+            qdrant.delete_collection(collection)
+
+
 def drop_collections(settings: QdrantSettings, directory: Path) -> list[str]:
     """Delete every Qdrant collection of the mmrag collection whose directory this is; returns their names."""
     client = connect(settings)
@@ -514,6 +522,7 @@ __all__ = [
     "close_clients",
     "collection_name",
     "connect",
+    "drop_collection",
     "drop_collections",
     "store_scope",
 ]

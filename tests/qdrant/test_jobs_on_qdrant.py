@@ -41,5 +41,10 @@ def test_the_stores_are_qdrant_collections_in_the_data_directory(services: Servi
     assert {store.name for store in stores.values()} == {"mmrag-c1-clip", "mmrag-c1-text", "mmrag-c1-colpali"}
     assert services.settings.index.qdrant.path == services.settings.data_dir / "qdrant"
     assert (services.settings.data_dir / "qdrant" / "collection" / "mmrag-c1-colpali").is_dir()
-    # no vector file of the local backends
-    assert not list((services.settings.data_dir / "collections" / "1").rglob("*.faiss"))
+    # BM25 too: no vector or index file of the local backends
+    from mmrag.index.qdrant_lexical import QdrantLexicalIndex
+
+    lexical = services.collections.derived.lexical(1)
+    assert isinstance(lexical, QdrantLexicalIndex) and lexical.name == "mmrag-c1-lexical" and len(lexical) == 2
+    collection_dir = services.settings.data_dir / "collections" / "1"
+    assert not list(collection_dir.rglob("*.faiss")) and not (collection_dir / "lexical").exists()

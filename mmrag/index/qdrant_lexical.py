@@ -1,0 +1,224 @@
+"""BM25 in Qdrant: the qdrant backend's lexical index, sparse vectors built by mmrag's analyzer and weighted by
+Qdrant's IDF modifier, so the lexical path lives where the vectors do and every API replica reads the same one.
+
+One Qdrant collection per mmrag collection (`<prefix>-c<id>-lexical`), point id = SQL page id, three sparse vectors
+a page, their dimensions the terms (32 bits of a term's blake2b hash):
+
+    words      BM25's term weight tf / (tf + k1 * (1 - b + b * len / avg_len)), its IDF from Qdrant at query time
+               (idf = ln(1 + (N - df + 0.5) / (df + 0.5)), the Lucene form mmrag.index.bm25 uses)
+    grams      the same over the terms' character n-grams
+    gram_hits  1 for each n-gram a page holds: a query scores the number of its n-grams a page shares, which keeps the
+               n-gram ranking to pages holding NGRAM_MIN_MATCH of them, as the local index does
+
+and a payload `fields`: the page's typed terms (dates, amounts), for pages_holding. A search ranks words and n-grams
+and merges them by reciprocal rank exactly as mmrag.index.lexical.Bm25Index does. One difference remains: Qdrant
+keeps the weights a page was written with, so its length is normalised by the average length when it was added
+(kept in the collection's metadata), where the local index uses the average over the live pages at query time. The
+pages of one job share an average; `rebuild` makes them all share today's. (`python -m bench sroie` with
+MMRAG_INDEX__BACKEND=qdrant measures the effect beside the local index.)
+
+The collection is derived from SQL like the local index: the collection's writer brings it up to date at the end of
+a job and after a delete (mmrag.derived), adding the pages it lacks and deleting the ones SQL no longer has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrag.analysis import NGRAM, analyze, char_ngrams, query_terms
+from mmrag.config import IndexSettings
+from mmrag.index.lexical import MODEL, NGRAM_MIN_MATCH, NGRAM_RRF_K, fingerprint_of
+from mmrag.index.manifest import as_page_ids
+from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _qdrant, collection_name, connect
+from mmrag.types import Hit
+
+log = logging.getLogger(__name__)
+
+KIND = "qdrant-bm25"
+_WORDS, _GRAMS, _GRAM_HITS = "words", "grams", "gram_hits"
+_PAGES_PER_UPSERT = 256
+# The n-gram ranking's candidates: the pages sharing the most of a query's n-grams (at least NGRAM_MIN_MATCH of
+# them), then ranked by BM25 over n-grams. Past this many, the pages sharing fewer are not ranked.
+GRAM_CANDIDATES = 2_000
+TIE_MARGIN = 64  # hits fetched beyond k, so that a run of equal scores at the cut is cut by page id
+
+
+def term_index(term: str) -> int:
+    """A term's sparse dimension: 32 bits of its blake2b hash (stable across processes and releases)."""
+    return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=4).digest(), "little")
+
+
+def _sparse(weights: dict[str, float], models: Any) -> Any:
+    merged: dict[int, float] = {}
+    for term, weight in weights.items():  # two terms on one hash share its dimension (rare: 32 bits)
+        index = term_index(term)
+        merged[index] = merged.get(index, 0.0) + weight
+    return models.SparseVector(indices=list(merged), values=list(merged.values()))
+
+
+class QdrantLexicalIndex(_Collection):
+    """The LexicalIndex of one mmrag collection in Qdrant (see the module's docstring)."""
+
+    kind = KIND
+
+    def __init__(self, client: Any, name: str, *, uid: str, exists: bool, k1: float = 1.5, b: float = 0.75,
+                 ngram: int = NGRAM) -> None:
+        super().__init__(client, name, model=MODEL, dim=1, uid=uid, exists=exists)
+        self.k1, self.b, self.ngram = k1, b, ngram
+
+    @classmethod
+    def open(cls, settings: IndexSettings, directory: Path, *, read_only: bool = False) -> QdrantLexicalIndex:
+        """The lexical collection of the mmrag collection whose vectors directory is `directory`; a reader's open of
+        one not made yet searches to nothing until its writer makes it."""
+        _, models = _qdrant()
+        client = connect(settings.qdrant)
+        name = collection_name(settings.qdrant, directory, "lexical")
+
+        def create(qdrant: Any, uid: str) -> None:
+            idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
+            qdrant.create_collection(
+                name,
+                vectors_config={},
+                sparse_vectors_config={_WORDS: idf, _GRAMS: idf, _GRAM_HITS: models.SparseVectorParams()},
+                shard_number=settings.qdrant.shard_number,
+                replication_factor=settings.qdrant.replication_factor,
+                metadata={"mmrag_model": MODEL, "mmrag_dim": 1, "mmrag_metric": "ip", "mmrag_kind": KIND,
+                          "mmrag_uid": uid},
+            )
+            if not client.local:  # the embedded engine filters without one (and warns)
+                qdrant.create_payload_index(name, field_name="fields", field_schema=models.PayloadSchemaType.KEYWORD)
+
+        # The manifest's model names the analyzer (mmrag.index.lexical.MODEL): terms of another one never meet.
+        uid, exists = cls._opened(client, name, model=MODEL, dim=1, read_only=read_only, create=create)
+        return cls(client, name, uid=uid, exists=exists)
+
+    # ----------------------------------------------------------------------------------------------- writing
+
+    def add(self, pages: Iterable[tuple[int, str]]) -> None:
+        """Index these (page id, text) pairs, replacing a page already held; a repeated id keeps its last text."""
+        _, models = _qdrant()
+        texts: dict[int, str] = {}
+        for page_id, text in pages:
+            texts[int(as_page_ids([page_id])[0])] = text or ""
+        if not texts:
+            return
+        analysed = []
+        for page_id, text in texts.items():
+            words = analyze(text)
+            grams = char_ngrams(words, self.ngram) if self.ngram else []
+            analysed.append((page_id, Counter(words), Counter(grams), len(words), len(grams)))
+        averages = self._averages_with([(w, g) for *_, w, g in analysed])
+        for start in range(0, len(analysed), _PAGES_PER_UPSERT):
+            points = []
+            for page_id, words, grams, n_words, n_grams in analysed[start : start + _PAGES_PER_UPSERT]:
+                vectors = {_WORDS: _sparse(self._weights(words, n_words, averages[0]), models)}
+                if self.ngram:
+                    vectors[_GRAMS] = _sparse(self._weights(grams, n_grams, averages[1]), models)
+                    vectors[_GRAM_HITS] = _sparse(dict.fromkeys(grams, 1.0), models)
+                fields = sorted(term for term in words if ":" in term)  # typed terms: date:..., amount:...
+                points.append(models.PointStruct(id=page_id, vector=vectors, payload={"fields": fields}))
+            with self._client.using() as qdrant:
+                qdrant.upsert(self.name, points=points, wait=True)
+        self._version += 1
+
+    def rebuild(self, pages: Iterable[tuple[int, str]]) -> None:
+        """Replace the whole index with these pages, all weighted by their own average length."""
+        pages = list(pages)
+        self.remove(self.ids())
+        with self._client.using() as qdrant:
+            qdrant.update_collection(self.name, metadata={"mmrag_pages": 0, "mmrag_words_avg": 0.0,
+                                                          "mmrag_grams_avg": 0.0})
+        self.add(pages)
+
+    def _weights(self, counts: Counter[str], length: int, average: float) -> dict[str, float]:
+        norm = self.k1 * (1 - self.b + self.b * length / average) if average > 0 else self.k1
+        return {term: tf / (tf + norm) for term, tf in counts.items()}
+
+    def _averages_with(self, lengths: list[tuple[int, int]]) -> tuple[float, float]:
+        """The average page lengths (words, n-grams) over the pages written so far and these, recorded in the
+        collection's metadata: these pages' weights are normalised by them."""
+        with self._client.using() as qdrant:
+            metadata = qdrant.get_collection(self.name).config.metadata or {}
+            before = int(metadata.get("mmrag_pages", 0))
+            words = (float(metadata.get("mmrag_words_avg", 0.0)) * before + sum(w for w, _ in lengths))
+            grams = (float(metadata.get("mmrag_grams_avg", 0.0)) * before + sum(g for _, g in lengths))
+            total = before + len(lengths)
+            averages = (words / total, grams / total)
+            qdrant.update_collection(self.name, metadata={
+                "mmrag_pages": total, "mmrag_words_avg": averages[0], "mmrag_grams_avg": averages[1],
+            })
+        return averages
+
+    # ----------------------------------------------------------------------------------------------- reading
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        """Top-k pages, best first: the word ranking, merged by reciprocal rank with the n-gram ranking of pages
+        holding NGRAM_MIN_MATCH of the query's n-grams (as Bm25Index.search)."""
+        _, models = _qdrant()
+        terms = query_terms(query)
+        if k <= 0 or not terms or not self._present():
+            return []
+        words = self._ranking(_sparse(Counter(terms), models), _WORDS, k)
+        if not self.ngram:
+            return words
+        query_grams = list(dict.fromkeys(char_ngrams(terms, self.ngram)))
+        min_match = math.ceil(NGRAM_MIN_MATCH * len(query_grams))
+        held = models.Prefetch(
+            query=_sparse(dict.fromkeys(query_grams, 1.0), models), using=_GRAM_HITS,
+            score_threshold=min_match - 0.5, limit=max(GRAM_CANDIDATES, k),
+        )
+        grams = self._ranking(_sparse(dict.fromkeys(query_grams, 1.0), models), _GRAMS, k, prefetch=held)
+        fused: dict[int, float] = {}
+        for ranking in (words, grams):
+            for position, hit in enumerate(ranking, start=1):
+                fused[hit.page_id] = fused.get(hit.page_id, 0.0) + 1.0 / (NGRAM_RRF_K + position)
+        order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
+        return [Hit(page_id, fused[page_id]) for page_id in order]
+
+    def _ranking(self, vector: Any, using: str, k: int, *, prefetch: Any = None) -> list[Hit]:
+        """The top k by one sparse vector, ties by page id as the local index breaks them: Qdrant cuts a run of
+        equal scores at its limit anywhere, so it is asked for more (TIE_MARGIN) and the cut is made here."""
+        with self._client.using() as qdrant:
+            points = qdrant.query_points(
+                self.name, query=vector, using=using, limit=int(k) + TIE_MARGIN, prefetch=prefetch,
+                with_payload=False,
+            ).points
+        hits = [Hit(int(point.id), float(point.score)) for point in points if point.score > 0]
+        hits.sort(key=lambda hit: (-hit.score, hit.page_id))
+        return hits[:k]
+
+    def pages_holding(self, terms: Iterable[str]) -> dict[int, set[str]]:
+        """The pages holding any of these typed terms ("date:2018-03-10"), each with the ones it holds."""
+        _, models = _qdrant()
+        wanted = list(dict.fromkeys(terms))
+        if not wanted or not self._present():
+            return {}
+        held: dict[int, set[str]] = {}
+        condition = models.Filter(must=[models.FieldCondition(key="fields", match=models.MatchAny(any=wanted))])
+        offset = None
+        while True:
+            with self._client.using() as qdrant:
+                points, offset = qdrant.scroll(
+                    self.name, scroll_filter=condition, limit=_IDS_PER_REQUEST, offset=offset,
+                    with_payload=["fields"], with_vectors=False,
+                )
+            for point in points:
+                held[int(point.id)] = set(point.payload.get("fields", ())) & set(wanted)
+            if offset is None:
+                return held
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.ids())
+
+    def is_current(self, ids: Iterable[int]) -> bool:
+        """True when it holds exactly these page ids (SQL's pages with text)."""
+        return fingerprint_of(ids) == self.fingerprint
