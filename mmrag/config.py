@@ -83,12 +83,15 @@ class EmbedderSettings(BaseModel):
 
 
 class QdrantSettings(BaseModel):
-    """The qdrant backend (index.backend = "qdrant"): a server or cluster at `url`, else Qdrant's embedded engine in
-    `path` (default <data_dir>/qdrant; one process at a time: `mmrag serve` then runs the jobs it is sent)."""
+    """The qdrant backend (index.backend = "qdrant"): a server or cluster at `url`, else an embedded engine in `path`
+    (default <data_dir>/qdrant; one process at a time: `mmrag serve` then runs the jobs it is sent)."""
 
     url: str | None = None  # http://qdrant:6333 (REST) of a server or a cluster's node
     api_key: SecretStr | None = Field(None, repr=False)
     path: Path | None = None
+    # The engine in `path`: edge is Qdrant's own (qdrant-edge-py: its segments, WAL, HNSW and quantisation);
+    # client is qdrant-client's local mode (a Python re-implementation of the same API that searches exactly).
+    embedded: Literal["edge", "client"] = "edge"
     prefer_grpc: bool = False
     timeout_s: int = Field(60, ge=1)
     # Qdrant collections are named <prefix>-<mmrag collection id>-<retriever>: several mmrag deployments can share

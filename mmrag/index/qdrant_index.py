@@ -15,10 +15,10 @@ there when it resumes, and recovery (mmrag.indexing.recovery) compares SQL's ids
 and removes them, as it does for the local stores. `flush` has nothing to do; a reader always sees the collection
 as it is now (`catch_up` is free), and the search path keeps only pages SQL has indexed.
 
-Where it runs: a server or cluster (`index.qdrant.url`, with `api_key`), or Qdrant's embedded engine in a directory
-(`index.qdrant.path`), which is qdrant-client's local mode: the same client API, implemented in Python, for one
-process. It keeps the collection's configuration (HNSW, quantisation, on-disk and float16 storage are accepted and
-recorded) but searches every point exactly, in float32. qdrant-client is imported lazily.
+Where it runs: a server or cluster (`index.qdrant.url`, with `api_key`), or an embedded engine in a directory
+(`index.qdrant.path`) for one process: Qdrant's own engine (qdrant-edge-py, mmrag.index.qdrant_edge; the default),
+or qdrant-client's local mode (`embedded = "client"`: the same client API implemented in Python, which accepts the
+collection's configuration but searches every point exactly in float32). Both are imported lazily.
 """
 
 from __future__ import annotations
@@ -62,13 +62,14 @@ def _qdrant() -> tuple[Any, Any]:
 
 
 class _Client:
-    """One QdrantClient shared by every store of a process that uses the same server or directory. The embedded
-    engine allows one client per directory and is not thread-safe, so its calls are serialised; a server's are not."""
+    """One client shared by every store of a process that uses the same server or directory. An embedded engine
+    allows one client per directory, and its calls are serialised; a server's are not. `local` marks qdrant-client's
+    local mode, which searches exactly whatever it is asked (and warns when given search parameters)."""
 
-    def __init__(self, client: Any, *, local: bool) -> None:
+    def __init__(self, client: Any, *, embedded: bool, local: bool = False) -> None:
         self.client = client
         self.local = local
-        self._lock = threading.RLock() if local else None
+        self._lock = threading.RLock() if embedded else None
 
     @contextmanager
     def using(self) -> Iterator[Any]:
@@ -98,7 +99,11 @@ def connect(settings: QdrantSettings) -> _Client:
             client = client_class(
                 url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc, timeout=settings.timeout_s
             )
-            found = _Client(client, local=False)
+            found = _Client(client, embedded=False)
+        elif settings.embedded == "edge":
+            from mmrag.index.qdrant_edge import EdgeClient
+
+            found = _Client(EdgeClient(Path(settings.path)), embedded=True)
         else:
             Path(settings.path).mkdir(parents=True, exist_ok=True)
             try:
@@ -109,7 +114,7 @@ def connect(settings: QdrantSettings) -> _Client:
                     f"one process at a time: run jobs through that process (mmrag serve), or use a Qdrant server "
                     f"(MMRAG_INDEX__QDRANT__URL)"
                 ) from exc
-            found = _Client(client, local=True)
+            found = _Client(client, embedded=True, local=True)
         _CLIENTS[key] = found
         return found
 

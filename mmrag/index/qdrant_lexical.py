@@ -56,6 +56,11 @@ def term_index(term: str) -> int:
     return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=4).digest(), "little")
 
 
+# Every page holds this term (no analyzer term has a NUL in it, and no query asks for it): Qdrant's engine counts a
+# page in IDF's N only when its sparse vector is not empty, while BM25 counts every page, a page without text too.
+PRESENT = "\x00page"
+
+
 def _sparse(weights: dict[str, float], models: Any) -> Any:
     merged: dict[int, float] = {}
     for term, weight in weights.items():  # two terms on one hash share its dimension (rare: 32 bits)
@@ -78,27 +83,30 @@ class QdrantLexicalIndex(_Collection):
     def open(cls, settings: IndexSettings, directory: Path, *, read_only: bool = False) -> QdrantLexicalIndex:
         """The lexical collection of the mmrag collection whose vectors directory is `directory`; a reader's open of
         one not made yet searches to nothing until its writer makes it."""
-        _, models = _qdrant()
         client = connect(settings.qdrant)
         name = collection_name(settings.qdrant, directory, "lexical")
-
-        def create(qdrant: Any, uid: str) -> None:
-            idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
-            qdrant.create_collection(
-                name,
-                vectors_config={},
-                sparse_vectors_config={_WORDS: idf, _GRAMS: idf, _GRAM_HITS: models.SparseVectorParams()},
-                shard_number=settings.qdrant.shard_number,
-                replication_factor=settings.qdrant.replication_factor,
-                metadata={"mmrag_model": MODEL, "mmrag_dim": 1, "mmrag_metric": "ip", "mmrag_kind": KIND,
-                          "mmrag_uid": uid},
-            )
-            if not client.local:  # the embedded engine filters without one (and warns)
-                qdrant.create_payload_index(name, field_name="fields", field_schema=models.PayloadSchemaType.KEYWORD)
-
         # The manifest's model names the analyzer (mmrag.index.lexical.MODEL): terms of another one never meet.
-        uid, exists = cls._opened(client, name, model=MODEL, dim=1, read_only=read_only, create=create)
-        return cls(client, name, uid=uid, exists=exists)
+        uid, exists = cls._opened(client, name, model=MODEL, dim=1, read_only=read_only,
+                                  create=lambda qdrant, uid: cls._create(qdrant, client, name, settings, uid))
+        index = cls(client, name, uid=uid, exists=exists)
+        index._settings = settings
+        return index
+
+    @staticmethod
+    def _create(qdrant: Any, client: Any, name: str, settings: IndexSettings, uid: str) -> None:
+        _, models = _qdrant()
+        idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
+        qdrant.create_collection(
+            name,
+            vectors_config={},
+            sparse_vectors_config={_WORDS: idf, _GRAMS: idf, _GRAM_HITS: models.SparseVectorParams()},
+            shard_number=settings.qdrant.shard_number,
+            replication_factor=settings.qdrant.replication_factor,
+            metadata={"mmrag_model": MODEL, "mmrag_dim": 1, "mmrag_metric": "ip", "mmrag_kind": KIND,
+                      "mmrag_uid": uid},
+        )
+        if not client.local:  # qdrant-client's local mode filters without one (and warns)
+            qdrant.create_payload_index(name, field_name="fields", field_schema=models.PayloadSchemaType.KEYWORD)
 
     # ----------------------------------------------------------------------------------------------- writing
 
@@ -119,9 +127,10 @@ class QdrantLexicalIndex(_Collection):
         for start in range(0, len(analysed), _PAGES_PER_UPSERT):
             points = []
             for page_id, words, grams, n_words, n_grams in analysed[start : start + _PAGES_PER_UPSERT]:
-                vectors = {_WORDS: _sparse(self._weights(words, n_words, averages[0]), models)}
+                present = {PRESENT: 1.0}
+                vectors = {_WORDS: _sparse(self._weights(words, n_words, averages[0]) | present, models)}
                 if self.ngram:
-                    vectors[_GRAMS] = _sparse(self._weights(grams, n_grams, averages[1]), models)
+                    vectors[_GRAMS] = _sparse(self._weights(grams, n_grams, averages[1]) | present, models)
                     vectors[_GRAM_HITS] = _sparse(dict.fromkeys(grams, 1.0), models)
                 fields = sorted(term for term in words if ":" in term)  # typed terms: date:..., amount:...
                 points.append(models.PointStruct(id=page_id, vector=vectors, payload={"fields": fields}))
@@ -132,10 +141,11 @@ class QdrantLexicalIndex(_Collection):
     def rebuild(self, pages: Iterable[tuple[int, str]]) -> None:
         """Replace the whole index with these pages, all weighted by their own average length."""
         pages = list(pages)
-        self.remove(self.ids())
+        # A new collection, not every point deleted: deleted points count in the engine's IDF until it vacuums.
         with self._client.using() as qdrant:
-            qdrant.update_collection(self.name, metadata={"mmrag_pages": 0, "mmrag_words_avg": 0.0,
-                                                          "mmrag_grams_avg": 0.0})
+            qdrant.delete_collection(self.name)
+            self._create(qdrant, self._client, self.name, self._settings, self._uid)
+        self._exists = True
         self.add(pages)
 
     def _weights(self, counts: Counter[str], length: int, average: float) -> dict[str, float]:
@@ -147,7 +157,8 @@ class QdrantLexicalIndex(_Collection):
         collection's metadata: these pages' weights are normalised by them."""
         with self._client.using() as qdrant:
             metadata = qdrant.get_collection(self.name).config.metadata or {}
-            before = int(metadata.get("mmrag_pages", 0))
+            # Pages deleted since are out of the count, not out of the average: it moves slowly either way.
+            before = min(int(metadata.get("mmrag_pages", 0)), int(qdrant.count(self.name, exact=True).count))
             words = (float(metadata.get("mmrag_words_avg", 0.0)) * before + sum(w for w, _ in lengths))
             grams = (float(metadata.get("mmrag_grams_avg", 0.0)) * before + sum(g for _, g in lengths))
             total = before + len(lengths)

@@ -1,5 +1,6 @@
-"""The MultiVectorStore contract for QdrantMultiVectorStore (Qdrant's embedded engine: qdrant-client's local mode),
-checked against a brute-force numpy MaxSim oracle, searched exactly and through its centroid prefetch."""
+"""The MultiVectorStore contract for QdrantMultiVectorStore on both embedded engines (Qdrant's own, qdrant-edge, and
+qdrant-client's local mode), checked against a brute-force numpy MaxSim oracle, searched exactly and through its
+centroid prefetch."""
 
 from __future__ import annotations
 
@@ -23,10 +24,15 @@ K = 10
 CANDIDATES = 40  # a third of the pages: the prefetch must find the top 10 among them
 
 
-@pytest.fixture(params=["exact", "candidates"])
-def search(request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(params=["edge", "client"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.param
     close_clients()
+
+
+@pytest.fixture(params=["exact", "candidates"])
+def search(request: pytest.FixtureRequest, engine: str) -> str:
+    return f"{request.param}:{engine}"
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +51,10 @@ def open_store(directory: Path, search: str, *, model: str = MODEL, dim: int = D
     """The store of `directory`; `reopen` starts a new client first, so the engine reads what it persisted."""
     if reopen:
         close_clients()
+    mode, engine = search.split(":")
     settings = IndexSettings(
-        backend="qdrant", multivector_search=search, multivector_candidates=CANDIDATES,
-        qdrant=QdrantSettings(path=directory / "qdrant"),
+        backend="qdrant", multivector_search=mode, multivector_candidates=CANDIDATES,
+        qdrant=QdrantSettings(path=directory / "qdrant", embedded=engine),
     )
     return open_multivector_store(settings, directory / "colpali", model=model, dim=dim, read_only=read_only)
 
@@ -70,9 +77,14 @@ def assert_matches(store: MultiVectorStore, oracle: MaxSimOracle, exact: MaxSimO
         truth = dict(exact.search(query, len(exact.pages)))
         for hit in hits:
             assert hit.score == pytest.approx(truth[hit.page_id], rel=1e-2, abs=1e-2)
-        if search == "exact":
-            assert [hit.page_id for hit in hits] == [page_id for page_id, _ in expected]
-            np.testing.assert_allclose(scores, [score for _, score in expected], rtol=1e-5, atol=1e-4)
+        if search.startswith("exact"):
+            # Qdrant's engine scores float16 storage with the query in float16 too (~4e-5 relative off the oracle),
+            # so pages whose scores are that close may trade places: each rank holds a page as good as the oracle's.
+            stored = dict(oracle.search(query, len(oracle.pages)))
+            np.testing.assert_allclose([stored[hit.page_id] for hit in hits], [score for _, score in expected],
+                                       rtol=1e-4, atol=5e-4)
+            np.testing.assert_allclose(scores, [score for _, score in expected], rtol=1e-4, atol=5e-4)
+            assert len(hits) == len(expected)
         else:
             recalls.append(len({hit.page_id for hit in hits} & {p for p, _ in expected}) / max(1, len(expected)))
     if recalls:
@@ -108,7 +120,7 @@ def test_search_matches_the_oracle(tmp_path: Path, search: str, corpus, queries)
     assert len(store) == N_PAGES
     np.testing.assert_array_equal(store.ids(), sorted(page_ids(N_PAGES)))
     assert_matches(store, oracle, exact, queries, search)
-    if search == "exact":
+    if search.startswith("exact"):
         assert_matches(store, oracle, exact, queries, search, k=N_PAGES + 5)  # every page once
 
 

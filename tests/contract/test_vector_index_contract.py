@@ -51,11 +51,13 @@ def _chroma(directory: Path, *, model: str, dim: int) -> VectorIndex:
     return ChromaIndex.open(directory / "chroma", name="vectors", model=model, dim=dim)
 
 
-def _qdrant(kind: str) -> Callable[..., VectorIndex]:
+def _qdrant(kind: str, embedded: str) -> Callable[..., VectorIndex]:
     def open_index(directory: Path, *, model: str, dim: int) -> VectorIndex:
         # Every open is a new client on the directory, so a reopen reads what the engine persisted.
         close_clients()
-        settings = IndexSettings(backend="qdrant", kind=kind, qdrant=QdrantSettings(path=directory / "qdrant"))
+        settings = IndexSettings(
+            backend="qdrant", kind=kind, qdrant=QdrantSettings(path=directory / "qdrant", embedded=embedded)
+        )
         return QdrantIndex.open(settings, directory, name="vectors", model=model, dim=dim)
 
     return open_index
@@ -66,8 +68,11 @@ BACKENDS = [
     Backend("faiss-ivf", _faiss("ivf", ivf_lists=8, ivf_nprobe=4), exact=False, unflushed_after_crash="lost"),
     Backend("faiss-hnsw", _faiss("hnsw", hnsw_m=16, hnsw_ef_search=128), exact=True, unflushed_after_crash="lost"),
     Backend("chroma", _chroma, exact=True, unflushed_after_crash="detected"),
-    # qdrant-client's embedded engine (local mode) searches exactly whatever the collection's HNSW settings.
-    Backend("qdrant-local", _qdrant("flat"), exact=True, unflushed_after_crash="kept"),
+    # Qdrant's engine in-process (qdrant-edge), exact on request (flat) and by a full scan of segments it has not
+    # indexed (hnsw: no optimizer runs in it); qdrant-client's local mode searches exactly whatever it is asked.
+    Backend("qdrant-edge-flat", _qdrant("flat", "edge"), exact=True, unflushed_after_crash="kept"),
+    Backend("qdrant-edge-hnsw", _qdrant("hnsw", "edge"), exact=True, unflushed_after_crash="kept"),
+    Backend("qdrant-client-local", _qdrant("flat", "client"), exact=True, unflushed_after_crash="kept"),
 ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrag.config import IndexSettings
+from mmrag.config import IndexSettings, QdrantSettings
 from mmrag.index.qdrant_index import QdrantIndex, QdrantMultiVectorStore, close_clients
 from mmrag.retrievers import Embedders
 from mmrag.services import Services, build_services
@@ -19,10 +19,12 @@ from tests.test_pipeline import (  # noqa: F401 - collected here, on this module
 )
 
 
-@pytest.fixture(params=["exact", "candidates"])
+@pytest.fixture(params=["exact:edge", "candidates:edge", "candidates:client"])
 def services(request: pytest.FixtureRequest, tmp_path: Path, database_url: str,
              tiny_embedders: Embedders) -> Iterator[Services]:
-    index = IndexSettings(backend="qdrant", multivector_search=request.param, multivector_candidates=4)
+    search, engine = request.param.split(":")
+    index = IndexSettings(backend="qdrant", multivector_search=search, multivector_candidates=4,
+                          qdrant=QdrantSettings(embedded=engine))
     services = build_services(make_settings(tmp_path, database_url, index=index), embedders=tiny_embedders)
     yield services
     services.close()
@@ -40,7 +42,9 @@ def test_the_stores_are_qdrant_collections_in_the_data_directory(services: Servi
     assert isinstance(stores["colpali"], QdrantMultiVectorStore)
     assert {store.name for store in stores.values()} == {"mmrag-c1-clip", "mmrag-c1-text", "mmrag-c1-colpali"}
     assert services.settings.index.qdrant.path == services.settings.data_dir / "qdrant"
-    assert (services.settings.data_dir / "qdrant" / "collection" / "mmrag-c1-colpali").is_dir()
+    engine = services.settings.index.qdrant.embedded
+    layout = {"edge": "collections/mmrag-c1-colpali/shard", "client": "collection/mmrag-c1-colpali"}[engine]
+    assert (services.settings.data_dir / "qdrant" / layout).is_dir()
     # BM25 too: no vector or index file of the local backends
     from mmrag.index.qdrant_lexical import QdrantLexicalIndex
 

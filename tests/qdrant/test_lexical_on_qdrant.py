@@ -18,9 +18,9 @@ from mmrag.protocols import LexicalIndex
 from tests.index.test_bm25_segments import _page, _query
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[IndexSettings]:
-    yield IndexSettings(backend="qdrant", qdrant=QdrantSettings(path=tmp_path / "qdrant"))
+@pytest.fixture(params=["edge", "client"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexSettings]:
+    yield IndexSettings(backend="qdrant", qdrant=QdrantSettings(path=tmp_path / "qdrant", embedded=request.param))
     close_clients()
 
 
