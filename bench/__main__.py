@@ -7,8 +7,8 @@ import logging
 import sys
 
 BENCHMARKS = (
-    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "query", "render", "search", "sroie", "stores", "ui",
-    "words",
+    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "qdrant", "query", "render", "search", "sroie", "stores",
+    "ui", "words",
 )
 
 

@@ -262,6 +262,11 @@ class EdgeClient:
 
     # ----------------------------------------------------------------------------------------------- lifetime
 
+    def optimize(self, name: str) -> bool:
+        """Run the engine's optimizers on one collection now (a server runs them by itself): HNSW graphs and
+        quantised copies are built, deleted points vacuumed. Blocks until done."""
+        return bool(self._shard(name).optimize())
+
     def flush(self) -> None:
         with self._guard:
             for shard in self._shards.values():

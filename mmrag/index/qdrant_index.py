@@ -405,7 +405,7 @@ class QdrantMultiVectorStore(_Collection):
                     ),
                     "centroids": models.VectorParams(
                         size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
-                        on_disk=qdrant_settings.on_disk,
+                        datatype=models.Datatype.FLOAT16, on_disk=qdrant_settings.on_disk,
                         hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant_settings.on_disk),
                         quantization_config=_quantization(qdrant_settings, models),
                     ),
@@ -440,14 +440,15 @@ class QdrantMultiVectorStore(_Collection):
             if not np.isfinite(tokens16).all():
                 raise ValueError(f"page {page_ids[position]}: token vectors are NaN/inf or overflow float16")
             pages.append((int(page_ids[position]), tokens16.astype(np.float32)))
+        # In one call: k-means runs batched over pages of one length.
+        centroids = page_centroids([tokens for _, tokens in pages], CENTROIDS_PER_PAGE)
         for start in range(0, len(pages), _PAGES_PER_UPSERT):
             chunk = pages[start : start + _PAGES_PER_UPSERT]
-            centroids = page_centroids([tokens for _, tokens in chunk], CENTROIDS_PER_PAGE)
             batch = models.Batch(
                 ids=[page_id for page_id, _ in chunk],
                 vectors={
                     "tokens": [tokens.tolist() for _, tokens in chunk],
-                    "centroids": [c.astype(np.float32).tolist() for c in centroids],
+                    "centroids": [c.tolist() for c in centroids[start : start + _PAGES_PER_UPSERT]],
                 },
             )
             with self._client.using() as qdrant:
