@@ -121,7 +121,7 @@ class Collections:
         self.derived = DerivedIndexes(self)
 
     def directory(self, collection_id: int) -> Path:
-        return self.settings.data_dir / "collections" / str(collection_id)
+        return self.settings.storage_dir() / "collections" / str(collection_id)
 
     def generation(self, collection_id: int) -> int:
         """The collection's generation now (Collection.generation)."""

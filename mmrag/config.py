@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMRAG_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path("mmrag-data")
+    # Where page images, uploads, thumbnails and each collection's files (its writer lock, its derived indexes, the
+    # local backends' vectors) live: a directory every API replica and indexer of one deployment mounts (README:
+    # replicas). None: data_dir. data_dir keeps what is this process's own (job temporary files, the SQLite
+    # database and the embedded Qdrant engine when they are used).
+    shared_dir: Path | None = None
     database: DatabaseSettings = DatabaseSettings()
     ingest: IngestSettings = IngestSettings()
     embedders: EmbedderSettings = EmbedderSettings()
@@ -212,6 +217,9 @@ class Settings(BaseSettings):
         if self.index.backend == "qdrant" and qdrant.url is None and qdrant.path is None:
             qdrant.path = self.data_dir / "qdrant"
         return self
+
+    def storage_dir(self) -> Path:
+        return self.shared_dir if self.shared_dir is not None else self.data_dir
 
     def database_url(self) -> str:
         if self.database.url:

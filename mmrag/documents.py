@@ -324,7 +324,7 @@ def decode_query_image(services: Services, data: bytes, *, max_pixels: int) -> I
     kind, _ = sniff_bytes(data[:SNIFF_BYTES], label)
     if kind != DocumentKind.IMAGE:
         raise UnsupportedTypeError(f"{label}: a query image must be an image, not a {kind.value}")
-    incoming = services.data_dir / "uploads" / "incoming"
+    incoming = services.storage_dir / "uploads" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=incoming, suffix=".query") as handle:
         handle.write(data)
@@ -375,7 +375,7 @@ def page_image(
     ):
         raise NotFoundError(f"page {page_id} does not exist")
     page = found[0]
-    root = services.data_dir.resolve()
+    root = services.storage_dir.resolve()
     full = (root / page.image_path).resolve() if page.image_path else None
     if full is None or not full.is_relative_to(root) or not full.is_file():
         raise NotFoundError(f"page {page_id} has no stored image")
@@ -466,7 +466,7 @@ def store_upload(
     only tried here: see upload_passwords for the job's). The client's name only labels messages.
     """
     label = _label(name)
-    incoming = services.data_dir / "uploads" / "incoming"
+    incoming = services.storage_dir / "uploads" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=incoming, suffix=".part")
     tmp = Path(tmp_name)
@@ -494,7 +494,7 @@ def store_upload(
         except InputError as exc:
             raise type(exc)(str(exc).replace(str(tmp), label)) from None
         sha256 = digest.hexdigest()
-        target = services.data_dir / "uploads" / sha256[:2] / f"{sha256}{SUFFIX_BY_MIME.get(mime, '')}"
+        target = services.storage_dir / "uploads" / sha256[:2] / f"{sha256}{SUFFIX_BY_MIME.get(mime, '')}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             tmp.unlink()  # the same bytes are already there; keeping the old file keeps its mtime, so no re-hash

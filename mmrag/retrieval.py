@@ -228,7 +228,7 @@ def _stored_size(services: Services, image_path: str | None) -> tuple[int, int] 
     if not image_path:
         return None
     try:
-        with Image.open(services.data_dir / image_path) as image:
+        with Image.open(services.storage_dir / image_path) as image:
             return image.size
     except (OSError, UnidentifiedImageError):
         log.warning("page image %s cannot be read; no similarity map for it", image_path)
@@ -257,7 +257,7 @@ def retrieved_pages(
             path=r.path,
             score=r.score,
             text=r.text,
-            image_path=(services.data_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
+            image_path=(services.storage_dir / image_paths[r.page_id]).resolve() if image_paths.get(r.page_id) else None,
             words=tuple(words),
             words_source=source,
             looked_at=maps.get(r.page_id, ()),

@@ -37,8 +37,9 @@ class Services:
         self.collections = Collections(settings, self.sessions, self.embedders)
 
     @property
-    def data_dir(self) -> Path:
-        return self.settings.data_dir
+    def storage_dir(self) -> Path:
+        """Where page images, uploads and each collection's files live (settings.storage_dir())."""
+        return self.settings.storage_dir()
 
     def embedders(self) -> Embedders:
         with self._lock:
@@ -54,6 +55,7 @@ class Services:
 def build_services(settings: Settings, *, embedders: Embedders | None = None, migrate: bool = True) -> Services:
     """The composition root. `embedders` lets tests pass tiny models in; `migrate` runs Alembic to head."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage_dir().mkdir(parents=True, exist_ok=True)
     engine = build_engine(settings.database_url(), echo=settings.database.echo)
     if migrate:
         upgrade(engine)

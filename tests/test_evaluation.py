@@ -287,7 +287,7 @@ def test_generated_known_item_set_finds_its_own_pages(services: Services) -> Non
 def test_eval_command_generates_runs_and_writes(
     services: Services, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MMRAG_DATA_DIR", str(services.data_dir))
+    monkeypatch.setenv("MMRAG_DATA_DIR", str(services.storage_dir))
     monkeypatch.setenv("MMRAG_DATABASE__URL", database_url)
     monkeypatch.setenv("MMRAG_EMBEDDERS__PROFILE", "tiny-random")
     monkeypatch.setattr(eval_module.console, "width", 200)

@@ -85,7 +85,7 @@ def test_index_reindex_change_delete(tmp_path: Path, services: Services) -> None
         assert len(dup) == 2 and dup[0] == dup[1]
         pdf_pages = session.scalars(select(Page).join(Document).where(Document.kind == "pdf")).all()
         assert all(p.text_source == "text_layer" and "invoice number" in p.text for p in pdf_pages)
-        assert all((services.data_dir / p.image_path).is_file() for p in pdf_pages)
+        assert all((services.storage_dir / p.image_path).is_file() for p in pdf_pages)
     assert_stores_agree_with_sql(services)
 
     again = run_index(services, [corpus])
@@ -350,7 +350,7 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
         make_corpus(corpus, images=2, pdfs=1)
         report = run_index(services, [corpus])
         assert report.counts["indexed"] == 6 and report.pages_indexed == 7
-        specs = input_specs(tiny_embedders, services.settings, services.data_dir)
+        specs = input_specs(tiny_embedders, services.settings, services.storage_dir)
         assert set(specs) == {"clip", "colpali"}
         stores = services.collections.stores(1)
         with services.sessions() as session:
@@ -358,7 +358,7 @@ def test_vectors_are_a_function_of_the_stored_page_images(tmp_path: Path, tiny_e
                 DocumentPath, DocumentPath.document_id == Page.document_id)).all()
         assert len(pages) == 7
         for page_id, image_path, source in pages:
-            stored = services.data_dir / image_path
+            stored = services.storage_dir / image_path
             if source.endswith(".jpg"):
                 assert stored.read_bytes() == Path(source).read_bytes()  # the fast path stores the file itself
             clip_input, colpali_input = prepare_from_file(stored, (specs["clip"], specs["colpali"]))
@@ -540,7 +540,7 @@ def test_colpali_vectors_do_not_depend_on_where_inputs_are_made(
         assert report.counts["failed"] == 0 and report.pages_indexed == len(store) >= 3
         for page_id in store.ids():
             [tokens] = tiny_embedders.get("colpali").embed_images(
-                [Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")]
+                [Image.open(services.storage_dir / _image_path(services, int(page_id))).convert("RGB")]
             )
             np.testing.assert_allclose(store.tokens(int(page_id)).astype(np.float32), tokens, atol=2e-3)
     finally:
@@ -638,7 +638,7 @@ def test_worker_inputs_through_shared_memory_give_the_same_vectors(
         assert received and all(segment is not None for segment in received)
         store = services.collections.stores(1).get("clip")
         for page_id in store.ids():
-            image = Image.open(services.data_dir / _image_path(services, int(page_id))).convert("RGB")
+            image = Image.open(services.storage_dir / _image_path(services, int(page_id))).convert("RGB")
             [want] = tiny_embedders.get("clip").embed_images([image])
             [hits] = store.search(want[None], len(store))
             # the stored vector is this one: its inner product with it is the vector's own (1, normalised)
@@ -835,7 +835,7 @@ def test_a_pdf_after_leading_junk_is_indexed_and_searchable(
             select(Page).join(Document).join(DocumentPath).where(DocumentPath.path.like("%near.pdf"))
         ).all()
         assert [p.page_number for p in sorted(pages, key=lambda p: p.page_number)] == [1, 2]
-        assert all(p.text_source == "text_layer" and (services.data_dir / p.image_path).is_file() for p in pages)
+        assert all(p.text_source == "text_layer" and (services.storage_dir / p.image_path).is_file() for p in pages)
     assert_stores_agree_with_sql(services)
     hits = search(services, "default", text="zanzibar 4711", k=5, retrievers=["lexical"])
     assert hits[0].page_number == 1 and Path(hits[0].path).name in {"near.pdf", "edge.bin"}

@@ -76,7 +76,7 @@ def test_unsupported_questions_say_so(services: Services, question: str) -> None
 
 
 def test_a_filter_that_removes_the_evidence_makes_it_unsupported(services: Services) -> None:
-    filters = SearchFilters(path_prefix=str(services.data_dir.parent / "corpus" / "lease"))
+    filters = SearchFilters(path_prefix=str(services.storage_dir.parent / "corpus" / "lease"))
     answer, pages = qa.ask(services, ExtractiveAnswerer(), "What was the total at Corner Bakery?", ["default"],
                            filters=filters)  # fmt: skip
     assert {Path(p.path).name for p in pages} == {"lease.pdf"} and answer.supported is False

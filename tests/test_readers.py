@@ -137,7 +137,7 @@ def test_a_reader_follows_a_writer_at_work_in_memory_saving_nothing(
 def data_files(services: Services) -> dict[str, tuple[int, int]]:
     """Every file and directory under the data dir with its mtime and size: a process that writes none leaves it
     equal."""
-    root = services.data_dir
+    root = services.storage_dir
     return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size) for path in root.rglob("*")}
 
 

@@ -59,8 +59,8 @@ def test_ranking_and_pagination(services: Services) -> None:
 
 def test_filters_dig_deeper_than_the_first_ranking(services: Services) -> None:
     # depth=2 and k=1 fetch 5 hits first; r0 is last of 8, so finding it needs a deeper second round.
-    assert lexical(services, k=1, filters=SearchFilters(path_prefix=str(Path(services.data_dir).parent / "corpus" / "legal" / "r0"))) == ["r0.pdf"]
-    assert lexical(services, k=8, filters=SearchFilters(path_prefix=str(Path(services.data_dir).parent / "corpus" / "finance"))) == [
+    assert lexical(services, k=1, filters=SearchFilters(path_prefix=str(Path(services.storage_dir).parent / "corpus" / "legal" / "r0"))) == ["r0.pdf"]
+    assert lexical(services, k=8, filters=SearchFilters(path_prefix=str(Path(services.storage_dir).parent / "corpus" / "finance"))) == [
         "r7.pdf", "r5.pdf", "r3.pdf", "r1.pdf"
     ]
     assert lexical(services, k=8, filters=SearchFilters(metadata={"team": "audit"})) == ["r6.pdf", "r1.pdf"]
@@ -295,7 +295,7 @@ def test_a_delete_flags_the_pages_in_bm25_and_reads_no_page_text(services: Servi
 
 
 def _corpus(services: Services) -> Path:
-    return Path(services.data_dir).parent / "corpus"
+    return Path(services.storage_dir).parent / "corpus"
 
 
 def test_a_search_does_not_wait_for_the_candidate_index_to_update(

@@ -126,7 +126,7 @@ def test_hits_carry_where_the_map_points(services: Services, colqwen: ColPaliEmb
     assert len(hits) == 2
     for hit in hits:
         mapped = [r for r in hit.highlights if r.source == "similarity_map"]
-        image = services.data_dir / _image_path(services, hit.result.page_id)
+        image = services.storage_dir / _image_path(services, hit.result.page_id)
         expected = _fresh_map(services, colqwen, image, query)
         assert 1 <= len(mapped) <= layout.SIMILARITY_REGIONS and len(mapped) == len(expected)
         for got, want in zip(mapped, expected, strict=True):

@@ -122,16 +122,16 @@ class IndexJob:
         self.job_stages = job_stages
         self.passwords = passwords or PasswordBook()
         self.retry = Retry(failed=retry_failed, passwords=self.passwords)  # which failed documents load again
-        specs = input_specs(embedders, settings, services.data_dir)
+        specs = input_specs(embedders, settings, services.storage_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
         self.committer = job_stages.committer(
-            lambda batch: embed_pages(embedders, stores, batch.pages, services.data_dir, settings=settings, specs=specs),
+            lambda batch: embed_pages(embedders, stores, batch.pages, services.storage_dir, settings=settings, specs=specs),
             lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded),
             stores,
             depth=settings.ingest.batches_ahead,
         )
-        self.data_dir = str(services.data_dir.resolve())
+        self.data_dir = str(services.storage_dir.resolve())
         self.stages: dict[str, float] = {}
         # One worker task carries several small files: each task costs the main process GIL time (queueing,
         # pickling, waking threads), as much as everything else it does for a photo.

@@ -96,7 +96,7 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
     """Embed indexed pages that lack vectors for a loaded retriever, from their stored page images (or text)."""
     repaired = 0
     settings = services.settings
-    specs = input_specs(embedders, settings, services.data_dir)
+    specs = input_specs(embedders, settings, services.storage_dir)
     for name in embedders.on():
         with services.sessions() as session:
             missing = repository.pages_missing_embedding(session, collection_id, name)
@@ -110,7 +110,7 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
         for start in range(0, len(work), settings.batch_pages):
             chunk = work[start : start + settings.batch_pages]
             pages = [PendingPage(pid, path, text) for pid, path, text in chunk]
-            vectors = embed_pages(only, stores, pages, services.data_dir, settings=settings, specs=specs)
+            vectors = embed_pages(only, stores, pages, services.storage_dir, settings=settings, specs=specs)
             records = store_vectors(only, stores, vectors)
             stores.flush()
             with transaction(services.sessions) as session:

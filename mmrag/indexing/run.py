@@ -136,7 +136,7 @@ def _run_locked(started: _Started, stages: JobStages) -> JobReport:
     ingest = services.settings.ingest
     loader = stages.loader(
         ingest.workers, warm_modules=warm_modules(services.settings), shared_memory=ingest.shared_memory,
-        load_file=stages.load_file, temp_root=services.data_dir.resolve() / TEMP_DIR_NAME,
+        load_file=stages.load_file, temp_root=services.settings.data_dir.resolve() / TEMP_DIR_NAME,
     )
     try:
         # Frozen from the job's start, not only while files stream: listing a job's new items would otherwise

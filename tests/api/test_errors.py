@@ -121,7 +121,7 @@ def test_request_and_upload_limits(client: TestClient, tmp_path: Path) -> None:
     assert_error(client.post("/v1/documents", files={"files": ("x.png", png((8, 8)))}, data={"metadata": "[1]"}),
                  422, says="metadata")  # fmt: skip
     # Nothing refused was kept, and a refused upload left no partial file behind.
-    assert not any((client.app.state.services.data_dir / "uploads").rglob("*.p*"))
+    assert not any((client.app.state.services.storage_dir / "uploads").rglob("*.p*"))
 
 
 def test_uploads_are_stored_by_content_never_by_client_name(client: TestClient, app_services: Services) -> None:
@@ -131,7 +131,7 @@ def test_uploads_are_stored_by_content_never_by_client_name(client: TestClient, 
     accepted = response.json()
     assert accepted["files"][0]["name"] == "evil.png" and accepted["files"][0]["mime"] == "image/png"
     client.app.state.jobs.wait(60)
-    stored = list((app_services.data_dir / "uploads").rglob("*.png"))
+    stored = list((app_services.storage_dir / "uploads").rglob("*.png"))
     assert [p.name for p in stored] == [f"{accepted['files'][0]['sha256']}.png"]
     assert not Path("/tmp/evil.png").exists()
     job = client.get(accepted["status_url"]).json()

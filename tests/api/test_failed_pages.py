@@ -74,7 +74,7 @@ def test_upload_with_a_password_opens_an_encrypted_pdf_and_never_keeps_it(
         refused.append(client.post("/v1/documents", files=files, data={"password": f"nul\x00{WRONG}"}))
         assert refused[-1].status_code == 422
         assert refused[-1].json()["error"]["message"] == "password: Value error, must not contain NUL characters"
-        assert not any((services.data_dir / "uploads").rglob("*.pdf"))  # nothing refused was kept
+        assert not any((services.storage_dir / "uploads").rglob("*.pdf"))  # nothing refused was kept
 
         accepted = upload(client, [locked], password=SECRET)
         job = wait_for_job(client, accepted["job_id"])
