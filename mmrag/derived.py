@@ -73,6 +73,13 @@ class DerivedIndexes:
         # searches that do not use it must not wait for it.
         self._candidates_lock = threading.Lock()
 
+    @property
+    def lexical_in_backend(self) -> bool:
+        """Whether BM25 lives in the vector backend (qdrant), which readers never fill: then every job brings it up
+        to date with SQL (comparing page ids), so a collection moved to the backend, or one whose BM25 was lost,
+        gets it back at its next job."""
+        return self.collections.settings.index.backend == "qdrant"
+
     def lexical_dir(self, collection_id: int) -> Path:
         return self.collections.directory(collection_id) / "lexical"
 
@@ -102,7 +109,7 @@ class DerivedIndexes:
         but this object's, so it never waits for a writer. `writer` (the caller holds the collection's writer lock)
         also saves it, marked current with `generation`.
         """
-        if self.collections.settings.index.backend == "qdrant":
+        if self.lexical_in_backend:
             return self._qdrant_lexical(collection_id, writer=writer)
         if generation is None:
             generation = self.collections.generation(collection_id)
@@ -209,7 +216,7 @@ class DerivedIndexes:
 
         if (stores := self.collections.cached_stores(collection_id)) is not None:
             stores.pages_removed = False  # the pages removed so far are covered by what follows
-        if self.collections.settings.index.backend == "qdrant":
+        if self.lexical_in_backend:
             self.lexical(collection_id, writer=True)  # compares the collection's ids with SQL's, adds what it lacks
             return
         generation = self.collections.generation(collection_id)  # before the ids: see _current_lexical

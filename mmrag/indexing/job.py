@@ -52,7 +52,7 @@ def build_lexical_ahead(services: Services, collection_id: int, loader: Loader) 
     indexed pages then, and updates it otherwise (a batch failed), so this only ever saves time."""
     from mmrag.index.lexical import Bm25Index, id_changes, update_saved
 
-    if services.settings.index.backend == "qdrant":
+    if services.collections.derived.lexical_in_backend:
         return  # BM25 lives in Qdrant: the end of the job adds the pages (refresh_lexical), from this process
     directory = services.collections.derived.lexical_dir(collection_id)
     with services.sessions() as session:

@@ -186,7 +186,7 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     stages.update(indexing.stages)
     finishing = time.perf_counter()
     stores.compact_if_worthwhile(services.settings.index.compact_tombstone_ratio)
-    if texts_changed or recovered["incomplete_documents"]:
+    if texts_changed or recovered["incomplete_documents"] or services.collections.derived.lexical_in_backend:
         # BM25 current now (a worker built it ahead), not at the first query. A job of photos alone leaves it as it
         # was, and skips reading the ids of every page with text.
         services.collections.derived.refresh_lexical(collection_id)
