@@ -105,7 +105,7 @@ def test_api_serves_with_keys_on_and_asks_the_vllm_server(compose: dict, monkeyp
     # Every job root is a folder mounted into the container.
     mounts = {mount.split(":")[1] for mount in api["volumes"]}
     assert settings.api.job_roots and all(str(root) in mounts for root in settings.api.job_roots.values())
-    assert str(settings.data_dir) in mounts
+    assert str(settings.storage_dir()) in mounts
 
     # The answerer asks the vLLM service, on vLLM's port, for the model vLLM serves.
     assert settings.answerer.kind == "openai"
@@ -139,3 +139,73 @@ def test_services_that_run_index_jobs_have_room_in_dev_shm(compose: dict) -> Non
     for name in ("indexer", "indexer-gpu", "api"):
         size = str(compose["services"][name].get("shm_size", "64m")).lower().removesuffix("b")
         assert int(size[:-1]) * units[size[-1]] >= 2**30, name
+
+
+# --- past one machine: Qdrant, stateless replicas, the cluster file ----------------------------------------------
+
+
+def merged(base: dict, override: dict) -> dict:
+    """What `docker compose -f base -f override` makes of the two, for what these files use: mappings merge key by
+    key (services, environment, depends_on, volumes), anything else in the override replaces the base's."""
+    result = dict(base)
+    for key, value in override.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) \
+            else value
+    return result
+
+
+def service_settings(service: dict, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in (service.get("environment") or {}).items():
+        if key.startswith("MMRAG_"):
+            monkeypatch.setenv(key, interpolate(str(value), {}))
+    return Settings()
+
+
+def test_api_replicas_share_nothing_but_postgres_qdrant_and_the_shared_volume(
+    compose: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    api, indexer, qdrant = services["api"], services["indexer"], services["qdrant"]
+    assert api["deploy"]["replicas"] >= 2
+    low, high = str(api["ports"][0]).split(":")[0].split("-")  # one host port per replica
+    assert int(high) - int(low) + 1 == api["deploy"]["replicas"]
+    assert qdrant["image"].startswith("qdrant/qdrant:v") and qdrant["healthcheck"]["test"]
+    for name, service in (("api", api), ("indexer", indexer)):
+        settings = service_settings(service, monkeypatch)
+        assert settings.index.backend == "qdrant", name
+        url = urlsplit(settings.index.qdrant.url)
+        assert (url.hostname, url.port) == ("qdrant", 6333), name
+        assert service["depends_on"]["qdrant"]["condition"] == "service_healthy", name
+        mounts = {mount.split(":")[1]: mount.split(":")[0] for mount in service["volumes"]}
+        # the shared directory is the one named volume both mount; the data dir is the container's own
+        assert mounts.get(str(settings.shared_dir)) == "shared", name
+        assert str(settings.data_dir) not in mounts, name
+        assert settings.database_url().startswith("postgresql"), name
+    assert "shared" in compose["volumes"] and "qdrant" in compose["volumes"]
+
+
+def test_the_cluster_file_makes_three_qdrant_nodes_with_two_replicas(compose: dict,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = merged(compose, yaml.safe_load((ROOT / "docker-compose.qdrant-cluster.yml").read_text()))
+    services = cluster["services"]
+    nodes = [name for name, service in services.items() if str(service.get("image", "")).startswith("qdrant/")]
+    assert sorted(nodes) == ["qdrant", "qdrant-1", "qdrant-2"]
+    assert {services[name]["image"] for name in nodes} == {compose["services"]["qdrant"]["image"]}
+    first = services["qdrant"]["command"]
+    assert first[first.index("--uri") + 1] == "http://qdrant:6335"
+    for name in ("qdrant-1", "qdrant-2"):
+        node = services[name]
+        assert node["command"][node["command"].index("--bootstrap") + 1] == "http://qdrant:6335"
+        assert node["depends_on"]["qdrant"]["condition"] == "service_healthy"
+        assert node["volumes"][0].split(":")[0] in cluster["volumes"]  # each node its own storage
+    for name in nodes:
+        assert services[name]["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+    for name in ("api", "indexer"):
+        settings = service_settings(services[name], monkeypatch)
+        assert settings.index.qdrant.replication_factor == 2 and settings.index.qdrant.shard_number == 3, name
+        assert settings.index.backend == "qdrant" and settings.shared_dir is not None, name
+        assert {"qdrant", "qdrant-1", "qdrant-2", "postgres"} <= set(services[name]["depends_on"]), name
+    # everything the base file checks still holds for the merged one
+    for name, service in services.items():
+        for dependency in service.get("depends_on") or {}:
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
