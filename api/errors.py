@@ -44,6 +44,7 @@ from mmrag.errors import (
     NotFoundError,
     TooLargeError,
     UnsupportedTypeError,
+    VectorBackendUnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     AnswererError: 502,
     BackendUnavailableError: 503,
     IndexError_: 500,  # the index disagrees with SQL: the server's fault
+    VectorBackendUnavailableError: 503,  # the Qdrant server is down or refuses us: retry later
     CollectionBusyError: 409,  # another process is writing the collection: retry later
     MmragError: 500,
 }

@@ -14,6 +14,7 @@
      │    └── TooLargeError          decompression bomb, page over the pixel limit
      ├── IndexError_                 a vector index is inconsistent with its manifest or SQL
      │    └── ManifestMismatchError
+     ├── VectorBackendUnavailableError  the vector database server (Qdrant) cannot be reached or refused us
      ├── NotFoundError               a document, page or job id that does not exist
      ├── CollectionBusyError         another process is writing the collection (one writer at a time)
      └── AnswererError               an answer backend failed; the message names the server URL or the model
@@ -103,6 +104,15 @@ class IndexError_(MmragError):  # noqa: N801 - trailing underscore avoids shadow
 
 class ManifestMismatchError(IndexError_):
     pass
+
+
+class VectorBackendUnavailableError(MmragError):
+    """The vector database server (a Qdrant server or cluster) did not answer, or refused the request (its API key,
+    its state); the message names its URL and what it said."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.url = url
+        super().__init__(f"the Qdrant server at {url} cannot serve this request: {reason}")
 
 
 class NotFoundError(MmragError):

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mmrag.config import IndexSettings, QdrantSettings
-from mmrag.errors import BackendUnavailableError, ConfigError, IndexError_
+from mmrag.errors import BackendUnavailableError, ConfigError, IndexError_, VectorBackendUnavailableError
 from mmrag.index.manifest import Manifest, as_page_ids, checked_batch, last_occurrences
 from mmrag.types import Hit
 
@@ -66,18 +66,42 @@ class _Client:
     allows one client per directory, and its calls are serialised; a server's are not. `local` marks qdrant-client's
     local mode, which searches exactly whatever it is asked (and warns when given search parameters)."""
 
-    def __init__(self, client: Any, *, embedded: bool, local: bool = False) -> None:
+    def __init__(self, client: Any, *, embedded: bool, local: bool = False, url: str | None = None) -> None:
         self.client = client
         self.local = local
+        self.url = url
         self._lock = threading.RLock() if embedded else None
 
     @contextmanager
     def using(self) -> Iterator[Any]:
-        if self._lock is None:
-            yield self.client
+        """The client, for one or a few calls; a server that cannot be reached or refuses a call raises
+        VectorBackendUnavailableError naming it (the API answers 503)."""
+        if self._lock is not None:
+            with self._lock:
+                yield self.client
             return
-        with self._lock:
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        try:
             yield self.client
+        except (ResponseHandlingException, UnexpectedResponse, ConnectionError, TimeoutError) as exc:
+            raise VectorBackendUnavailableError(str(self.url), _reason(exc)) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("httpx", "httpcore", "grpc")):  # transport errors of either protocol
+                raise VectorBackendUnavailableError(str(self.url), _reason(exc)) from exc
+            raise
+
+
+def _reason(exc: BaseException) -> str:
+    """What a server or its transport said, in one line."""
+    reason = getattr(exc, "reason_phrase", None)
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        content = getattr(exc, "content", b"") or b""
+        return f"HTTP {status} {reason or ''}: {content[:300].decode('utf-8', 'replace')}".strip()
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or type(exc).__name__
+    return f"{text} ({cause})" if cause is not None and str(cause) not in text else text
 
 
 _CLIENTS: dict[tuple[str, str], _Client] = {}
@@ -99,7 +123,7 @@ def connect(settings: QdrantSettings) -> _Client:
             client = client_class(
                 url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc, timeout=settings.timeout_s
             )
-            found = _Client(client, embedded=False)
+            found = _Client(client, embedded=False, url=settings.url)
         elif settings.embedded == "edge":
             from mmrag.index.qdrant_edge import EdgeClient
 

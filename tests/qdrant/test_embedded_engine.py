@@ -52,3 +52,19 @@ def test_a_second_process_is_refused_and_the_first_goes_on(tmp_path: Path, engin
     reopened = subprocess.run([sys.executable, "-c", SECOND + "\nprint('opened')", str(path), engine], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert reopened.returncode == 0 and "opened" in reopened.stdout, reopened.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_smoke_script_passes_on_the_embedded_engine_and_fails_in_a_sentence_without_a_server(
+    tmp_path: Path,
+) -> None:
+    """scripts/qdrant-smoke as a user runs it; with --path it needs no server, which is how it is checked here."""
+    passed = subprocess.run([str(ROOT / "scripts" / "qdrant-smoke"), "--path", str(tmp_path / "qdrant")],
+                            capture_output=True, text=True, timeout=300)
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
+    assert "qdrant-smoke: passed" in passed.stdout and "FAIL" not in passed.stdout
+    assert passed.stdout.count("\nok   ") >= 6
+    down = subprocess.run([str(ROOT / "scripts" / "qdrant-smoke"), "http://127.0.0.1:9"], capture_output=True,
+                          text=True, timeout=300)
+    assert down.returncode == 1 and "Qdrant server at http://127.0.0.1:9" in down.stdout
+    assert "Traceback" not in down.stdout + down.stderr
