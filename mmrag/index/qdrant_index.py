@@ -213,8 +213,11 @@ class _Collection:
 
     kind: str
 
-    def __init__(self, client: _Client, name: str, *, model: str, dim: int, uid: str, exists: bool) -> None:
+    def __init__(self, client: _Client, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
+                 exists: bool) -> None:
         self._client = client
+        self._settings = settings
+        self._create: Any = None  # how _open made the collection (set there)
         self.name = name
         self.model = model
         self.dim = dim
@@ -222,6 +225,32 @@ class _Collection:
         self._uid = uid
         self._exists = exists
         self._version = 0
+
+    @classmethod
+    def _open(cls, settings: IndexSettings, directory: Path, name: str, *, model: str, dim: int, read_only: bool,
+              vectors: dict[str, Any], sparse: dict[str, Any] | None = None) -> _Collection:
+        """The store of Qdrant collection `name` of the mmrag collection of `directory`, created with these named
+        dense and sparse vectors unless `read_only`; one that exists must hold this kind of vectors of `model` and
+        `dim`."""
+        client = connect(settings.qdrant)
+        collection = collection_name(settings.qdrant, directory, name)
+
+        def create(qdrant: Any, uid: str) -> None:
+            qdrant.create_collection(
+                collection, vectors_config=vectors, sparse_vectors_config=sparse,
+                shard_number=settings.qdrant.shard_number, replication_factor=settings.qdrant.replication_factor,
+                metadata=_metadata(Manifest(model, dim, METRIC, 0, cls.kind), uid),
+            )
+            cls._created(qdrant, client, collection)
+
+        uid, exists = cls._opened(client, collection, model=model, dim=dim, read_only=read_only, create=create)
+        store = cls(client, collection, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+        store._create = create  # a rebuild makes it again (QdrantLexicalIndex.rebuild)
+        return store
+
+    @staticmethod
+    def _created(qdrant: Any, client: _Client, collection: str) -> None:
+        """What a kind of store adds to a collection it has just created (its payload indexes)."""
 
     @classmethod
     def _opened(cls, client: _Client, name: str, *, model: str, dim: int, read_only: bool,
@@ -336,35 +365,19 @@ class QdrantIndex(_Collection):
 
     kind = DENSE_KIND
 
-    def __init__(self, client: _Client, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
-                 exists: bool) -> None:
-        super().__init__(client, name, model=model, dim=dim, uid=uid, exists=exists)
-        self._settings = settings
-
     @classmethod
     def open(cls, settings: IndexSettings, directory: Path, *, name: str, model: str, dim: int,
              read_only: bool = False) -> QdrantIndex:
         """Open (or create) the dense collection of index `name` for the mmrag collection of `directory`."""
         _, models = _qdrant()
-        qdrant_settings = settings.qdrant
-        client = connect(qdrant_settings)
-        collection = collection_name(qdrant_settings, directory, name)
-
-        def create(qdrant: Any, uid: str) -> None:
-            qdrant.create_collection(
-                collection,
-                vectors_config={"vector": models.VectorParams(
-                    size=dim, distance=models.Distance.DOT, on_disk=qdrant_settings.on_disk,
-                    hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant_settings.on_disk),
-                    quantization_config=_quantization(qdrant_settings, models),
-                )},
-                shard_number=qdrant_settings.shard_number,
-                replication_factor=qdrant_settings.replication_factor,
-                metadata=_metadata(Manifest(model, dim, METRIC, 0, DENSE_KIND), uid),
-            )
-
-        uid, exists = cls._opened(client, collection, model=model, dim=dim, read_only=read_only, create=create)
-        return cls(client, collection, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+        qdrant = settings.qdrant
+        vector = models.VectorParams(
+            size=dim, distance=models.Distance.DOT, on_disk=qdrant.on_disk,
+            hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant.on_disk),
+            quantization_config=_quantization(qdrant, models),
+        )
+        return cls._open(settings, directory, name, model=model, dim=dim, read_only=read_only,
+                         vectors={"vector": vector})
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace (upsert) one vector per page."""
@@ -401,48 +414,32 @@ class QdrantMultiVectorStore(_Collection):
 
     kind = MULTI_KIND
 
-    def __init__(self, client: _Client, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
-                 exists: bool) -> None:
-        super().__init__(client, name, model=model, dim=dim, uid=uid, exists=exists)
-        self._settings = settings
-
     @classmethod
     def open(cls, settings: IndexSettings, directory: Path, *, model: str, dim: int,
              read_only: bool = False) -> QdrantMultiVectorStore:
         """Open (or create) the multi-vector collection of the store `directory` names (its last part: the
         retriever). A read-only open of one not made yet raises IndexError_ (its writer has not committed it)."""
         _, models = _qdrant()
-        qdrant_settings = settings.qdrant
-        client = connect(qdrant_settings)
-        collection = collection_name(qdrant_settings, Path(directory).parent, Path(directory).name)
+        qdrant = settings.qdrant
         max_sim = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
-
-        def create(qdrant: Any, uid: str) -> None:
-            qdrant.create_collection(
-                collection,
-                vectors_config={
-                    # Scanned for exact search or read for a rerank, never walked: no graph (m=0) saves its build.
-                    "tokens": models.VectorParams(
-                        size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
-                        datatype=models.Datatype.FLOAT16, on_disk=qdrant_settings.on_disk,
-                        hnsw_config=models.HnswConfigDiff(m=0),
-                    ),
-                    "centroids": models.VectorParams(
-                        size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
-                        datatype=models.Datatype.FLOAT16, on_disk=qdrant_settings.on_disk,
-                        hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant_settings.on_disk),
-                        quantization_config=_quantization(qdrant_settings, models),
-                    ),
-                },
-                shard_number=qdrant_settings.shard_number,
-                replication_factor=qdrant_settings.replication_factor,
-                metadata=_metadata(Manifest(model, dim, METRIC, 0, MULTI_KIND), uid),
-            )
-
-        uid, exists = cls._opened(client, collection, model=model, dim=dim, read_only=read_only, create=create)
-        if not exists:
-            raise IndexError_(f"Qdrant collection {collection} does not exist yet")
-        return cls(client, collection, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+        vectors = {
+            # Scanned for exact search or read for a rerank, never walked: no graph (m=0) saves its build.
+            "tokens": models.VectorParams(
+                size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
+                datatype=models.Datatype.FLOAT16, on_disk=qdrant.on_disk, hnsw_config=models.HnswConfigDiff(m=0),
+            ),
+            "centroids": models.VectorParams(
+                size=dim, distance=models.Distance.DOT, multivector_config=max_sim,
+                datatype=models.Datatype.FLOAT16, on_disk=qdrant.on_disk,
+                hnsw_config=models.HnswConfigDiff(m=settings.hnsw_m, on_disk=qdrant.on_disk),
+                quantization_config=_quantization(qdrant, models),
+            ),
+        }
+        store = cls._open(settings, Path(directory).parent, Path(directory).name, model=model, dim=dim,
+                          read_only=read_only, vectors=vectors)
+        if not store._exists:
+            raise IndexError_(f"Qdrant collection {store.name} does not exist yet")
+        return store
 
     def add(self, ids: Sequence[int], vectors: Sequence[np.ndarray]) -> None:
         """Add or replace pages' token matrices (each (tokens >= 1, dim)), with their centroids."""

@@ -37,7 +37,7 @@ from mmrag.analysis import NGRAM, analyze, char_ngrams, query_terms
 from mmrag.config import IndexSettings
 from mmrag.index.lexical import MODEL, NGRAM_MIN_MATCH, NGRAM_RRF_K, fingerprint_of
 from mmrag.index.manifest import as_page_ids
-from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _qdrant, collection_name, connect
+from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _qdrant
 from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
@@ -74,39 +74,26 @@ class QdrantLexicalIndex(_Collection):
 
     kind = KIND
 
-    def __init__(self, client: Any, name: str, *, uid: str, exists: bool, k1: float = 1.5, b: float = 0.75,
-                 ngram: int = NGRAM) -> None:
-        super().__init__(client, name, model=MODEL, dim=1, uid=uid, exists=exists)
-        self.k1, self.b, self.ngram = k1, b, ngram
+    def __init__(self, client: Any, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
+                 exists: bool) -> None:
+        super().__init__(client, name, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
+        self.k1, self.b, self.ngram = 1.5, 0.75, NGRAM  # as Bm25Index's defaults
 
     @classmethod
     def open(cls, settings: IndexSettings, directory: Path, *, read_only: bool = False) -> QdrantLexicalIndex:
         """The lexical collection of the mmrag collection whose vectors directory is `directory`; a reader's open of
-        one not made yet searches to nothing until its writer makes it."""
-        client = connect(settings.qdrant)
-        name = collection_name(settings.qdrant, directory, "lexical")
-        # The manifest's model names the analyzer (mmrag.index.lexical.MODEL): terms of another one never meet.
-        uid, exists = cls._opened(client, name, model=MODEL, dim=1, read_only=read_only,
-                                  create=lambda qdrant, uid: cls._create(qdrant, client, name, settings, uid))
-        index = cls(client, name, uid=uid, exists=exists)
-        index._settings = settings
-        return index
-
-    @staticmethod
-    def _create(qdrant: Any, client: Any, name: str, settings: IndexSettings, uid: str) -> None:
+        one not made yet searches to nothing until its writer makes it. The manifest's model names the analyzer
+        (mmrag.index.lexical.MODEL): terms of another one never meet."""
         _, models = _qdrant()
         idf = models.SparseVectorParams(modifier=models.Modifier.IDF)
-        qdrant.create_collection(
-            name,
-            vectors_config={},
-            sparse_vectors_config={_WORDS: idf, _GRAMS: idf, _GRAM_HITS: models.SparseVectorParams()},
-            shard_number=settings.qdrant.shard_number,
-            replication_factor=settings.qdrant.replication_factor,
-            metadata={"mmrag_model": MODEL, "mmrag_dim": 1, "mmrag_metric": "ip", "mmrag_kind": KIND,
-                      "mmrag_uid": uid},
-        )
+        return cls._open(settings, directory, "lexical", model=MODEL, dim=1, read_only=read_only, vectors={},
+                         sparse={_WORDS: idf, _GRAMS: idf, _GRAM_HITS: models.SparseVectorParams()})
+
+    @staticmethod
+    def _created(qdrant: Any, client: Any, collection: str) -> None:
+        _, models = _qdrant()
         if not client.local:  # qdrant-client's local mode filters without one (and warns)
-            qdrant.create_payload_index(name, field_name="fields", field_schema=models.PayloadSchemaType.KEYWORD)
+            qdrant.create_payload_index(collection, field_name="fields", field_schema=models.PayloadSchemaType.KEYWORD)
 
     # ----------------------------------------------------------------------------------------------- writing
 
@@ -141,10 +128,10 @@ class QdrantLexicalIndex(_Collection):
     def rebuild(self, pages: Iterable[tuple[int, str]]) -> None:
         """Replace the whole index with these pages, all weighted by their own average length."""
         pages = list(pages)
-        # A new collection, not every point deleted: deleted points count in the engine's IDF until it vacuums.
+        # A new collection, not every point deleted: deleted points may count in the engine's IDF until it vacuums.
         with self._client.using() as qdrant:
             qdrant.delete_collection(self.name)
-            self._create(qdrant, self._client, self.name, self._settings, self._uid)
+            self._create(qdrant, self._uid)
         self._exists = True
         self.add(pages)
 
