@@ -86,13 +86,18 @@ def _watching_ocr_files(system_temp: Path, job_dirs: Path) -> Iterator[tuple[set
         watcher.join()
 
 
+def make_crash_corpus(corpus: Path) -> list[Path]:
+    """24 images and 4 PDFs of 3 pages: 28 files, 36 pages, enough batches for three kills to land mid-job."""
+    files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
+    return files + [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_indexes_every_file_exactly_once(
     tmp_path: Path, database_url: str, tiny_embedders: Embedders
 ) -> None:
     corpus = tmp_path / "corpus"
-    files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
-    files += [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
+    files = make_crash_corpus(corpus)
     expected_pages = 24 + 4 * 3
     # the indexer's system temporary directory, where what it leaves shows; short, as a system's is (a socket's path
     # one level below it must stay under 108 bytes: tmp_path is too deep)

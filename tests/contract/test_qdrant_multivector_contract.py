@@ -15,11 +15,10 @@ from mmrag.errors import IndexError_, ManifestMismatchError
 from mmrag.index import open_multivector_store
 from mmrag.index.qdrant_index import QdrantMultiVectorStore, close_clients
 from mmrag.protocols import MultiVectorStore
-from tests.contract.oracles import MaxSimOracle, topic_pages, topic_query
+from tests.contract.oracles import MaxSimOracle, topic_pages
+# The local store's suite's pages and queries (the same data, so the two suites check the same thing)
+from tests.contract.test_multivector_contract import DIM, MODEL, N_PAGES, corpus, page_ids, queries  # noqa: F401
 
-MODEL = "test-colpali"
-DIM = 24
-N_PAGES = 120
 K = 10
 CANDIDATES = 40  # a third of the pages: the prefetch must find the top 10 among them
 
@@ -35,17 +34,6 @@ def search(request: pytest.FixtureRequest, engine: str) -> str:
     return f"{request.param}:{engine}"
 
 
-@pytest.fixture(scope="module")
-def corpus() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    return topic_pages(N_PAGES, DIM, seed=11)
-
-
-@pytest.fixture(scope="module")
-def queries(corpus) -> list[np.ndarray]:
-    _, _, centres = corpus
-    return [topic_query(centres, topic % len(centres), n_tokens=5 + topic, seed=topic) for topic in range(12)]
-
-
 def open_store(directory: Path, search: str, *, model: str = MODEL, dim: int = DIM, read_only: bool = False,
                reopen: bool = True) -> MultiVectorStore:
     """The store of `directory`; `reopen` starts a new client first, so the engine reads what it persisted."""
@@ -57,10 +45,6 @@ def open_store(directory: Path, search: str, *, model: str = MODEL, dim: int = D
         qdrant=QdrantSettings(path=directory / "qdrant", embedded=engine),
     )
     return open_multivector_store(settings, directory / "colpali", model=model, dim=dim, read_only=read_only)
-
-
-def page_ids(n: int) -> list[int]:
-    return [1000 + 3 * i for i in range(n)]
 
 
 def assert_matches(store: MultiVectorStore, oracle: MaxSimOracle, exact: MaxSimOracle, queries, search: str,

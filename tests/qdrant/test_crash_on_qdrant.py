@@ -14,8 +14,7 @@ from mmrag.index.qdrant_index import QdrantIndex, QdrantMultiVectorStore, close_
 from mmrag.retrievers import Embedders
 from mmrag.services import build_services
 from mmrag.store.models import Document, DocumentPath, Page, PageEmbedding
-from tests.factories import make_image, make_pdf
-from tests.test_crash import ROOT, _kill_when, _start
+from tests.test_crash import ROOT, _kill_when, _start, make_crash_corpus
 
 
 @pytest.mark.slow
@@ -23,8 +22,7 @@ def test_kill_9_then_resume_leaves_sql_and_qdrant_agreeing(
     tmp_path: Path, database_url: str, tiny_embedders: Embedders
 ) -> None:
     corpus = tmp_path / "corpus"
-    files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
-    files += [make_pdf(corpus / "pdf" / f"{i}.pdf", [f"pdf {i} page {n}" for n in range(3)]) for i in range(4)]
+    files = make_crash_corpus(corpus)
     env = {
         **os.environ,
         "MMRAG_DATA_DIR": str(tmp_path / "data"),
