@@ -167,6 +167,16 @@ class MultiVectorStore(Protocol):
 
 
 @runtime_checkable
+class SearchesWithin(Protocol):
+    """A store that searches among given pages only (the pages a search's filters allow, read from SQL), so a
+    narrow filter gets its best pages from the store itself rather than from a deeper unfiltered ranking. Its
+    query is what its `search` takes: a (n, dim) matrix for a single-vector index (one ranking per row), a
+    (tokens, dim) matrix for a multi-vector store, a text for a lexical index."""
+
+    def search_within(self, query: Any, k: int, page_ids: np.ndarray) -> Any: ...
+
+
+@runtime_checkable
 class LexicalIndex(Protocol):
     """A lexical (BM25) index over page text, derived from SQL (rebuilt from it, or updated with what changed)."""
 

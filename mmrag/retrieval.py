@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmrag.collections import Collections
@@ -21,6 +22,10 @@ from mmrag.store import repository
 from mmrag.types import Hit, RetrievedPage, SearchFilters, SearchResult
 
 log = logging.getLogger(__name__)
+
+# A search's filters allowing at most this many pages of a collection hand their ids to the stores that search
+# among given pages (protocols.SearchesWithin); more, and the hits are filtered after, retrievers asked deeper.
+WITHIN_MAX_PAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class _CollectionContext:
     collection_id: int
     generation: int | None
     settings: Settings
+    within: np.ndarray | None = None
 
     def lexical(self) -> LexicalIndex:
         return self.collections.derived.lexical(self.collection_id, generation=self.generation)
@@ -54,11 +60,13 @@ def retrieve(
     depth: int = 50,
     retrievers: Sequence[str] | None = None,
     generation: int | None = None,
+    within: np.ndarray | None = None,
 ) -> list[RetrieverHits]:
     """Each loaded retriever's own ranking, `depth` deep, in registry order: a text query goes to every retriever,
     an image to those that take image queries. Unless `retrievers` names them, retrievers whose fusion weight is 0
     are not run. `generation`: the collection's, when the caller has just read it
-    (saves the derived indexes a round trip)."""
+    (saves the derived indexes a round trip). `within`: the only pages wanted (a search's filters, from SQL); the
+    stores that can search among them only do, the others rank the whole collection."""
     if (text is None) == (image is None):
         raise ConfigError("give exactly one of a text query or an image query")
     RETRIEVERS.check(retrievers or ())
@@ -66,7 +74,7 @@ def retrieve(
     embedders = services.embedders()
     collections = services.collections
     stores = collections.stores(collection_id, generation=generation)
-    context = _CollectionContext(collections, collection_id, generation, services.settings)
+    context = _CollectionContext(collections, collection_id, generation, services.settings, within)
     results: list[RetrieverHits] = []
     for retriever in RETRIEVERS:
         if retrievers and retriever.name not in retrievers or query.kind not in retriever.query_kinds:
@@ -149,6 +157,14 @@ def search(
             collection.id: collection.generation
             for collection in (repository.get_collection(session, name) for name in names)
         }
+        # A narrow filter's pages, read from SQL, go to the stores that can search among them only (Qdrant): their
+        # best pages come first, however far down the whole collection's ranking they are.
+        within: dict[int, np.ndarray | None] = {collection_id: None for collection_id in generations}
+        if filters != SearchFilters():
+            for collection_id in generations:
+                allowed = repository.filtered_page_ids(session, collection_id, filters, limit=WITHIN_MAX_PAGES)
+                within[collection_id] = None if allowed is None else np.asarray(allowed, dtype=np.int64)
+    generations = {cid: g for cid, g in generations.items() if within[cid] is None or len(within[cid])}
     wanted = offset + k
     depth = max(settings.depth, 5 * wanted)
     while True:
@@ -157,7 +173,7 @@ def search(
         exhausted = True
         for collection_id, generation in generations.items():
             rankings = retrieve(services, collection_id, text=text, image=image, depth=depth, retrievers=retrievers,
-                                generation=generation)
+                                generation=generation, within=within[collection_id])
             exhausted &= all(len(r.hits) < depth for r in rankings)
             rankings_used += [r.retriever for r in rankings if r.retriever not in rankings_used]
             fused += fuse(rankings, settings)

@@ -249,6 +249,8 @@ class EdgeClient:
         edge = self.edge
 
         def field(c: Any) -> Any:
+            if hasattr(c, "has_id"):
+                return edge.HasIdCondition(point_ids={int(point_id) for point_id in c.has_id})
             match = c.match
             if hasattr(match, "any"):
                 return edge.FieldCondition(key=c.key, match=edge.MatchAny(any=list(match.any)))

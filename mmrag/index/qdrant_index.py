@@ -392,6 +392,10 @@ class QdrantIndex(_Collection):
             self._version += 1
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        return self.search_within(queries, k, None)
+
+    def search_within(self, queries: np.ndarray, k: int, page_ids: np.ndarray | None) -> list[list[Hit]]:
+        """Top-k among these pages only (None: all), for each query row."""
         _, models = _qdrant()
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -399,8 +403,10 @@ class QdrantIndex(_Collection):
         if k <= 0 or not len(queries) or not self._present():
             return [[] for _ in range(len(queries))]
         params = _search_params(self._settings, models, exact=self._settings.kind == "flat", local=self._client.local)
+        only = _only(page_ids, models)
         requests = [
-            models.QueryRequest(query=query.astype(np.float32).tolist(), using="vector", limit=int(k), params=params)
+            models.QueryRequest(query=query.astype(np.float32).tolist(), using="vector", limit=int(k), params=params,
+                                filter=only)
             for query in queries
         ]
         with self._client.using() as qdrant:
@@ -480,7 +486,12 @@ class QdrantMultiVectorStore(_Collection):
     def search(self, query: np.ndarray, k: int) -> list[Hit]:
         """Top-k pages by MaxSim over every token: all pages scanned (index.multivector_search = "exact"), or the
         index.multivector_candidates pages whose centroids score best, prefetched, then reranked ("candidates")."""
+        return self.search_within(query, k, None)
+
+    def search_within(self, query: np.ndarray, k: int, page_ids: np.ndarray | None) -> list[Hit]:
+        """search() among these pages only (None: all)."""
         _, models = _qdrant()
+        only = _only(page_ids, models)
         query = np.asarray(query, dtype=np.float32)
         if query.ndim != 2 or query.shape[1] != self.dim or query.shape[0] < 1:
             raise ValueError(f"a query must have shape (n>=1, {self.dim}), got {query.shape}")
@@ -491,13 +502,14 @@ class QdrantMultiVectorStore(_Collection):
         if settings.multivector_search == "candidates":
             prefetch = models.Prefetch(
                 query=tokens, using="centroids", limit=max(int(k), settings.multivector_candidates),
-                params=_search_params(settings, models, exact=False, local=self._client.local),
+                params=_search_params(settings, models, exact=False, local=self._client.local), filter=only,
             )
             arguments = {"prefetch": prefetch}
         else:
             arguments = {} if self._client.local else {"search_params": models.SearchParams(exact=True)}
         with self._client.using() as qdrant:
-            response = qdrant.query_points(self.name, query=tokens, using="tokens", limit=int(k), **arguments)
+            response = qdrant.query_points(self.name, query=tokens, using="tokens", limit=int(k), query_filter=only,
+                                           **arguments)
         return _hits(response.points)
 
     def tokens(self, page_id: int) -> np.ndarray:
@@ -513,6 +525,13 @@ class QdrantMultiVectorStore(_Collection):
 
     def stats(self) -> dict[str, int]:
         return {"pages": len(self), "tombstoned_pages": 0}
+
+
+def _only(page_ids: np.ndarray | None, models: Any) -> Any | None:
+    """The filter keeping these points alone (None: no filter)."""
+    if page_ids is None:
+        return None
+    return models.Filter(must=[models.HasIdCondition(has_id=[int(page_id) for page_id in page_ids])])
 
 
 def _hits(points: Sequence[Any]) -> list[Hit]:

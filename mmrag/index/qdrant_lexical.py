@@ -37,7 +37,7 @@ from mmrag.analysis import NGRAM, analyze, char_ngrams, query_terms
 from mmrag.config import IndexSettings
 from mmrag.index.lexical import MODEL, NGRAM_MIN_MATCH, NGRAM_RRF_K, fingerprint_of
 from mmrag.index.manifest import as_page_ids
-from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _qdrant
+from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _only, _qdrant
 from mmrag.types import Hit
 
 log = logging.getLogger(__name__)
@@ -160,20 +160,25 @@ class QdrantLexicalIndex(_Collection):
     def search(self, query: str, k: int) -> list[Hit]:
         """Top-k pages, best first: the word ranking, merged by reciprocal rank with the n-gram ranking of pages
         holding NGRAM_MIN_MATCH of the query's n-grams (as Bm25Index.search)."""
+        return self.search_within(query, k, None)
+
+    def search_within(self, query: str, k: int, page_ids: np.ndarray | None) -> list[Hit]:
+        """search() among these pages only (None: all); the statistics (IDF, lengths) stay the collection's."""
         _, models = _qdrant()
         terms = query_terms(query)
         if k <= 0 or not terms or not self._present():
             return []
-        words = self._ranking(_sparse(Counter(terms), models), _WORDS, k)
+        only = _only(page_ids, models)
+        words = self._ranking(_sparse(Counter(terms), models), _WORDS, k, only=only)
         if not self.ngram:
             return words
         query_grams = list(dict.fromkeys(char_ngrams(terms, self.ngram)))
         min_match = math.ceil(NGRAM_MIN_MATCH * len(query_grams))
         held = models.Prefetch(
             query=_sparse(dict.fromkeys(query_grams, 1.0), models), using=_GRAM_HITS,
-            score_threshold=min_match - 0.5, limit=max(GRAM_CANDIDATES, k),
+            score_threshold=min_match - 0.5, limit=max(GRAM_CANDIDATES, k), filter=only,
         )
-        grams = self._ranking(_sparse(dict.fromkeys(query_grams, 1.0), models), _GRAMS, k, prefetch=held)
+        grams = self._ranking(_sparse(dict.fromkeys(query_grams, 1.0), models), _GRAMS, k, prefetch=held, only=only)
         fused: dict[int, float] = {}
         for ranking in (words, grams):
             for position, hit in enumerate(ranking, start=1):
@@ -181,13 +186,13 @@ class QdrantLexicalIndex(_Collection):
         order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
         return [Hit(page_id, fused[page_id]) for page_id in order]
 
-    def _ranking(self, vector: Any, using: str, k: int, *, prefetch: Any = None) -> list[Hit]:
+    def _ranking(self, vector: Any, using: str, k: int, *, prefetch: Any = None, only: Any = None) -> list[Hit]:
         """The top k by one sparse vector, ties by page id as the local index breaks them: Qdrant cuts a run of
         equal scores at its limit anywhere, so it is asked for more (TIE_MARGIN) and the cut is made here."""
         with self._client.using() as qdrant:
             points = qdrant.query_points(
                 self.name, query=vector, using=using, limit=int(k) + TIE_MARGIN, prefetch=prefetch,
-                with_payload=False,
+                query_filter=only, with_payload=False,
             ).points
         hits = [Hit(int(point.id), float(point.score)) for point in points if point.score > 0]
         hits.sort(key=lambda hit: (-hit.score, hit.page_id))

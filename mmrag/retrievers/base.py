@@ -76,6 +76,9 @@ class SearchContext(Protocol):
     read-only (derived indexes are kept current by the collection's writer)."""
 
     settings: Settings
+    # The pages the search's filters allow (SQL's ids), when few enough to hand to the stores; None: any page.
+    # A store that can (protocols.SearchesWithin) searches among them only; the others' hits are filtered after.
+    within: np.ndarray | None
 
     def lexical(self) -> LexicalIndex: ...
 
@@ -183,10 +186,14 @@ class SingleVectorRetriever(Retriever):
         return Embedded(ids=ids, vectors=vectors, counts=[1] * len(ids))
 
     def search(self, embedder: Any, store: Any, query: Query, depth: int, context: SearchContext) -> list[Hit]:
+        from mmrag.protocols import SearchesWithin
+
         if query.image is not None:
             vectors = embedder.embed_images([query.image])
         else:
             vectors = embedder.embed_texts([query.text])
+        if context.within is not None and isinstance(store, SearchesWithin):
+            return store.search_within(vectors, depth, context.within)[0]
         return store.search(vectors, depth)[0]
 
 

@@ -93,7 +93,11 @@ class ColpaliRetriever(Retriever):
         store.add(embedded.ids.tolist(), embedded.vectors)
 
     def search(self, embedder: Any, store: Any, query: Query, depth: int, context: SearchContext) -> list[Hit]:
+        from mmrag.protocols import SearchesWithin
+
         tokens = self._query_tokens(embedder, str(query.text))
+        if context.within is not None and isinstance(store, SearchesWithin):
+            return store.search_within(tokens, depth, context.within)
         use_candidates = context.settings.index.multivector_search == "candidates"
         candidates = context.candidates(self.name) if use_candidates else None
         if candidates is not None:

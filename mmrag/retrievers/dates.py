@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrag.analysis import MONTH_DAY_PREFIX, date_terms, query_terms, without_dates
+from mmrag.protocols import SearchesWithin
 from mmrag.retrievers import RETRIEVERS
 from mmrag.retrievers.base import Query, Retriever, SearchContext
 from mmrag.types import Hit
@@ -45,9 +46,16 @@ class DatesRetriever(Retriever):
             return []
         lexical = context.lexical()
         held = lexical.pages_holding(terms)
+        if context.within is not None:
+            allowed = set(context.within.tolist())
+            held = {page_id: found for page_id, found in held.items() if page_id in allowed}
         rest = without_dates(query.text)
         if held and query_terms(rest):
-            close = {hit.page_id for hit in lexical.search(rest, ENTITY_TOP)}
+            if context.within is not None and isinstance(lexical, SearchesWithin):
+                best = lexical.search_within(rest, ENTITY_TOP, context.within)
+            else:
+                best = lexical.search(rest, ENTITY_TOP)
+            close = {hit.page_id for hit in best}
             held = {page_id: found for page_id, found in held.items() if page_id in close}
         full = {term for term in terms if not term.startswith(MONTH_DAY_PREFIX)}
         hits = [Hit(page_id, FULL_DATE if found & full else MONTH_DAY) for page_id, found in held.items()]

@@ -16,5 +16,10 @@ class LexicalRetriever(Retriever):
     embeds = False
 
     def search(self, embedder: Any, store: Any, query: Query, depth: int, context: SearchContext) -> list[Hit]:
+        from mmrag.protocols import SearchesWithin
+
         assert query.text is not None  # text queries only (query_kinds)
-        return context.lexical().search(query.text, depth)
+        lexical = context.lexical()
+        if context.within is not None and isinstance(lexical, SearchesWithin):
+            return lexical.search_within(query.text, depth, context.within)
+        return lexical.search(query.text, depth)

@@ -229,6 +229,20 @@ def describe_pages(
     return result
 
 
+def filtered_page_ids(
+    session: Session, collection_id: int, filters: SearchFilters, *, limit: int
+) -> list[int] | None:
+    """The ids of the collection's indexed pages that pass `filters`, or None when more than `limit` do (then a
+    search filters what its retrievers return instead). Reads at most limit + 1 ids."""
+    query = (
+        select(Page.id)
+        .join(Document, Document.id == Page.document_id)
+        .where(Document.collection_id == collection_id, Document.status == DocumentStatus.INDEXED)
+    )
+    ids = list(session.scalars(_filtered(query, filters, pages=True).limit(limit + 1)))
+    return None if len(ids) > limit else ids
+
+
 def uploaded_names(session: Session, document_ids: Iterable[int]) -> dict[int, str]:
     """Document id → the file name it was uploaded as (its metadata's "filename"), for those that have one."""
     ids = list(document_ids)
