@@ -12,8 +12,8 @@ Rows, per size:
   local exact / local candidates     ShardedMultiVectorStore: MaxSim over every token; the centroid candidate index
   qdrant exact / qdrant candidates   QdrantMultiVectorStore: MaxSim over every token; prefetch by 8 centroids a page
   qdrant candidates (hnsw, int8)     the same after the engine's optimizer built its HNSW graph over the centroids
-                                     with int8 scalar quantisation (what a server does by itself in the background),
-                                     at sizes up to --optimize-max pages
+                                     with --quantization (int8 scalar by default; what a server does by itself in
+                                     the background), at sizes up to --optimize-max pages
 Bytes per page: the files each engine wrote, over the pages (the local store's shards and commits; Qdrant's segments:
 float16 tokens and centroids, the id tracker), and for Qdrant with its write-ahead log, which keeps a copy of
 recent writes until the engine truncates it. load_s: loading the pages (for the hnsw row: the optimizer's run).
@@ -54,9 +54,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--optimize-max", type=int, default=10_000, help="largest size optimized (HNSW + int8)")
     parser.add_argument("--client-max", type=int, default=10_000, help="largest size run on qdrant-client local mode")
     parser.add_argument("--dense-dim", type=int, default=512)
+    parser.add_argument("--quantization", choices=["scalar", "binary", "none"], default="scalar",
+                        help="of the dense vectors and the centroids in the optimized rows")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "qdrant.json")
     return parser.parse_args(argv)
+
+
+QUANTIZED = {"scalar": "int8", "binary": "binary", "none": "float"}
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -113,7 +118,7 @@ def bench_multivector(args: argparse.Namespace, size: int, work: Path) -> list[d
     for engine in engines:
         path = work / f"qdrant-{engine}-{size}"
         settings = IndexSettings(backend="qdrant", multivector_candidates=args.candidates,
-                                 qdrant=QdrantSettings(path=path, embedded=engine, quantization="scalar"))
+                                 qdrant=QdrantSettings(path=path, embedded=engine, quantization=args.quantization))
         directory = work / "collections" / str(size) / "vectors" / "colpali"
         qdrant = open_multivector_store(settings, directory, model="synthetic", dim=corpus.dim)
         began = time.perf_counter()
@@ -137,7 +142,8 @@ def bench_multivector(args: argparse.Namespace, size: int, work: Path) -> list[d
             qdrant._client.client.optimize(qdrant.name)
             optimize_s = time.perf_counter() - began
             row, _ = _timed_queries(lambda q: prefetching.search(q, 10), queries, truth)
-            rows.append({"pages": size, "engine": name, "search": f"candidates {args.candidates} (hnsw, int8)",
+            rows.append({"pages": size, "engine": name,
+                         "search": f"candidates {args.candidates} (hnsw, {QUANTIZED[args.quantization]})",
                          "load_s": round(optimize_s, 1), "bytes_per_page": round(_bytes(path, wal=False) / size),
                          "with_wal_bytes_per_page": round(_bytes(path) / size), **row})
         close_clients()
@@ -163,7 +169,7 @@ def bench_dense(args: argparse.Namespace, size: int, work: Path) -> list[dict]:
                  **row, "recall_at_10": 1.0})
     shutil.rmtree(faiss_dir, ignore_errors=True)
     path = work / f"qdrant-dense-{size}"
-    settings = IndexSettings(backend="qdrant", kind="flat", qdrant=QdrantSettings(path=path, quantization="scalar"))
+    settings = IndexSettings(backend="qdrant", kind="flat", qdrant=QdrantSettings(path=path, quantization=args.quantization))
     index = build_vector_index(settings, work / "collections" / str(size) / "vectors", name="clip",
                                model="synthetic", dim=args.dense_dim)
     began = time.perf_counter()
@@ -181,7 +187,8 @@ def bench_dense(args: argparse.Namespace, size: int, work: Path) -> list[dict]:
         hnsw = build_vector_index(settings.model_copy(update={"kind": "hnsw"}), work / "collections" / str(size)
                                   / "vectors", name="clip", model="synthetic", dim=args.dense_dim)
         row, _ = _timed_queries(lambda q: hnsw.search(q[None], 10)[0], list(queries), truth)
-        rows.append({"pages": size, "engine": "qdrant-edge", "search": "hnsw, int8", "load_s": round(optimize_s, 1),
+        rows.append({"pages": size, "engine": "qdrant-edge", "search": f"hnsw, {QUANTIZED[args.quantization]}",
+                     "load_s": round(optimize_s, 1),
                      "bytes_per_page": round(_bytes(path, wal=False) / size),
                      "with_wal_bytes_per_page": round(_bytes(path) / size), **row})
     close_clients()
