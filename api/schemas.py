@@ -392,6 +392,8 @@ class Ready(BaseModel):
     status: Literal["ready", "unavailable"]
     database: bool
     database_error: str | None = None
+    vector_backend: str | None = Field(None, description="where the vectors are: local files, or a Qdrant")
+    vector_backend_error: str | None = Field(None, description="why the vector backend cannot serve now")
     retrievers_on: list[str]
     retrievers_off: dict[str, str]
     answerer: str | None

@@ -41,6 +41,16 @@ class Services:
         """Where page images, uploads and each collection's files live (settings.storage_dir())."""
         return self.settings.storage_dir()
 
+    def vector_backend(self) -> tuple[str, str | None]:
+        """The vector backend in words, and why it cannot serve now (None: it can). The local backends' files are
+        opened with each collection; a Qdrant server is asked (one call)."""
+        index = self.settings.index
+        if index.backend != "qdrant":
+            return f"{index.backend} files in {self.storage_dir}", None
+        from mmrag.index import qdrant_index
+
+        return qdrant_index.describe(index.qdrant), qdrant_index.problem(index.qdrant)
+
     def embedders(self) -> Embedders:
         with self._lock:
             if self._embedders is None:

@@ -24,8 +24,9 @@ def health() -> schemas.Health:
 @router.get(
     "/ready",
     response_model=schemas.Ready,
-    responses={503: {"model": schemas.Ready, "description": "not ready: the database is unreachable"}},
-    summary="Ready to serve: database reachable; the retrievers and answerer in use",
+    responses={503: {"model": schemas.Ready,
+                     "description": "not ready: the database or the vector backend (a Qdrant server) is unreachable"}},
+    summary="Ready to serve: database and vector backend reachable; the retrievers and answerer in use",
 )
 def ready(request: Request) -> JSONResponse:
     state = request.app.state
@@ -34,7 +35,9 @@ def ready(request: Request) -> JSONResponse:
     on: list[str] = []
     off: dict[str, str] = {}
     meaningless = False
+    backend, backend_error = None, None
     if services is not None:
+        backend, backend_error = services.vector_backend()
         try:
             with services.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -44,17 +47,20 @@ def ready(request: Request) -> JSONResponse:
         embedders = services.embedders()  # loaded in the lifespan; this only reads them
         on = [r.name for r in RETRIEVERS if not r.embeds or r.name in embedders.on()]  # BM25 needs no model
         off, meaningless = dict(embedders.off), embedders.meaningless
+    serving = database and backend_error is None
     body = schemas.Ready(
-        status="ready" if database else "unavailable",
+        status="ready" if serving else "unavailable",
         database=database,
         database_error=error,
+        vector_backend=backend,
+        vector_backend_error=backend_error,
         retrievers_on=on,
         retrievers_off=off,
         answerer=state.answerer.name if state.answerer is not None else None,
         answerer_off=state.answerer_off,
         meaningless=meaningless,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if database else 503)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if serving else 503)
 
 
 @router.get(

@@ -143,6 +143,24 @@ def connect(settings: QdrantSettings) -> _Client:
         return found
 
 
+def describe(settings: QdrantSettings) -> str:
+    """Where the vectors are, in words: "qdrant server http://..." or "qdrant edge engine in /path"."""
+    if settings.url is not None:
+        return f"qdrant server {settings.url}"
+    return f"qdrant {settings.embedded} engine in {settings.path}"
+
+
+def problem(settings: QdrantSettings) -> str | None:
+    """Why the Qdrant these settings name cannot serve now, or None when it answers (one cheap call: list the
+    collections)."""
+    try:
+        with connect(settings).using() as qdrant:
+            qdrant.get_collections()
+    except (VectorBackendUnavailableError, IndexError_) as exc:
+        return str(exc)
+    return None
+
+
 def close_clients() -> None:
     """Close every client this process made (the embedded engine's directory lock goes with it)."""
     with _CLIENTS_LOCK:
@@ -568,7 +586,9 @@ __all__ = [
     "close_clients",
     "collection_name",
     "connect",
+    "describe",
     "drop_collection",
     "drop_collections",
+    "problem",
     "store_scope",
 ]

@@ -64,3 +64,33 @@ def test_a_server_that_refuses_the_api_key(tmp_path: Path, refusing_server: str)
         open_multivector_store(settings_for(refusing_server), tmp_path / "collections" / "1" / "vectors" / "colpali",
                                model="m", dim=4)
     assert refusing_server in str(raised.value) and status_of(raised.value) == 503
+
+
+def test_ready_says_where_the_vectors_are_and_fails_while_qdrant_is_down(
+    tmp_path: Path, tiny_embedders, refusing_server: str  # noqa: ANN001
+) -> None:
+    """A load balancer sends no traffic to a replica whose Qdrant it cannot reach: /ready is 503, naming it."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from mmrag.answer.extractive import ExtractiveAnswerer
+    from mmrag.services import build_services
+    from tests.test_pipeline import make_settings
+
+    def ready_with(qdrant: QdrantSettings, name: str) -> tuple[int, dict]:
+        settings = make_settings(tmp_path / name, f"sqlite:///{tmp_path / name}.db",
+                                 index=IndexSettings(backend="qdrant", qdrant=qdrant))
+        services = build_services(settings, embedders=tiny_embedders)
+        try:
+            with TestClient(create_app(services=services, answerer=ExtractiveAnswerer())) as client:
+                response = client.get("/ready")
+                return response.status_code, response.json()
+        finally:
+            services.close()
+
+    status, body = ready_with(QdrantSettings(path=tmp_path / "engine"), "embedded")
+    assert status == 200 and body["status"] == "ready" and body["vector_backend_error"] is None
+    assert body["vector_backend"] == f"qdrant edge engine in {tmp_path / 'engine'}"
+    status, body = ready_with(QdrantSettings(url=refusing_server, timeout_s=5), "refused")
+    assert status == 503 and body["status"] == "unavailable" and body["database"] is True
+    assert body["vector_backend"] == f"qdrant server {refusing_server}" and "HTTP 401" in body["vector_backend_error"]
