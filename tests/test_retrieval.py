@@ -73,6 +73,24 @@ def test_filters_dig_deeper_than_the_first_ranking(services: Services) -> None:
     assert lexical(services, k=8, filters=SearchFilters(indexed_before=now - timedelta(hours=1))) == []
 
 
+def test_a_narrow_filter_s_pages_are_all_the_multi_vector_store_ranks(services: Services) -> None:
+    """The local multi-vector store searches among the pages a narrow filter allows (protocols.SearchesWithin):
+    with depth 2, its ranking holds the two audit pages and nothing else."""
+    import numpy as np
+
+    from mmrag.retrieval import WITHIN_MAX_PAGES, retrieve
+
+    audit = SearchFilters(metadata={"team": "audit"})
+    with services.sessions() as session:
+        allowed = repository.filtered_page_ids(session, 1, audit, limit=WITHIN_MAX_PAGES)
+    assert allowed is not None and len(allowed) == 2
+    rankings = {r.retriever: r.hits for r in retrieve(services, 1, text="quarterly report", depth=2,
+                                                        within=np.asarray(allowed))}
+    assert {hit.page_id for hit in rankings["colpali"]} == set(allowed)
+    hits = search(services, "default", text="quarterly report", k=5, retrievers=["colpali"], filters=audit)
+    assert sorted(Path(hit.path).name for hit in hits) == ["r1.pdf", "r6.pdf"]
+
+
 def test_weighted_fusion_keeps_per_retriever_scores() -> None:
     strong = RetrieverHits("lexical", [Hit(1, 9.0), Hit(2, 5.0)])
     weak = RetrieverHits("text", [Hit(2, 0.9), Hit(1, 0.8)])

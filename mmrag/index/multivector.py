@@ -244,6 +244,13 @@ class ShardedMultiVectorStore:
         order = np.lexsort((entries["page_id"], -scores))
         return [Hit(page_id=int(entries["page_id"][i]), score=float(scores[i])) for i in order]
 
+    def search_within(self, query: np.ndarray, k: int, page_ids: np.ndarray) -> list[Hit]:
+        """Top-k by exact MaxSim among these pages only (a search's filters allow them): their rows alone are read
+        (score_subset), so a narrow filter costs less than a search of the whole store."""
+        if k <= 0:
+            return []
+        return self.score_subset(query, [int(page_id) for page_id in page_ids])[:k]
+
     def files(self) -> list[Path]:
         """The files whose commits are this store's state on disk (they name the shards and their committed rows):
         the snapshot and its journal (which may not exist)."""

@@ -508,3 +508,23 @@ def test_a_reader_follows_the_journal_without_reading_the_snapshot_again(
         assert reader.catch_up() and reader.version > version
         writer.reopened(reader).assert_matches(queries)
         assert reader.catch_up() and reader.version == version + 1  # nothing new: nothing read
+
+
+def test_search_within_given_pages_matches_the_oracle_on_them(tmp_path: Path, layout, corpus, queries) -> None:
+    """The pages a search's filters allow, ranked alone (protocols.SearchesWithin)."""
+    from mmrag.protocols import SearchesWithin
+
+    pages, _, _ = corpus
+    store = open_store(tmp_path, layout)
+    ids = page_ids(N_PAGES)
+    store.add(ids, pages)
+    store.remove(ids[:3])
+    allowed = np.array(ids[::4] + [10**9], dtype=np.int64)  # a removed page and an unknown id are simply absent
+    wanted = [i for i in ids[::4] if i not in ids[:3]]
+    kept = MaxSimOracle(as_stored=True)
+    kept.add(wanted, [pages[ids.index(i)] for i in wanted])
+    assert isinstance(store, SearchesWithin)
+    for query in queries:
+        hits = store.search_within(query, K, allowed)
+        assert [hit.page_id for hit in hits] == [page_id for page_id, _ in kept.search(query, K)]
+    assert store.search_within(queries[0], 0, allowed) == [] and store.search_within(queries[0], K, allowed[:0]) == []
