@@ -228,6 +228,10 @@ def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: t
                 str(sizes.pages_without_text.get(name, 0)),
             )
         console.print(table)
+        backend, problem = services.vector_backend()
+        console.print(f"vectors: {backend}")
+        if problem is not None:
+            console.print(f"  unavailable: {problem}", style="red")
     finally:
         services.close()
 

@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from mmrag.answer import ANSWERERS, build_answerer, build_answerer_or_extractive
     from mmrag.config import Settings
     from mmrag.documents import collection_names, delete_document, get_document, index_sizes, list_documents
-    from mmrag.errors import ConfigError, IndexError_, InputError, MmragError, ModelUnavailableError, NotFoundError
+    from mmrag.errors import (
+        ConfigError,
+        IndexError_,
+        InputError,
+        MmragError,
+        ModelUnavailableError,
+        NotFoundError,
+        VectorBackendUnavailableError,
+    )
     from mmrag.evaluation import evaluate, load_questions, plot_recall, write_questions
     from mmrag.indexing import JobReport, delete_documents, run_index, start_worker_server
     from mmrag.ingest import load_image
@@ -58,6 +66,7 @@ _WHERE = {
     "Settings": "mmrag.config",
     "SingleVectorRetriever": "mmrag.retrievers",
     "Token": "mmrag.qa",
+    "VectorBackendUnavailableError": "mmrag.errors",
     "ask": "mmrag.qa",
     "ask_stream": "mmrag.qa",
     "build_answerer": "mmrag.answer",
@@ -108,6 +117,7 @@ __all__ = [
     "Settings",
     "SingleVectorRetriever",
     "Token",
+    "VectorBackendUnavailableError",
     "ask",
     "ask_stream",
     "build_answerer",

@@ -42,6 +42,7 @@ def test_cli_index_status_search_delete(cli_env: Path) -> None:
 
     status = runner.invoke(app, ["status"])
     assert status.exit_code == 0 and "job 2: done" in status.output
+    assert "vectors: faiss files in" in status.output and "unavailable" not in status.output
 
     text = runner.invoke(app, ["search", "invoice number 1001", "-k", "3", "--retriever", "lexical"])
     assert text.exit_code == 0, text.output
@@ -182,3 +183,19 @@ def test_cli_search_by_a_date_range(cli_env: Path) -> None:
     backwards = search("--date-from", "2017-12-01", "--date-to", "2017-11-01")
     assert backwards.exit_code == 2 and "--date-from is after --date-to" in backwards.output
     assert search("--date-from", "18/10/2017").exit_code == 2  # not YYYY-MM-DD
+
+
+def test_cli_status_says_when_the_qdrant_server_is_down(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.api.test_cli import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MMRAG_INDEX__BACKEND", "qdrant")
+    monkeypatch.setenv("MMRAG_INDEX__QDRANT__URL", url)
+    monkeypatch.setenv("MMRAG_INDEX__QDRANT__TIMEOUT_S", "5")
+    status = CliRunner().invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert f"vectors: qdrant server {url}" in status.output and "unavailable" in status.output
+    assert "Traceback" not in status.output
+    from mmrag.index.qdrant_index import close_clients
+
+    close_clients()
