@@ -403,7 +403,11 @@ class QdrantIndex(_Collection):
         ids, vectors = checked_batch(ids, vectors, self.dim)
         for start in range(0, len(ids), _DENSE_PER_UPSERT):
             stop = start + _DENSE_PER_UPSERT
-            batch = models.Batch(ids=ids[start:stop].tolist(), vectors={"vector": vectors[start:stop].tolist()})
+            # Built without pydantic's validation: the values were checked above, and validating every float of a
+            # batch cost a quarter of its upsert.
+            batch = models.Batch.model_construct(
+                ids=ids[start:stop].tolist(), vectors={"vector": vectors[start:stop].tolist()}
+            )
             with self._client.using() as qdrant:
                 qdrant.upsert(self.name, points=batch, wait=True)
         if len(ids):
@@ -489,7 +493,7 @@ class QdrantMultiVectorStore(_Collection):
         centroids = page_centroids([tokens for _, tokens in pages], CENTROIDS_PER_PAGE)
         for start in range(0, len(pages), _PAGES_PER_UPSERT):
             chunk = pages[start : start + _PAGES_PER_UPSERT]
-            batch = models.Batch(
+            batch = models.Batch.model_construct(  # checked above: see QdrantIndex.add
                 ids=[page_id for page_id, _ in chunk],
                 vectors={
                     "tokens": [tokens.tolist() for _, tokens in chunk],
