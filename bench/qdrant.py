@@ -99,9 +99,7 @@ def bench_multivector(args: argparse.Namespace, size: int, work: Path) -> list[d
     local_dir = work / f"local-{size}"
     store = ShardedMultiVectorStore(local_dir, corpus.dim, "synthetic", device="cpu")
     began = time.perf_counter()
-    for start in range(0, size, 500):
-        batch = list(corpus.pages(start, min(size, start + 500)))
-        store.add([i + 1 for i, _ in batch], [tokens for _, tokens in batch])
+    corpus.add_to(store)
     store.flush()
     load_s = time.perf_counter() - began
     exact, truth = _timed_queries(lambda q: store.search(q, 10), queries, None)
@@ -122,9 +120,7 @@ def bench_multivector(args: argparse.Namespace, size: int, work: Path) -> list[d
         directory = work / "collections" / str(size) / "vectors" / "colpali"
         qdrant = open_multivector_store(settings, directory, model="synthetic", dim=corpus.dim)
         began = time.perf_counter()
-        for start in range(0, size, 500):
-            batch = list(corpus.pages(start, min(size, start + 500)))
-            qdrant.add([i + 1 for i, _ in batch], [tokens for _, tokens in batch])
+        corpus.add_to(qdrant)
         load_s = time.perf_counter() - began
         if engine == "edge":
             qdrant._client.client.flush()

@@ -9,7 +9,7 @@ tokens. Exhaustive and approximate search both behave very differently on noise 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,12 @@ class Corpus:
     def pages(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         for index in range(start, self.n_pages if stop is None else stop):
             yield index, self.page(index)
+
+    def add_to(self, store: Any, batch: int = 500) -> None:
+        """Every page into a multi-vector store (any backend), page `index` as id index + 1, `batch` pages an add."""
+        for start in range(0, self.n_pages, batch):
+            pages = list(self.pages(start, min(self.n_pages, start + batch)))
+            store.add([index + 1 for index, _ in pages], [tokens for _, tokens in pages])
 
     def query(self, target: int, tokens: int = 20, seed: int = 0) -> np.ndarray:
         """A query about page `target`: most tokens near its topics, some generic (background) ones."""

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from rich.console import Console
 
 from mmrag.errors import MmragError
 from mmrag.config import DatabaseSettings, EmbedderSettings, IndexSettings, IngestSettings, QdrantSettings, Settings
@@ -37,6 +38,14 @@ def _pdf(path: Path, lines: list[str]) -> Path:
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     path.write_bytes(bytes(out))
     return path
+
+
+# The report, a line a step, never wrapped (servers' messages are long) and never read as rich markup.
+console = Console(soft_wrap=True, highlight=False)
+
+
+def say(line: str) -> None:
+    console.print(line, markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         services = build_services(settings)
     except MmragError as exc:
-        print(f"FAIL start: {exc}\nqdrant-smoke: FAILED")  # noqa: T201
+        say(f"FAIL start: {exc}\nqdrant-smoke: FAILED")
         return 1
 
     def step(name: str, ok: bool, detail: str = "") -> None:
-        print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}")  # noqa: T201 - a CLI's report
+        say(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}")
         if not ok:
             failed.append(name)
 
@@ -109,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         services.close()
         try:
             dropped = drop_collections(qdrant, settings.storage_dir() / "collections" / "1")
-            print(f"dropped {len(dropped)} collections")  # noqa: T201
+            say(f"dropped {len(dropped)} collections")
         except MmragError as exc:
-            print(f"could not drop the smoke test's collections ({prefix}-*): {exc}")  # noqa: T201
+            say(f"could not drop the smoke test's collections ({prefix}-*): {exc}")
         close_clients()
-    print("qdrant-smoke: " + ("passed" if not failed else f"FAILED: {', '.join(failed)}"))  # noqa: T201
+    say("qdrant-smoke: " + ("passed" if not failed else f"FAILED: {', '.join(failed)}"))
     return 1 if failed else 0
 
 

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,6 +58,21 @@ _NUMBERED = re.compile(r"^(?:commit-|seg-)(\d{6,})")
 NGRAM_MIN_MATCH = 0.3
 # Reciprocal-rank constant for merging the word and n-gram rankings: the usual 60 (recall is insensitive to it).
 NGRAM_RRF_K = 60
+
+# BM25's term-frequency saturation and length normalisation (Lucene's defaults), here and in Qdrant's BM25.
+K1 = 1.5
+B = 0.75
+
+
+def merged_by_rank(rankings: Sequence[Sequence[int]], k: int) -> list[Hit]:
+    """The word and n-gram rankings (page ids, best first) merged by reciprocal rank: the top k, ties by page id."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for position, page_id in enumerate(ranking, start=1):
+            fused[page_id] = fused.get(page_id, 0.0) + 1.0 / (NGRAM_RRF_K + position)
+    order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
+    return [Hit(page_id, fused[page_id]) for page_id in order]
+
 
 def update_saved(directory: str, pages: list[tuple[int, str]], removed: list[int]) -> int:
     """Load the index saved under `directory` (an empty one where none is), add these pages, remove these ids and
@@ -98,7 +113,7 @@ class Bm25Index:
     segments and deletions.
     """
 
-    def __init__(self, *, k1: float = 1.5, b: float = 0.75, ngram: int = NGRAM) -> None:
+    def __init__(self, *, k1: float = K1, b: float = B, ngram: int = NGRAM) -> None:
         self.k1 = k1
         self.b = b
         self.ngram = ngram
@@ -150,12 +165,7 @@ class Bm25Index:
         query_grams = list(dict.fromkeys(char_ngrams(terms, self.ngram)))
         by_grams = rank(segments, _GRAMS, query_grams, k, k1=self.k1, b=self.b,
                         min_match=math.ceil(NGRAM_MIN_MATCH * len(query_grams)))
-        fused: dict[int, float] = {}
-        for ranking in (words, by_grams):
-            for position, (page_id, _) in enumerate(ranking, start=1):
-                fused[page_id] = fused.get(page_id, 0.0) + 1.0 / (NGRAM_RRF_K + position)
-        order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
-        return [Hit(page_id, fused[page_id]) for page_id in order]
+        return merged_by_rank([[page_id for page_id, _ in words], [page_id for page_id, _ in by_grams]], k)
 
     def pages_holding(self, terms: Iterable[str]) -> dict[int, set[str]]:
         """The live pages holding any of these word terms (as analyze() writes them: "date:2018-03-10"), each with

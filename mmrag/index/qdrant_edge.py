@@ -72,7 +72,7 @@ class EdgeClient:
 
     def get_collection(self, name: str) -> Any:
         metadata = json.loads((self._directory(name) / _METADATA).read_text())
-        return SimpleNamespace(config=SimpleNamespace(metadata=metadata), points_count=self._count(name))
+        return SimpleNamespace(config=SimpleNamespace(metadata=metadata))
 
     def create_collection(self, name: str, *, vectors_config: dict[str, Any] | None = None,
                           sparse_vectors_config: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,

@@ -213,8 +213,8 @@ def _quantization(settings: QdrantSettings, models: Any) -> Any | None:
 
 
 def _search_params(settings: IndexSettings, models: Any, *, exact: bool, local: bool) -> Any | None:
-    """How a server searches (exactly, or the HNSW graph with its ef; quantised vectors rescored). None for the
-    embedded engine, which always searches exactly and warns when given any."""
+    """How a server or Qdrant's embedded engine searches (exactly, or the HNSW graph with its ef; quantised vectors
+    rescored). None for qdrant-client's local mode, which always searches exactly and warns when given any."""
     if local:
         return None
     quantized = settings.qdrant.quantization != "none"
@@ -366,13 +366,6 @@ class _Collection:
 
     def manifest(self) -> Manifest:
         return Manifest(model=self.model, dim=self.dim, metric=self.metric, count=len(self), kind=self.kind)
-
-    def drop(self) -> None:
-        """Delete the whole Qdrant collection (its mmrag collection was deleted)."""
-        with self._client.using() as qdrant:
-            if qdrant.collection_exists(self.name):
-                qdrant.delete_collection(self.name)
-        self._exists = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, model={self.model!r}, dim={self.dim})"

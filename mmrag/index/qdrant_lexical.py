@@ -35,7 +35,7 @@ import numpy as np
 
 from mmrag.analysis import NGRAM, analyze, char_ngrams, query_terms
 from mmrag.config import IndexSettings
-from mmrag.index.lexical import MODEL, NGRAM_MIN_MATCH, NGRAM_RRF_K, fingerprint_of
+from mmrag.index.lexical import B, K1, MODEL, NGRAM_MIN_MATCH, fingerprint_of, merged_by_rank
 from mmrag.index.manifest import as_page_ids
 from mmrag.index.qdrant_index import _IDS_PER_REQUEST, _Collection, _only, _qdrant
 from mmrag.types import Hit
@@ -77,7 +77,7 @@ class QdrantLexicalIndex(_Collection):
     def __init__(self, client: Any, name: str, *, settings: IndexSettings, model: str, dim: int, uid: str,
                  exists: bool) -> None:
         super().__init__(client, name, settings=settings, model=model, dim=dim, uid=uid, exists=exists)
-        self.k1, self.b, self.ngram = 1.5, 0.75, NGRAM  # as Bm25Index's defaults
+        self.k1, self.b, self.ngram = K1, B, NGRAM
 
     @classmethod
     def open(cls, settings: IndexSettings, directory: Path, *, read_only: bool = False) -> QdrantLexicalIndex:
@@ -179,12 +179,7 @@ class QdrantLexicalIndex(_Collection):
             score_threshold=min_match - 0.5, limit=max(GRAM_CANDIDATES, k), filter=only,
         )
         grams = self._ranking(_sparse(dict.fromkeys(query_grams, 1.0), models), _GRAMS, k, prefetch=held, only=only)
-        fused: dict[int, float] = {}
-        for ranking in (words, grams):
-            for position, hit in enumerate(ranking, start=1):
-                fused[hit.page_id] = fused.get(hit.page_id, 0.0) + 1.0 / (NGRAM_RRF_K + position)
-        order = sorted(fused, key=lambda page_id: (-fused[page_id], page_id))[:k]
-        return [Hit(page_id, fused[page_id]) for page_id in order]
+        return merged_by_rank([[hit.page_id for hit in words], [hit.page_id for hit in grams]], k)
 
     def _ranking(self, vector: Any, using: str, k: int, *, prefetch: Any = None, only: Any = None) -> list[Hit]:
         """The top k by one sparse vector, ties by page id as the local index breaks them: Qdrant cuts a run of
@@ -218,10 +213,11 @@ class QdrantLexicalIndex(_Collection):
             if offset is None:
                 return held
 
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint_of(self.ids())
-
     def is_current(self, ids: Iterable[int]) -> bool:
-        """True when it holds exactly these page ids (SQL's pages with text)."""
-        return fingerprint_of(ids) == self.fingerprint
+        """True when it holds exactly these page ids (SQL's pages with text). The counts are compared first: a job
+        that added or removed pages is told so by one count, and the writer's next call (ids()) is then the only
+        scroll of every id."""
+        wanted = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64))
+        if len(wanted) != len(self):
+            return False
+        return fingerprint_of(wanted) == fingerprint_of(self.ids())
