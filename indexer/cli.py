@@ -95,6 +95,19 @@ def index(
             "changed, or when mmrag's ingestion (its code or a PDF or image decoder) did since it failed.",
         ),
     ] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            flag_value="auto",
+            metavar="[auto|ADDRESS]",
+            help="Run the job on a Ray cluster: decode/render/OCR as Ray tasks, the models in Ray actors (GPU ones "
+            "where the cluster has GPUs), SQL and the stores written here. `auto` (or --ray alone, after the paths): the "
+            "cluster RAY_ADDRESS or `ray start` on this host names, else a local one; or an address "
+            "(ray://head:10001). Every node "
+            "must see the storage directory (MMRAG_SHARED_DIR) at the same path. Settings: MMRAG_RAY__*.",
+        ),
+    ] = None,
 ) -> None:
     """Index images and PDFs; re-running resumes an interrupted job and skips unchanged files."""
     from mmrag import ConfigError, build_services, run_index, start_worker_server
@@ -108,6 +121,8 @@ def index(
         except ConfigError as exc:  # its message names the file and the line, never a line's text
             raise typer.BadParameter(str(exc), param_hint="--password-file") from None
     settings = _settings(profile)
+    if ray is not None:
+        settings.ray.address = ray
     # Before the models' libraries are imported: what they write to a temporary directory goes into one of this
     # process's, which the next job removes if this one is killed.
     use_process_temp_dir()

@@ -135,6 +135,31 @@ class IndexSettings(BaseModel):
     qdrant: QdrantSettings = QdrantSettings()
 
 
+class RaySettings(BaseModel):
+    """Bulk jobs on a Ray cluster (mmrag.indexing.distributed): decode/render/OCR as Ray tasks, each retriever's
+    model in a pool of Ray actors, the writer (SQL and the stores) in the job's own process."""
+
+    # None: the job runs here (worker processes, the models in this process). "auto": the cluster RAY_ADDRESS or
+    # `ray start` on this host names, else a local one this process starts; "ray://head:10001" or "head:6379": that
+    # cluster. Every node must mount storage_dir (MMRAG_SHARED_DIR) at the same path and have mmrag installed.
+    address: str | None = None
+    load_cpus: float = Field(1.0, gt=0)  # CPUs one decode/render/OCR task reserves
+    # Load tasks out at once (their results are held in the object store until embedded); None: 2 per cluster CPU.
+    tasks_in_flight: int | None = Field(None, ge=1)
+    actors: int = Field(1, ge=1)  # actors per retriever model (each holds one copy of the model)
+    # GPUs each actor reserves (fractions share a GPU); None: 1 when the cluster has GPUs, else 0 (CPU actors).
+    gpus_per_actor: float | None = Field(None, ge=0)
+    # CPUs each actor reserves; None: 1 for a GPU actor (it feeds the GPU), 0 for a CPU one (its model then shares
+    # the cores with the load tasks, as the models of a local job share them with its worker processes).
+    cpus_per_actor: float | None = Field(None, ge=0)
+    # Retries of a task or actor call whose worker or node died (a file that kills its worker fails after these,
+    # alone); Ray re-runs the load task of an input lost with its node.
+    max_retries: int = Field(3, ge=0)
+    object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024)  # bytes, for a cluster this process starts
+    # Where a cluster this process starts keeps its session files; None: Ray's default (/tmp/ray).
+    temp_dir: Path | None = None
+
+
 class RetrievalSettings(BaseModel):
     # Weighted reciprocal-rank fusion: rank-based, so it needs no score calibration across retrievers whose
     # scores live on unrelated scales (cosine, MaxSim sums, BM25); weights let a weak retriever count for less.
@@ -208,6 +233,7 @@ class Settings(BaseSettings):
     answerer: AnswererSettings = AnswererSettings()
     api: ApiSettings = ApiSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    ray: RaySettings = RaySettings()
     batch_pages: int = Field(32, ge=1)  # pages per commit (one checkpoint of vectors + SQL)
 
     @model_validator(mode="after")

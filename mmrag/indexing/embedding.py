@@ -15,7 +15,7 @@ from mmrag.collections import CollectionStores
 from mmrag.config import Settings
 from mmrag.errors import NotFoundError
 from mmrag.inputs import InputSpec, prepare_from_file
-from mmrag.retrievers import RETRIEVERS, Embedded, Embedders, PageBatch
+from mmrag.retrievers import RETRIEVERS, Embedded, Embedders, PageBatch, Retriever
 from mmrag.store.models import utcnow
 
 
@@ -59,43 +59,81 @@ def embed_pages(
     settings: Settings,
     specs: dict[str, InputSpec] | None = None,
 ) -> BatchVectors:
-    """Embed pages with every loaded retriever that has a store; nothing is written anywhere.
-
-    A retriever whose embedder takes prepared inputs (`specs`) gets them from the workers, or, for pages that came
-    without (repair, long PDFs), makes them from the stored page image the same way; others get PIL images (opened
-    once for all of them) or the page text.
-    """
+    """Embed pages with every loaded retriever that has a store; nothing is written anywhere (see embed_with)."""
     vectors: BatchVectors = {}
     if not pages:
         return vectors
     specs = specs or {}
-    opened: list[Image.Image] | None = None
-
-    def images() -> list[Image.Image]:
-        nonlocal opened
-        if opened is None:
-            opened = [_open_page_image(data_dir, p.image_path) for p in pages]
-        return opened
-
-    def inputs_of(name: str) -> Callable[[], list[Any]] | None:
-        if name not in specs:
-            return None
-        spec = specs[name]
-        return lambda: [
-            p.inputs[name] if name in p.inputs else _input_from_stored(data_dir, p.image_path, spec) for p in pages
-        ]
-
-    ids = np.array([p.page_id for p in pages], dtype=np.int64)
-    texts = [p.text for p in pages]
+    images = _PageImages(data_dir, pages)  # opened once for every retriever that takes them
     for retriever in RETRIEVERS:
         embedder, store = embedders.get(retriever.name), stores.get(retriever.name)
         if embedder is None or store is None:
             continue
-        batch = PageBatch(ids=ids, texts=texts, images=images, inputs=inputs_of(retriever.name))
-        embedded = retriever.embed_pages(embedder, batch, settings)
-        if embedded is not None and len(embedded.ids):
+        embedded = embed_with(retriever, embedder, pages, data_dir, settings=settings,
+                              spec=specs.get(retriever.name), images=images)
+        if embedded is not None:
             vectors[retriever.name] = embedded
     return vectors
+
+
+def embed_with(
+    retriever: Retriever,
+    embedder: Any,
+    pages: Sequence[PendingPage],
+    data_dir: Path,
+    *,
+    settings: Settings,
+    spec: InputSpec | None = None,
+    images: Callable[[], list[Image.Image]] | None = None,
+) -> Embedded | None:
+    """One retriever's vectors for pages (None: it embeds none of them). A retriever whose embedder takes prepared
+    inputs (`spec`) gets them from the workers, or, for pages that came without (repair, long PDFs), makes them
+    from the stored page image the same way; others get PIL images or the page text. A Ray actor runs this for its
+    retriever (mmrag.indexing.distributed), this process for every retriever (embed_pages)."""
+    inputs = None
+    if spec is not None:
+        name = retriever.name
+        inputs = lambda: [  # noqa: E731 - read only if the retriever asks
+            p.inputs[name] if name in p.inputs else _input_from_stored(data_dir, p.image_path, spec) for p in pages
+        ]
+    batch = PageBatch(
+        ids=np.array([p.page_id for p in pages], dtype=np.int64), texts=[p.text for p in pages],
+        images=images or _PageImages(data_dir, pages), inputs=inputs,
+    )
+    embedded = retriever.embed_pages(embedder, batch, settings)
+    return embedded if embedded is not None and len(embedded.ids) else None
+
+
+class _PageImages:
+    """The pages' stored images, opened at the first call and kept for the next retriever that asks."""
+
+    def __init__(self, data_dir: Path, pages: Sequence[PendingPage]) -> None:
+        self._data_dir, self._pages = data_dir, pages
+        self._opened: list[Image.Image] | None = None
+
+    def __call__(self) -> list[Image.Image]:
+        if self._opened is None:
+            self._opened = [_open_page_image(self._data_dir, p.image_path) for p in self._pages]
+        return self._opened
+
+
+class LocalEmbedding:
+    """A job's embedding stage in this process: every retriever's model here, one batch at a time (the default;
+    mmrag.indexing.distributed.RayEmbedding is the other)."""
+
+    batches_out = 0  # batches it keeps out beside the one it embeds: none
+
+    def __init__(self, services: Any, embedders: Embedders, stores: CollectionStores,
+                 specs: dict[str, InputSpec]) -> None:
+        self.embedders, self.stores, self.specs = embedders, stores, specs
+        self.settings: Settings = services.settings
+        self.data_dir: Path = services.storage_dir
+
+    def __call__(self, pages: Sequence[PendingPage]) -> BatchVectors:
+        return embed_pages(self.embedders, self.stores, pages, self.data_dir, settings=self.settings, specs=self.specs)
+
+    def close(self) -> None:
+        pass
 
 
 def store_vectors(embedders: Embedders, stores: CollectionStores, vectors: BatchVectors) -> list[dict[str, Any]]:

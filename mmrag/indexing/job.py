@@ -11,11 +11,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from mmrag.indexing.embedding import PendingPage, embed_pages, input_specs, named_inputs
+from mmrag.indexing.embedding import LocalEmbedding, PendingPage, input_specs, named_inputs
 from mmrag.indexing.loading import (
     PDF_PAGES_PER_TASK,
     SMALL_FILE_BYTES,
@@ -80,6 +80,11 @@ class JobStages:
     committer: Callable[..., Committer] = Committer
     lexical_ahead: Callable[[Services, int, Loader], None] = build_lexical_ahead
     decide_chunk_files: int = DECIDE_CHUNK_FILES  # job items decided (stat, SQL, hash) per transaction
+    # Built like LocalEmbedding: a batch's pages → their vectors (or a function that waits for them), and close().
+    embedding: Callable[..., Any] = LocalEmbedding
+    # The workers make every model input they can (ColPali's too, whatever colpali_inputs_in_workers says): for a
+    # job whose models run elsewhere (Ray's actors), where this process would otherwise make them.
+    inputs_in_workers: bool = False
 
 
 class Progress(Protocol):
@@ -122,15 +127,25 @@ class IndexJob:
         self.job_stages = job_stages
         self.passwords = passwords or PasswordBook()
         self.retry = Retry(failed=retry_failed, passwords=self.passwords)  # which failed documents load again
-        specs = input_specs(embedders, settings, services.storage_dir)
+        spec_settings = settings
+        if job_stages.inputs_in_workers and settings.ingest.colpali_inputs_in_workers == "auto":
+            spec_settings = settings.model_copy(
+                update={"ingest": settings.ingest.model_copy(update={"colpali_inputs_in_workers": "always"})}
+            )
+        specs = input_specs(embedders, spec_settings, services.storage_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
-        self.committer = job_stages.committer(
-            lambda batch: embed_pages(embedders, stores, batch.pages, services.storage_dir, settings=settings, specs=specs),
-            lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded),
-            stores,
-            depth=settings.ingest.batches_ahead,
-        )
+        self.embedding = job_stages.embedding(services, embedders, stores, specs)
+        try:
+            self.committer = job_stages.committer(
+                lambda batch: self.embedding(batch.pages),
+                lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded),
+                stores,
+                depth=max(settings.ingest.batches_ahead, self.embedding.batches_out),
+            )
+        except BaseException:
+            self.embedding.close()
+            raise
         self.data_dir = str(services.storage_dir.resolve())
         self.stages: dict[str, float] = {}
         # One worker task carries several small files: each task costs the main process GIL time (queueing,
@@ -167,7 +182,10 @@ class IndexJob:
                 # Workers gone before the job says it is done: a caller that sees "done" may take the lock.
                 self.loader.close()
             finally:
-                self.committer.close()
+                try:
+                    self.committer.close()
+                finally:
+                    self.embedding.close()
                 self.stages["files"] = time.perf_counter() - began
                 self.stages.update(self.committer.seconds)
         return self.pages_indexed, self.texts_changed

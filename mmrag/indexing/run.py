@@ -16,6 +16,7 @@ from mmrag.indexing.recovery import record_agreement, recover, repair, stores_ag
 from mmrag.ingest import check_ocr, check_rapidocr, discover
 from mmrag.ingest.cleanup import TEMP_DIR_NAME
 from mmrag.ingest.passwords import PasswordBook
+from mmrag.config import Settings
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import refresh_statistics, transaction
@@ -83,7 +84,16 @@ def run_index(
         collection_id = repository.get_or_create_collection(session, collection).id
     with collection_writer(services, collection_id, collection):
         job = _Started(services, roots, collection, collection_id, progress, began, passwords, retry_failed)
-        return _run_locked(job, stages or JobStages())
+        return _run_locked(job, stages or default_stages(services.settings))
+
+
+def default_stages(settings: Settings) -> JobStages:
+    """A job's stages as settings choose them: on the Ray cluster settings.ray.address names, else here."""
+    if settings.ray.address is not None:
+        from mmrag.indexing.distributed import ray_stages
+
+        return ray_stages(settings)
+    return JobStages()
 
 
 @contextmanager

@@ -105,11 +105,13 @@ class Committer:
     Every change to the stores happens on the write thread, in order: the stores are not thread-safe, and the
     crash ordering (vectors flushed, then SQL vouches) holds per batch exactly as if it ran inline. At most
     `depth` batches wait at each stage, which bounds memory; an error stops the job at the next submit or at close.
+    An `embed` that sends the batch elsewhere (Ray's actors) returns a function that waits for its vectors: the
+    write thread calls it, so up to `depth` batches are out being embedded at once, written in order as they come.
     """
 
     def __init__(
         self,
-        embed: Callable[[Batch], BatchVectors],
+        embed: Callable[[Batch], BatchVectors | Callable[[], BatchVectors]],
         write: Callable[[Batch, BatchVectors], None],
         stores: CollectionStores,
         *,
@@ -122,7 +124,7 @@ class Committer:
         self._to_write: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         # Busy seconds of each stage, and how long submit() blocked on a full embed queue (the device is behind).
-        self.seconds = {"embed": 0.0, "write": 0.0, "waiting_on_embed": 0.0}
+        self.seconds = {"embed": 0.0, "write": 0.0, "waiting_on_embed": 0.0, "waiting_on_actors": 0.0}
         self._threads = [
             threading.Thread(target=self._run_embed, name="mmrag-embed", daemon=True),
             threading.Thread(target=self._run_write, name="mmrag-write", daemon=True),
@@ -151,7 +153,13 @@ class Committer:
             began = time.perf_counter()
             try:
                 if kind == "batch":
-                    self._write(*payload)
+                    batch, vectors = payload
+                    if callable(vectors):  # being embedded elsewhere (Ray actors): the later batches went out too
+                        vectors = vectors()
+                        waited = time.perf_counter() - began
+                        self.seconds["waiting_on_actors"] += waited
+                        began += waited
+                    self._write(batch, vectors)
                 else:
                     self._stores.remove(payload)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
