@@ -5,7 +5,10 @@ then measures, side by side in one run, on one device:
   raw      the model's forward alone on inputs decoded, preprocessed and moved to the device beforehand (the ceiling),
   e2e      `mmrag.indexing.run_index` from files: sniff, hash, decode/render in worker processes, store page
            images, preprocess, forward, store writes (FAISS / multi-vector) + SQL,
-and prints their ratio. The models are real-size but RANDOM-INIT (open_clip ViT-B-32 built without weights;
+and prints their ratio. With `--ray [ADDRESS]` the same job runs a second time on Ray (mmrag.indexing.distributed:
+load tasks, the model in an actor; a local cluster of this machine's cores unless ADDRESS names one), on the same
+corpus in its own database, and the table gives Ray's throughput over the in-process job's and the driver's CPU per
+page. The models are real-size but RANDOM-INIT (open_clip ViT-B-32 built without weights;
 ColQwen2 on a Qwen2-VL-2B-shaped config with an in-memory byte-level tokenizer): throughput only, never quality.
 `--tiny` swaps in the tiny random-init models of mmrag.embedders.tiny so the same code path runs on a CPU in
 seconds. Results go to bench/results/index-KIND.json (or --out).
@@ -26,6 +29,7 @@ import sqlite3
 import tempfile
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, Settings
+from mmrag.config import DatabaseSettings, EmbedderSettings, IngestSettings, RaySettings, Settings
 from mmrag.device import resolve_device
 from mmrag.embedders.clip import OpenClipEmbedder
 from mmrag.embedders.colpali import ColPaliEmbedder
@@ -88,6 +92,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="pages one worker's cost per page is measured on, in this process (0: skip)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the end-to-end run's job thread here (and print its top entries)")
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                        help="also run the job on Ray (a local cluster, or ADDRESS) and compare it with the "
+                             "in-process job")
+    parser.add_argument("--ray-actors", type=int, default=1, help="embed actors on Ray (settings.ray.actors)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -422,7 +430,31 @@ def worker_cost(embedders: Embedders, settings: Settings, corpus: Path, work: Pa
     return {"pages": done, "ms_per_page": ms, "workers_ceiling_pages_per_s": settings.ingest.workers * 1000 / ms}
 
 
-def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: argparse.Namespace) -> dict[str, Any]:
+def actor_model(settings: Settings, retriever: str, *, kind: str, model: str, batch: int, device: str, tiny: bool,
+                noop: bool) -> Any:
+    """What a Ray embed actor loads: the random-init model this benchmark builds for the in-process job."""
+    if retriever == "clip" and kind == "clip":
+        embedder = build_embedder(model, batch, device, tiny=tiny)
+        return NoopClip(embedder) if noop else embedder
+    if retriever == "colpali" and kind == "colpali":
+        return build_colpali(batch, device, tiny=tiny)
+    raise ValueError(f"bench index {kind} has no {retriever} model")
+
+
+def ray_stages_for(settings: Settings, args: argparse.Namespace) -> JobStages:
+    """The Ray job's stages, its actors loading this benchmark's models."""
+    from mmrag.indexing.distributed import RayEmbedding, ray_stages
+
+    load = partial(actor_model, kind=args.kind, model=args.model, batch=args.batch, device=args.device,
+                   tiny=args.tiny, noop=args.noop)
+    overrides: dict[str, Any] = {"embedding": partial(RayEmbedding, load=load)}
+    if args.replay_workers:
+        overrides["load_file"] = replayed_photo
+    return ray_stages(settings, **overrides)
+
+
+def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: argparse.Namespace,
+               stages: JobStages | None = None) -> dict[str, Any]:
     services = build_services(settings, embedders=embedders)
     timeline = Timeline()
     profiler = cProfile.Profile() if args.profile else None
@@ -430,7 +462,8 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
         if profiler is not None:
             profiler.enable()  # the job's own thread only: workers, embed and write threads are not in it
         # what a worker runs per file, swapped as the tests swap it
-        stages = JobStages(load_file=replayed_photo) if args.replay_workers else None
+        if stages is None and args.replay_workers:
+            stages = JobStages(load_file=replayed_photo)
         report = run_index(services, [corpus], progress=timeline, stages=stages)
         rerun = None
         if args.rerun:
@@ -471,6 +504,15 @@ def end_to_end(embedders: Embedders, settings: Settings, corpus: Path, args: arg
             "steady_pages_per_s": (timeline.pages - 1) / steady_span if steady_span > 0 else 0.0,
             "stages": report.stages, "failed": report.counts["failed"], "failures": report.failures[:5],
             "rerun": rerun}
+
+
+def _ray_cluster() -> dict[str, Any]:
+    """The cluster the Ray run used: nodes, CPUs, GPUs (it is still connected)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return {"nodes": sum(1 for node in ray.nodes() if node["Alive"]), "CPU": resources.get("CPU", 0.0),
+            "GPU": resources.get("GPU", 0.0)}
 
 
 def _database_bytes(settings: Settings) -> int:
@@ -541,6 +583,12 @@ def main(argv: list[str]) -> int:
         worker = worker_cost(embedders, first, corpus, work, args.worker_pages) if args.worker_pages else None
         runs = {transfer: end_to_end(embedders, settings[transfer], corpus, args) for transfer in transfers}
         e2e = runs[transfers[0]]
+        on_ray = None
+        if args.ray is not None:
+            ray_job = job_settings(work / "job-ray", args)
+            ray_job.ray = RaySettings(address=args.ray, actors=args.ray_actors)
+            on_ray = end_to_end(embedders, ray_job, corpus, args, stages=ray_stages_for(ray_job, args))
+            on_ray["cluster"] = _ray_cluster()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = e2e["pages_per_s"] / raw if raw is not None else None  # None: --noop ran no raw forward
@@ -576,6 +624,21 @@ def main(argv: list[str]) -> int:
                       f"{run['seconds']:.1f}")
         table.add_row(f"  this process's CPU per page (ms), {transfer}", f"{_cpu_ms(run):.3f}", "", "")
         table.add_row(f"  job thread busy per page (ms), {transfer}", f"{_busy_ms(run):.3f}", "", "")
+    if on_ray is not None:
+        cluster = on_ray["cluster"]
+        table.add_row(f"end-to-end on Ray ({cluster['nodes']} node, {cluster['CPU']:g} CPUs, {cluster['GPU']:g} GPUs, "
+                      f"{args.ray_actors} actor)", f"{on_ray['pages_per_s']:.1f}", str(on_ray["pages"]),
+                      f"{on_ray['seconds']:.1f}")
+        table.add_row("  ratio Ray / in-process job", f"{on_ray['pages_per_s'] / e2e['pages_per_s']:.2f}", "", "")
+        table.add_row("  steady feed after the first page, Ray", f"{on_ray['steady_pages_per_s']:.1f}", "", "")
+        table.add_row("  ratio of steady feeds, Ray / in-process",
+                      f"{on_ray['steady_pages_per_s'] / max(e2e['steady_pages_per_s'], 1e-9):.2f}", "", "")
+        table.add_row("  start-up on Ray (job start → first page)", "", "", f"{on_ray['seconds_to_first_page']:.1f}")
+        for stage, seconds in on_ray["stages"].items():
+            table.add_row(f"  Ray stage: {stage.replace('_', ' ')}", "", "", f"{seconds:.1f}")
+        table.add_row("  driver's CPU per page (ms, all its threads), Ray", f"{_cpu_ms(on_ray):.3f}", "", "")
+        table.add_row("  this process's CPU per page (ms), in-process job, for comparison", f"{_cpu_ms(e2e):.3f}", "",
+                      "")
     if worker is not None:
         table.add_row("one worker: CPU per page (ms; load_files here, one thread)", f"{worker['ms_per_page']:.3f}",
                       str(worker["pages"]), "")
@@ -599,6 +662,8 @@ def main(argv: list[str]) -> int:
         "end_to_end_by_transfer": runs,
         "worker": worker,
         "ratio": ratio,
+        "on_ray": on_ray,
+        "ray_over_in_process": None if on_ray is None else on_ray["pages_per_s"] / e2e["pages_per_s"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

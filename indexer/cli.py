@@ -99,13 +99,11 @@ def index(
         Optional[str],
         typer.Option(
             "--ray",
-            flag_value="auto",
-            metavar="[auto|ADDRESS]",
+            metavar="auto|ADDRESS",
             help="Run the job on a Ray cluster: decode/render/OCR as Ray tasks, the models in Ray actors (GPU ones "
-            "where the cluster has GPUs), SQL and the stores written here. `auto` (or --ray alone, after the paths): the "
-            "cluster RAY_ADDRESS or `ray start` on this host names, else a local one; or an address "
-            "(ray://head:10001). Every node "
-            "must see the storage directory (MMRAG_SHARED_DIR) at the same path. Settings: MMRAG_RAY__*.",
+            "where the cluster has GPUs), SQL and the stores written here. `auto`: the cluster RAY_ADDRESS or `ray "
+            "start` on this host names, else a local one; or an address (ray://head:10001). Every node must see the "
+            "corpus and the storage directory (MMRAG_SHARED_DIR) at the same paths. Settings: MMRAG_RAY__*.",
         ),
     ] = None,
 ) -> None:

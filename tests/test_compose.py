@@ -56,7 +56,7 @@ def test_indexer_environment_is_valid_settings(compose: dict, monkeypatch: pytes
 def test_indexer_command_is_a_cli_command(compose: dict) -> None:
     commands = {command.name or command.callback.__name__ for command in app.registered_commands}
     for name, service in compose["services"].items():
-        if service.get("build"):
+        if service.get("build") and "entrypoint" not in service:  # the Ray nodes run `ray start` (test below)
             assert service["command"][0] in commands, name
     gpu = compose["services"]["indexer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -209,3 +209,52 @@ def test_the_cluster_file_makes_three_qdrant_nodes_with_two_replicas(compose: di
     for name, service in services.items():
         for dependency in service.get("depends_on") or {}:
             assert dependency in services, f"{name} depends on unknown service {dependency}"
+
+
+# --- past one machine: bulk jobs on a Ray cluster -----------------------------------------------------------------
+
+
+def test_the_ray_profile_makes_a_head_gpu_workers_and_a_job_that_drives_them(
+    compose: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    services = compose["services"]
+    head, worker, job = services["ray-head"], services["ray-gpu-worker"], services["indexer-ray"]
+    assert head["profiles"] == worker["profiles"] == job["profiles"] == ["ray"]  # not started by a plain `up`
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in head["entrypoint"][2:] if "=" in arg)
+    assert head["entrypoint"][:3] == ["ray", "start", "--head"] and "--block" in head["entrypoint"]
+    assert f"--address=ray-head:{flags['port']}" in worker["entrypoint"] and "--block" in worker["entrypoint"]
+    gpu = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["count"] == 1
+    # the job reaches the head's client server, and its command line is one the CLI takes
+    assert job["command"][:2] == ["index", "--ray"]
+    address = urlsplit(job["command"][2])
+    assert (address.scheme, address.hostname, str(address.port)) == ("ray", "ray-head", flags["ray-client-server-port"])
+    assert job["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    captured: dict[str, object] = {}
+
+    def run_index(services, paths, **kwargs):  # noqa: ANN001, ANN202 - what the CLI would run, caught
+        captured["address"] = services.settings.ray.address
+        raise SystemExit(0)
+
+    monkeypatch.setattr("mmrag.run_index", run_index)
+    monkeypatch.setattr("mmrag.build_services", lambda settings: type("S", (), {"settings": settings,
+                                                                               "close": lambda self: None})())
+    monkeypatch.setattr("mmrag.start_worker_server", lambda settings: None)
+    result = CliRunner().invoke(app, job["command"])
+    assert result.exit_code == 0, result.output
+    assert captured["address"] == "ray://ray-head:10001"
+    # every node sees the corpus and the shared directory where the job's own container does
+    for node in (head, worker):
+        assert {v for v in node["volumes"] if not v.startswith("./models")} >= {
+            v for v in job["volumes"] if v.startswith(("shared:", "./corpus:"))
+        }
+        assert node["environment"]["MMRAG_SHARED_DIR"] == job["environment"]["MMRAG_SHARED_DIR"]
+        units = {"m": 2**20, "g": 2**30}
+        size = str(node["shm_size"]).lower().removesuffix("b")
+        assert int(size[:-1]) * units[size[-1]] >= 4 * 2**30  # the object store lives in /dev/shm
+    for key, value in job["environment"].items():
+        if key.startswith("MMRAG_"):
+            monkeypatch.setenv(key, str(value))
+    assert Settings().ray.actors == 1

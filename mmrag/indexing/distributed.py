@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import logging
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,8 +49,10 @@ from mmrag.retrievers import RETRIEVERS, Embedded, Embedders
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+LoadModel = Callable[[Settings, str], Any]  # (settings, retriever name) → its embedder, run in each actor
 
 NAMESPACE = "mmrag"
+ACTOR_PREFIX = "mmrag-"  # embed actors are named mmrag-<retriever>-<n>-<job token>
 
 
 def connect(settings: RaySettings) -> None:
@@ -272,19 +275,25 @@ class RayLoader:
 class EmbedActor:
     """Holds one retriever's model on its node (a GPU when it reserved one) and embeds batches of pages there."""
 
-    def __init__(self, settings: Settings, retriever: str, data_dir: str) -> None:
+    def __init__(self, settings: Settings, retriever: str, data_dir: str, load: LoadModel | None = None) -> None:
         import torch
 
         if not torch.cuda.is_available() and settings.ray.cpus_per_actor:
             torch.set_num_threads(max(1, int(settings.ray.cpus_per_actor)))  # the cores it reserved
         self.settings = settings
         self.retriever = RETRIEVERS.get(retriever)
-        self.embedder = self.retriever.load(settings)
+        self.embedder = load(settings, retriever) if load is not None else self.retriever.load(settings)
         self.data_dir = Path(data_dir)
         self.spec = self.retriever.input_spec(self.embedder, settings, self.data_dir)
 
     def model_record(self) -> Any:
         return self.retriever.model_record(self.embedder)
+
+    def node(self) -> str:
+        """The id of the Ray node it runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def embed(self, pages: list[tuple[int, str | None, str, Any]]) -> Embedded | None:
         """Vectors of (page id, image path, text, input or RemoteInput or None) pages; inputs left in the object
@@ -325,10 +334,12 @@ def actor_resources(settings: RaySettings, *, actors: int) -> tuple[float, float
 
 class RayEmbedding:
     """A job's embedding stage on Ray actors: one pool per retriever with a model and a store, `settings.ray.actors`
-    actors each. A batch goes to the next actor of every pool; calling returns a function that waits for its
+    actors each, which load the model as this process did (Retriever.load), or with `load` (a benchmark's models).
+    A batch goes to the next actor of every pool; calling returns a function that waits for its
     vectors, so the committer keeps `batches_out` batches out at once."""
 
-    def __init__(self, services: Any, embedders: Embedders, stores: Any, specs: dict[str, InputSpec]) -> None:
+    def __init__(self, services: Any, embedders: Embedders, stores: Any, specs: dict[str, InputSpec], *,
+                 load: LoadModel | None = None) -> None:
         import ray
 
         settings: Settings = services.settings
@@ -336,14 +347,23 @@ class RayEmbedding:
         ray_settings = settings.ray
         names = [r.name for r in RETRIEVERS if embedders.get(r.name) is not None and stores.get(r.name) is not None]
         gpus, cpus = actor_resources(ray_settings, actors=len(names) * ray_settings.actors)
-        actor = ray.remote(EmbedActor).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=ray_settings.max_retries,
-            max_task_retries=ray_settings.max_retries,
-        )
+        actor = ray.remote(EmbedActor)
+        # A call is retried for as long as its actor may come back (Ray marks a lost node dead only after missed
+        # heartbeats, and each try meanwhile counts): once its restarts are spent, it fails with ActorDiedError.
+        options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": ray_settings.max_retries,
+                   "max_task_retries": -1}
         data_dir = str(services.storage_dir.resolve())
         self.embedders = embedders
+        # Named (`ray list actors` shows whose they are): mmrag-<retriever>-<n>-<this job's token>.
+        token = uuid.uuid4().hex[:8]
         self.pools: dict[str, list[Any]] = {
-            name: [actor.remote(settings, name, data_dir) for _ in range(ray_settings.actors)] for name in names
+            name: [
+                actor.options(name=f"{ACTOR_PREFIX}{name}-{n}-{token}", **options).remote(
+                    settings, name, data_dir, load
+                )
+                for n in range(ray_settings.actors)
+            ]
+            for name in names
         }
         self.batches_out = 2 * ray_settings.actors  # every actor busy, and one batch more waiting for each
         self._turn = itertools.count()
