@@ -251,6 +251,8 @@ def test_the_ray_profile_makes_a_head_gpu_workers_and_a_job_that_drives_them(
             v for v in job["volumes"] if v.startswith(("shared:", "./corpus:"))
         }
         assert node["environment"]["MMRAG_SHARED_DIR"] == job["environment"]["MMRAG_SHARED_DIR"]
+        # the client connection of the job needs token auth off on both ends (tests/ray/test_ray_client.py)
+        assert node["environment"]["RAY_AUTH_MODE"] == job["environment"]["RAY_AUTH_MODE"] == "disabled"
         units = {"m": 2**20, "g": 2**30}
         size = str(node["shm_size"]).lower().removesuffix("b")
         assert int(size[:-1]) * units[size[-1]] >= 4 * 2**30  # the object store lives in /dev/shm

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from mmrag.config import IngestSettings, RaySettings, Settings
 from mmrag.errors import ConfigError
@@ -52,6 +55,7 @@ T = TypeVar("T")
 LoadModel = Callable[[Settings, str], Any]  # (settings, retriever name) → its embedder, run in each actor
 
 NAMESPACE = "mmrag"
+FILES_PER_RAY_TASK = 64
 ACTOR_PREFIX = "mmrag-"  # embed actors are named mmrag-<retriever>-<n>-<job token>
 
 
@@ -66,6 +70,7 @@ def connect(settings: RaySettings) -> None:
         raise ConfigError("no Ray cluster configured: set MMRAG_RAY__ADDRESS (or pass --ray)")
     common = {"namespace": NAMESPACE, "log_to_driver": False, "logging_level": logging.WARNING}
     if settings.address != "auto":
+        _check_reachable(settings.address)
         try:
             ray.init(address=settings.address, **common)
         except ConnectionError as exc:
@@ -74,12 +79,28 @@ def connect(settings: RaySettings) -> None:
     try:
         ray.init(address="auto", **common)
     except ConnectionError:  # none running here: start one in this process
-        local: dict[str, Any] = {}
+        local: dict[str, Any] = {"include_dashboard": False}  # its processes would take CPU from the job
         if settings.object_store_memory is not None:
             local["object_store_memory"] = settings.object_store_memory
         if settings.temp_dir is not None:
             local["_temp_dir"] = str(settings.temp_dir.resolve())
         ray.init(**common, **local)
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """One TCP connection to HOST:PORT (or ray://HOST:PORT) first: ray.init would retry an address nobody answers
+    for minutes before it says so."""
+    location = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = location.port
+    except ValueError:
+        port = None
+    if not location.hostname or port is None:
+        raise ConfigError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((location.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
 def _cluster_resources() -> dict[str, float]:
@@ -206,6 +227,9 @@ class RayLoader:
         cpus = _cluster_resources().get("CPU", 1.0)
         self.workers = max(1, int(cpus // settings.load_cpus))  # tasks the cluster runs at once
         self.limit = settings.tasks_in_flight or 2 * self.workers
+        # A Ray task costs more to hand out and collect than a local pool's (scheduling, object store puts): more
+        # small files to a task; files_per_task still splits a small job across the cluster.
+        self.files_per_task = FILES_PER_RAY_TASK
         self.generation = 0
         self.shared_prefix = None
         self.temp_dir = None
@@ -278,8 +302,11 @@ class EmbedActor:
     def __init__(self, settings: Settings, retriever: str, data_dir: str, load: LoadModel | None = None) -> None:
         import torch
 
-        if not torch.cuda.is_available() and settings.ray.cpus_per_actor:
-            torch.set_num_threads(max(1, int(settings.ray.cpus_per_actor)))  # the cores it reserved
+        if not torch.cuda.is_available():
+            # Ray starts workers with one thread (OMP_NUM_THREADS=1 unless CPUs are reserved): a CPU actor uses the
+            # cores it reserved, or, reserving none, the node's, as a local job's models share them with its workers.
+            reserved = int(settings.ray.cpus_per_actor or 0)
+            torch.set_num_threads(max(1, reserved or os.cpu_count() or 1))
         self.settings = settings
         self.retriever = RETRIEVERS.get(retriever)
         self.embedder = load(settings, retriever) if load is not None else self.retriever.load(settings)

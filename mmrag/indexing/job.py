@@ -202,7 +202,8 @@ class IndexJob:
                         self.services, self.collection_id, chunks[index + 1], hasher, retry=self.retry
                     ))
                 decisions = decide_planned(self.services, self.collection_id, plans.popleft())
-                per_task = files_per_task(sum(d.state is None for d in decisions.values()), self.loader.workers)
+                to_load = sum(d.state is None for d in decisions.values())
+                per_task = files_per_task(to_load, self.loader.workers, self.loader.files_per_task)
                 for item_id, path in chunk:
                     self._route(item_id, path, decisions[item_id], per_task)
                 self._send_task()

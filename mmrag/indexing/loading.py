@@ -67,10 +67,10 @@ class PageRanges:
     failed: bool = False
 
 
-def files_per_task(files: int, workers: int) -> int:
-    """Small files per worker task: up to FILES_PER_TASK (fewer tasks cost the main process less), but never so
-    many that a small job leaves workers idle, one of them doing most of the job."""
-    return max(1, min(FILES_PER_TASK, -(-files // max(1, workers))))
+def files_per_task(files: int, workers: int, most: int = FILES_PER_TASK) -> int:
+    """Small files per worker task: up to `most` (fewer tasks cost the main process less), but never so many that a
+    small job leaves workers idle, one of them doing most of the job."""
+    return max(1, min(most, -(-files // max(1, workers))))
 
 
 def merge_ranges(parts: list[LoadedFile]) -> LoadedFile:
@@ -144,6 +144,7 @@ class Loader:
         self.workers = workers
         self.load_file = load_file
         self.limit = max(2, 2 * workers)
+        self.files_per_task = FILES_PER_TASK  # at most, small files per task (files_per_task)
         self.generation = 0  # which pool a future came from: a broken pool is replaced once, not per future
         # A job's temporary files (OCR's, a renderer's) go to a directory of its own under `temp_root`, removed by
         # close(); a killed job's, and its pool's semaphores, by the next job's start (see mmrag.ingest.cleanup).
