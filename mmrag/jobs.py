@@ -108,10 +108,10 @@ def run_job(
                 repository.set_items(
                     session, items, state=ItemState.FAILED, error="a symbolic link leads outside the job root"
                 )
-        report = run_index(services, [Path(r) for r in roots], collection=collection, passwords=passwords)
-        if metadata:
-            _apply_metadata(services, job_id, metadata)
-        return report
+        # The metadata goes on before the job is marked done: a client that polls until "done" then reads it.
+        apply = (lambda done_id: _apply_metadata(services, done_id, metadata)) if metadata else None
+        return run_index(services, [Path(r) for r in roots], collection=collection, passwords=passwords,
+                         before_done=apply)
     except Exception as exc:
         log.exception("index job %s failed", job_id)
         with transaction(services.sessions) as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +62,14 @@ def run_index(
     stages: JobStages | None = None,
     passwords: PasswordBook | None = None,
     retry_failed: bool = False,
+    before_done: Callable[[int], None] | None = None,
 ) -> JobReport:
     """Index files and folders into a collection; re-running the same command resumes an unfinished job.
     `stages` swaps the job's stages (a test's loader, say); by default the real ones. `passwords`: what to try on
     encrypted PDFs (never stored). A file that failed is loaded again when the ingestion that failed it has changed
-    since (mmrag.ingest.ingest_version), and with `retry_failed` whatever failed it."""
+    since (mmrag.ingest.ingest_version), and with `retry_failed` whatever failed it. `before_done(job id)` runs once
+    every file is indexed and before the job is marked done (the API's upload metadata: a client that sees the job
+    done sees it applied)."""
     progress = progress or NoProgress()
     began = time.perf_counter()
     roots = [str(Path(p).resolve()) for p in paths]
@@ -83,7 +86,8 @@ def run_index(
     with transaction(services.sessions) as session:
         collection_id = repository.get_or_create_collection(session, collection).id
     with collection_writer(services, collection_id, collection):
-        job = _Started(services, roots, collection, collection_id, progress, began, passwords, retry_failed)
+        job = _Started(services, roots, collection, collection_id, progress, began, passwords, retry_failed,
+                       before_done)
         return _run_locked(job, stages or default_stages(services.settings))
 
 
@@ -137,6 +141,7 @@ class _Started:
     began: float
     passwords: PasswordBook | None = None
     retry_failed: bool = False
+    before_done: Callable[[int], None] | None = None
 
 
 def _run_locked(started: _Started, stages: JobStages) -> JobReport:
@@ -206,6 +211,8 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     # a bulk job is bound by this process's share of each page as soon as it nears one core.
     stages["process_cpu"] = time.process_time() - cpu_began
 
+    if started.before_done is not None:
+        started.before_done(job_id)
     with transaction(services.sessions) as session:
         job = session.get(Job, job_id)
         repository.finish_job(session, job, JobState.DONE)
