@@ -48,6 +48,31 @@ def _services(profile: str | None = None):  # noqa: ANN202 - Services, imported 
     return build_services(_settings(profile))
 
 
+PATH_ROOM = 32  # characters a hit's path gets in a table at least
+
+
+def shorten_middle(path: str, width: int) -> str:
+    """`path` in at most `width` characters where it can be: its start and its end, "…" between. The file name is
+    never cut (hits in one folder differ there), and whole parent folders are kept before it while they fit in half
+    the room."""
+    if len(path) <= width:
+        return path
+    parts = path.split("/")
+    tail = parts[-1]
+    for part in reversed(parts[1:-1]):
+        if len(part) + 1 + len(tail) > width // 2:
+            break
+        tail = f"{part}/{tail}"
+    head = max(0, width - len(tail) - 2)
+    return f"{path[:head]}…/{tail}"
+
+
+def _shown_path(path: str, name: str, width: int) -> str:
+    """A hit's path for a table; an upload (stored under its hash) with the name it was sent with first."""
+    shown = shorten_middle(path, width)
+    return shown if not name or name == Path(path).name else f"{name}\n{shown}"
+
+
 class _RichProgress:
     """Draws the job's progress: files done of total, pages per second, time left."""
 
@@ -312,12 +337,18 @@ def search(
         services.close()
     if meaningless:
         _meaningless_warning()
+    room = max(PATH_ROOM, console.width * 2 // 5)
+    shown = [_shown_path(result.path, result.name, room) for result in results]
     table = Table(title=f"{query!r}" if query is not None else f"image {image}")
-    for column in ("#", "score", "path", "page", "retrievers"):
-        table.add_column(column)
-    for rank, result in enumerate(results, start=1):
+    table.add_column("#")
+    table.add_column("score")
+    # The path keeps its room (shortened to it in the middle) and the scores wrap instead: never cut at its end.
+    table.add_column("path", no_wrap=True)
+    table.add_column("page")
+    table.add_column("retrievers", overflow="fold")
+    for rank, (result, path) in enumerate(zip(results, shown, strict=True), start=1):
         per = " ".join(f"{name}={value:.3f}" for name, value in sorted(result.scores.items()))
-        table.add_row(str(rank), f"{result.score:.4f}", result.path, str(result.page_number), per)
+        table.add_row(str(rank), f"{result.score:.4f}", path, str(result.page_number), per)
     console.print(table)
     if not results:
         console.print("no hits")
@@ -387,8 +418,9 @@ def ask(
     table = Table(title=f"citations · answerer {answer.answerer}")
     for column in ("#", "path", "page", "score", "quote", "regions (x0 y0 x1 y1, 0-1 of the page)"):
         table.add_column(column, overflow="fold")
+    room = max(PATH_ROOM, console.width // 3)
     for number, citation in enumerate(answer.citations, start=1):
-        table.add_row(str(number), citation.path, str(citation.page_number), f"{citation.score:.4f}", citation.quote,
+        table.add_row(str(number), shorten_middle(citation.path, room), str(citation.page_number), f"{citation.score:.4f}", citation.quote,
                       "\n".join(f"{r.box[0]:.3f} {r.box[1]:.3f} {r.box[2]:.3f} {r.box[3]:.3f} {r.source} {r.score:.2f}"
                                 for r in citation.regions))
     console.print(table)

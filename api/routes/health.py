@@ -11,7 +11,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import schemas
 from api.deps import get_metrics
 from api.metrics import CONTENT_TYPE, Metrics
-from mmrag.retrievers import RETRIEVERS
 
 router = APIRouter(tags=["health"])
 
@@ -45,7 +44,7 @@ def ready(request: Request) -> JSONResponse:
         except SQLAlchemyError as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         embedders = services.embedders()  # loaded in the lifespan; this only reads them
-        on = [r.name for r in RETRIEVERS if not r.embeds or r.name in embedders.on()]  # BM25 needs no model
+        on = embedders.serving()  # BM25 and dates need no model
         off, meaningless = dict(embedders.off), embedders.meaningless
     serving = database and backend_error is None
     body = schemas.Ready(

@@ -179,7 +179,7 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
     stores = services.collections.stores(collection_id)
     with transaction(services.sessions) as session:
         job = session.get(Job, job_id)
-        job.retrievers = {"on": embedders.on(), "off": embedders.off}
+        job.retrievers = {"on": embedders.serving(), "off": embedders.off}
 
     agree = stores_agree(services, collection_id, stores)
     recovered = recover(services, collection_id, stores, compare=not agree)
@@ -227,7 +227,7 @@ def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, j
         resumed=resumed,
         counts=counts,
         failures=failures,
-        retrievers_on=embedders.on(),
+        retrievers_on=embedders.serving(),
         retrievers_off=embedders.off,
         meaningless=embedders.meaningless,
         seconds=time.perf_counter() - started.began,

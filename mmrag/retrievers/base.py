@@ -233,6 +233,13 @@ class Embedders:
 
         return [name for name in RETRIEVERS.names() if name in self.models]
 
+    def serving(self) -> list[str]:
+        """Every retriever that serves, in registry order: those with a loaded model, and those that need none (BM25,
+        dates). What a job's summary and GET /ready name as on."""
+        from mmrag.retrievers import RETRIEVERS
+
+        return [r.name for r in RETRIEVERS if not r.embeds or r.name in self.models]
+
     def only(self, name: str) -> Embedders:
         """These embedders with just one retriever's model (a repair of that retriever's vectors)."""
         return Embedders({name: self.models[name]}, off=self.off, meaningless=self.meaningless)
