@@ -172,7 +172,7 @@ def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenC
     model_name, pretrained, model_id, revision = _parse_spec(spec)
     try:
         # create_model_from_pretrained sets require_pretrained=True: a missing checkpoint raises, never random-inits.
-        with _hub_cache_only():
+        with _hub_cache_only(), _quiet_root_errors(Path(open_clip.__file__).parent):
             model, preprocess = open_clip.create_model_from_pretrained(model_name, pretrained=pretrained, device="cpu")
             tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError and hub errors for "cannot load"
@@ -183,6 +183,27 @@ def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenC
     return OpenClipEmbedder(
         model, preprocess, tokenizer, model_id=model_id, revision=revision, device=device, batch_size=batch_size
     )
+
+
+@contextmanager
+def _quiet_root_errors(package: Path) -> Iterator[None]:
+    """While open_clip loads: what it logs through the root logger (`logging.error("Failed to download weights
+    ...")` before it raises the same words) goes to this module's debug log instead, so the user's first line is
+    mmrag's ModelUnavailableError, which carries the reason, not a third party's ERROR printed before it."""
+    root = logging.getLogger()
+    prefix = str(package)
+
+    def demote(record: logging.LogRecord) -> bool:
+        if record.pathname.startswith(prefix):
+            log.debug("open_clip: %s", record.getMessage())
+            return False
+        return True
+
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
 
 
 @contextmanager

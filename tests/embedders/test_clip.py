@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import socket
 import shutil
@@ -90,9 +91,15 @@ def test_local_dir_without_weights_is_refused_not_random_initialised(saved_clip:
         load_clip(f"local-dir:{config_only}")
 
 
-def test_pretrained_weights_missing_from_the_cache_are_refused(hf_cache: Path) -> None:
-    with pytest.raises(ModelUnavailableError, match="ViT-B-32:laion2b_s34b_b79k"):
+def test_pretrained_weights_missing_from_the_cache_are_refused(hf_cache: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ModelUnavailableError, match="ViT-B-32:laion2b_s34b_b79k") as caught:
         load_clip("ViT-B-32:laion2b_s34b_b79k")
+    assert "Failed to download weights" in str(caught.value)  # the reason is in mmrag's error
+    # and open_clip's own `ERROR root: Failed to download ...` no longer comes first: it is a debug line of ours
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(r.name == "mmrag.embedders.clip" and "Failed to download" in r.getMessage() for r in caplog.records)
     with pytest.raises(ModelUnavailableError, match="hf-hub:mmrag-test/no-such-clip"):
         load_clip("hf-hub:mmrag-test/no-such-clip")
 
