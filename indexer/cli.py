@@ -150,7 +150,8 @@ def index(
     # process's, which the next job removes if this one is killed.
     use_process_temp_dir()
     services = build_services(settings)
-    start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
+    if settings.ray.address is None:  # on Ray the cluster's tasks load the files: no local workers
+        start_worker_server(services.settings)  # its torch import overlaps with the model loading in run_index
     try:
         columns = (
             TextColumn("[bold]{task.description}"),

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmrag.config import Settings
 from mmrag.errors import CollectionBusyError, NotFoundError
 from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress
 from mmrag.indexing.loading import Loader, warm_modules
@@ -16,7 +17,6 @@ from mmrag.indexing.recovery import record_agreement, recover, repair, stores_ag
 from mmrag.ingest import check_ocr, check_rapidocr, discover
 from mmrag.ingest.cleanup import TEMP_DIR_NAME
 from mmrag.ingest.passwords import PasswordBook
-from mmrag.config import Settings
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import refresh_statistics, transaction

@@ -18,8 +18,8 @@ from mmrag.retrieval import search
 from mmrag.retrievers import Embedders
 from mmrag.services import Services, build_services
 from mmrag.store import repository
-from tests.factories import add_bad_files, make_corpus, make_image, make_pdf
 from tests.conftest import database
+from tests.factories import add_bad_files, make_corpus, make_image, make_pdf
 from tests.test_pipeline import assert_stores_agree_with_sql, make_settings
 
 ray = pytest.importorskip("ray")

@@ -82,4 +82,4 @@ def test_an_address_nobody_answers_is_one_clear_error(tmp_path: Path) -> None:
     make_corpus(tmp_path / "corpus", images=1, pdfs=0)
     failed = _index(f"127.0.0.1:{_free_port()}", tmp_path / "corpus", tmp_path / "data", timeout=60)
     assert failed.returncode != 0
-    assert f"cannot reach the Ray cluster at '127.0.0.1:" in " ".join(failed.stderr.split()), failed.stderr[-2000:]
+    assert "cannot reach the Ray cluster at '127.0.0.1:" in " ".join(failed.stderr.split()), failed.stderr[-2000:]
