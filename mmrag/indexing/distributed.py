@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,7 @@ LoadModel = Callable[[Settings, str], Any]  # (settings, retriever name) → its
 
 NAMESPACE = "mmrag"
 FILES_PER_RAY_TASK = 64
+CLIENT_ATTEMPTS, CLIENT_RETRY_S = 8, 3.0  # a Ray Client connection refused by a head that has just started
 ACTOR_PREFIX = "mmrag-"  # embed actors are named mmrag-<retriever>-<n>-<job token>
 
 
@@ -71,11 +73,18 @@ def connect(settings: RaySettings) -> None:
     common = {"namespace": NAMESPACE, "log_to_driver": False, "logging_level": logging.WARNING}
     if settings.address != "auto":
         _check_reachable(settings.address)
-        try:
-            ray.init(address=settings.address, **common)
-        except ConnectionError as exc:
-            raise ConfigError(f"cannot reach the Ray cluster at {settings.address!r}: {exc}") from None
-        return
+        for attempt in range(CLIENT_ATTEMPTS):
+            try:
+                ray.init(address=settings.address, **common)
+                return
+            except ConnectionError as exc:
+                # A head that has just started can fail a Ray Client connection ("Starting Ray client server
+                # failed": the per-client server it starts exits): a few seconds later the same call succeeds.
+                if "client server failed" not in str(exc) or attempt + 1 == CLIENT_ATTEMPTS:
+                    raise ConfigError(f"cannot reach the Ray cluster at {settings.address!r}: {exc}") from None
+                log.warning("the Ray cluster at %s refused the connection (%s); trying again", settings.address,
+                            str(exc).splitlines()[-1] if str(exc).strip() else exc)
+                time.sleep(CLIENT_RETRY_S)
     try:
         ray.init(address="auto", **common)
     except ConnectionError:  # none running here: start one in this process

@@ -5,12 +5,10 @@ address nobody answers is one clear error."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +36,11 @@ def head(tmp_path: Path) -> Iterator[str]:
     """A Ray head in a process group of its own (`ray start --block`), killed with it at the end."""
     client_port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: the session's socket paths must stay under 108 bytes
+    # Ray's own temporary directory (/tmp/ray): with another (--temp-dir), the client server's per-client process
+    # exits at once (Ray 2.60) and every ray:// connection fails.
     process = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", f"--port={_free_port()}", f"--ray-client-server-port={client_port}",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
+         "--num-cpus=2", "--include-dashboard=false"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
@@ -53,12 +52,19 @@ def head(tmp_path: Path) -> Iterator[str]:
                     break
             assert time.monotonic() < deadline, "the Ray head did not start"
             time.sleep(0.5)
-        yield f"ray://127.0.0.1:{client_port}"
+        # A head this young can refuse a Ray Client connection (its per-client server exits at once; mmrag's connect
+        # tries again for it): wait until a plain client connects, so the job below meets a settled head.
+        address = f"ray://127.0.0.1:{client_port}"
+        probe = f"import ray; ray.init({address!r}); ray.shutdown()"
+        for _ in range(6):
+            if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120).returncode == 0:
+                break
+            time.sleep(2)
+        yield address
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _index(address: str, corpus: Path, data: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
