@@ -112,12 +112,6 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
-def _cluster_resources() -> dict[str, float]:
-    import ray
-
-    return ray.cluster_resources()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Loading: Ray tasks in place of worker processes
 
@@ -168,33 +162,19 @@ def _load_remote(
     return (meta, *per_spec)
 
 
-_SYSTEM_FAILURES: tuple[type[BaseException], ...] | None = None
-
-
-def _system_failures() -> tuple[type[BaseException], ...]:
-    """Ray's errors for a worker or node that died (after its retries): the job treats them as a broken pool."""
-    global _SYSTEM_FAILURES
-    if _SYSTEM_FAILURES is None:
-        from ray import exceptions
-
-        _SYSTEM_FAILURES = (
-            exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError,
-            exceptions.ObjectLostError, exceptions.ActorDiedError,
-        )
-    return _SYSTEM_FAILURES
-
-
 def _get(ref: Any) -> Any:
     """ray.get with the task's own exception re-raised, and a dead worker or node as BrokenProcessPool (the job
     then loads each of the task's files alone, so only the one that kills its worker fails)."""
     import ray
-    from ray.exceptions import RayTaskError
+    from ray import exceptions
 
+    died = (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError,
+            exceptions.ObjectLostError, exceptions.ActorDiedError)  # after Ray's own retries
     try:
         return ray.get(ref)
-    except RayTaskError as exc:
+    except exceptions.RayTaskError as exc:
         raise exc.as_instanceof_cause() from None
-    except _system_failures() as exc:
+    except died as exc:
         raise BrokenProcessPool(f"a Ray worker died: {type(exc).__name__}: {exc}") from exc
 
 
@@ -231,17 +211,14 @@ class RayLoader:
         import ray
 
         connect(settings)
-        self.settings = settings
         self.load_file = load_file
-        cpus = _cluster_resources().get("CPU", 1.0)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
         self.workers = max(1, int(cpus // settings.load_cpus))  # tasks the cluster runs at once
         self.limit = settings.tasks_in_flight or 2 * self.workers
         # A Ray task costs more to hand out and collect than a local pool's (scheduling, object store puts): more
         # small files to a task; files_per_task still splits a small job across the cluster.
         self.files_per_task = FILES_PER_RAY_TASK
-        self.generation = 0
-        self.shared_prefix = None
-        self.temp_dir = None
+        self.generation = 0  # Loader's: Ray replaces dead workers itself, so there is only ever one "pool"
         self._task = ray.remote(_load_remote)
         self._options = {"num_cpus": settings.load_cpus, "max_retries": settings.max_retries,
                          "retry_exceptions": False}

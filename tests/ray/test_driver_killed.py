@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from mmrag.config import DatabaseSettings, EmbedderSettings, Settings
 from mmrag.retrievers import Embedders
 from mmrag.services import build_services
-from mmrag.store.models import Document, DocumentPath, JobItem, Page
-from tests.test_crash import _kill_when, make_crash_corpus
+from mmrag.store.models import JobItem, Page
+from tests.test_crash import _kill_when, assert_each_file_indexed_once, make_crash_corpus
 from tests.test_pipeline import assert_stores_agree_with_sql
 
 ray = pytest.importorskip("ray")
@@ -73,10 +73,7 @@ def test_kill_9_the_driver_then_resume(cluster: Any, tmp_path: Path, database_ur
     services = build_services(settings, embedders=tiny_embedders)
     try:
         with services.sessions() as session:
-            paths = session.execute(select(DocumentPath.path, DocumentPath.document_id)).all()
-            assert sorted(p for p, _ in paths) == sorted(str(f.resolve()) for f in files)
-            assert len({d for _, d in paths}) == len(files)
-            assert session.scalars(select(Document.status)).all() == ["indexed"] * len(files)
+            assert_each_file_indexed_once(session, files)
             assert session.scalar(select(func.count()).select_from(Page)) == 24 + 4 * 3
             states = session.scalars(select(JobItem.state).where(JobItem.job_id == 1)).all()
             assert set(states) == {"indexed"} and len(states) == len(files)
