@@ -170,13 +170,23 @@ def load_clip(spec: str, *, device: str = "auto", batch_size: int = 32) -> OpenC
     import open_clip
 
     model_name, pretrained, model_id, revision = _parse_spec(spec)
-    try:
-        # create_model_from_pretrained sets require_pretrained=True: a missing checkpoint raises, never random-inits.
-        with _hub_cache_only(), _quiet_root_errors(Path(open_clip.__file__).parent):
+    with _hub_cache_only(), _quiet_root_errors(Path(open_clip.__file__).parent):
+        try:
+            # create_model_from_pretrained sets require_pretrained=True: a missing checkpoint raises, never
+            # random-inits.
             model, preprocess = open_clip.create_model_from_pretrained(model_name, pretrained=pretrained, device="cpu")
+        except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError and hub errors
+            reason = f"open_clip could not load it ({type(error).__name__}: {error})"
+            raise ModelUnavailableError(spec, reason) from error
+        # The text tower's own tokenizer (a Hugging Face one for SigLIP 2, MetaCLIP 2 worldwide, ...), which open_clip
+        # fetches only now; transformers' error for missing files names neither the model nor the files.
+        _check_tokenizer_files(spec, model_name)
+        try:
             tokenizer = open_clip.get_tokenizer(model_name)
-    except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError and hub errors for "cannot load"
-        raise ModelUnavailableError(spec, f"open_clip could not load it ({type(error).__name__}: {error})") from error
+        except Exception as error:  # transformers raises OSError, ValueError; open_clip FileNotFoundError
+            raise ModelUnavailableError(
+                spec, f"open_clip could not load its tokenizer ({type(error).__name__}: {error})"
+            ) from error
     if revision is None:
         revision = _hub_revision(model_name.removeprefix(HF_HUB_PREFIX))
     log.info("loaded CLIP %s (revision %s)", model_id, revision)
@@ -244,6 +254,7 @@ def _parse_spec(spec: str) -> tuple[str, str | None, str, str | None]:
         raise ModelUnavailableError(spec, f"{architecture!r} is not an open_clip architecture (see list_models())")
     known_tags = open_clip.list_pretrained_tags_by_model(architecture)
     if pretrained in known_tags:
+        _check_activation(spec, architecture, pretrained)
         # A tag names one fixed set of weights in open_clip's pretrained table, so it is its own revision.
         return architecture, pretrained, f"open_clip:{architecture}:{pretrained}", pretrained
     if Path(pretrained).expanduser().is_file():
@@ -251,6 +262,66 @@ def _parse_spec(spec: str) -> tuple[str, str | None, str, str | None]:
     raise ModelUnavailableError(
         spec, f"{pretrained!r} is neither a pretrained tag of {architecture} ({', '.join(known_tags)}) nor a file"
     )
+
+
+def _check_activation(spec: str, architecture: str, tag: str) -> None:
+    """Refuse weights trained with QuickGELU in an architecture built with GELU, or the reverse: open_clip only
+    warns, and the model then computes wrong vectors (e.g. 'ViT-H-14-worldwide:metaclip2_worldwide', MetaCLIP 2,
+    whose weights need 'ViT-H-14-worldwide-quickgelu')."""
+    import open_clip
+
+    tag_quick_gelu = bool(open_clip.get_pretrained_cfg(architecture, tag).get("quick_gelu", False))
+    model_quick_gelu = bool((open_clip.get_model_config(architecture) or {}).get("quick_gelu", False))
+    if tag_quick_gelu == model_quick_gelu:
+        return
+    other = f"{architecture}-quickgelu" if tag_quick_gelu else architecture.removesuffix("-quickgelu")
+    fits = other in open_clip.list_models() and tag in open_clip.list_pretrained_tags_by_model(other)
+    trained, built = ("QuickGELU", "GELU") if tag_quick_gelu else ("GELU", "QuickGELU")
+    raise ModelUnavailableError(
+        spec,
+        f"{tag!r} was trained with {trained} activations but {architecture!r} builds {built} ones, which would give "
+        f"wrong vectors" + (f"; use '{other}:{tag}'" if fits else ""),
+    )
+
+
+# What AutoTokenizer.from_pretrained builds a tokenizer from: tokenizers' serialisation, or the config beside a
+# sentencepiece model. A directory with neither fails inside transformers with a message that names no file.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _check_tokenizer_files(spec: str, model_name: str) -> None:
+    """Refuse, naming what to fetch, a model whose Hugging Face tokenizer is not on this machine (open_clip would
+    look it up on the hub, or fail inside transformers with an error about neither the model nor the files). Models
+    without `hf_tokenizer_name` (PE-Core, OpenAI-style CLIP) use open_clip's bundled BPE tokenizer and need nothing."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    name = text_cfg.get("hf_tokenizer_name")
+    if not name:
+        return
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        # open_clip reads a local-dir checkpoint's tokenizer from that directory, whatever hf_tokenizer_name says.
+        directory = Path(model_name.removeprefix(LOCAL_DIR_PREFIX))
+        if not any((directory / file).is_file() for file in TOKENIZER_FILES):
+            raise ModelUnavailableError(
+                spec,
+                f"its text tower uses the Hugging Face tokenizer {name!r}, which open_clip reads from the checkpoint "
+                f"directory, and {str(directory)!r} has no {' or '.join(TOKENIZER_FILES)}; save it there "
+                f"(AutoTokenizer.from_pretrained({name!r}).save_pretrained(DIR))",
+            )
+        return
+    if Path(name).expanduser().is_dir():
+        return  # a tokenizer directory named in a custom config; transformers reports what it lacks
+    from huggingface_hub import try_to_load_from_cache
+
+    # From a hub repo, AutoTokenizer also reads the repo's config.json (a file the cache knows to be absent will do).
+    has_tokenizer = any(isinstance(try_to_load_from_cache(name, file), str) for file in TOKENIZER_FILES)
+    if not has_tokenizer or try_to_load_from_cache(name, "config.json") is None:
+        raise ModelUnavailableError(
+            spec,
+            f"its text tower's tokenizer {name!r} is not in the Hugging Face cache (it needs config.json and "
+            f"{' or '.join(TOKENIZER_FILES)}: `huggingface-cli download {name} --include '*.json' '*.model'`)",
+        )
 
 
 def _hub_revision(repo_id: str) -> str:
