@@ -8,20 +8,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mmrag.device import is_cuda_device, resolve_device, select_dtype
 from mmrag.checkpoints import LocatedCheckpoint, locate_checkpoint
+from mmrag.device import is_cuda_device, resolve_device, select_dtype
 from mmrag.embedders.runtime import encode_in_batches
 from mmrag.errors import MmragError, ModelUnavailableError
 from mmrag.inputs import ProcessorInputs, QwenPage, QwenPixels, TensorData
 from mmrag.types import PatchGrid
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +37,28 @@ FAMILIES: dict[str, ColPaliFamily] = {
     "qwen2_vl": ColPaliFamily("ColQwen2", "ColQwen2Processor"),
     "qwen2_5_vl": ColPaliFamily("ColQwen2_5", "ColQwen2_5_Processor"),
     "idefics3": ColPaliFamily("ColIdefics3", "ColIdefics3Processor"),
+    "qwen3_vl": ColPaliFamily("ColQwen3", "ColQwen3Processor"),
+    "qwen3_5": ColPaliFamily("ColQwen3_5", "ColQwen3_5Processor"),
+    "gemma3": ColPaliFamily("ColGemma3", "ColGemmaProcessor3"),
+    "modernvbert": ColPaliFamily("ColModernVBert", "ColModernVBertProcessor"),
 }
 
 # transformers' own ColPaliForRetrieval / ColQwen2ForRetrieval ("-hf" checkpoints) are a different format.
 TRANSFORMERS_NATIVE_TYPES = {"colpali", "colqwen2"}
 
 # Families whose page patches tile the page in one grid, and how its rows and columns are read (patch_grid): Qwen2-VL's
-# merged patches from the processor's image_grid_thw, PaliGemma's from its square image. Idefics3 splits a page into
-# tiles plus a shrunk copy of the whole, which one grid does not describe.
-GRID_FAMILIES = {"ColPali": "square", "ColQwen2": "qwen", "ColQwen2_5": "qwen"}
+# merged patches from the processor's image_grid_thw (Qwen3-VL and Qwen3.5 use the same image processor and merge),
+# PaliGemma's from its square image, Gemma 3's from its square image's patches pooled row-major into square blocks
+# (its image tokens read from the model config: colpali-engine's get_image_mask marks Gemma 3's begin-of-image token).
+# Idefics3 and ModernVBert split a page into tiles plus a shrunk copy of the whole, which one grid does not describe.
+GRID_FAMILIES = {
+    "ColPali": "square",
+    "ColGemma3": "pooled_square",
+    "ColQwen2": "qwen",
+    "ColQwen2_5": "qwen",
+    "ColQwen3": "qwen",
+    "ColQwen3_5": "qwen",
+}
 MAX_GRIDS = 256  # page sizes whose patch grid is kept (patch_grid)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -121,12 +131,19 @@ class ColPaliEmbedder:
             return None
         processed = self.processor.process_images([Image.new("RGB", (width, height))])
         kept = processed["attention_mask"][0].bool()
-        image_tokens = self.processor.get_image_mask(processed)[0][kept]
+        if layout == "pooled_square":
+            # the tokens the model replaces with image features; the processor's get_image_mask marks another one
+            image_tokens = (processed["input_ids"][0] == int(self.model.config.image_token_id))[kept]
+        else:
+            image_tokens = self.processor.get_image_mask(processed)[0][kept]
         positions = tuple(int(i) for i in image_tokens.nonzero().flatten().tolist())
         if layout == "qwen":
             _, grid_h, grid_w = (int(n) for n in processed["image_grid_thw"][0].tolist())
             merge = int(self.processor.image_processor.merge_size)
             rows, cols = grid_h // merge, grid_w // merge
+        elif layout == "pooled_square":
+            # one square of mm_tokens_per_image tokens; pan-and-scan crops would add more squares, and no grid
+            rows = cols = round(int(self.model.config.mm_tokens_per_image) ** 0.5)
         else:  # PaliGemma resizes every page to one square image
             rows = cols = round(len(positions) ** 0.5)
         if rows * cols != len(positions):
@@ -178,7 +195,7 @@ class ColPaliEmbedder:
         if isinstance(inputs[0], QwenPage):
             stage: Any = self._pixels_batch
         else:
-            stage = lambda batch: self._to_device(self._collate(batch))  # noqa: E731
+            stage = lambda batch: self._to_device(self._collate(batch))
         # On CUDA the next batch is collated, pinned and copied to the GPU while this one runs.
         outputs, self.batch_size = encode_in_batches(
             list(inputs), self.batch_size, self._forward, stage=stage, ahead=is_cuda_device(self.device)
@@ -315,7 +332,8 @@ class ColPaliEmbedder:
 
 def qwen_pixels_for(processor: Any) -> QwenPixels | None:
     """QwenPixels for a processor whose pages go through a Qwen2-VL image processor with bicubic resizing and a
-    visual prompt (colpali-engine's ColQwen2 and ColQwen2.5 processors); None for any other processor."""
+    visual prompt (colpali-engine's ColQwen2, ColQwen2.5, ColQwen3 and ColQwen3.5 processors: Qwen3-VL and Qwen3.5
+    kept Qwen2-VL's image processor, with 16-pixel patches); None for any other processor."""
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None or not type(image_processor).__name__.startswith("Qwen2VLImageProcessor"):
         return None
