@@ -32,6 +32,7 @@ from mmrag.errors import (
     AnswererTimeoutError,
     AnswererUnreachableError,
     BackendUnavailableError,
+    CaptionsUnavailableError,
     CollectionBusyError,
     ConfigError,
     CorruptFileError,
@@ -40,6 +41,7 @@ from mmrag.errors import (
     IndexError_,
     InputError,
     MmragError,
+    ModelMismatchError,
     ModelUnavailableError,
     NotFoundError,
     TooLargeError,
@@ -99,6 +101,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     InputError: 422,
     ConfigError: 400,  # UnknownNameError too: a request named something that does not exist
     ModelUnavailableError: 503,
+    CaptionsUnavailableError: 503,  # the answerer configured has no VLM: the service's configuration
     # The answer server (vLLM and the like) failed: a gateway's errors, since we stand in front of it.
     AnswererUnreachableError: 503,
     AnswererTimeoutError: 504,
@@ -106,6 +109,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     AnswererServerError: 502,
     AnswererError: 502,
     BackendUnavailableError: 503,
+    # The collection was indexed with another model than the service runs: its configuration, not the request.
+    ModelMismatchError: 503,
     IndexError_: 500,  # the index disagrees with SQL: the server's fault
     VectorBackendUnavailableError: 503,  # the Qdrant server is down or refuses us: retry later
     CollectionBusyError: 409,  # another process is writing the collection: retry later

@@ -23,6 +23,7 @@ from mmrag.documents import DocumentInfo, DocumentPages, FailedPage, PageHit
 from mmrag.errors import ConfigError
 from mmrag.jobs import JobStatus
 from mmrag.layout import Region
+from mmrag.near_duplicates import SimilarPages
 from mmrag.retrievers import RETRIEVERS
 from mmrag.types import Answer, Citation, RetrievedPage, SearchFilters
 
@@ -108,6 +109,7 @@ class ErrorBody(BaseModel):
 
 Metadata = Annotated[dict[MetadataKey, Annotated[Text, StringConstraints(max_length=1000)]], Field(max_length=20)]
 METADATA = TypeAdapter(Metadata)
+TagName = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_clean)]
 
 
 class Filters(Strict):
@@ -123,6 +125,11 @@ class Filters(Strict):
         "from the page as printed, every reading of an ambiguous one such as 03/04/2018)"
     )
     date_to: date | None = Field(None, description="only pages whose text holds a date on or before this one")
+    tags: list[TagName] = Field(
+        default_factory=list, max_length=20,
+        description="only photos holding every one of these zero-shot tags (all-of: a second tag narrows; "
+        "GET /v1/tags counts the tags of what a filter keeps)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Filters:
@@ -139,6 +146,7 @@ class Filters(Strict):
             indexed_before=self.indexed_before,
             date_from=self.date_from,
             date_to=self.date_to,
+            tags=tuple(dict.fromkeys(" ".join(tag.split()) for tag in self.tags)),
         )
 
 
@@ -174,6 +182,23 @@ def region(r: Region) -> RegionOut:
     return RegionOut(box=tuple(round(v, 5) for v in r.box), source=r.source, score=r.score, text=r.text)
 
 
+class TagOut(BaseModel):
+    """A zero-shot tag of a photo: a label of its collection's list and its share of CLIP's softmax over the list."""
+
+    name: str
+    score: float = Field(description="0-1, the label's softmax share over the collection's labels")
+
+
+class TagCountOut(BaseModel):
+    tag: str
+    count: int = Field(description="indexed pages holding the tag among those the filters keep")
+
+
+class TagCounts(BaseModel):
+    tags: list[TagCountOut] = Field(description="most first, then by name")
+    meaningless: bool = Field(description="true under the tiny-random profile: tags carry no meaning")
+
+
 class SearchHit(BaseModel):
     page_id: int
     document_id: int
@@ -194,6 +219,13 @@ class SearchHit(BaseModel):
         "similarity map points at (source similarity_map, score its best patch's similarity; colpali, at most 3); "
         "empty for an image query and with highlight=false; no word boxes for a page indexed before they were "
         "stored",
+    )
+    tags: list[TagOut] = Field(
+        default_factory=list, description="its zero-shot tags, best first (photos only; none when CLIP is off)"
+    )
+    caption: str | None = Field(
+        None, description="what the VLM said is on the page (POST /v1/pages/{id}/describe): its alt text; null until "
+        "it is described"
     )
 
 
@@ -292,6 +324,33 @@ class FailedPageOut(BaseModel):
     reason: str
 
 
+class SimilarPageOut(BaseModel):
+    page_id: int
+    document_id: int
+    page_number: int
+    path: str
+    name: str = Field("", description="the document's name to show: the file name it was uploaded as, else the last "
+                      "part of its path")
+    similarity: float = Field(description="cosine similarity of the two pages' CLIP image vectors")
+    image_url: str
+    thumbnail_url: str
+
+
+class SimilarPagesOut(BaseModel):
+    page_id: int
+    collection: str
+    threshold: float = Field(description="the cosine similarity every listed page reaches at least")
+    pages: list[SimilarPageOut] = Field(description="most similar first; the page itself is not listed")
+    meaningless: bool = Field(description="true under the tiny-random profile: similarities carry no meaning")
+
+
+class CaptionOut(BaseModel):
+    page_id: int
+    caption: str = Field(description="alt text: one or two plain sentences saying what the page shows; searchable")
+    model: str = Field(description="the answerer that wrote it")
+    cached: bool = Field(description="true: its content (the same file, anywhere) was described before; no model ran")
+
+
 class DocumentDetail(DocumentOut):
     pages: list[PageOut]
     failed_pages: list[FailedPageOut] = Field(
@@ -388,6 +447,11 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class ModelInUse(BaseModel):
+    model: str
+    why: str = Field(description="why this model: set in the settings, or the default for the device")
+
+
 class Ready(BaseModel):
     status: Literal["ready", "unavailable"]
     database: bool
@@ -396,6 +460,7 @@ class Ready(BaseModel):
     vector_backend_error: str | None = Field(None, description="why the vector backend cannot serve now")
     retrievers_on: list[str]
     retrievers_off: dict[str, str]
+    models: dict[str, ModelInUse] = Field(default_factory=dict, description="each model retriever's model, and why")
     answerer: str | None
     answerer_off: str | None = Field(None, description="why the configured answerer is not the one in use")
     meaningless: bool
@@ -435,6 +500,8 @@ def search_hit(hit: PageHit, urls: Urls) -> SearchHit:
         image_url=urls.page_image(r.page_id),
         thumbnail_url=urls.thumbnail(r.page_id),
         highlights=[region(h) for h in hit.highlights],
+        tags=[TagOut(name=t.name, score=round(t.score, 5)) for t in r.tags],
+        caption=r.caption,
     )
 
 
@@ -505,6 +572,23 @@ def failed_pages_out(pages: list[FailedPage]) -> list[FailedPageOut]:
     return [FailedPageOut(page_number=p.page_number, reason=p.reason) for p in pages]
 
 
+def similar_pages(found: SimilarPages, urls: Urls, *, meaningless: bool) -> SimilarPagesOut:
+    return SimilarPagesOut(
+        page_id=found.page_id,
+        collection=found.collection,
+        threshold=found.threshold,
+        pages=[
+            SimilarPageOut(
+                page_id=p.page_id, document_id=p.document_id, page_number=p.page_number, path=p.path, name=p.name,
+                similarity=round(p.similarity, 6), image_url=urls.page_image(p.page_id),
+                thumbnail_url=urls.thumbnail(p.page_id),
+            )
+            for p in found.pages
+        ],
+        meaningless=meaningless,
+    )
+
+
 def _fields(info: DocumentInfo) -> dict[str, Any]:
     return {name: getattr(info, name) for name in DocumentOut.model_fields}
 
@@ -539,7 +623,9 @@ _ERROR_DESCRIPTIONS = {
     413: "request, upload or image too large",
     415: "unsupported media type or file type",
     422: "invalid request or unusable file",
+    502: "the answer server (vLLM and the like) refused the request or sent a broken reply",
     503: "a model or part the request needs is not loaded",
+    504: "the answer server did not reply in time",
 }
 
 

@@ -7,8 +7,8 @@ import logging
 import sys
 
 BENCHMARKS = (
-    "gpu", "index", "lexical", "load", "maps", "pdfs", "peer", "qdrant", "query", "render", "search", "sroie", "stores",
-    "ui", "words",
+    "gpu", "index", "lexical", "load", "maps", "near-duplicates", "pdfs", "peer", "qdrant", "query", "render", "search",
+    "sroie", "stores", "tags", "ui", "words",
 )
 
 
@@ -19,7 +19,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # faiss reports at INFO each CPU build it tried and could not load (AVX-512, AVX2) as a ModuleNotFoundError
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    return importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
+    # a hyphenated name (near-duplicates) runs its module (bench/near_duplicates.py)
+    return importlib.import_module(f"bench.{argv[0].replace('-', '_')}").main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `mmrag` command line (Typer): index, status, delete, search, serve, ask."""
+"""The `mmrag` command line (Typer): index, status, delete, search, tag, serve, ask."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from rich.table import Table
 
 import mmrag
 from mmrag import Settings
+from indexer.describe_command import describe_command
 from indexer.eval_command import eval_command
+from indexer.models_command import models_app
 from mmrag import RETRIEVERS, MmragError
 
 # No local variables in tracebacks, whatever Typer's default: a frame that opened a PDF may hold its password.
@@ -120,6 +122,15 @@ def index(
             "changed, or when mmrag's ingestion (its code or a PDF or image decoder) did since it failed.",
         ),
     ] = False,
+    reembed: Annotated[
+        bool,
+        typer.Option(
+            "--reembed",
+            help="The configured model of a retriever changed since the collection was indexed: delete that "
+            "retriever's vectors and embed every page again with the new model, from the stored page images and "
+            "text (no file is read again). Without it such a collection stops the job with an error naming both.",
+        ),
+    ] = False,
     ray: Annotated[
         Optional[str],
         typer.Option(
@@ -165,7 +176,7 @@ def index(
         with Progress(*columns, console=err_console, transient=False) as bar:
             report = run_index(
                 services, paths, collection=collection, progress=_RichProgress(bar), passwords=passwords,
-                retry_failed=retry_failed,
+                retry_failed=retry_failed, reembed=reembed,
             )
         failed_pages = _job_failed_pages(services, report.job_id) if report.counts["failed_pages"] else []
     finally:
@@ -203,6 +214,19 @@ def _job_failed_pages(services, job_id: int) -> list[tuple[str, int, str]]:  # n
     return job_status(services, job_id, None, items_limit=0, failures_limit=0, failed_pages_limit=SHOWN).failed_pages
 
 
+def _print_models(settings: Settings, indexed: dict[tuple[str, str], list[tuple[str, int, int]]]) -> None:
+    """The model each retriever loads and why that one, then the models each collection's vectors were made with
+    (a collection is queried with the model it was indexed with: `mmrag index --reembed` moves it to another)."""
+    from mmrag.embedders import model_choices
+
+    console.print("models:")
+    for name, choice in model_choices(settings.embedders).items():
+        console.print(f"  {name}: {choice.model} ({choice.why})")
+    for (collection, retriever), models in sorted(indexed.items()):
+        made = ", ".join(f"{model} (dim {dim}, {pages} pages)" for model, dim, pages in models)
+        console.print(f"  collection {collection!r} {retriever} vectors: {made}")
+
+
 def _print_failures(failures: list[tuple[str, str]], total: int) -> None:
     """The first failed files (path, reason) of `total`."""
     if not failures:
@@ -232,10 +256,41 @@ def _print_failed_pages(failed_pages: list[tuple[str, int, str]], total: int) ->
         console.print(f"and {total - len(failed_pages)} more failed pages")
 
 
+def _print_duplicates(report) -> None:  # noqa: ANN001 - mmrag.DuplicatesReport, imported lazily
+    """A collection's near-duplicate groups: a summary line, then its largest groups page by page."""
+    console.print(
+        f"near-duplicates in {report.collection} (clip cosine >= {report.threshold:g}): {report.groups} groups, "
+        f"{report.pages_in_groups} pages, of {report.compared} compared"
+        + (f" ({report.without_vector} pages have no clip vector)" if report.without_vector else "")
+    )
+    if not report.largest:
+        return
+    table = Table(title=f"largest near-duplicate groups of {report.collection}")
+    for column, justify in (("group", "right"), ("page", "right"), ("path", "left"), ("similarity", "right")):
+        table.add_column(column, justify=justify, overflow="fold" if column == "path" else None)
+    for number, group in enumerate(report.largest, 1):
+        for page in group.pages:
+            where = page.path if page.page_number == 1 else f"{page.path} p.{page.page_number}"
+            table.add_row(str(number), str(page.page_id), where, f"{page.similarity:.3f}")
+    console.print(table)
+    if report.groups > len(report.largest):
+        console.print(f"and {report.groups - len(report.largest)} more groups")
+
+
 @app.command()
-def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None) -> None:
+def status(
+    job: Annotated[Optional[int], typer.Argument(help="Job id (default: the latest).")] = None,
+    duplicates: Annotated[
+        bool, typer.Option("--duplicates", help="Also group each collection's near-duplicate photos and pages by "
+                           "their CLIP vectors (loads the models) and list the largest groups.")
+    ] = False,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", min=0.0, max=1.0, help="--duplicates: the least cosine "
+                                      "similarity (default: MMRAG_RETRIEVAL__NEAR_DUPLICATE_THRESHOLD).")
+    ] = None,
+) -> None:
     """Show a job's state, counts, failed files and failed pages, and the size of each collection."""
-    from mmrag import collection_names, index_sizes, job_status, latest_job_status
+    from mmrag import collection_names, index_sizes, indexed_models, job_status, latest_job_status
 
     services = _services()
     try:
@@ -271,6 +326,12 @@ def status(job: Annotated[Optional[int], typer.Argument(help="Job id (default: t
         console.print(f"vectors: {backend}")
         if problem is not None:
             console.print(f"  unavailable: {problem}", style="red")
+        _print_models(services.settings, indexed_models(services))
+        if duplicates:
+            from mmrag import near_duplicate_groups
+
+            for name in collection_names(services):
+                _print_duplicates(near_duplicate_groups(services, name, threshold=threshold, largest=SHOWN))
     finally:
         services.close()
 
@@ -313,6 +374,10 @@ def search(
     date_to: Annotated[
         Optional[datetime], typer.Option("--date-to", formats=["%Y-%m-%d"], help="... on or before this one.")
     ] = None,
+    tag: Annotated[
+        Optional[list[str]],
+        typer.Option("--tag", "-t", help="Only photos holding this zero-shot tag (repeat: all of them)."),
+    ] = None,
     collection: CollectionOption = "default",
     profile: ProfileOption = None,
 ) -> None:
@@ -326,14 +391,14 @@ def search(
     if date_from is not None and date_to is not None and date_from > date_to:
         raise typer.BadParameter("--date-from is after --date-to", param_hint="--date-from")
     filters = SearchFilters(date_from=date_from.date() if date_from else None,
-                            date_to=date_to.date() if date_to else None)
+                            date_to=date_to.date() if date_to else None, tags=tuple(tag or ()))
     services = _services(profile)
     try:
         settings = services.settings
         picture = load_image(image, max_pixels=settings.ingest.max_pixels) if image is not None else None
         results = run_search(services, collection, text=query, image=picture, k=k, retrievers=retriever,
                              filters=filters)
-        meaningless = services.embedders().meaningless
+        meaningless = services.embedders(()).meaningless
     finally:
         services.close()
     if meaningless:
@@ -347,12 +412,51 @@ def search(
     table.add_column("path", no_wrap=True)
     table.add_column("page")
     table.add_column("retrievers", overflow="fold")
+    tagged = any(result.tags for result in results)  # a column only where photos have tags
+    if tagged:
+        table.add_column("tags", overflow="fold")
     for rank, (result, path) in enumerate(zip(results, shown, strict=True), start=1):
         per = " ".join(f"{name}={value:.3f}" for name, value in sorted(result.scores.items()))
-        table.add_row(str(rank), f"{result.score:.4f}", path, str(result.page_number), per)
+        tags = [", ".join(f"{t.name} {t.score:.2f}" for t in result.tags)] if tagged else []
+        table.add_row(str(rank), f"{result.score:.4f}", path, str(result.page_number), per, *tags)
     console.print(table)
     if not results:
         console.print("no hits")
+
+
+@app.command("tag")
+def tag_photos(
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="A labels file (one a line, '#' comments): the collection's "
+                                     "list from now on, for this re-tag and its later jobs.")
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Back to the settings' list (MMRAG_TAGS__LABELS_FILE or "
+                                        "the default one).")] = False,
+    collection: CollectionOption = "default",
+    profile: ProfileOption = None,
+) -> None:
+    """Tag a collection's photos again (zero-shot, CLIP) from their stored vectors; prints the tags' counts."""
+    from mmrag import read_labels, retag, tag_counts
+
+    if labels is not None and reset:
+        raise typer.BadParameter("give --labels FILE or --reset, not both")
+    chosen = read_labels(labels) if labels is not None else None
+    services = _services(profile)
+    try:
+        report = retag(services, collection, chosen, reset=reset)
+        counts = tag_counts(services, [collection], limit=SHOWN)
+    finally:
+        services.close()
+    if report.meaningless:
+        _meaningless_warning()
+    console.print(f"{collection}: {report.photos} photos tagged with {report.labels} labels from their "
+                  f"{report.source}; {report.tagged} kept at least one tag")
+    table = Table(title="tags")
+    table.add_column("tag")
+    table.add_column("photos", justify="right")
+    for count in counts:
+        table.add_row(count.tag, str(count.count))
+    console.print(table)
 
 
 @app.command()
@@ -408,7 +512,7 @@ def ask(
         else:
             answer, pages = mmrag.ask(services, answerer, question, collections, k=k)
             console.print(answer.text, markup=False, highlight=False)
-        meaningless = services.embedders().meaningless
+        meaningless = services.embedders(()).meaningless
     finally:
         services.close()
     if meaningless:
@@ -430,6 +534,9 @@ def ask(
 app.command("eval", help="Measure retrieval and answers on a question set, or on one generated from your pages.")(
     eval_command
 )
+
+app.add_typer(models_app, name="models")
+app.command("describe")(describe_command)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def locate_checkpoint(model: str) -> LocatedCheckpoint:
     Raises ModelUnavailableError naming `model` when it is neither an existing directory nor in the HF cache.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
     explicit_dir = model.startswith(LOCAL_DIR_PREFIX)
@@ -42,6 +42,13 @@ def locate_checkpoint(model: str) -> LocatedCheckpoint:
     try:
         # local_files_only: serving must never block on (or silently depend on) the network.
         snapshot = Path(snapshot_download(model, local_files_only=True))
+    except IncompleteSnapshotError as error:
+        # Some files of the repository's listing are not here: a cache filled by from_pretrained (the files one
+        # library reads), or `mmrag models pull`, which skips other frameworks' copies (ONNX, TensorFlow, ...). The
+        # loaders decide whether what is here is enough: they refuse a checkpoint that lacks weights they need.
+        snapshot = Path(error.snapshot_path)
+        if not snapshot.is_dir():
+            raise ModelUnavailableError(model, "it is not in the local Hugging Face cache") from None
     except LocalEntryNotFoundError:
         raise ModelUnavailableError(model, "it is not in the local Hugging Face cache") from None
     return LocatedCheckpoint(path=snapshot, revision=snapshot.name, is_local_dir=False)

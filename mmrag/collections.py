@@ -6,7 +6,7 @@ import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.config import Settings
 from mmrag.derived import DerivedIndexes
+from mmrag.errors import ManifestMismatchError, ModelMismatchError
 from mmrag.protocols import MultiVectorStore
 from mmrag.retrievers import RETRIEVERS, Embedders, RetrieverRegistry
 
@@ -108,7 +109,7 @@ class Collections:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        models: Callable[[], Embedders],
+        models: Callable[[Iterable[str] | None], Embedders],
         registry: RetrieverRegistry = RETRIEVERS,
     ) -> None:
         self.settings = settings
@@ -123,6 +124,12 @@ class Collections:
     def directory(self, collection_id: int) -> Path:
         return self.settings.storage_dir() / "collections" / str(collection_id)
 
+    def name(self, collection_id: int) -> str:
+        from mmrag.store import repository
+
+        with self.sessions() as session:
+            return repository.collection_names(session, [collection_id]).get(collection_id, str(collection_id))
+
     def generation(self, collection_id: int) -> int:
         """The collection's generation now (Collection.generation)."""
         from mmrag.store import repository
@@ -135,8 +142,12 @@ class Collections:
         with self._lock:
             return self._stores.get(collection_id)
 
-    def stores(self, collection_id: int, *, generation: int | None = None) -> CollectionStores:
-        """The collection's vector stores for the loaded models; manifests are checked on open.
+    def stores(
+        self, collection_id: int, *, generation: int | None = None, retrievers: Iterable[str] | None = None
+    ) -> CollectionStores:
+        """The collection's vector stores for the loaded models; manifests are checked on open. `retrievers`: load
+        only these retrievers' models if they are not loaded yet (a one-shot query's; default: every model), and
+        open their stores beside those open already.
 
         While this process writes the collection (inside `writing`), the stores it writes. Otherwise a reader's,
         opened so as never to touch what another process is writing (the multi-vector store read-only: a writable
@@ -144,7 +155,7 @@ class Collections:
         progress). Given `generation` (the collection's, just read), a reader's stores that another process has
         changed since are opened again, at most every index.reader_refresh_seconds.
         """
-        models = self._models()
+        models = self._models(retrievers)
         with self._lock:
             cached = self._stores.get(collection_id)
             if cached is not None and (
@@ -153,14 +164,14 @@ class Collections:
                 or cached.generation == generation
                 or time.monotonic() - cached.refreshed_at < self.settings.index.reader_refresh_seconds
             ):
-                return cached
+                return self._add_stores(collection_id, cached, models)
             if generation is None:
                 generation = self.generation(collection_id)
             # `generation` was read before the stores are brought up to date: a change landing meanwhile makes them
             # newer than it says, and the next call looks again; never older.
             if cached is not None and not cached.writable and cached.catch_up():
                 cached.generation, cached.refreshed_at = generation, time.monotonic()
-                return cached
+                return self._add_stores(collection_id, cached, models)
             if cached is not None:
                 log.info("collection %s changed (generation %d -> %d): opening its stores again",
                          collection_id, cached.generation, generation)
@@ -221,12 +232,21 @@ class Collections:
         if writable:
             directory.mkdir(parents=True, exist_ok=True)  # a reader writes nothing: its stores open empty
         stores = CollectionStores(directory=directory, writable=writable, refreshed_at=time.monotonic())
-        missing = set()
+        return self._add_stores(collection_id, stores, models)
+
+    def _add_stores(self, collection_id: int, stores: CollectionStores, models: Embedders) -> CollectionStores:
+        """`stores` with those of the loaded models not opened yet (a model loaded after they were) opened too."""
+        missing = set(stores.missing)
         for retriever in self.registry:
             embedder = models.get(retriever.name)
-            if embedder is None:
-                continue  # off, or a retriever without a model (BM25: its index is derived, see mmrag.derived)
-            store = retriever.open_store(embedder, directory, self.settings, writable=writable)
+            if embedder is None or retriever.name in stores.stores or retriever.name in stores.missing:
+                continue  # off, a retriever without a model (BM25: its index is derived, see mmrag.derived), or open
+            try:
+                store = retriever.open_store(embedder, stores.directory, self.settings, writable=stores.writable)
+            except ManifestMismatchError as exc:
+                if isinstance(exc, ModelMismatchError) or exc.field not in ("model", "dim"):
+                    raise
+                raise ModelMismatchError(self.name(collection_id), retriever.name, str(exc)) from exc
             if store is None:
                 # Its writer has not committed it yet: nothing to search until the collection changes again.
                 log.info("collection %s has no committed %s store yet", collection_id, retriever.name)
@@ -235,3 +255,4 @@ class Collections:
                 stores.stores[retriever.name] = store
         stores.missing = frozenset(missing)
         return stores
+

@@ -55,14 +55,15 @@ class IngestSettings(BaseModel):
 
 class ClipSettings(BaseModel):
     enabled: bool = True
-    # "ViT-B-32:laion2b_s34b_b79k" (open_clip name:pretrained tag), "hf-hub:org/repo" or "local-dir:/path"
-    model: str = "ViT-B-32:laion2b_s34b_b79k"
+    # "ViT-B-32:laion2b_s34b_b79k" (open_clip name:pretrained tag), "hf-hub:org/repo" or "local-dir:/path";
+    # None: the default for the device the models run on (mmrag.embedders.chosen_model)
+    model: str | None = None
     batch_size: int = Field(32, ge=1)
 
 
 class ColpaliSettings(BaseModel):
     enabled: bool = True
-    model: str = "vidore/colqwen2-v1.0"  # HF id or local directory
+    model: str | None = None  # HF id or local directory; None: the default for the device (chosen_model)
     batch_size: int = Field(4, ge=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
@@ -73,6 +74,15 @@ class TextEmbedderSettings(BaseModel):
     batch_size: int = Field(64, ge=1)
 
 
+class BipageSettings(BaseModel):
+    """The single-vector Bi* page retriever (BiQwen2, BiPali, ...; mmrag.retrievers.bipage). Off unless enabled and
+    given a checkpoint: there is no default one, and one that cannot load would be a failing model in every job."""
+
+    enabled: bool = False
+    model: str | None = None  # HF id or local directory of a Bi* checkpoint; None: the retriever is off
+    batch_size: int = Field(4, ge=1)
+
+
 class EmbedderSettings(BaseModel):
     # "default" loads real weights; "tiny-random" builds random-init models for plumbing checks only.
     profile: Literal["default", "tiny-random"] = "default"
@@ -80,6 +90,7 @@ class EmbedderSettings(BaseModel):
     clip: ClipSettings = ClipSettings()
     colpali: ColpaliSettings = ColpaliSettings()
     text: TextEmbedderSettings = TextEmbedderSettings()
+    bipage: BipageSettings = BipageSettings()
 
 
 class QdrantSettings(BaseModel):
@@ -127,7 +138,9 @@ class IndexSettings(BaseModel):
     # exact: MaxSim over every stored token (the fused kernel on CUDA). candidates: MaxSim over 8 centroids per
     # page (FAISS HNSW beyond 250k pages on CPU) picks this many candidates, exact MaxSim reranks them
     # (python -m bench search / bench gpu measure recall@10 against exact).
-    multivector_search: Literal["exact", "candidates"] = "exact"
+    # bipage: the single-vector Bi* retriever's FAISS top multivector_candidates pages, reranked by exact MaxSim
+    # (its model and store must be on: embedders.bipage).
+    multivector_search: Literal["exact", "candidates", "bipage"] = "exact"
     multivector_candidates: int = Field(512, ge=1)
     # Merge similar page tokens before storing (colpali-engine hierarchical pooling): ~1/factor of the tokens, at a
     # small cost in ranking quality (`python -m bench search` measures nDCG@10 against the unpooled store).
@@ -170,6 +183,26 @@ class RetrievalSettings(BaseModel):
     # others 1.0) should not apply; names are checked against the retriever registry when services are built.
     weights: dict[str, float] = Field(default_factory=dict)
     depth: int = Field(50, ge=1)  # each retriever's ranking depth before fusion (grows when filters bite)
+    # Near-duplicates (mmrag.near_duplicates): pages whose CLIP image vectors have at least this cosine similarity.
+    # Here rather than in a group of their own: like depth, they shape a read of the clip store, nothing is written.
+    # 0.92 is a CLIP figure (re-encoded and resized copies score ~0.98+, mild crops ~0.9, different shots of one scene
+    # lower); the stand-in embedder's figures differ, so `python -m bench near-duplicates` prints both where it can.
+    near_duplicate_threshold: float = Field(0.92, gt=0, le=1)
+    # The nearest neighbours each page is linked to when a collection is grouped (each of them at the threshold).
+    near_duplicate_neighbours: int = Field(16, ge=1, le=1024)
+
+
+class TagSettings(BaseModel):
+    """Zero-shot tags for photos (mmrag.tags): CLIP scores a label list against each photo's vector."""
+
+    enabled: bool = True  # off, or CLIP off: no tags are written (search, filters and counts still work)
+    # One label a line ('#' starts a comment); None: mmrag.tags.DEFAULT_LABELS. A collection re-tagged with its own
+    # list (`mmrag tag --labels`) keeps that list for its later jobs.
+    labels_file: Path | None = None
+    prompt: str = "a photo of a {label}."  # what each label's text vector is made from
+    # A tag is kept when its share of the softmax over the labels (CLIP's own logit scale) is at least min_score.
+    min_score: float = Field(0.1, gt=0, le=1)
+    max_tags: int = Field(5, ge=1, le=50)  # per photo, best first
 
 
 class AnswererSettings(BaseModel):
@@ -234,6 +267,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     ray: RaySettings = RaySettings()
+    tags: TagSettings = TagSettings()
     batch_pages: int = Field(32, ge=1)  # pages per commit (one checkpoint of vectors + SQL)
 
     @model_validator(mode="after")

@@ -39,9 +39,10 @@ class _Lexical:
 
     generation: int
     index: LexicalIndex
-    # The fingerprint of the saved index it was loaded from (then brought up to date in memory), or None: while
-    # the saved one is still that, a reader keeps its copy instead of loading the saved one again.
-    base: str | None
+    # The key of the saved index it was loaded from (Bm25Index.saved_key: its fingerprint and rewrites; then
+    # brought up to date in memory), or None: while the saved one is still that, a reader keeps its copy instead of
+    # loading the saved one again.
+    base: tuple[str, int] | None
 
 
 def _empty_lexical() -> LexicalIndex:
@@ -134,27 +135,29 @@ class DerivedIndexes:
         from mmrag.index.lexical import Bm25Index
 
         directory = self.lexical_dir(collection_id)
-        saved = Bm25Index.saved_fingerprint(directory)
+        # By key, not fingerprint alone: a writer that replaced pages' text in place (rewrite_lexical) saved an index
+        # of the same pages that a reader's copy must not stand for.
+        saved = Bm25Index.saved_key(directory)
         index = cached.index if cached is not None and isinstance(cached.index, Bm25Index) else None
         base = cached.base if cached is not None else None
         # A writer saving must start from the saved index itself; a reader keeps its copy of the one it loaded.
         stale_base = writer or saved != base
-        if saved is not None and (index is None or (index.fingerprint != saved and stale_base)):
+        if saved is not None and (index is None or (index.key != saved and stale_base)):
             try:
                 index = Bm25Index.load(directory, reuse=index)  # reads only the segments it does not hold
             except IndexError_ as exc:  # damaged or from another tokenizer version: it is derived, rebuild it
                 log.warning("BM25 index of collection %s unreadable: %s", collection_id, exc)
                 index = None if writer else index
             base = saved  # a damaged one is not read again until a writer saves another
-        if index is not None and index.fingerprint == saved and Bm25Index.saved_generation(directory) == generation:
+        if index is not None and index.key == saved and Bm25Index.saved_generation(directory) == generation:
             return _Lexical(generation, index, base)  # marked current with this very generation: no page id read
         index = self._lexical_following_sql(collection_id, index)
         if writer:
-            if index.fingerprint == saved:
+            if index.key == saved:
                 Bm25Index.mark_current(directory, generation)
             else:
                 index.save(directory, generation=generation)
-            base = index.fingerprint
+            base = index.key
         return _Lexical(generation, index, base)
 
     def _qdrant_lexical(self, collection_id: int, *, writer: bool) -> LexicalIndex:
@@ -226,6 +229,33 @@ class DerivedIndexes:
             self.lexical(collection_id, generation=generation, writer=True)
         elif Bm25Index.saved_in(self.lexical_dir(collection_id)):
             Bm25Index.mark_current(self.lexical_dir(collection_id), generation)
+
+    def rewrite_lexical(self, collection_id: int, page_ids: list[int]) -> None:
+        """For the collection's writer (it holds the lock): these pages' searchable text changed in place (a caption
+        written for them, mmrag.captions), after the transaction that changed it moved the generation. BM25 indexes
+        them again (pages it held are replaced: its rewrites grow, so readers holding a copy of the same pages load
+        the saved one) and is saved; then the generation moves again and the index is marked current with it, so a
+        reader that followed SQL between the change and the save does not keep its copy under the new generation."""
+        from mmrag.index.lexical import Bm25Index
+        from mmrag.store import repository
+        from mmrag.store.db import transaction
+
+        if not page_ids:
+            return
+        index = self.lexical(collection_id, writer=True)  # up to date with SQL's page ids (new captioned photos)
+        with self.collections.sessions() as session:
+            pages = repository.page_texts(session, collection_id, page_ids=page_ids)
+        index.add(pages)  # the qdrant backend replaces them where it is, readers search it there
+        if self.lexical_in_backend or not isinstance(index, Bm25Index):
+            return
+        directory = self.lexical_dir(collection_id)
+        with self._lexical_lock:
+            index.save(directory)
+            with transaction(self.collections.sessions) as session:
+                repository.bump_generation(session, collection_id)
+            generation = self.collections.generation(collection_id)
+            Bm25Index.mark_current(directory, generation)
+            self._lexical[collection_id] = _Lexical(generation, index, index.key)
 
     def lexical_covers(self, collection_id: int, page_ids: list[int]) -> bool:
         """Whether the collection's saved BM25 index covers exactly these pages with text (SQL's), from its commit

@@ -288,8 +288,8 @@ def search_hits(
     picture = None
     if image is not None:
         picture = decode_query_image(services, image, max_pixels=max_image_pixels)
-        embedders = services.embedders()
         takes_images = RETRIEVERS.taking("image")
+        embedders = services.embedders(takes_images)
         if not any(embedders.get(name) is not None for name in takes_images):
             # A model the request needs is missing: that is the server's state, not the client's mistake.
             why = embedders.why_off(takes_images) or "none is registered"
@@ -541,3 +541,10 @@ def index_sizes(services: Services) -> IndexSizes:
         documents, pages, vectors, without_text = repository.collection_sizes(session)
         failed_pages = repository.collection_failed_pages(session)
     return IndexSizes(documents, pages, vectors, failed_pages, without_text)
+
+
+def indexed_models(services: Services) -> dict[tuple[str, str], list[tuple[str, int, int]]]:
+    """(collection, retriever) → (model, dim, pages) of each model its vectors were made with: what each collection
+    was indexed with, to hold against the configured models (`mmrag status`)."""
+    with services.sessions() as session:
+        return repository.collection_models(session)

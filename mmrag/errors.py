@@ -4,6 +4,7 @@
      ├── ConfigError                 a setting is wrong or names something unknown
      │    └── UnknownNameError       a registry lookup failed (lists the known names)
      ├── ModelUnavailableError       a model's weights cannot be loaded (says how to provide them)
+     ├── ModelDownloadError          `mmrag models pull` cannot fetch a model (offline, unreachable, refused)
      ├── BackendUnavailableError     an optional package is not installed (says which extra)
      │    └── MissingToolError       a system program ingestion runs (tesseract, pdftoppm) is not installed
      ├── InputError                  one input file is unusable; the job records it and goes on
@@ -14,9 +15,11 @@
      │    └── TooLargeError          decompression bomb, page over the pixel limit
      ├── IndexError_                 a vector index is inconsistent with its manifest or SQL
      │    └── ManifestMismatchError
+     │         └── ModelMismatchError  a collection's vectors were made by another model than the configured one
      ├── VectorBackendUnavailableError  the vector database server (Qdrant) cannot be reached or refused us
      ├── NotFoundError               a document, page or job id that does not exist
      ├── CollectionBusyError         another process is writing the collection (one writer at a time)
+     ├── CaptionsUnavailableError    captions need a VLM answerer; the configured one (extractive) cannot see
      └── AnswererError               an answer backend failed; the message names the server URL or the model
           ├── AnswererUnreachableError   no connection to the server (after retries)
           ├── AnswererTimeoutError       the server or the stream went silent for longer than timeout_s
@@ -50,9 +53,17 @@ class ModelUnavailableError(MmragError):
         self.model = model
         super().__init__(
             f"model {model!r} cannot be loaded: {reason}. mmrag never downloads weights at run time: fetch them "
-            f"on a machine with network access (e.g. `huggingface-cli download ORG/NAME`), then give a local "
-            f"directory (local-dir:/path) or copy the Hugging Face cache and point HF_HOME at it."
+            f"with `mmrag models pull` where there is a network (or `huggingface-cli download ORG/NAME`), then "
+            f"give a local directory (local-dir:/path) or copy the Hugging Face cache and point HF_HOME at it."
         )
+
+
+class ModelDownloadError(MmragError):
+    """Only `mmrag models pull` downloads; its failure is one sentence naming the model and the cause."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        super().__init__(f"cannot download {model!r}: {reason}.")
 
 
 class BackendUnavailableError(MmragError):
@@ -103,7 +114,27 @@ class IndexError_(MmragError):  # noqa: N801 - trailing underscore avoids shadow
 
 
 class ManifestMismatchError(IndexError_):
-    pass
+    """A store's manifest disagrees with what the caller expects; `field` names what: "model", "dim", "metric",
+    "kind" or "count"."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class ModelMismatchError(ManifestMismatchError):
+    """A collection's vectors of one retriever were made by another model than the configured one: vectors of two
+    models cannot be compared. The message names both models and the one command that re-embeds the collection."""
+
+    def __init__(self, collection: str, retriever: str, detail: str) -> None:
+        self.collection = collection
+        self.retriever = retriever
+        super().__init__(
+            f"collection {collection!r}: its {retriever} vectors were made by another model than the one configured "
+            f"now ({detail}). Configure the model it was indexed with (`mmrag status` lists it), or re-embed every "
+            f"page with the configured one: `mmrag index --reembed --collection {collection} PATH...`",
+            field="model",
+        )
 
 
 class VectorBackendUnavailableError(MmragError):
@@ -121,6 +152,17 @@ class NotFoundError(MmragError):
 
 class CollectionBusyError(MmragError):
     pass
+
+
+class CaptionsUnavailableError(MmragError):
+    """The configured answerer cannot describe an image (the extractive one has no model): captions need a VLM."""
+
+    def __init__(self, answerer: str) -> None:
+        self.answerer = answerer
+        super().__init__(
+            f"captions need a VLM answerer, and the answerer is {answerer!r}: set MMRAG_ANSWERER__KIND=transformers "
+            "or openai"
+        )
 
 
 class AnswererError(MmragError):

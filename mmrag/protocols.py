@@ -177,6 +177,16 @@ class SearchesWithin(Protocol):
 
 
 @runtime_checkable
+class HoldsVectors(Protocol):
+    """A single-vector index that gives back the vectors it holds (FaissIndex), so a page's own stored vector can be
+    the query for its near-duplicates (mmrag.near_duplicates) without running its model again."""
+
+    def vectors(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """(n, dim) float32 in the order of `ids`; an id it does not hold raises NotFoundError."""
+        ...
+
+
+@runtime_checkable
 class LexicalIndex(Protocol):
     """A lexical (BM25) index over page text, derived from SQL (rebuilt from it, or updated with what changed)."""
 
@@ -201,4 +211,16 @@ class Answerer(Protocol):
 
     def stream(self, question: str, pages: Sequence[RetrievedPage]) -> Iterator[str | Answer]:
         """Text chunks as they are generated, then the final Answer (with checked citations) last."""
+        ...
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """An answerer that can also say what an image shows (a VLM's: transformers, openai): alt text for captions
+    (mmrag.captions). The extractive answerer has no model and is not one."""
+
+    name: str
+
+    def describe(self, image: Image.Image) -> str:
+        """One or two plain sentences saying what the image shows; AnswererError when the model fails."""
         ...

@@ -16,7 +16,7 @@ from mmrag.config import RetrievalSettings, Settings
 from mmrag import layout
 from mmrag.errors import ConfigError
 from mmrag.protocols import LexicalIndex
-from mmrag.retrievers import RETRIEVERS, Query
+from mmrag.retrievers import RETRIEVERS, Embedders, Query
 from mmrag.services import Services
 from mmrag.store import repository
 from mmrag.types import Hit, RetrievedPage, SearchFilters, SearchResult
@@ -43,12 +43,20 @@ class _CollectionContext:
     generation: int | None
     settings: Settings
     within: np.ndarray | None = None
+    services: Services | None = None  # for another retriever's model (stage)
 
     def lexical(self) -> LexicalIndex:
         return self.collections.derived.lexical(self.collection_id, generation=self.generation)
 
     def candidates(self, retriever: str) -> Any | None:
         return self.collections.derived.candidate_index(self.collection_id, retriever)
+
+    def stage(self, retriever: str) -> tuple[Any, Any | None] | None:
+        embedder = None if self.services is None else self.services.embedders([retriever]).get(retriever)
+        if embedder is None:
+            return None
+        stores = self.collections.stores(self.collection_id, generation=self.generation, retrievers=[retriever])
+        return embedder, stores.get(retriever)
 
 
 def retrieve(
@@ -71,16 +79,18 @@ def retrieve(
         raise ConfigError("give exactly one of a text query or an image query")
     RETRIEVERS.check(retrievers or ())
     query = Query(text=text, image=image)
-    embedders = services.embedders()
+    chosen = [
+        retriever for retriever in RETRIEVERS
+        if (not retrievers or retriever.name in retrievers) and query.kind in retriever.query_kinds
+        # one that weighs nothing in fusion is not run at all (no model call, no query embedding)
+        and (retrievers or fusion_weight(retriever.name, services.settings.retrieval) > 0)
+    ]
+    embedders, unused = _models_for(services, collection_id, [r.name for r in chosen if r.embeds])
     collections = services.collections
-    stores = collections.stores(collection_id, generation=generation)
-    context = _CollectionContext(collections, collection_id, generation, services.settings, within)
+    stores = collections.stores(collection_id, generation=generation, retrievers=list(embedders.models))
+    context = _CollectionContext(collections, collection_id, generation, services.settings, within, services)
     results: list[RetrieverHits] = []
-    for retriever in RETRIEVERS:
-        if retrievers and retriever.name not in retrievers or query.kind not in retriever.query_kinds:
-            continue
-        if not retrievers and fusion_weight(retriever.name, services.settings.retrieval) <= 0:
-            continue  # it weighs nothing in fusion: not run at all (no model call, no query embedding)
+    for retriever in chosen:
         embedder = embedders.get(retriever.name)
         store = stores.get(retriever.name)
         if retriever.embeds and (embedder is None or store is None):
@@ -93,11 +103,30 @@ def retrieve(
                 f"an image query needs a retriever that takes images ({', '.join(takes)}); asked for: "
                 f"{', '.join(retrievers)}"
             )
+        reasons = {
+            name: "the collection holds no vectors of it" if name in unused else embedders.why_off([name])
+            for name in takes
+        }
+        said = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
         raise ConfigError(
             f"image search needs a retriever that takes images ({', '.join(takes)}), and none is on: "
-            f"{embedders.why_off(takes)}"
+            f"{next(iter(reasons.values())) if len(reasons) == 1 else said}"
         )
     return results
+
+
+def _models_for(services: Services, collection_id: int, names: Sequence[str]) -> tuple[Embedders, list[str]]:
+    """The loaded models, with those of `names` the collection holds vectors of loaded first if they are not yet
+    (a one-shot CLI query loads no model it does not use: a BM25-only search none), and the names of `names` left
+    unloaded because the collection holds no vectors of theirs. A process that has every model loaded already (the
+    service) asks SQL nothing."""
+    loaded = services.embedders(())
+    untried = [name for name in names if name not in loaded.models and name not in loaded.off]
+    if not untried:
+        return loaded, []
+    with services.sessions() as session:
+        held = repository.retrievers_with_vectors(session, collection_id, untried)
+    return services.embedders(held), [name for name in untried if name not in held]
 
 
 def fuse(
@@ -189,6 +218,8 @@ def search(
     shown = passing[offset:wanted]
     with services.sessions() as session:
         uploaded = repository.uploaded_names(session, {rows[page_id].document_id for page_id, _, _ in shown})
+        tagged = repository.page_tags(session, [page_id for page_id, _, _ in shown])
+        captions = repository.page_captions(session, [page_id for page_id, _, _ in shown])
     return [
         SearchResult(
             page_id=page_id,
@@ -200,6 +231,8 @@ def search(
             text=rows[page_id].text,
             scores=scores,
             name=uploaded.get(rows[page_id].document_id) or PurePath(rows[page_id].path).name,
+            tags=tagged.get(page_id, ()),
+            caption=captions.get(page_id),
         )
         for page_id, score, scores in shown
     ]
@@ -212,7 +245,7 @@ def looked_at(services: Services, pages: Mapping[int, int], text: str) -> dict[i
     not run for a search either)."""
     if not pages or not text.strip():
         return {}
-    embedders = services.embedders()
+    embedders = services.embedders(())  # those the search used (a similarity map is of a ranking it made)
     mapping = [
         retriever for retriever in RETRIEVERS
         if retriever.similarity_maps and embedders.get(retriever.name) is not None

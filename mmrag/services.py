@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -33,6 +34,8 @@ class Services:
         self.engine = engine
         self.sessions: sessionmaker[Session] = build_sessionmaker(engine)
         self._embedders = embedders
+        # Every retriever's model has been tried (or the caller passed them all in): nothing more to load.
+        self._complete = embedders is not None
         self._lock = threading.Lock()
         self.collections = Collections(settings, self.sessions, self.embedders)
 
@@ -51,10 +54,22 @@ class Services:
 
         return qdrant_index.describe(index.qdrant), qdrant_index.problem(index.qdrant)
 
-    def embedders(self) -> Embedders:
+    def embedders(self, names: Iterable[str] | None = None) -> Embedders:
+        """The models, each loaded at its first need and kept: every retriever's (the default: a job, the service's
+        lifespan, GET /ready), or only those `names` asks for besides those already loaded (a one-shot query loads
+        what it uses; () loads nothing). A retriever whose model could not load is in `off` and not tried again."""
         with self._lock:
             if self._embedders is None:
-                self._embedders = load_embedders(self.settings)
+                self._embedders = Embedders(meaningless=self.settings.embedders.profile == "tiny-random")
+            elif self._complete:
+                return self._embedders
+            tried = set(self._embedders.models) | set(self._embedders.off)
+            wanted = {r.name for r in RETRIEVERS if r.embeds} if names is None else set(names)
+            if wanted - tried:
+                loaded = load_embedders(self.settings, names=wanted - tried)
+                self._embedders.models.update(loaded.models)
+                self._embedders.off.update(loaded.off)
+            self._complete = names is None
             return self._embedders
 
     def close(self) -> None:

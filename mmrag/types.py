@@ -82,6 +82,14 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Tag:
+    """A zero-shot tag of a photo (mmrag.tags): a label and its softmax share (0-1) over its collection's labels."""
+
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
 class SearchResult:
     page_id: int
     document_id: int
@@ -93,6 +101,8 @@ class SearchResult:
     scores: dict[str, float] = field(default_factory=dict)
     # its document's name to show: the file name an upload was sent with, else its path's last part
     name: str = ""
+    tags: tuple[Tag, ...] = ()  # its zero-shot tags, best first (photos only)
+    caption: str | None = None  # what a VLM said is on it (mmrag.captions): its alt text; None until described
 
 
 @dataclass(frozen=True)
@@ -158,3 +168,4 @@ class SearchFilters:
     indexed_before: datetime | None = None
     date_from: date | None = None  # pages holding a date in date_from..date_to (inclusive; either may be open)
     date_to: date | None = None
+    tags: tuple[str, ...] = ()  # pages holding every one of these tags (mmrag.tags; all-of, so choices narrow)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # builds a wheel and runs pip, Python and Alembic
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"alembic_version", "collections", "documents", "document_paths", "pages", "page_embeddings", "jobs",
-          "job_items", "page_failures", "page_dates", "page_words"}  # fmt: skip
+          "job_items", "page_failures", "page_dates", "page_words", "page_tags", "tag_labels", "captions"}  # fmt: skip
 # What `pip wheel .` reads: a copy keeps the build's egg-info and build/ out of the checkout.
 SOURCES = ("pyproject.toml", "README.md", "mmrag", "api", "indexer")
 

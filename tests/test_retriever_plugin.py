@@ -153,7 +153,7 @@ def test_registered_retrievers_load_through_the_registry(plugins: None, tmp_path
     embedders = load_embedders(Settings(data_dir=tmp_path, embedders=off))
     assert embedders.on() == ["chargrams", "words320"]
     assert isinstance(embedders.get("chargrams"), CharGramEmbedder)
-    assert set(embedders.off) == {"clip", "colpali", "text"}
+    assert set(embedders.off) == {"clip", "colpali", "text", "bipage"}  # bipage: off by default
 
 
 def test_a_plugin_retriever_is_indexed_searched_fused_and_deleted(services: Services) -> None:
@@ -276,7 +276,7 @@ def test_an_installed_package_adds_a_retriever_through_its_entry_point(tmp_path:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]]), "MMRAG_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'dates', 'ones'] ['ones']"
+    assert done.stdout.strip() == "['clip', 'colpali', 'text', 'lexical', 'dates', 'bipage', 'ones'] ['ones']"
     assert "mmrag_broken" in done.stderr and "this plug-in is broken" in done.stderr  # logged, and mmrag still runs
 
 

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+import mmrag
 from api import schemas
 from api.deps import get_metrics
 from api.metrics import CONTENT_TYPE, Metrics
@@ -33,6 +34,7 @@ def ready(request: Request) -> JSONResponse:
     database, error = False, "the service is still starting"
     on: list[str] = []
     off: dict[str, str] = {}
+    models: dict[str, schemas.ModelInUse] = {}
     meaningless = False
     backend, backend_error = None, None
     if services is not None:
@@ -46,6 +48,10 @@ def ready(request: Request) -> JSONResponse:
         embedders = services.embedders()  # loaded in the lifespan; this only reads them
         on = embedders.serving()  # BM25 and dates need no model
         off, meaningless = dict(embedders.off), embedders.meaningless
+        models = {
+            name: schemas.ModelInUse(model=choice.model, why=choice.why)
+            for name, choice in mmrag.model_choices(services.settings.embedders).items()
+        }
     serving = database and backend_error is None
     body = schemas.Ready(
         status="ready" if serving else "unavailable",
@@ -55,6 +61,7 @@ def ready(request: Request) -> JSONResponse:
         vector_backend_error=backend_error,
         retrievers_on=on,
         retrievers_off=off,
+        models=models,
         answerer=state.answerer.name if state.answerer is not None else None,
         answerer_off=state.answerer_off,
         meaningless=meaningless,

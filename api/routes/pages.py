@@ -1,4 +1,5 @@
-"""GET /v1/pages/{page_id}/image: a page's stored image or its thumbnail, by id only."""
+"""GET /v1/pages/{page_id}/image: a page's stored image or its thumbnail, by id only; GET /v1/pages/{page_id}/similar:
+its near-duplicates; POST /v1/pages/{page_id}/describe: its caption (alt text)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from fastapi.responses import FileResponse, Response
 
 from api import schemas
 from api.auth import Principal, principal
-from api.deps import get_services, get_settings
+from api.deps import get_answerer, get_services, get_settings, get_urls
 from api.errors import invalid
-from mmrag import documents
+from mmrag import captions, documents, near_duplicates
 from mmrag.config import Settings
+from mmrag.protocols import Answerer
 from mmrag.services import Services
 
 router = APIRouter(prefix="/v1", tags=["pages"])
@@ -58,6 +60,45 @@ def page_image(
     path = documents.page_image(services, page_id, caller.scope(), thumbnail_side=side)
     # Stored images are content-addressed and never rewritten in place, so clients may cache them.
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get(
+    "/pages/{page_id}/similar",
+    response_model=schemas.SimilarPagesOut,
+    responses=schemas.error_responses(400, 401, 404, 422, 503),
+    summary="A page's near-duplicates: the pages of its collection whose CLIP image vectors are closest to its own",
+)
+def similar_pages(
+    page_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    threshold: Annotated[
+        float | None,
+        Query(gt=0, le=1, description="the least cosine similarity listed (default: MMRAG_RETRIEVAL__"
+              "NEAR_DUPLICATE_THRESHOLD)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    caller: Principal = Depends(principal),
+    services: Services = Depends(get_services),
+    urls: schemas.Urls = Depends(get_urls),
+) -> schemas.SimilarPagesOut:
+    found = near_duplicates.similar_pages(services, page_id, caller.scope(), threshold=threshold, limit=limit)
+    return schemas.similar_pages(found, urls, meaningless=services.embedders().meaningless)
+
+
+@router.post(
+    "/pages/{page_id}/describe",
+    response_model=schemas.CaptionOut,
+    responses=schemas.error_responses(401, 404, 422, 502, 503, 504),
+    summary="A page's caption (alt text) by the VLM answerer, cached by the page's content; captions are searchable",
+)
+def describe_page(
+    page_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    force: Annotated[bool, Query(description="describe it again even when its content has a caption")] = False,
+    caller: Principal = Depends(principal),
+    services: Services = Depends(get_services),
+    answerer: Answerer = Depends(get_answerer),
+) -> schemas.CaptionOut:
+    found = captions.describe_page(services, answerer, page_id, caller.scope(), force=force)
+    return schemas.CaptionOut(page_id=found.page_id, caption=found.caption, model=found.model, cached=found.cached)
 
 
 def parse_regions(text: str) -> list[tuple[float, float, float, float]]:

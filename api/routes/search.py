@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -17,7 +17,7 @@ from api.auth import Principal, principal
 from api.deps import get_metrics, get_services, get_settings, get_urls
 from api.errors import UnsupportedMediaType, invalid
 from api.metrics import Metrics
-from mmrag import documents
+from mmrag import documents, tags
 from mmrag.config import Settings
 from mmrag.errors import TooLargeError
 from mmrag.retrievers import RETRIEVERS
@@ -95,6 +95,33 @@ async def search(
     meaningless = services.embedders().meaningless
     return schemas.SearchResponse(
         hits=[schemas.search_hit(hit, urls) for hit in hits], k=body.k, offset=body.offset, meaningless=meaningless
+    )
+
+
+@router.get(
+    "/tags",
+    response_model=schemas.TagCounts,
+    responses=schemas.error_responses(401, 403, 404, 422),
+    summary="Count the zero-shot tags of photos, among the pages the filters keep",
+)
+def tag_counts(
+    collection: Annotated[list[schemas.CollectionName] | None, Query(max_length=20)] = None,
+    tag: Annotated[
+        list[schemas.TagName] | None,
+        Query(max_length=20, description="only pages holding every one of these (as the search filter `tags`): "
+              "the counts of the tags found with them"),
+    ] = None,
+    kind: schemas.Kind | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    caller: Principal = Depends(principal),
+    services: Services = Depends(get_services),
+) -> schemas.TagCounts:
+    collections = caller.readable(services, collection)
+    filters = schemas.Filters(kind=kind, tags=tag or []).to_library()
+    counts = tags.tag_counts(services, collections, filters, limit=limit)
+    return schemas.TagCounts(
+        tags=[schemas.TagCountOut(tag=c.tag, count=c.count) for c in counts],
+        meaningless=services.embedders().meaningless,
     )
 
 

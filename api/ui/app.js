@@ -89,6 +89,8 @@ function searchScope() {
   if (Object.keys(metadata).length) filters.metadata = metadata;
   if ($("filter-from").value) filters.date_from = $("filter-from").value;
   if ($("filter-to").value) filters.date_to = $("filter-to").value;
+  const tags = $("filter-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+  if (tags.length) filters.tags = tags;
   const collection = $("filter-collection").value.trim();
   return { filters, collections: collection ? [collection] : null };
 }
@@ -151,7 +153,8 @@ function showHit(hit) {
   button.type = "button";
   button.title = scoresTitle(hit);
   const img = document.createElement("img");
-  img.alt = label;
+  // a described page's caption is its alt text (what a screen reader says of the thumbnail), after its name
+  img.alt = hit.caption ? `${label}: ${hit.caption}` : label;
   img.loading = "lazy";
   const caption = document.createElement("span");
   caption.className = "name";
@@ -160,6 +163,14 @@ function showHit(hit) {
   score.className = "score";
   score.textContent = `score ${hit.score.toFixed(4)}`;
   button.append(img, caption, score);
+  if (hit.tags && hit.tags.length) {
+    // a photo's zero-shot tags, best first; the title says each one's share
+    const tags = document.createElement("span");
+    tags.className = "tags";
+    tags.textContent = hit.tags.map((t) => t.name).join(" · ");
+    tags.title = hit.tags.map((t) => `${t.name} ${t.score.toFixed(2)}`).join(", ");
+    button.append(tags);
+  }
   button.addEventListener("click", () => openViewer(hit, hit.highlights, []));
   item.append(button);
   $("results").append(item);

@@ -5,7 +5,8 @@
     build_answerer_or_extractive(settings)    → (Answerer, None), or (ExtractiveAnswerer, why the model is off)
 
 Implementations: extractive (quotes page lines, no model), vlm (transformers image-text-to-text in-process),
-openai_compat (HTTP chat completions); prompt holds the shared prompt and the citation checker. Factories import
+openai_compat (HTTP chat completions); prompt holds the shared prompt and the citation checker. The two VLM answerers
+also describe an image (protocols.Describes: alt text for mmrag.captions); the extractive one cannot. Factories import
 their modules when called, so importing this package stays light (no torch, no transformers).
 
 Answer backends raise mmrag.errors.AnswererError and its subclasses; a model that cannot be loaded raises

@@ -21,11 +21,15 @@ from typing import TYPE_CHECKING, Any, Self
 import httpx
 
 from mmrag.answer.prompt import (
+    CAPTION_MAX_TOKENS,
+    CAPTION_PROMPT,
     PromptImage,
     PromptText,
     build_prompt,
     check_answer,
     checked_stream,
+    clean_caption,
+    fit_image,
     load_page_image,
     not_answered,
 )
@@ -116,6 +120,32 @@ class OpenAICompatAnswerer:
             yield from checked_stream(
                 _stream_deltas(response, self.url, self.timeout_s), question, pages, answerer=self.name
             )
+
+    def describe(self, image: Image.Image) -> str:
+        """Alt text for `image` (Describes): one request, the image as a JPEG data URL as the ask path sends pages."""
+        fitted = fit_image(image, max_side=self.max_image_side, token_budget=self.image_token_budget)
+        content = [
+            {"type": "image_url", "image_url": {"url": jpeg_data_url(fitted)}},
+            {"type": "text", "text": CAPTION_PROMPT},
+        ]
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": min(self.max_new_tokens, CAPTION_MAX_TOKENS),
+            "temperature": 0,  # a copy described again (--force) should read the same
+            "stream": False,
+        }
+        with self._send(body) as response:
+            try:
+                response.read()
+            except httpx.TimeoutException as exc:
+                raise AnswererTimeoutError(self.url, f"the reply stalled for over {self.timeout_s:g} s") from exc
+            except httpx.HTTPError as exc:
+                raise AnswererServerError(self.url, f"the reply broke off: {type(exc).__name__}: {exc}") from exc
+            caption = clean_caption(_completion_text(response, self.url))
+        if not caption:
+            raise AnswererServerError(self.url, "the model wrote an empty caption")
+        return caption
 
     def request_body(self, question: str, pages: Sequence[RetrievedPage], *, stream: bool) -> dict[str, Any]:
         """The chat-completions request: one user message of text parts and image_url data URLs, greedy decoding."""

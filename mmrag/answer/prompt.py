@@ -242,6 +242,29 @@ def load_page_image(page: RetrievedPage, *, max_side: int, token_budget: int) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Captions (alt text)
+
+CAPTION_PROMPT = (
+    "Write alt text for this image: one or two plain sentences saying what it shows (the subject, the setting, any "
+    "clearly legible words). No preamble, no markdown."
+)
+CAPTION_MAX_TOKENS = 96  # two sentences; a caption is searchable text, not an essay
+MAX_CAPTION_CHARS = 500
+_CAPTION_PREAMBLE = re.compile(r"^\s*(?:alt[\s-]*text|caption|description)\s*:\s*", re.IGNORECASE)
+
+
+def clean_caption(text: str) -> str:
+    """A model's caption as stored: one line, a leading "Alt text:" and wrapping quotes dropped, at most
+    MAX_CAPTION_CHARS (cut at a word)."""
+    text = _CAPTION_PREAMBLE.sub("", " ".join(text.split()))
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        text = text[: MAX_CAPTION_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Citation checking
 
 

@@ -16,11 +16,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mmrag.answer.prompt import (
+    CAPTION_MAX_TOKENS,
+    CAPTION_PROMPT,
     PromptImage,
     PromptText,
     build_prompt,
     check_answer,
     checked_stream,
+    clean_caption,
+    fit_image,
     load_page_image,
     not_answered,
 )
@@ -120,6 +124,26 @@ class TransformersVlmAnswerer:
         finally:
             abandoned.set()
             thread.join()
+
+    def describe(self, image: Image.Image) -> str:
+        """Alt text for `image` (Describes): the image, then the caption prompt, through the model's chat template;
+        greedy, at most CAPTION_MAX_TOKENS."""
+        import torch
+
+        fitted = fit_image(image, max_side=self.max_image_side, token_budget=self.image_token_budget)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
+        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = self.processor(
+            text=[prompt], images=[[fitted]], return_tensors="pt", **_image_size_kwargs(self.processor, [fitted])
+        ).to(self.device, dtype=self.model.dtype)
+        kwargs = self._generation_kwargs() | {"max_new_tokens": min(self.max_new_tokens, CAPTION_MAX_TOKENS)}
+        with self._lock, _generation_errors(self.model_id), torch.inference_mode():
+            output = self.model.generate(**inputs, **kwargs)
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        caption = clean_caption(self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True))
+        if not caption:
+            raise AnswererError(self.model_id, "the model wrote an empty caption")
+        return caption
 
     def prepare_inputs(self, question: str, pages: Sequence[RetrievedPage]) -> Any:
         """The processor's model inputs (on the model's device) for the prompt with the pages' images."""

@@ -407,6 +407,15 @@ def family_for_config(model: str, config: dict[str, Any]) -> ColPaliFamily:
             model, f"model_type {model_type!r} is not a supported ColPali family (supported: {', '.join(FAMILIES)})"
         )
     architectures = config.get("architectures") or []
+    from mmrag.embedders.bi import BI_CLASSES  # bi imports this module
+
+    single = sorted(set(architectures) & BI_CLASSES)
+    if single and family.model_class not in architectures:
+        # Same model_type, no retrieval head: its missing weights would be refused in terms that hide what it is.
+        raise ModelUnavailableError(
+            model, f"it is a single-vector {single[0]} checkpoint, not a multi-vector {family.model_class} one: "
+            f"set it as MMRAG_EMBEDDERS__BIPAGE__MODEL",
+        )
     if architectures and family.model_class not in architectures:
         # A raw VLM or a single-vector Bi* checkpoint of the same model_type: the missing-weights check refuses it
         # if the retrieval head is absent, so this only warns.

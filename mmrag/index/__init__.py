@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mmrag.config import IndexSettings
 from mmrag.errors import ConfigError
@@ -23,9 +24,11 @@ from mmrag.index.faiss_index import FaissIndex
 from mmrag.analysis import tokenize
 from mmrag.index.lexical import Bm25Index, fingerprint_of
 from mmrag.index.manifest import Manifest, atomic_write_bytes
-from mmrag.index.multivector import ShardedMultiVectorStore
 from mmrag.protocols import MultiVectorStore, VectorIndex
 from mmrag.registry import Registry
+
+if TYPE_CHECKING:
+    from mmrag.index.multivector import ShardedMultiVectorStore
 
 __all__ = [
     "VECTOR_INDEXES",
@@ -42,6 +45,16 @@ __all__ = [
 ]
 
 VECTOR_INDEXES: Registry[VectorIndex] = Registry("vector index backend")
+
+
+def __getattr__(name: str) -> Any:
+    # The multi-vector store imports torch (seconds): a process that only reads BM25 (a one-shot lexical query)
+    # does not pay for it.
+    if name == "ShardedMultiVectorStore":
+        from mmrag.index.multivector import ShardedMultiVectorStore
+
+        return ShardedMultiVectorStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a file / collection name
 
@@ -95,6 +108,8 @@ def open_multivector_store(
         from mmrag.index.qdrant_index import QdrantMultiVectorStore
 
         return QdrantMultiVectorStore.open(settings, directory, model=model, dim=dim, read_only=read_only)
+    from mmrag.index.multivector import ShardedMultiVectorStore
+
     return ShardedMultiVectorStore(
         Path(directory),
         dim,

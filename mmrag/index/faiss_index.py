@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Literal
 import faiss
 import numpy as np
 
-from mmrag.errors import ConfigError, IndexError_
+from mmrag.errors import ConfigError, IndexError_, NotFoundError
 from mmrag.index.journal import Journal, TrailingCrc, replace_snapshot
 from mmrag.index.manifest import (
     Manifest,
@@ -243,6 +243,31 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         with self._lock:
             return self._ids.copy()
+
+    def vectors(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors of these page ids, (n, dim) in their order (protocols.HoldsVectors: a page's own vector
+        is the query that finds its near-duplicates). An id the index does not hold raises NotFoundError."""
+        wanted = as_page_ids(ids if isinstance(ids, np.ndarray) else list(ids))
+        with self._lock:
+            missing = wanted[~_contains(self._ids, wanted)]
+            if len(missing):
+                raise NotFoundError(f"{self.path.name} holds no vector for page {int(missing[0])}")
+            if len(wanted) == 0:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            if isinstance(self._index, faiss.IndexIVF):
+                return _ivf_vectors(self._index, wanted)
+            inner = faiss.downcast_index(self._index.index)
+            if self.kind == "hnsw":
+                rows = np.flatnonzero(self._alive)  # a re-added id's tombstoned rows are skipped
+                labels = self._labels[rows]
+            else:
+                rows = None
+                labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            order = np.argsort(labels, kind="stable")
+            at = order[np.searchsorted(labels, wanted, sorter=order)]
+            if rows is not None:
+                at = rows[at]
+            return np.ascontiguousarray(inner.reconstruct_batch(at.astype(np.int64)), dtype=np.float32)
 
     def files(self) -> list[Path]:
         """The files that hold this index on disk: its snapshot and its journal (either may not exist yet)."""
@@ -565,6 +590,25 @@ def _new_index(kind: str, dim: int, *, hnsw_m: int, hnsw_ef_construction: int) -
         return faiss.IndexIDMap2(hnsw)
     # flat, and ivf before it has enough vectors to train
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _ivf_vectors(ivf: faiss.IndexIVFFlat, wanted: np.ndarray) -> np.ndarray:
+    """The vectors of `wanted` (all held) from an IVFFlat's inverted lists, whose codes are the raw float32 vectors.
+    Read from the lists rather than through a direct map, which would change the index's layout on disk."""
+    out = np.zeros((len(wanted), ivf.d), dtype=np.float32)
+    invlists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size == 0:
+            continue
+        ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+        hit = np.isin(wanted, ids)
+        if not hit.any():
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * ivf.code_size).view("<f4").reshape(size, ivf.d)
+        order = np.argsort(ids, kind="stable")
+        out[hit] = codes[order[np.searchsorted(ids, wanted[hit], sorter=order)]]
+    return out
 
 
 def _ivf_ids(ivf: faiss.IndexIVF) -> np.ndarray:

@@ -120,6 +120,10 @@ class Bm25Index:
         self._lock = threading.RLock()
         self._segments: list[Segment] = []  # replaced, never changed in place: a search works on its snapshot
         self._fingerprint: str | None = None  # of the live ids, memoised until the next change
+        # How many times `add` replaced the text of pages it held (a caption written for an indexed page): the
+        # fingerprint sees page ids only, so this, saved beside it, tells a reader that a saved index with the same
+        # pages holds other text (saved_key).
+        self.rewrites = 0
 
     # ----------------------------------------------------------------------------------------------- LexicalIndex
 
@@ -138,6 +142,8 @@ class Bm25Index:
             return
         with self._lock:
             segments = self._deleted(self._segments, segment.page_ids)
+            if sum(s.live for s in segments) < sum(s.live for s in self._segments):
+                self.rewrites += 1
             self._segments, self._fingerprint = settle([*segments, segment]), None
 
     def remove(self, page_ids: Iterable[int]) -> int:
@@ -247,6 +253,7 @@ class Bm25Index:
             "ngram": self.ngram,
             "segments": [{"name": s.name, "rows": s.rows, "deleted": s.deleted_file} for s in saved],
             "generation": generation,
+            "rewrites": self.rewrites,
         }
         _commit(directory, number, meta)
         with self._lock:
@@ -281,6 +288,22 @@ class Bm25Index:
         meta = _read_commit(Path(directory))
         fingerprint = meta.get("fingerprint") if meta is not None else None
         return fingerprint if isinstance(fingerprint, str) else None
+
+    @staticmethod
+    def saved_key(directory: Path) -> tuple[str, int] | None:
+        """What tells saved indexes apart, from one read of its commit: its fingerprint (its page ids) and its
+        rewrites (texts replaced in place); None as saved_fingerprint."""
+        meta = _read_commit(Path(directory))
+        fingerprint = meta.get("fingerprint") if meta is not None else None
+        if not isinstance(fingerprint, str):
+            return None
+        rewrites = meta.get("rewrites", 0)  # type: ignore[union-attr]
+        return fingerprint, rewrites if isinstance(rewrites, int) else 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """This index's saved_key."""
+        return self.fingerprint, self.rewrites
 
     @staticmethod
     def saved_ids(directory: Path) -> np.ndarray | None:
@@ -344,6 +367,8 @@ class Bm25Index:
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise IndexError_(f"{directory / commit}: cannot read the saved BM25 index: {exc}") from exc
         index._segments = segments
+        rewrites = meta.get("rewrites", 0)
+        index.rewrites = rewrites if isinstance(rewrites, int) else 0
         manifest.check_count(len(index), where=directory / commit)
         if meta.get("fingerprint") != index.fingerprint:
             raise IndexError_(f"{directory / commit}: page ids do not match the saved fingerprint; it is damaged")

@@ -69,12 +69,13 @@ class Manifest:
         prefix = f"{where}: " if where else ""
         if self.model != expected_model:
             raise ManifestMismatchError(
-                f"{prefix}index was built with model {self.model!r}, but model {expected_model!r} is configured; "
-                f"rebuild the index from SQL"
+                f"{prefix}index was built with model {self.model!r}, but model {expected_model!r} is configured",
+                field="model",
             )
         if self.dim != expected_dim:
             raise ManifestMismatchError(
-                f"{prefix}index holds dim {self.dim} vectors, but dim {expected_dim} is expected; rebuild the index"
+                f"{prefix}index holds dim {self.dim} vectors, but dim {expected_dim} is expected; rebuild the index",
+                field="dim",
             )
         if self.metric != expected_metric:
             raise ManifestMismatchError(

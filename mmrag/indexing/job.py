@@ -37,6 +37,7 @@ from mmrag.retrievers import Embedders
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
+from mmrag.tags import job_tagger
 from mmrag.types import ItemState
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,13 @@ class IndexJob:
         specs = input_specs(embedders, spec_settings, services.storage_dir)
         self.spec_names = list(specs)
         self.spec_values = tuple(specs.values())
+        tagger = job_tagger(services, collection_id, embedders)  # the labels' text vectors, made once per job
         self.embedding = job_stages.embedding(services, embedders, stores, specs)
         try:
             self.committer = job_stages.committer(
                 lambda batch: self.embedding(batch.pages),
-                lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded),
+                lambda batch, embedded: write_batch(services, collection_id, stores, embedders, batch, embedded,
+                                                    tagger),
                 stores,
                 depth=max(settings.ingest.batches_ahead, self.embedding.batches_out),
             )

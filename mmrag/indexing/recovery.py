@@ -17,6 +17,7 @@ from mmrag.retrievers import RETRIEVERS, Embedders
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
+from mmrag.tags import TAGGED_BY, job_tagger, write_tags
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
             continue
         log.info("re-embedding %d pages for retriever %s", len(work), name)
         only = embedders.only(name)
+        # CLIP turned on for a collection indexed without it: its photos get their tags with their vectors.
+        tagger = job_tagger(services, collection_id, only) if name == TAGGED_BY else None
         for start in range(0, len(work), settings.batch_pages):
             chunk = work[start : start + settings.batch_pages]
             pages = [PendingPage(pid, path, text) for pid, path, text in chunk]
@@ -115,5 +118,7 @@ def repair(services: Services, collection_id: int, stores: CollectionStores, emb
             stores.flush()
             with transaction(services.sessions) as session:
                 bulk.insert_embeddings(session, records)
+                if tagger is not None and name in vectors:
+                    write_tags(session, tagger, vectors[name].ids, vectors[name].vectors)
             repaired += len(chunk)
     return repaired

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmrag.collections import CollectionStores
 from mmrag.config import Settings
-from mmrag.errors import CollectionBusyError, NotFoundError
+from mmrag.errors import CollectionBusyError, ModelMismatchError, NotFoundError
 from mmrag.indexing.job import IndexJob, JobStages, NoProgress, Progress
 from mmrag.indexing.loading import Loader, warm_modules
 from mmrag.indexing.recovery import record_agreement, recover, repair, stores_agree
 from mmrag.ingest import check_ocr, check_rapidocr, discover
 from mmrag.ingest.cleanup import TEMP_DIR_NAME
 from mmrag.ingest.passwords import PasswordBook
+from mmrag.retrievers import RETRIEVERS
 from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import refresh_statistics, transaction
 from mmrag.store.models import Job
 from mmrag.types import JobState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,16 @@ def run_index(
     passwords: PasswordBook | None = None,
     retry_failed: bool = False,
     before_done: Callable[[int], None] | None = None,
+    reembed: bool = False,
 ) -> JobReport:
     """Index files and folders into a collection; re-running the same command resumes an unfinished job.
     `stages` swaps the job's stages (a test's loader, say); by default the real ones. `passwords`: what to try on
     encrypted PDFs (never stored). A file that failed is loaded again when the ingestion that failed it has changed
     since (mmrag.ingest.ingest_version), and with `retry_failed` whatever failed it. `before_done(job id)` runs once
     every file is indexed and before the job is marked done (the API's upload metadata: a client that sees the job
-    done sees it applied)."""
+    done sees it applied). `reembed`: a retriever whose vectors in the collection another model made (the
+    configured model changed) has its store deleted, and every page is embedded again with the configured model
+    from its stored page image or text; without it such a collection is a ModelMismatchError."""
     progress = progress or NoProgress()
     began = time.perf_counter()
     roots = [str(Path(p).resolve()) for p in paths]
@@ -87,8 +95,25 @@ def run_index(
         collection_id = repository.get_or_create_collection(session, collection).id
     with collection_writer(services, collection_id, collection):
         job = _Started(services, roots, collection, collection_id, progress, began, passwords, retry_failed,
-                       before_done)
+                       before_done, reembed)
         return _run_locked(job, stages or default_stages(services.settings))
+
+
+def _stores_of_the_models(services: Services, collection_id: int, *, reembed: bool) -> CollectionStores:
+    """The collection's stores for the configured models. With `reembed`, the store of each retriever whose vectors
+    another model made is deleted first (recover then finds its pages' vectors lost, and repair embeds them again)."""
+    dropped: set[str] = set()
+    while True:
+        try:
+            return services.collections.stores(collection_id)
+        except ModelMismatchError as exc:
+            if not reembed or exc.retriever in dropped:
+                raise
+            log.warning("collection %s: deleting its %s store to re-embed every page (%s)", exc.collection,
+                        exc.retriever, exc.__cause__ or exc)
+            RETRIEVERS.get(exc.retriever).drop_store(services.collections.directory(collection_id) / "vectors",
+                                                     services.settings)
+            dropped.add(exc.retriever)
 
 
 def default_stages(settings: Settings) -> JobStages:
@@ -142,6 +167,7 @@ class _Started:
     passwords: PasswordBook | None = None
     retry_failed: bool = False
     before_done: Callable[[int], None] | None = None
+    reembed: bool = False
 
 
 def _run_locked(started: _Started, stages: JobStages) -> JobReport:
@@ -176,7 +202,7 @@ def _run_locked(started: _Started, stages: JobStages) -> JobReport:
 def _index_with(started: _Started, job_id: int, resumed: bool, loader: Loader, job_stages: JobStages) -> JobReport:
     services, collection_id = started.services, started.collection_id
     embedders = services.embedders()
-    stores = services.collections.stores(collection_id)
+    stores = _stores_of_the_models(services, collection_id, reembed=started.reembed)
     with transaction(services.sessions) as session:
         job = session.get(Job, job_id)
         job.retrievers = {"on": embedders.serving(), "off": embedders.off}

@@ -19,6 +19,7 @@ from mmrag.services import Services
 from mmrag.store import bulk, repository
 from mmrag.store.db import transaction
 from mmrag.store.models import utcnow
+from mmrag.tags import TAGGED_BY, Tagger, write_tags
 from mmrag.types import ItemState
 
 
@@ -80,12 +81,16 @@ def write_batch(
     embedders: Embedders,
     batch: Batch,
     embedded: BatchVectors,
+    tagger: Tagger | None = None,
 ) -> None:
-    """Vectors into the stores, the stores flushed, then one SQL transaction vouches for them."""
+    """Vectors into the stores, the stores flushed, then one SQL transaction vouches for them (and writes the
+    photos' tags made from their CLIP vectors, with `tagger`)."""
     records = store_vectors(embedders, stores, embedded)
     stores.flush()  # vectors durable before SQL vouches for them
     with transaction(services.sessions) as session:
         bulk.insert_embeddings(session, records)
+        if tagger is not None and (clip := embedded.get(TAGGED_BY)) is not None:
+            write_tags(session, tagger, clip.ids, clip.vectors)
         now = utcnow()
         if batch.document_ids:
             bulk.mark_indexed(session, batch.document_ids, now)

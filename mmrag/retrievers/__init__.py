@@ -1,7 +1,8 @@
 """Retrievers as plug-ins: the contract (base.py), one module per built-in retriever, and the one registry by name
 that the job, the search path, the config, the CLI and the API read their names from.
 
-    RETRIEVERS.names()          ['clip', 'colpali', 'text', 'lexical', 'dates'] (registration order, kept by fusion)
+    RETRIEVERS.names()          ['clip', 'colpali', 'text', 'lexical', 'dates', 'bipage'] (registration order, kept
+                                by fusion)
     RETRIEVERS.get("colpali")   the Retriever; an unknown name raises UnknownNameError listing the known ones
     RETRIEVERS.register(cls)    a decorator: adds a retriever (tests add one of their own and remove it after)
     load_embedders(settings)    every enabled retriever's model; one that cannot load is off, with its reason
@@ -96,11 +97,15 @@ class RetrieverRegistry:
 RETRIEVERS = RetrieverRegistry()
 
 
-def load_embedders(settings: Settings, registry: RetrieverRegistry = RETRIEVERS) -> Embedders:
-    """Load every enabled retriever's model; one that cannot load is switched off with its reason (never faked)."""
+def load_embedders(
+    settings: Settings, registry: RetrieverRegistry = RETRIEVERS, *, names: Iterable[str] | None = None
+) -> Embedders:
+    """Load every enabled retriever's model (`names`: only these retrievers'); one that cannot load is switched off
+    with its reason (never faked)."""
     embedders = Embedders(meaningless=settings.embedders.profile == "tiny-random")
+    wanted = None if names is None else set(names)
     for retriever in registry:
-        if not retriever.embeds:
+        if not retriever.embeds or (wanted is not None and retriever.name not in wanted):
             continue
         if not retriever.enabled(settings):
             embedders.off[retriever.name] = "disabled in settings"
@@ -136,6 +141,6 @@ def load_plugins(group: str = ENTRY_POINTS) -> list[str]:
 
 # The built-in retrievers register themselves on import, in this order (fusion and listings keep it); installed
 # plug-ins follow them.
-from mmrag.retrievers import clip, colpali, text, lexical, dates  # noqa: E402,F401,I001
+from mmrag.retrievers import clip, colpali, text, lexical, dates, bipage  # noqa: E402,F401,I001
 
 load_plugins()

@@ -17,6 +17,7 @@ its name; no other module names it.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import numpy as np
 from PIL import Image
 
+from mmrag.errors import ConfigError
 from mmrag.types import Hit
 
 if TYPE_CHECKING:
@@ -86,6 +88,11 @@ class SearchContext(Protocol):
         """The candidate index over a retriever's multi-vector store (the scalable multi-vector path)."""
         ...
 
+    def stage(self, retriever: str) -> tuple[Any, Any | None] | None:
+        """Another retriever's model and its store in this collection (None: nothing committed yet), loaded and
+        opened if they are not yet: a candidate stage (index.multivector_search = "bipage"). None when it is off."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -132,6 +139,12 @@ class Retriever:
         none committed yet. The store states its dimension from the model (`embedder.dim`)."""
         return None
 
+    def drop_store(self, directory: Path, settings: Settings) -> None:
+        """Delete its store of a collection (`directory`: the collection's vectors directory), vectors of a model no
+        longer configured (`mmrag index --reembed`). SQL still vouches for them: the job's recovery finds them lost
+        and re-embeds every page from its stored image or text. The caller is the collection's writer."""
+        raise ConfigError(f"retriever {self.name!r} cannot delete its store; remove it by hand under {directory}")
+
     def embed_pages(self, embedder: Any, pages: PageBatch, settings: Settings) -> Embedded | None:
         """Vectors for the pages it embeds (nothing written anywhere); None when it embeds none of them."""
         return None
@@ -171,6 +184,10 @@ class SingleVectorRetriever(Retriever):
         from mmrag.index import build_vector_index
 
         return build_vector_index(settings.index, directory, name=self.name, model=embedder.model_id, dim=embedder.dim)
+
+    def drop_store(self, directory: Path, settings: Settings) -> None:
+        drop_store(settings, directory, self.name, files=[f"{self.name}.faiss", f"{self.name}.faiss.journal",
+                                                          f"{self.name}.manifest.json"])
 
     def embed_pages(self, embedder: Any, pages: PageBatch, settings: Settings) -> Embedded | None:
         if self.modality == "text":
@@ -243,3 +260,22 @@ class Embedders:
     def only(self, name: str) -> Embedders:
         """These embedders with just one retriever's model (a repair of that retriever's vectors)."""
         return Embedders({name: self.models[name]}, off=self.off, meaningless=self.meaningless)
+
+
+def drop_store(settings: Settings, directory: Path, name: str, *, files: Sequence[str]) -> None:
+    """Delete the store `name` of the collection whose vectors directory this is: its Qdrant collection, or its
+    `files` (a directory among them is removed whole) for the local backends."""
+    backend = settings.index.backend
+    if backend == "qdrant":
+        from mmrag.index.qdrant_index import drop_collection
+
+        drop_collection(settings.index.qdrant, directory, name)
+        return
+    if backend != "faiss":
+        raise ConfigError(f"deleting a store of the {backend} backend is not supported; remove {name!r} by hand")
+    for file in files:
+        path = directory / file
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

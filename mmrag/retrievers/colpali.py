@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmrag import layout
-from mmrag.errors import IndexError_
+from mmrag.errors import ConfigError, IndexError_
 from mmrag.protocols import MappedMultiVectorEmbedder, PreparedMultiVectorEmbedder
 from mmrag.retrievers import RETRIEVERS
-from mmrag.retrievers.base import Embedded, PageBatch, Query, Retriever, SearchContext
+from mmrag.retrievers.base import Embedded, PageBatch, Query, Retriever, SearchContext, drop_store
 from mmrag.types import Hit
 
 if TYPE_CHECKING:
@@ -78,6 +78,9 @@ class ColpaliRetriever(Retriever):
                 raise
             return None  # its writer has not committed it yet: nothing to search until the collection changes
 
+    def drop_store(self, directory: Path, settings: Settings) -> None:
+        drop_store(settings, directory, self.name, files=[self.name])  # the multi-vector store owns a directory
+
     def embed_pages(self, embedder: Any, pages: PageBatch, settings: Settings) -> Embedded | None:
         multi = embedder.embed_inputs(pages.inputs()) if pages.inputs is not None else embedder.embed_images(
             pages.images()
@@ -98,12 +101,34 @@ class ColpaliRetriever(Retriever):
         tokens = self._query_tokens(embedder, str(query.text))
         if context.within is not None and isinstance(store, SearchesWithin):
             return store.search_within(tokens, depth, context.within)
+        if context.settings.index.multivector_search == "bipage":
+            return self._search_bipage_candidates(tokens, store, query, depth, context)
         use_candidates = context.settings.index.multivector_search == "candidates"
         candidates = context.candidates(self.name) if use_candidates else None
         if candidates is not None:
             count = max(context.settings.index.multivector_candidates, depth)
             return candidates.search(tokens, store, depth, candidates=count)
         return store.search(tokens, depth)
+
+    def _search_bipage_candidates(
+        self, tokens: np.ndarray, store: Any, query: Query, depth: int, context: SearchContext
+    ) -> list[Hit]:
+        """The single-vector Bi* retriever's top pages (index.multivector_candidates of them, at least `depth`) by
+        one vector each, reranked by exact MaxSim over every token: only the candidate set is approximate."""
+        stage = context.stage("bipage")
+        if stage is None:
+            raise ConfigError(
+                "index.multivector_search = 'bipage' needs the bipage retriever on "
+                "(MMRAG_EMBEDDERS__BIPAGE__ENABLED=true and a Bi* checkpoint in MMRAG_EMBEDDERS__BIPAGE__MODEL)"
+            )
+        bi_embedder, bi_store = stage
+        if bi_store is None:
+            return store.search(tokens, depth)  # no page of it committed yet: every page is a candidate
+        count = max(context.settings.index.multivector_candidates, depth)
+        candidates = bi_store.search(bi_embedder.embed_texts([str(query.text)]), count)[0]  # its query side
+        if not candidates:
+            return []
+        return store.search_within(tokens, depth, np.array([hit.page_id for hit in candidates], dtype=np.int64))
 
     def looked_at(
         self, embedder: Any, store: Any, text: str, pages: Mapping[int, tuple[int, int]]

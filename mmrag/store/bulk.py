@@ -14,12 +14,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal_column, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from mmrag.store.models import Document, DocumentPath, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageWords
-from mmrag.types import DocumentStatus, ItemState
+from mmrag.store.models import (
+    Document, DocumentPath, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageTag, PageWords,
+)
+from mmrag.types import DocumentKind, DocumentStatus, ItemState
 
 # --- planning: what SQL knows about the files of a chunk ------------------------------------------------------
 
@@ -165,6 +167,27 @@ def insert_page_words(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Where pages' words are (rows of PageWords' columns)."""
     if rows:
         session.connection().execute(insert(PageWords.__table__), list(rows))
+
+
+def photo_page_ids(session: Session, page_ids: Sequence[int]) -> set[int]:
+    """Those of `page_ids` that are photos (the page of an image document): the pages tags are for."""
+    ids = [int(page_id) for page_id in page_ids]
+    if not ids:
+        return set()
+    return set(session.scalars(
+        select(Page.id).join(Document, Document.id == Page.document_id)
+        .where(Page.id.in_(ids), Document.kind == DocumentKind.IMAGE)
+    ))
+
+
+def replace_page_tags(session: Session, page_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    """The tags of these pages become `rows` (rows of PageTag's columns): a page written again (a resumed job, a
+    re-tag) never holds two sets."""
+    ids = [int(page_id) for page_id in page_ids]
+    for start in range(0, len(ids), 1000):
+        session.execute(delete(PageTag).where(PageTag.page_id.in_(ids[start : start + 1000])))
+    if rows:
+        session.connection().execute(insert(PageTag.__table__), list(rows))
 
 
 def insert_embeddings(session: Session, records: Sequence[dict[str, Any]]) -> None:

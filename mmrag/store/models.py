@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -179,6 +180,43 @@ class PageWords(Base):
 
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
     words: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PageTag(Base):
+    """A zero-shot tag of a photo (mmrag.tags): a label of its collection's list and its softmax share over the
+    list, written with the photo's CLIP vector (or by a re-tag); what the search filter `tags` and tag counts use."""
+
+    __tablename__ = "page_tags"
+    __table_args__ = (Index("ix_page_tags_tag", "tag"),)
+
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+
+
+class TagLabel(Base):
+    """A collection's own label list for tags (`mmrag tag --labels`), in order; none: the settings' list."""
+
+    __tablename__ = "tag_labels"
+
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(100))
+
+
+class Caption(Base):
+    """A VLM's alt text for a page's content (mmrag.captions), keyed by what the page is, not where: its document's
+    sha256 and its page number (1 for a photo). A copy of a file in another collection or at another path is the
+    same key, so it is never described twice, and a page indexed later with these bytes has its caption at once.
+    A page's caption is searchable: BM25 indexes it with the page's text (repository.page_texts)."""
+
+    __tablename__ = "captions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    page_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    caption: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)  # the answerer that wrote it: "openai:qwen2.5-vl", "transformers:..."
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PageFailure(Base):

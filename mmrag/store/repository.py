@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mmrag.errors import NotFoundError
 from mmrag.store.models import (
-    Collection, Document, DocumentPath, Job, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageWords, utcnow,
+    Caption, Collection, Document, DocumentPath, Job, JobItem, Page, PageDate, PageEmbedding, PageFailure, PageTag, PageWords,
+    TagLabel, utcnow,
 )
-from mmrag.types import DocumentStatus, ItemState, JobState, SearchFilters
+from mmrag.types import DocumentKind, DocumentStatus, ItemState, JobState, SearchFilters, Tag
 
 
 def get_or_create_collection(session: Session, name: str) -> Collection:
@@ -77,6 +78,7 @@ def drop_pages(session: Session, document_ids: Iterable[int]) -> list[int]:
     if page_ids:
         session.execute(delete(PageDate).where(PageDate.page_id.in_(page_ids)))
         session.execute(delete(PageWords).where(PageWords.page_id.in_(page_ids)))
+        session.execute(delete(PageTag).where(PageTag.page_id.in_(page_ids)))
         session.execute(delete(PageEmbedding).where(PageEmbedding.page_id.in_(page_ids)))
         session.execute(delete(Page).where(Page.id.in_(page_ids)))
     return page_ids
@@ -128,6 +130,22 @@ def embedded_page_ids(session: Session, collection_id: int, retriever: str) -> s
     return set(rows)
 
 
+def retrievers_with_vectors(session: Session, collection_id: int, retrievers: Iterable[str]) -> list[str]:
+    """Which of `retrievers` have vectors of at least one page of the collection (one indexed lookup each)."""
+    held = []
+    for name in retrievers:
+        first = session.scalar(
+            select(PageEmbedding.page_id)
+            .join(Page, Page.id == PageEmbedding.page_id)
+            .join(Document, Document.id == Page.document_id)
+            .where(Document.collection_id == collection_id, PageEmbedding.retriever == name)
+            .limit(1)
+        )
+        if first is not None:
+            held.append(name)
+    return held
+
+
 def pages_missing_embedding(session: Session, collection_id: int, retriever: str) -> Sequence[Page]:
     """Indexed pages with no vectors for `retriever` (a retriever turned on later, or a lost store)."""
     has = select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever)
@@ -169,7 +187,22 @@ def _collection_pages(
     query = query.join(Document, Document.id == Page.document_id).where(
         Document.collection_id == collection_id, Document.status.in_(statuses)
     )
-    return query.where(Page.text != "") if with_text else query
+    if not with_text:
+        return query
+    # A page's caption (mmrag.captions) is searchable text too: a photo with one has text to index.
+    return _with_captions(query).where(or_(Page.text != "", Caption.caption.is_not(None)))
+
+
+def _with_captions(query: Select[Any]) -> Select[Any]:
+    """`query` over pages joined with their documents, outer-joined with the captions of their content."""
+    return query.outerjoin(
+        Caption, and_(Caption.sha256 == Document.sha256, Caption.page_number == Page.page_number)
+    )
+
+
+def searchable_text(text: str, caption: str | None) -> str:
+    """What BM25 indexes for a page: its text, then its caption."""
+    return f"{text}\n{caption}" if text and caption else text or caption or ""
 
 
 def text_page_ids(session: Session, collection_id: int, *, with_pending: bool = False) -> list[int]:
@@ -185,13 +218,16 @@ def page_texts(
     ones, by page id; with `page_ids` of those pages only (a BM25 update reads the pages added since it was saved).
     Pages without text (photos) are left out: they match no query, and the BM25 index over a photo collection
     would otherwise be rebuilt, every page read back, after each job that added photos."""
-    query = _collection_pages(select(Page.id, Page.text), collection_id, with_pending=with_pending, with_text=True)
+    query = _collection_pages(
+        select(Page.id, Page.text, Caption.caption), collection_id, with_pending=with_pending, with_text=True
+    )
     if page_ids is None:
-        return [(page_id, text) for page_id, text in session.execute(query.order_by(Page.id))]
+        rows = session.execute(query.order_by(Page.id))
+        return [(page_id, searchable_text(text, caption)) for page_id, text, caption in rows]
     pages: list[tuple[int, str]] = []
     for chunk in _in_lists(sorted({int(page_id) for page_id in page_ids})):
         rows = session.execute(query.where(Page.id.in_(chunk)).order_by(Page.id))
-        pages.extend((page_id, text) for page_id, text in rows)
+        pages.extend((page_id, searchable_text(text, caption)) for page_id, text, caption in rows)
     return pages
 
 
@@ -279,7 +315,166 @@ def _filtered(query: Select, filters: SearchFilters, *, pages: bool = False) -> 
         query = query.where(Page.id.in_(dated)) if pages else query.where(
             Document.id.in_(select(Page.document_id).where(Page.id.in_(dated)))
         )
+    if filters.tags:
+        wanted = sorted(set(filters.tags))
+        tagged = (  # every tag asked for: a second tag chosen narrows, as a faceted search does
+            select(PageTag.page_id).where(PageTag.tag.in_(wanted))
+            .group_by(PageTag.page_id).having(func.count() == len(wanted))
+        )
+        query = query.where(Page.id.in_(tagged)) if pages else query.where(
+            Document.id.in_(select(Page.document_id).where(Page.id.in_(tagged)))
+        )
     return query
+
+
+# --- tags (mmrag.tags) ------------------------------------------------------------------------------------------
+
+
+def page_tags(session: Session, page_ids: Sequence[int]) -> dict[int, tuple[Tag, ...]]:
+    """Page id → its tags, best first, for the pages that have any."""
+    found: dict[int, list[Tag]] = {}
+    for chunk in _in_lists(sorted({int(page_id) for page_id in page_ids})):
+        rows = session.execute(
+            select(PageTag.page_id, PageTag.tag, PageTag.score).where(PageTag.page_id.in_(chunk))
+            .order_by(PageTag.page_id, PageTag.score.desc(), PageTag.tag)
+        )
+        for page_id, tag, score in rows:
+            found.setdefault(page_id, []).append(Tag(tag, float(score)))
+    return {page_id: tuple(tags) for page_id, tags in found.items()}
+
+
+def tag_counts(
+    session: Session, collection_ids: Sequence[int], filters: SearchFilters, *, limit: int | None = None
+) -> list[tuple[str, int]]:
+    """(tag, how many of the collections' indexed pages passing `filters` hold it), most first, then by name."""
+    if not collection_ids:
+        return []
+    count = func.count(PageTag.page_id)
+    query = (
+        select(PageTag.tag, count)
+        .join(Page, Page.id == PageTag.page_id)
+        .join(Document, Document.id == Page.document_id)
+        .where(Document.collection_id.in_(list(collection_ids)), Document.status == DocumentStatus.INDEXED)
+    )
+    query = _filtered(query, filters, pages=True).group_by(PageTag.tag).order_by(count.desc(), PageTag.tag)
+    if limit is not None:
+        query = query.limit(limit)
+    return [(tag, int(n)) for tag, n in session.execute(query)]
+
+
+def photos_to_tag(
+    session: Session, collection_id: int, retriever: str, *, after: int = 0, limit: int = 1000
+) -> list[tuple[int, str | None]]:
+    """(page id, stored image path) of the collection's indexed photos with a vector of `retriever`, by page id
+    after `after`: what a re-tag goes through, `limit` at a time."""
+    embedded = select(PageEmbedding.page_id).where(PageEmbedding.retriever == retriever)
+    rows = session.execute(
+        _collection_pages(select(Page.id, Page.image_path), collection_id)
+        .where(Document.kind == DocumentKind.IMAGE, Page.id > after, Page.id.in_(embedded))
+        .order_by(Page.id).limit(limit)
+    )
+    return [(page_id, path) for page_id, path in rows]
+
+
+def collection_labels(session: Session, collection_id: int) -> list[str]:
+    """The collection's own tag labels, in order; [] when it uses the settings' list."""
+    return list(session.scalars(
+        select(TagLabel.label).where(TagLabel.collection_id == collection_id).order_by(TagLabel.position)
+    ))
+
+
+def set_collection_labels(session: Session, collection_id: int, labels: Sequence[str]) -> None:
+    session.execute(delete(TagLabel).where(TagLabel.collection_id == collection_id))
+    if labels:
+        session.execute(insert(TagLabel), [
+            {"collection_id": collection_id, "position": position, "label": label}
+            for position, label in enumerate(labels)
+        ])
+
+
+# --- captions (mmrag.captions) ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionTarget:
+    """A page as a caption sees it: what keys its caption (its document's sha256 and its page number), where its
+    stored image is, whose it is."""
+
+    page_id: int
+    sha256: str
+    page_number: int
+    image_path: str | None
+    collection_id: int
+    kind: str
+
+
+def caption_targets(session: Session, page_ids: Sequence[int]) -> dict[int, CaptionTarget]:
+    """Page id → its CaptionTarget, for the pages of indexed documents among `page_ids`."""
+    found: dict[int, CaptionTarget] = {}
+    for chunk in _in_lists(sorted({int(page_id) for page_id in page_ids})):
+        rows = session.execute(
+            select(Page.id, Document.sha256, Page.page_number, Page.image_path, Document.collection_id, Document.kind)
+            .join(Document, Document.id == Page.document_id)
+            .where(Page.id.in_(chunk), Document.status == DocumentStatus.INDEXED)
+        )
+        for row in rows:
+            found[row[0]] = CaptionTarget(*row)
+    return found
+
+
+def photos_to_describe(session: Session, collection_id: int, *, after: int = 0, limit: int = 100) -> list[int]:
+    """Ids of the collection's indexed photos whose content has no caption, by page id after `after`."""
+    query = _with_captions(_collection_pages(select(Page.id), collection_id))
+    rows = session.scalars(
+        query.where(Document.kind == DocumentKind.IMAGE, Caption.caption.is_(None), Page.id > after)
+        .order_by(Page.id).limit(limit)
+    )
+    return list(rows)
+
+
+def get_caption(session: Session, sha256: str, page_number: int) -> Caption | None:
+    return session.get(Caption, (sha256, page_number))
+
+
+def set_caption(session: Session, sha256: str, page_number: int, caption: str, model: str) -> None:
+    """Write (or replace) the caption of this content."""
+    session.execute(delete(Caption).where(Caption.sha256 == sha256, Caption.page_number == page_number))
+    session.execute(insert(Caption), [
+        {"sha256": sha256, "page_number": page_number, "caption": caption, "model": model, "created_at": utcnow()}
+    ])
+
+
+def pages_with_content(session: Session, keys: Iterable[tuple[str, int]]) -> dict[int, list[int]]:
+    """Collection id → the ids of its indexed pages whose content is one of these (sha256, page number) keys: the
+    pages, in every collection, that a caption written for them now describes."""
+    wanted = sorted(set(keys))
+    found: dict[int, list[int]] = {}
+    for chunk in _in_lists(wanted):
+        by_sha: dict[str, list[int]] = {}
+        for sha256, number in chunk:
+            by_sha.setdefault(sha256, []).append(number)
+        rows = session.execute(
+            select(Document.collection_id, Page.id, Document.sha256, Page.page_number)
+            .join(Document, Document.id == Page.document_id)
+            .where(Document.sha256.in_(list(by_sha)), Document.status == DocumentStatus.INDEXED)
+            .order_by(Page.id)
+        )
+        for collection_id, page_id, sha256, number in rows:
+            if number in by_sha[sha256]:
+                found.setdefault(collection_id, []).append(page_id)
+    return found
+
+
+def page_captions(session: Session, page_ids: Sequence[int]) -> dict[int, str]:
+    """Page id → the caption of its content, for the pages that have one."""
+    found: dict[int, str] = {}
+    for chunk in _in_lists(sorted({int(page_id) for page_id in page_ids})):
+        rows = session.execute(
+            _with_captions(select(Page.id, Caption.caption).join(Document, Document.id == Page.document_id))
+            .where(Page.id.in_(chunk), Caption.caption.is_not(None))
+        )
+        found.update((page_id, caption) for page_id, caption in rows)
+    return found
 
 
 def set_user_metadata(session: Session, document_id: int, metadata: dict[str, Any]) -> None:
@@ -628,6 +823,21 @@ def collection_sizes(
         )
     }
     return documents, pages, vectors, without_text
+
+
+def collection_models(session: Session) -> dict[tuple[str, str], list[tuple[str, int, int]]]:
+    """(collection, retriever) → (model, dim, pages) for each model that made vectors of the collection's pages."""
+    models: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    for name, retriever, model, dim, n in session.execute(
+        select(Collection.name, PageEmbedding.retriever, PageEmbedding.model, PageEmbedding.dim, func.count())
+        .join(Document, Document.collection_id == Collection.id)
+        .join(Page, Page.document_id == Document.id)
+        .join(PageEmbedding, PageEmbedding.page_id == Page.id)
+        .group_by(Collection.name, PageEmbedding.retriever, PageEmbedding.model, PageEmbedding.dim)
+        .order_by(Collection.name, PageEmbedding.retriever, func.count().desc())
+    ):
+        models.setdefault((name, retriever), []).append((model, int(dim), int(n)))
+    return models
 
 
 def collection_failed_pages(session: Session) -> dict[str, int]:

@@ -41,6 +41,9 @@ def test_no_server_error_and_no_schema_violation(
                     "--checks", "not_a_server_error,response_schema_conformance",
                     "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--workers", "1",
                     "--no-color", "--generation-database", "none",
+                    # Captions need a VLM answerer; under this run's extractive one, 503 is the documented answer
+                    # (tests/api/test_describe.py covers the route with a chat-completions server).
+                    "--exclude-path", "/v1/pages/{page_id}/describe",
                 ],
                 cwd=tmp_path, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
