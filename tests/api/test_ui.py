@@ -15,6 +15,7 @@ import pytest
 
 from api.app import create_app
 from mmrag.answer.extractive import ExtractiveAnswerer
+from mmrag.captions import describe_page
 from mmrag.services import Services, build_services
 from tests.api.conftest import live_server, make_settings
 from tests.factories import make_image, make_pdf
@@ -22,6 +23,16 @@ from tests.factories import make_image, make_pdf
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 INVOICE = ["Invoice INV-2024-0117\nIssued by Acme Tools GmbH\nTotal due: 1,250.00 EUR\nPayment within 30 days",
            "Delivery address: 12 Harbour Street, Bristol"]
+
+
+class _Describer:
+    """An answerer that describes images (protocols.Describes), the same sentence for each: the UI's alt text."""
+
+    name = "describer"
+    CAPTION = "A plain red square on a white background."
+
+    def describe(self, image: object) -> str:
+        return self.CAPTION
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +80,9 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         assert page.locator("#documents-next").is_disabled() and page.locator("#documents-previous").is_disabled()
         hits = client.post("/v1/search", json={"query": "invoice total due"}).json()["hits"]
         assert {hit["name"] for hit in hits} == {"invoice.pdf", "red.png"}  # the names they were uploaded as
+        # the photo described (through mmrag.captions, by an answerer that describes every image alike)
+        photo_id = next(hit["page_id"] for hit in hits if hit["name"] == "red.png")
+        assert describe_page(services, _Describer(), photo_id).caption == _Describer.CAPTION
         page.click("nav button[data-view='search']")
 
         # search by text: a grid of hits, each a thumbnail with its name and score
@@ -101,7 +115,8 @@ def test_search_view_and_ask_in_a_browser(services: Services, browser: object, t
         page.wait_for_function("document.querySelectorAll('#results li').length === 3")
 
         # by keyboard alone: a card opens with Enter, the viewer closes with Escape; every image says what it shows
-        assert all(alt for alt in page.locator("#results img").evaluate_all("imgs => imgs.map(i => i.alt)"))
+        alts = page.locator("#results img").evaluate_all("imgs => imgs.map(i => i.alt)")
+        assert all(alts) and sum(_Describer.CAPTION in alt for alt in alts) == 1  # the photo's caption is its alt text
         invoice.locator("button").focus()
         page.keyboard.press("Enter")
         page.wait_for_selector("#viewer[open]")
