@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmrag.collections import Collections
 from mmrag.config import RetrievalSettings, Settings
 from mmrag import layout
 from mmrag.errors import ConfigError
@@ -38,24 +37,28 @@ class RetrieverHits:
 class _CollectionContext:
     """What a retriever's search reads of its collection beyond its own store (retrievers.SearchContext)."""
 
-    collections: Collections
+    services: Services
     collection_id: int
     generation: int | None
-    settings: Settings
     within: np.ndarray | None = None
-    services: Services | None = None  # for another retriever's model (stage)
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
 
     def lexical(self) -> LexicalIndex:
-        return self.collections.derived.lexical(self.collection_id, generation=self.generation)
+        return self.services.collections.derived.lexical(self.collection_id, generation=self.generation)
 
     def candidates(self, retriever: str) -> Any | None:
-        return self.collections.derived.candidate_index(self.collection_id, retriever)
+        return self.services.collections.derived.candidate_index(self.collection_id, retriever)
 
     def stage(self, retriever: str) -> tuple[Any, Any | None] | None:
-        embedder = None if self.services is None else self.services.embedders([retriever]).get(retriever)
+        embedder = self.services.embedders([retriever]).get(retriever)
         if embedder is None:
             return None
-        stores = self.collections.stores(self.collection_id, generation=self.generation, retrievers=[retriever])
+        stores = self.services.collections.stores(
+            self.collection_id, generation=self.generation, retrievers=[retriever]
+        )
         return embedder, stores.get(retriever)
 
 
@@ -86,9 +89,8 @@ def retrieve(
         and (retrievers or fusion_weight(retriever.name, services.settings.retrieval) > 0)
     ]
     embedders, unused = _models_for(services, collection_id, [r.name for r in chosen if r.embeds])
-    collections = services.collections
-    stores = collections.stores(collection_id, generation=generation, retrievers=list(embedders.models))
-    context = _CollectionContext(collections, collection_id, generation, services.settings, within, services)
+    stores = services.collections.stores(collection_id, generation=generation, retrievers=list(embedders.models))
+    context = _CollectionContext(services, collection_id, generation, within)
     results: list[RetrieverHits] = []
     for retriever in chosen:
         embedder = embedders.get(retriever.name)

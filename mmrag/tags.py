@@ -179,7 +179,7 @@ def job_tagger(services: Services, collection_id: int, embedders: Any) -> Tagger
 
 def write_tags(session: Session, tagger: Tagger | None, page_ids: np.ndarray, image_vectors: np.ndarray) -> int:
     """In the caller's transaction (the one that vouches for these CLIP vectors): the photos among the pages get
-    their tags, replacing any they had. Returns how many photos were tagged."""
+    their tags, replacing any they had. Returns how many photos kept at least one tag."""
     if tagger is None or len(page_ids) == 0:
         return 0
     photos = bulk.photo_page_ids(session, [int(i) for i in page_ids])
@@ -187,8 +187,9 @@ def write_tags(session: Session, tagger: Tagger | None, page_ids: np.ndarray, im
         return 0
     keep = np.array([int(i) in photos for i in page_ids], dtype=bool)
     ids = [int(i) for i in np.asarray(page_ids)[keep]]
-    bulk.replace_page_tags(session, ids, tagger.rows(ids, np.asarray(image_vectors)[keep]))
-    return len(ids)
+    rows = tagger.rows(ids, np.asarray(image_vectors)[keep])
+    bulk.replace_page_tags(session, ids, rows)
+    return len({row["page_id"] for row in rows})
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -260,9 +261,8 @@ def retag(
             ids = np.array([page_id for page_id, _ in pages], dtype=np.int64)
             vectors = _vectors(services, store, embedder, pages)
             with transaction(services.sessions) as session:
-                write_tags(session, tagger, ids, vectors)
+                tagged += write_tags(session, tagger, ids, vectors)
             photos += len(pages)
-            tagged += sum(1 for kept in tagger.tag(vectors) if kept)
             after = pages[-1][0]
         log.info("re-tagged %d photos of collection %s with %d labels (%s)", photos, collection, len(chosen), source)
     return RetagReport(collection, len(chosen), photos, tagged, source, bool(embedders.meaningless))

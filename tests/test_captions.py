@@ -28,7 +28,7 @@ from mmrag.retrieval import search
 from mmrag.retrievers import Embedders
 from mmrag.services import Services, build_services
 from mmrag.store.models import Caption, Document, Page
-from tests.answer.test_openai_compat import ChatServer, Reply
+from tests.answer.test_openai_compat import ChatServer, Reply, server  # noqa: F401 - `server`: a fixture
 from tests.factories import make_pdf
 from tests.test_pipeline import make_settings
 from tests.test_tags import ColourClip, photo
@@ -50,12 +50,6 @@ def services(tmp_path: Path, database_url: str) -> Iterator[Services]:
     services = build_services(make_settings(tmp_path, database_url), embedders=Embedders(clip=ColourClip()))
     yield services
     services.close()
-
-
-@pytest.fixture
-def server() -> Iterator[ChatServer]:
-    with ChatServer() as running:
-        yield running
 
 
 @pytest.fixture

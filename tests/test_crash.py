@@ -95,6 +95,16 @@ def assert_each_file_indexed_once(session: Session, files: list[Path]) -> None:
     assert session.scalars(select(Document.status)).all() == ["indexed"] * len(files)
 
 
+def crash_corpus_page_ids(session: Session) -> set[int]:
+    """After kills and a resume: the ids of the crash corpus's pages, each file with all its pages and no more
+    (24 photos of one page, 4 PDFs of 3)."""
+    page_ids = set(session.scalars(select(Page.id)))
+    assert len(page_ids) == 24 + 4 * 3
+    per_doc = session.execute(select(Page.document_id, func.count()).group_by(Page.document_id)).all()
+    assert sorted(n for _, n in per_doc) == sorted([1] * 24 + [3] * 4)
+    return page_ids
+
+
 def make_crash_corpus(corpus: Path) -> list[Path]:
     """24 images and 4 PDFs of 3 pages: 28 files, 36 pages, enough batches for three kills to land mid-job."""
     files = [make_image(corpus / "img" / f"{i:02d}.png", i) for i in range(24)]
@@ -107,7 +117,6 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
 ) -> None:
     corpus = tmp_path / "corpus"
     files = make_crash_corpus(corpus)
-    expected_pages = 24 + 4 * 3
     # the indexer's system temporary directory, where what it leaves shows; short, as a system's is (a socket's path
     # one level below it must stay under 108 bytes: tmp_path is too deep)
     system_temp = Path(tempfile.mkdtemp(prefix="sys-"))
@@ -162,10 +171,7 @@ def test_kill_9_then_resume_indexes_every_file_exactly_once(
     try:
         with services.sessions() as session:
             assert_each_file_indexed_once(session, files)
-            page_ids = set(session.scalars(select(Page.id)))
-            assert len(page_ids) == expected_pages
-            per_doc = session.execute(select(Page.document_id, func.count()).group_by(Page.document_id)).all()
-            assert sorted(n for _, n in per_doc) == sorted([1] * 24 + [3] * 4)
+            page_ids = crash_corpus_page_ids(session)
             item_states = session.scalars(select(JobItem.state).where(JobItem.job_id == 1)).all()
             assert sorted(set(item_states)) == ["indexed"] and len(item_states) == len(files)
             # Every run took up the files still pending: the last ones were attempted by all four runs.

@@ -19,13 +19,13 @@ import numpy as np
 from PIL import Image
 
 from mmrag.checkpoints import LocatedCheckpoint, locate_checkpoint
-from mmrag.device import is_cuda_device, resolve_device, select_dtype
+from mmrag.device import is_cuda_device, resolve_device
 from mmrag.embedders.colpali import (
     ADAPTER_CONFIG,
     _family_source,
-    _has_processor,
     _read_json,
-    attention_for,
+    from_checkpoint,
+    refuse_missing,
 )
 from mmrag.embedders.colpali import (
     FAMILIES as MULTIVECTOR_FAMILIES,
@@ -204,43 +204,24 @@ def bi_family_for_config(model: str, config: dict[str, Any], *, adapter_class: s
 
 def load_bi(model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 4) -> BiPageEmbedder:
     """Load a Bi* checkpoint from a local directory or the local HF cache; never downloads, never random weights."""
-    import colpali_engine.models as colpali_models
-
     device = resolve_device(device)
     checkpoint = locate_checkpoint(model)
     family_source, revision = _family_source(model, checkpoint)
     family = bi_family_for_config(
         model, _read_json(model, family_source / "config.json"), adapter_class=_adapter_class(model, checkpoint)
     )
-    model_class = getattr(colpali_models, family.model_class)
-    processor_class = getattr(colpali_models, family.processor_class)
-    processor_dir = checkpoint.path if _has_processor(checkpoint.path) else family_source
-    torch_dtype = select_dtype(dtype, device)
-    log.info("loading %s as %s (%s on %s, revision %s)", model, family.model_class, torch_dtype, device, revision)
-    try:
-        loaded, loading_info = model_class.from_pretrained(
-            str(checkpoint.path),
-            dtype=torch_dtype,
-            device_map=device,
-            attn_implementation=attention_for(device),
-            local_files_only=True,
-            output_loading_info=True,
-            **({"key_mapping": KEY_MAPPINGS[family.model_class]} if family.model_class in KEY_MAPPINGS else {}),
-        )
-        processor = processor_class.from_pretrained(str(processor_dir), local_files_only=True)
-    except Exception as error:  # transformers raises OSError, ValueError, KeyError, safetensors errors... for this
-        reason = f"{family.model_class} could not load it ({type(error).__name__}: {error})"
-        raise ModelUnavailableError(model, reason) from error
+    mapping = {"key_mapping": KEY_MAPPINGS[family.model_class]} if family.model_class in KEY_MAPPINGS else {}
+    loaded, processor, loading_info, _ = from_checkpoint(
+        model, checkpoint, family_source, revision, family.model_class, family.processor_class, device=device,
+        dtype=dtype, **mapping,
+    )
     # A PaliGemma checkpoint leaves out lm_head, tied to the token embeddings; colpali-engine's BiPali classes do not
     # tie it under transformers 5 (missing, or ignored as missing and left unset), so the inner model ties it here.
     tied_head = family.model_class in PALIGEMMA_CLASSES and loaded.config.get_text_config().tie_word_embeddings
     if tied_head:
         loaded.model.tie_weights()
-    # transformers random-initialises weights missing from a checkpoint and only logs it; refuse instead.
-    missing = sorted(set(loading_info.get("missing_keys", ())) - ({TIED_HEAD} if tied_head else set()))
-    if missing:
-        reason = f"the checkpoint lacks weights for {len(missing)} {family.model_class} parameters"
-        raise ModelUnavailableError(model, f"{reason} ({', '.join(missing[:5])})")
+    tied = {TIED_HEAD} if tied_head else set()
+    refuse_missing(model, family.model_class, set(loading_info.get("missing_keys", ())) - tied)
     unset = [name for name, parameter in loaded.named_parameters() if parameter.is_meta]
     if unset:  # a weight neither loaded nor reported missing (ignored as missing by the model class)
         reason = f"the checkpoint leaves {len(unset)} {family.model_class} parameters unset"

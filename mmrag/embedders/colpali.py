@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,40 +356,66 @@ def load_colpali(model: str, *, device: str = "auto", dtype: str = "auto", batch
     The model and processor classes come from the checkpoint's config.json `model_type` (a PEFT adapter's base model
     config), so a directory's name never decides the family.
     """
-    import colpali_engine.models as colpali_models
-
     device = resolve_device(device)
     checkpoint = locate_checkpoint(model)
     family_source, revision = _family_source(model, checkpoint)
     family = family_for_config(model, _read_json(model, family_source / "config.json"))
-    model_class = getattr(colpali_models, family.model_class)
-    processor_class = getattr(colpali_models, family.processor_class)
+    loaded, processor, loading_info, processor_dir = from_checkpoint(
+        model, checkpoint, family_source, revision, family.model_class, family.processor_class, device=device,
+        dtype=dtype,
+    )
+    refuse_missing(model, family.model_class, loading_info.get("missing_keys", ()))
+    model_id = f"colpali:{model}" if not checkpoint.is_local_dir else f"colpali:local-dir:{checkpoint.path}"
+    return ColPaliEmbedder(
+        loaded, processor, model_id=model_id, revision=revision, device=device, batch_size=batch_size,
+        processor_dir=processor_dir,
+    )
+
+
+def from_checkpoint(
+    model: str,
+    checkpoint: LocatedCheckpoint,
+    family_source: Path,
+    revision: str,
+    model_class: str,
+    processor_class: str,
+    *,
+    device: str,
+    dtype: str,
+    **options: Any,
+) -> tuple[Any, Any, dict[str, Any], Path]:
+    """colpali-engine's `model_class` loaded from a located checkpoint (`options`: more from_pretrained arguments)
+    and its `processor_class` from the checkpoint, else from the directory that names its family; never downloads.
+    Returns the model, the processor, transformers' loading info and the processor's directory; a checkpoint that
+    cannot be loaded is a ModelUnavailableError naming why."""
+    import colpali_engine.models as colpali_models
+
     processor_dir = checkpoint.path if _has_processor(checkpoint.path) else family_source
     torch_dtype = select_dtype(dtype, device)
-    log.info("loading %s as %s (%s on %s, revision %s)", model, family.model_class, torch_dtype, device, revision)
+    log.info("loading %s as %s (%s on %s, revision %s)", model, model_class, torch_dtype, device, revision)
     try:
-        loaded, loading_info = model_class.from_pretrained(
+        loaded, loading_info = getattr(colpali_models, model_class).from_pretrained(
             str(checkpoint.path),
             dtype=torch_dtype,
             device_map=device,
             attn_implementation=attention_for(device),
             local_files_only=True,
             output_loading_info=True,
+            **options,
         )
-        processor = processor_class.from_pretrained(str(processor_dir), local_files_only=True)
+        processor = getattr(colpali_models, processor_class).from_pretrained(str(processor_dir), local_files_only=True)
     except Exception as error:  # transformers raises OSError, ValueError, KeyError, safetensors errors... for this
-        reason = f"{family.model_class} could not load it ({type(error).__name__}: {error})"
+        reason = f"{model_class} could not load it ({type(error).__name__}: {error})"
         raise ModelUnavailableError(model, reason) from error
-    # transformers random-initialises weights missing from a checkpoint and only logs it; refuse instead.
-    missing = sorted(loading_info.get("missing_keys", ()))
+    return loaded, processor, loading_info, processor_dir
+
+
+def refuse_missing(model: str, model_class: str, missing_keys: Iterable[str]) -> None:
+    """transformers random-initialises weights missing from a checkpoint and only logs it; refuse instead."""
+    missing = sorted(missing_keys)
     if missing:
-        reason = f"the checkpoint lacks weights for {len(missing)} {family.model_class} parameters"
+        reason = f"the checkpoint lacks weights for {len(missing)} {model_class} parameters"
         raise ModelUnavailableError(model, f"{reason} ({', '.join(missing[:5])})")
-    model_id = f"colpali:{model}" if not checkpoint.is_local_dir else f"colpali:local-dir:{checkpoint.path}"
-    return ColPaliEmbedder(
-        loaded, processor, model_id=model_id, revision=revision, device=device, batch_size=batch_size,
-        processor_dir=processor_dir,
-    )
 
 
 def family_for_config(model: str, config: dict[str, Any]) -> ColPaliFamily:

@@ -18,7 +18,7 @@ from mmrag.answer.openai_compat import OpenAICompatAnswerer
 from mmrag.indexing import run_index
 from mmrag.retrievers import Embedders
 from mmrag.services import Services, build_services
-from tests.answer.test_openai_compat import ChatServer, Reply
+from tests.answer.test_openai_compat import ChatServer, Reply, server  # noqa: F401 - `server`: a fixture
 from tests.test_captions import ZEPPELIN, make_corpus, page_ids
 from tests.test_pipeline import make_settings
 from tests.test_tags import ColourClip
@@ -38,12 +38,6 @@ def indexed(tmp_path: Path, database_url: str) -> Iterator[Services]:
     run_index(services, [tmp_path / "copies"], collection="other")
     yield services
     services.close()
-
-
-@pytest.fixture
-def server() -> Iterator[ChatServer]:
-    with ChatServer() as running:
-        yield running
 
 
 def auth(key: str) -> dict[str, str]:

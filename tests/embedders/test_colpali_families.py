@@ -17,7 +17,7 @@ from mmrag.inputs import ProcessorInputs, QwenPixels
 from mmrag.protocols import MultiVectorEmbedder
 
 from .samples import make_page
-from .test_fidelity import PAGE_IDS, TOLERANCE, maxsim, store_scores
+from .test_fidelity import TOLERANCE, library_and_our_scores
 from .tiny_families import TINY_FAMILIES, save_tiny_family
 
 QWEN3_FAMILIES = ("colqwen3", "colqwen3_5")
@@ -264,17 +264,7 @@ def test_vectors_equal_the_models_own_forward(
 
 
 def test_maxsim_equals_colpali_engines_scores(loaded: ColPaliEmbedder, queries: list[str], tmp_path: Path) -> None:
-    # Equal-sized pages: score_multi_vector zero-pads pages of different lengths (see test_fidelity).
-    pages = [make_page(seed) for seed in range(len(PAGE_IDS))]
-    processor, model = loaded.processor, loaded.model
-    with torch.inference_mode():
-        library_pages = model(**processor.process_images(pages))
-        library_queries = model(**processor.process_queries(queries))
-    library_scores = processor.score_multi_vector(list(library_queries), list(library_pages), device="cpu").numpy()
-
-    our_pages = loaded.embed_images(pages)
-    our_queries = loaded.embed_queries(queries)
-    reference = np.array([[maxsim(query, page) for page in our_pages] for query in our_queries])
+    library_scores, reference, stored = library_and_our_scores(loaded, queries, tmp_path / "mv")
     assert np.abs(reference - library_scores).max() <= TOLERANCE
-    assert np.abs(store_scores(tmp_path / "mv", loaded, our_pages, our_queries) - library_scores).max() <= TOLERANCE
+    assert np.abs(stored - library_scores).max() <= TOLERANCE
     assert np.ptp(library_scores) > 1e-3  # not a degenerate model whose every score ties

@@ -55,26 +55,34 @@ def store_scores(directory: Path, embedder: ColPaliEmbedder, pages: list[np.ndar
     return scores
 
 
-def test_colpali_maxsim_equals_colpali_engines_scores(
-    tiny_multivector: ColPaliEmbedder, queries: list[str], tmp_path: Path
-) -> None:
-    # Equal-sized pages: score_multi_vector zero-pads pages of different lengths, and a zero vector wins the max
-    # for a query token whose best real similarity is negative. That is a padding artefact, not MaxSim, so the
-    # library's scores are only the reference when no page needs padding (query padding adds zeros and is harmless).
+def library_and_our_scores(
+    embedder: ColPaliEmbedder, queries: list[str], directory: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """colpali-engine's score_multi_vector over the model's own outputs, our MaxSim over our vectors, and the
+    multi-vector store's scores (in `directory`), each (queries, pages), for equal-sized pages.
+
+    Equal-sized pages: score_multi_vector zero-pads pages of different lengths, and a zero vector wins the max for a
+    query token whose best real similarity is negative. That is a padding artefact, not MaxSim, so the library's
+    scores are only the reference when no page needs padding (query padding adds zeros and is harmless)."""
     pages = [make_page(seed) for seed in range(len(PAGE_IDS))]
-    processor, model = tiny_multivector.processor, tiny_multivector.model
+    processor, model = embedder.processor, embedder.model
     with torch.inference_mode():
         library_pages = model(**processor.process_images(pages))
         library_queries = model(**processor.process_queries(queries))
     library_scores = processor.score_multi_vector(list(library_queries), list(library_pages), device="cpu").numpy()
 
-    our_pages = tiny_multivector.embed_images(pages)
-    our_queries = tiny_multivector.embed_queries(queries)
+    our_pages = embedder.embed_images(pages)
+    our_queries = embedder.embed_queries(queries)
     reference = np.array([[maxsim(query, page) for page in our_pages] for query in our_queries])
+    return library_scores, reference, store_scores(directory, embedder, our_pages, our_queries)
+
+
+def test_colpali_maxsim_equals_colpali_engines_scores(
+    tiny_multivector: ColPaliEmbedder, queries: list[str], tmp_path: Path
+) -> None:
+    library_scores, reference, stored = library_and_our_scores(tiny_multivector, queries, tmp_path / "mv")
     assert np.abs(reference - library_scores).max() <= TOLERANCE
-    assert np.abs(store_scores(tmp_path / "mv", tiny_multivector, our_pages, our_queries) - library_scores).max() <= (
-        TOLERANCE
-    )
+    assert np.abs(stored - library_scores).max() <= TOLERANCE
 
 
 def test_store_maxsim_equals_reference_on_pages_of_different_sizes(
